@@ -1,0 +1,153 @@
+"""Profiles (``configs/<profile>.yaml``): loading and validation before any compute.
+
+A profile has a ``common`` section (shared by every notebook) and one section per notebook stage
+(``train``, ``spectrum``, ...). Each notebook receives ``common`` plus its own section as papermill
+parameters. Unknown sections or keys, wrong types and values outside the allowed range fail fast with a
+message that names the parameter and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import REPO_ROOT
+from .data import DATASETS, TRAIN_SIZE
+from .device import DEVICES
+from .models import MODELS
+
+CONFIG_DIR = REPO_ROOT / "configs"
+
+Validator = Callable[[str, Any], None]
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"parameter {key}={value!r} is not allowed: {allowed}")
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Validator:
+    def check(key, value):
+        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (
+                hi is not None and value > hi):
+            _fail(key, value, f"an integer in [{lo if lo is not None else '-inf'}, "
+                              f"{hi if hi is not None else 'inf'}]")
+    return check
+
+
+def number(lo: float = 0.0, strict: bool = True) -> Validator:
+    def check(key, value):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            value > lo if strict else value >= lo)
+        if not ok:
+            _fail(key, value, f"a number {'>' if strict else '>='} {lo}")
+    return check
+
+
+def choice(allowed) -> Validator:
+    def check(key, value):
+        if value not in allowed:
+            _fail(key, value, f"one of {list(allowed)}")
+    return check
+
+
+def boolean(key, value):
+    if not isinstance(value, bool):
+        _fail(key, value, "true or false")
+
+
+def list_of(item: Validator, min_len: int = 1, unique: bool = True) -> Validator:
+    def check(key, value):
+        if not isinstance(value, list) or len(value) < min_len:
+            _fail(key, value, f"a list with at least {min_len} item(s)")
+        for i, v in enumerate(value):
+            item(f"{key}[{i}]", v)
+        if unique and len({repr(v) for v in value}) != len(value):
+            _fail(key, value, "a list without repeated items")
+    return check
+
+
+def name(key, value):
+    if not isinstance(value, str) or not value or "/" in value:
+        _fail(key, value, "a non-empty name without '/'")
+
+
+SCHEMA: dict[str, dict[str, Validator]] = {
+    "common": {
+        "profile": name,
+        "device": choice(DEVICES),
+        "datasets": list_of(choice(sorted(DATASETS))),
+        "models": list_of(choice(MODELS)),
+        "seeds": list_of(integer(0)),
+        "n_train": integer(2, TRAIN_SIZE),
+        "data_seed": integer(0),
+        "progress": boolean,
+    },
+    "train": {
+        "epochs": integer(1),
+        "batch_size": integer(1),
+        "lr": number(0.0),
+    },
+}
+
+
+def validate_section(section: str, params: dict) -> dict:
+    """Check the keys and values of one section; returns ``params`` unchanged."""
+    if section not in SCHEMA:
+        raise ValueError(f"unknown profile section {section!r}; allowed: {list(SCHEMA)}")
+    if not isinstance(params, dict):
+        raise ValueError(f"profile section {section!r} must be a mapping of parameter: value")
+    allowed = SCHEMA[section]
+    for key, value in params.items():
+        if key not in allowed:
+            raise ValueError(f"unknown parameter {section}.{key}; allowed in {section}: {sorted(allowed)}")
+        allowed[key](f"{section}.{key}", value)
+    return params
+
+
+def validate_profile(cfg: dict) -> dict:
+    """Validate every section and require every key of ``common``."""
+    if not isinstance(cfg, dict):
+        raise ValueError("a profile must be a YAML mapping with sections " + ", ".join(SCHEMA))
+    for section, params in cfg.items():
+        validate_section(section, params)
+    missing = sorted(set(SCHEMA["common"]) - set(cfg.get("common", {})))
+    if missing:
+        raise ValueError(f"profile section common lacks {missing}")
+    return cfg
+
+
+def load_profile(profile: str, overrides: dict[str, Any] | None = None) -> dict:
+    """Read ``configs/<profile>.yaml``, apply ``{"section.key": value}`` overrides, validate."""
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown profile {profile!r}: no configs/{profile}.yaml; known: {known}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path.name} is not valid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ValueError(f"override {dotted!r} must look like section.key=value")
+        cfg.setdefault(section, {})[key] = value
+    cfg.setdefault("common", {}).setdefault("profile", profile)
+    return validate_profile(cfg)
+
+
+def stage_parameters(cfg: dict, stage: str) -> dict:
+    """The papermill parameters of a notebook stage: ``common`` plus the stage's own section."""
+    return {**cfg["common"], **cfg.get(stage, {})}
+
+
+def check_parameters(stage: str, params: dict) -> None:
+    """Validate a notebook's parameters (``common`` keys plus its stage's keys)."""
+    common = {k: v for k, v in params.items() if k in SCHEMA["common"]}
+    own = {k: v for k, v in params.items() if k not in SCHEMA["common"]}
+    validate_section("common", common)
+    validate_section(stage, own)
+
+
+def read_yaml(path: str | Path) -> Any:
+    return yaml.safe_load(Path(path).read_text())

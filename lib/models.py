@@ -1,0 +1,58 @@
+"""The networks of the study (SCIENCE.md section 1), built deterministically from a seed.
+
+* ``mlp1``: 784-256-10, one hidden ReLU layer (203,530 parameters);
+* ``mlp2``: 784-256-256-10, the original paper's network (269,322 parameters);
+* ``cnn``: two 3x3 conv layers (8 and 16 channels, padding 1) with ReLU and 2x2 max-pooling, linear head
+  (9,098 parameters).
+
+``mlp(widths, bias)`` builds the ReLU MLPs of other widths/depths (bias-free ones for the Hessian-norm bound).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGE_SHAPE = (1, 28, 28)
+N_CLASSES = 10
+MODELS = ("mlp1", "mlp2", "cnn")
+
+
+def mlp(hidden: tuple[int, ...] | list[int], bias: bool = True, n_in: int = 784,
+        n_out: int = N_CLASSES) -> nn.Sequential:
+    """A ReLU MLP ``n_in - hidden... - n_out`` with a leading Flatten."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    widths = [n_in, *hidden]
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], n_out, bias=bias))
+    return nn.Sequential(*layers)
+
+
+def cnn(channels: tuple[int, int] = (8, 16)) -> nn.Sequential:
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * 7 * 7, N_CLASSES),
+    )
+
+
+_BUILDERS = {
+    "mlp1": lambda: mlp((256,)),
+    "mlp2": lambda: mlp((256, 256)),
+    "cnn": lambda: cnn(),
+}
+
+
+def build(name: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Model ``name`` with PyTorch's default initialisation drawn from ``seed`` (global RNG untouched)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; allowed: {list(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = _BUILDERS[name]()
+    return model.to(dtype)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

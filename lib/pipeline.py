@@ -1,0 +1,96 @@
+"""Stage functions the notebooks call: loop over a profile's runs, skip what is done, save with provenance.
+
+Each stage reads its inputs from the ``ResultStore`` of the profile and writes results there; the
+notebooks only choose parameters, call these functions and plot.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import torch
+
+from . import data, models
+from .results import ResultStore
+from .train import check_recipe, evaluate, train
+
+TRAIN_STAGE = "train"
+
+
+def run_name(dataset: str, model: str, seed: int) -> str:
+    return f"{dataset}_{model}_s{seed}"
+
+
+def training_params(dataset: str, model: str, seed: int, n_train: int, data_seed: int, epochs: int,
+                    batch_size: int, lr: float) -> dict:
+    """The parameters that define a trained model (its identity in the result store)."""
+    return {"dataset": dataset, "model": model, "seed": seed, "n_train": n_train, "data_seed": data_seed,
+            "epochs": epochs, "batch_size": batch_size, "lr": lr}
+
+
+def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress: bool = True,
+              force: bool = False) -> dict:
+    """Train one (dataset, model, seed) unless an identical result exists; return its summary row."""
+    name = run_name(params["dataset"], params["model"], params["seed"])
+    if not force and store.is_done(TRAIN_STAGE, name, params):
+        meta = store.meta(TRAIN_STAGE, name)
+        return {**meta["summary"], "name": name, "skipped": True}
+    x, y = data.training_subset(params["dataset"], params["n_train"], params["data_seed"])
+    net = models.build(params["model"], params["seed"])
+    hist = train(net, x, y, epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                 seed=params["seed"], device=device, progress=progress)
+    xt, yt = data.load(params["dataset"], "test")
+    on_train, on_test = evaluate(net, x, y, device=device), evaluate(net, xt, yt, device=device)
+    summary = {
+        "dataset": params["dataset"], "model": params["model"], "seed": params["seed"],
+        "n_params": models.n_params(net), "n_train": params["n_train"],
+        "train_loss": on_train["loss"], "train_accuracy": on_train["accuracy"],
+        "test_loss": on_test["loss"], "test_accuracy": on_test["accuracy"],
+        "epoch_loss": hist.epoch_loss, "train_seconds": hist.seconds,
+    }
+    payload = {"model": params["model"], "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
+    store.save(TRAIN_STAGE, name, payload, params, ext="pt", seconds=hist.seconds, summary=summary)
+    return {**summary, "name": name, "skipped": False}
+
+
+def run_training(store: ResultStore, *, datasets, models_, seeds, n_train, data_seed, epochs, batch_size, lr,
+                 device="cpu", progress=True) -> list[dict]:
+    """Train every (dataset, model, seed) combination of a profile; returns one summary row each."""
+    check_recipe(epochs, batch_size, lr)
+    for ds in datasets:
+        data.spec(ds)
+    for m in models_:
+        models.build(m, 0)  # unknown names fail here, before any training
+    rows = []
+    combos = list(itertools.product(datasets, models_, seeds))
+    for ds, m, s in combos:
+        t0 = time.perf_counter()
+        row = train_one(store, training_params(ds, m, s, n_train, data_seed, epochs, batch_size, lr),
+                        device=device, progress=progress)
+        row["wall_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        state = "skipped (already trained with identical parameters)" if row["skipped"] else "trained"
+        print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
+    return rows
+
+
+def load_trained(store: ResultStore, dataset: str, model: str, seed: int,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict]:
+    """The trained model (eval mode) and its meta record; MissingResultError says to run 01_train."""
+    name = run_name(dataset, model, seed)
+    res = store.load(TRAIN_STAGE, name, made_by="notebooks/01_train.py")
+    net = models.build(res.payload["model"], seed)
+    net.load_state_dict(res.payload["state_dict"])
+    return net.to(dtype).eval(), res.meta
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain-text table of ``rows`` (floats with 4 significant digits)."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

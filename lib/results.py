@@ -1,0 +1,229 @@
+"""Result files: atomic writes, provenance, and a store that knows what is already computed.
+
+Every result is a pair of files in ``results/<profile>/<stage>/``:
+
+* ``<name>.<ext>`` -- the payload (``.pt`` for tensors/weights, ``.json`` for plain values), and
+* ``<name>.meta.json`` -- its parameters, seed, package versions, git commit, timing and the payload's sha256.
+
+The meta file is written last, atomically, so it doubles as the completion marker: a payload without a
+meta file, or whose sha256 does not match, is treated as missing and recomputed. A result is reused only
+when its recorded parameters equal the requested ones exactly; a changed parameter therefore invalidates
+exactly that result (and, because downstream parameters include the upstream payload's sha256, everything
+computed from it).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import REPO_ROOT
+
+RESULTS_ROOT = REPO_ROOT / "results"
+_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pyhessian", "matplotlib", "papermill", "jupytext")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert tensors, numpy values, tuples and paths into plain JSON values."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return str(obj)
+    return obj
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(to_jsonable(obj), indent=1, sort_keys=True) + "\n").encode()
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, json_bytes(obj))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit() -> dict:
+    """The repository's HEAD commit and whether the working tree had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                              timeout=20).stdout.strip()
+    try:
+        commit = git("rev-parse", "--verify", "-q", "HEAD") or "unknown"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", None
+    return {"commit": commit, "dirty": dirty}
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance() -> dict:
+    """Where and with what a result was computed (not part of the result's identity)."""
+    return {
+        "git": git_commit(),
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv[:1],
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _payload_bytes(payload: Any, ext: str) -> bytes:
+    if ext == "json":
+        return json_bytes(payload)
+    if ext == "pt":
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+    raise ValueError(f"unknown payload type {ext!r}; use 'json' or 'pt'")
+
+
+@dataclass
+class Result:
+    """A loaded result: the payload and its meta record (params, seed, provenance, timing)."""
+    payload: Any
+    meta: dict
+    path: Path
+
+
+class MissingResultError(FileNotFoundError):
+    """A result needed by a later stage is not there; the message names the notebook that makes it."""
+
+
+class ResultStore:
+    """Results of one profile: ``results/<profile>/<stage>/<name>.{pt,json}`` plus ``.meta.json``."""
+
+    def __init__(self, profile: str, root: str | Path | None = None):
+        if not profile or "/" in profile:
+            raise ValueError(f"profile={profile!r} must be a plain name such as 'smoke' or 'paper'")
+        self.profile = profile
+        self.root = Path(root) if root is not None else RESULTS_ROOT / profile
+
+    def _paths(self, stage: str, name: str, ext: str) -> tuple[Path, Path]:
+        base = self.root / stage
+        return base / f"{name}.{ext}", base / f"{name}.meta.json"
+
+    def meta(self, stage: str, name: str) -> dict | None:
+        """The meta record if the result is complete and intact, else None."""
+        meta_path = self.root / stage / f"{name}.meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            return None
+        payload_path = meta_path.parent / meta.get("payload", "")
+        if not payload_path.is_file() or sha256_file(payload_path) != meta.get("sha256"):
+            return None
+        return meta
+
+    def is_done(self, stage: str, name: str, params: dict) -> bool:
+        """True when an intact result with exactly these parameters exists."""
+        meta = self.meta(stage, name)
+        return meta is not None and meta.get("params") == to_jsonable(params)
+
+    def save(self, stage: str, name: str, payload: Any, params: dict, *, ext: str = "json",
+             seconds: float | None = None, summary: dict | None = None) -> Path:
+        """Write payload then meta (the completion marker), both atomically. Returns the payload path."""
+        data = _payload_bytes(payload, ext)
+        payload_path, meta_path = self._paths(stage, name, ext)
+        atomic_write_bytes(payload_path, data)
+        meta = {
+            "stage": stage,
+            "name": name,
+            "profile": self.profile,
+            "payload": payload_path.name,
+            "sha256": sha256_bytes(data),
+            "params": to_jsonable(params),
+            "seed": params.get("seed") if isinstance(params, dict) else None,
+            "summary": to_jsonable(summary or {}),
+            "seconds": seconds,
+            "provenance": provenance(),
+        }
+        atomic_write_json(meta_path, meta)
+        return payload_path
+
+    def load(self, stage: str, name: str, *, made_by: str | None = None) -> Result:
+        """Load an intact result or raise MissingResultError naming the notebook that makes it."""
+        meta = self.meta(stage, name)
+        if meta is None:
+            hint = f"; run notebook {made_by} first (make reproduce PROFILE={self.profile})" if made_by else ""
+            raise MissingResultError(
+                f"result {stage}/{name} of profile {self.profile!r} is missing or incomplete "
+                f"under {self.root}{hint}")
+        path = self.root / stage / meta["payload"]
+        if path.suffix == ".pt":
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            payload = json.loads(path.read_text())
+        return Result(payload=payload, meta=meta, path=path)
+
+    def names(self, stage: str) -> list[str]:
+        """Names of the complete results of a stage, sorted."""
+        folder = self.root / stage
+        if not folder.is_dir():
+            return []
+        names = [p.name[: -len(".meta.json")] for p in folder.glob("*.meta.json")]
+        return sorted(n for n in names if self.meta(stage, n) is not None)

@@ -1,0 +1,114 @@
+"""Run the numbered notebooks in order through papermill with a profile's parameters.
+
+    python -m lib.runner --profile smoke                      # every notebook
+    python -m lib.runner --profile paper --only 02_spectrum   # one stage
+    python -m lib.runner --profile smoke --set train.epochs=2 # override a parameter (YAML value)
+
+The profile is validated before anything runs. Executed notebooks are saved under
+``results/<profile>/notebooks/``; per-stage wall times go to ``results/<profile>/timings.json``.
+A failing cell stops the run with a non-zero exit and the cell's error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import REPO_ROOT
+from .config import load_profile, stage_parameters
+from .results import RESULTS_ROOT, atomic_write_json
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "landscape-hessian"
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def stage_of(path: Path) -> str:
+    """``01_train.py`` -> ``train``."""
+    return path.stem.split("_", 1)[1]
+
+
+def select(only: list[str] | None) -> list[Path]:
+    books = notebooks()
+    if not only:
+        return books
+    chosen = []
+    for item in only:
+        match = [p for p in books if p.stem == item or p.stem.startswith(item + "_") or stage_of(p) == item]
+        if not match:
+            raise ValueError(f"--only {item!r} matches no notebook; choose from {[p.stem for p in books]}")
+        chosen += match
+    return sorted(set(chosen))
+
+
+def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_NAME) -> float:
+    """Execute one jupytext notebook with papermill; returns wall seconds."""
+    import jupytext
+    import papermill
+
+    nb = jupytext.read(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{path.stem}.ipynb"
+    t0 = time.perf_counter()
+    papermill.execute_notebook(nb, str(output), parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT),
+                               progress_bar=False, log_output=True, request_save_on_cell_execute=False)
+    return time.perf_counter() - t0
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} must look like section.key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("traitlets", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="paper", help="configs/<profile>.yaml (default: paper)")
+    parser.add_argument("--only", action="append", help="notebook stem or stage name; repeatable")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--kernel", default=KERNEL_NAME)
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_profile(args.profile, parse_overrides(args.overrides))
+        books = select(args.only)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    profile = cfg["common"]["profile"]
+    out_dir = RESULTS_ROOT / profile / "notebooks"
+    timings_path = RESULTS_ROOT / profile / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    for path in books:
+        params = stage_parameters(cfg, stage_of(path))
+        print(f"=== {path.name} (profile {profile})", flush=True)
+        try:
+            seconds = run_notebook(path, params, out_dir, args.kernel)
+        except Exception as exc:  # papermill's PapermillExecutionError carries the failing cell's error
+            print(f"\nerror: {path.name} failed; executed notebook saved in {out_dir / (path.stem + '.ipynb')}"
+                  f"\n{exc}", file=sys.stderr)
+            return 1
+        timings[path.stem] = round(seconds, 2)
+        atomic_write_json(timings_path, timings)
+        print(f"=== {path.name} done in {seconds:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

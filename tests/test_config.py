@@ -1,0 +1,62 @@
+"""Profiles are validated before compute, with messages naming the parameter and the allowed values."""
+import pytest
+import yaml
+
+from lib import config
+from lib.runner import main as runner_main
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_shipped_profiles_are_valid(profile):
+    cfg = config.load_profile(profile)
+    assert cfg["common"]["profile"] == profile
+    params = config.stage_parameters(cfg, "train")
+    config.check_parameters("train", params)
+
+
+def _write(tmp_path, monkeypatch, text):
+    (tmp_path / "bad.yaml").write_text(text)
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+
+
+BASE = yaml.safe_load((config.CONFIG_DIR / "smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"common": {"datasets": ["cifar10"]}}, r"common.datasets\[0\]='cifar10'.*one of \['fashion_mnist', 'mnist'\]"),
+    ({"common": {"models": ["vgg"]}}, r"common.models\[0\]='vgg'.*one of \['mlp1', 'mlp2', 'cnn'\]"),
+    ({"common": {"n_train": 70000}}, r"common.n_train=70000.*\[2, 60000\]"),
+    ({"common": {"device": "tpu"}}, r"common.device='tpu'.*one of \['cpu', 'cuda', 'auto'\]"),
+    ({"train": {"epochs": 0}}, r"train.epochs=0"),
+    ({"train": {"lr": -0.1}}, r"train.lr=-0.1.*> 0"),
+    ({"train": {"epoch": 3}}, r"unknown parameter train.epoch; allowed in train: \['batch_size', 'epochs', 'lr'\]"),
+    ({"trian": {"epochs": 3}}, r"unknown profile section 'trian'"),
+])
+def test_bad_profiles_fail_fast(tmp_path, monkeypatch, change, match):
+    cfg = {k: dict(v) for k, v in BASE.items()}
+    for section, kv in change.items():
+        cfg.setdefault(section, {}).update(kv)
+    _write(tmp_path, monkeypatch, yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=match):
+        config.load_profile("bad")
+
+
+def test_malformed_yaml_and_unknown_profile(tmp_path, monkeypatch):
+    _write(tmp_path, monkeypatch, "common: [unclosed\n")
+    with pytest.raises(ValueError, match="bad.yaml is not valid YAML"):
+        config.load_profile("bad")
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        config.load_profile("nope")
+
+
+def test_overrides_are_validated():
+    cfg = config.load_profile("smoke", {"train.epochs": 3})
+    assert cfg["train"]["epochs"] == 3
+    with pytest.raises(ValueError, match="train.epochs=-3"):
+        config.load_profile("smoke", {"train.epochs": -3})
+
+
+def test_runner_rejects_bad_parameters_before_running(capsys):
+    assert runner_main(["--profile", "smoke", "--set", "common.n_train=0"]) == 2
+    assert "common.n_train=0" in capsys.readouterr().err
+    assert runner_main(["--profile", "smoke", "--only", "99_nothing"]) == 2
