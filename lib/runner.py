@@ -54,6 +54,8 @@ def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_N
     import papermill
 
     nb = jupytext.read(path)
+    nb.metadata.setdefault("kernelspec", {"name": kernel, "display_name": kernel, "language": "python"})
+    nb.metadata["kernelspec"].setdefault("language", "python")
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{path.stem}.ipynb"
     t0 = time.perf_counter()
