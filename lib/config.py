@@ -88,6 +88,14 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "batch_size": integer(1),
         "lr": number(0.0),
     },
+    "spectrum": {
+        "k_top": integer(1),
+        "tol": number(0.0),
+        "n_vectors": integer(1),
+        "trace_probes": integer(2),
+        "slq_runs": integer(1),
+        "slq_iter": integer(2),
+    },
 }
 
 

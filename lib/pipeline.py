@@ -15,6 +15,22 @@ from .results import ResultStore
 from .train import check_recipe, evaluate, train
 
 TRAIN_STAGE = "train"
+SPECTRUM_STAGE = "spectrum"
+
+
+def cached(store: ResultStore, stage: str, name: str, params: dict, compute, *, ext: str = "pt",
+           force: bool = False) -> tuple[dict, bool]:
+    """Return ``(summary, skipped)``: reuse an intact result with identical params, else run ``compute()``.
+
+    ``compute`` returns ``(payload, summary)``; it is saved with its wall time and provenance.
+    """
+    if not force and store.is_done(stage, name, params):
+        return store.meta(stage, name)["summary"], True
+    t0 = time.perf_counter()
+    payload, summary = compute()
+    seconds = time.perf_counter() - t0
+    store.save(stage, name, payload, params, ext=ext, seconds=seconds, summary={**summary, "seconds": seconds})
+    return {**summary, "seconds": seconds}, False
 
 
 def run_name(dataset: str, model: str, seed: int) -> str:
@@ -32,25 +48,26 @@ def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress
               force: bool = False) -> dict:
     """Train one (dataset, model, seed) unless an identical result exists; return its summary row."""
     name = run_name(params["dataset"], params["model"], params["seed"])
-    if not force and store.is_done(TRAIN_STAGE, name, params):
-        meta = store.meta(TRAIN_STAGE, name)
-        return {**meta["summary"], "name": name, "skipped": True}
-    x, y = data.training_subset(params["dataset"], params["n_train"], params["data_seed"])
-    net = models.build(params["model"], params["seed"])
-    hist = train(net, x, y, epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                 seed=params["seed"], device=device, progress=progress)
-    xt, yt = data.load(params["dataset"], "test")
-    on_train, on_test = evaluate(net, x, y, device=device), evaluate(net, xt, yt, device=device)
-    summary = {
-        "dataset": params["dataset"], "model": params["model"], "seed": params["seed"],
-        "n_params": models.n_params(net), "n_train": params["n_train"],
-        "train_loss": on_train["loss"], "train_accuracy": on_train["accuracy"],
-        "test_loss": on_test["loss"], "test_accuracy": on_test["accuracy"],
-        "epoch_loss": hist.epoch_loss, "train_seconds": hist.seconds,
-    }
-    payload = {"model": params["model"], "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
-    store.save(TRAIN_STAGE, name, payload, params, ext="pt", seconds=hist.seconds, summary=summary)
-    return {**summary, "name": name, "skipped": False}
+
+    def compute():
+        x, y = data.training_subset(params["dataset"], params["n_train"], params["data_seed"])
+        net = models.build(params["model"], params["seed"])
+        hist = train(net, x, y, epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                     seed=params["seed"], device=device, progress=progress)
+        xt, yt = data.load(params["dataset"], "test")
+        on_train, on_test = evaluate(net, x, y, device=device), evaluate(net, xt, yt, device=device)
+        summary = {
+            "dataset": params["dataset"], "model": params["model"], "seed": params["seed"],
+            "n_params": models.n_params(net), "n_train": params["n_train"],
+            "train_loss": on_train["loss"], "train_accuracy": on_train["accuracy"],
+            "test_loss": on_test["loss"], "test_accuracy": on_test["accuracy"],
+            "epoch_loss": hist.epoch_loss, "train_seconds": hist.seconds,
+        }
+        payload = {"model": params["model"], "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
+        return payload, summary
+
+    summary, skipped = cached(store, TRAIN_STAGE, name, params, compute, force=force)
+    return {**summary, "name": name, "skipped": skipped}
 
 
 def run_training(store: ResultStore, *, datasets, models_, seeds, n_train, data_seed, epochs, batch_size, lr,
@@ -94,3 +111,58 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def trained_run(store: ResultStore, dataset: str, model: str, seed: int, dtype: torch.dtype = torch.float32):
+    """Trained model, its training data in insertion order, and the upstream identity for downstream params."""
+    net, meta = load_trained(store, dataset, model, seed, dtype=dtype)
+    x, y = data.training_subset(dataset, meta["params"]["n_train"], meta["params"]["data_seed"])
+    upstream = {f"{TRAIN_STAGE}/{meta['name']}": meta["sha256"]}
+    return net, x.to(dtype), y, upstream
+
+
+def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, *, k_top: int, tol: float,
+                 n_vectors: int, trace_probes: int, slq_runs: int, slq_iter: int, device: str = "cpu",
+                 force: bool = False) -> dict:
+    """Top-k eigenpairs (Lanczos), smallest eigenvalue, Hutchinson trace and SLQ density of one trained run."""
+    from . import hessian
+    from .device import resolve_device
+
+    net, x, y, upstream = trained_run(store, dataset, model, seed)
+    if not 1 <= n_vectors <= k_top:
+        raise ValueError(f"n_vectors={n_vectors} must be in [1, k_top={k_top}]")
+    params = {"dataset": dataset, "model": model, "seed": seed, "k_top": k_top, "tol": tol,
+              "n_vectors": n_vectors, "trace_probes": trace_probes, "slq_runs": slq_runs, "slq_iter": slq_iter,
+              "upstream": upstream}
+    name = run_name(dataset, model, seed)
+
+    def compute():
+        dev = resolve_device(device)
+        netd, xd, yd = net.to(dev), x.to(dev), y.to(dev)
+        top = hessian.top_eigenpairs(netd, xd, yd, k_top, method="lanczos", tol=tol, seed=seed)
+        low = hessian.smallest_eigenvalue(netd, xd, yd, tol=tol, seed=seed)
+        tr = hessian.trace(netd, xd, yd, n_probes=trace_probes, seed=seed)
+        dens = hessian.density(netd, xd, yd, n_runs=slq_runs, n_iter=slq_iter, seed=seed, n_grid=2000)
+        payload = {
+            "eigenvalues": top.eigenvalues.double().cpu(), "residuals": top.residuals.double().cpu(),
+            "eigenvectors": top.eigenvectors[:n_vectors].float().cpu(),
+            "smallest": low.value, "smallest_residual": low.residual,
+            "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_samples": tr.samples,
+            "slq_nodes": dens.nodes, "slq_weights": dens.weights, "grid": dens.grid, "density": dens.density,
+            "hvp_counts": {"top": top.hvp_count, "smallest": low.hvp_count, "trace": tr.hvp_count,
+                           "density": dens.hvp_count},
+            "solver_seconds": {"top": top.seconds, "smallest": low.seconds, "density": dens.seconds},
+        }
+        summary = {"dataset": dataset, "model": model, "seed": seed, "n_params": models.n_params(net),
+                   "lambda_1": float(top.eigenvalues[0]), f"lambda_{k_top}": float(top.eigenvalues[-1]),
+                   "lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr,
+                   "max_residual": float(top.residuals.max()), "hvp_top": top.hvp_count}
+        return payload, summary
+
+    summary, skipped = cached(store, SPECTRUM_STAGE, name, params, compute, force=force)
+    return {**summary, "name": name, "skipped": skipped}
+
+
+def load_spectrum(store: ResultStore, dataset: str, model: str, seed: int) -> dict:
+    """The saved spectrum of one run; MissingResultError says to run 02_spectrum."""
+    return store.load(SPECTRUM_STAGE, run_name(dataset, model, seed), made_by="notebooks/02_spectrum.py").payload
