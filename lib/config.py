@@ -96,7 +96,30 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "slq_runs": integer(1),
         "slq_iter": integer(2),
     },
+    "projection": {
+        "grid_points": integer(3),
+        "hessian_span": number(0.0),
+        "random_span": number(0.0),
+        "k_small": integer(1),
+    },
+    "monte_carlo": {
+        "D": integer(1),
+        "sigma": number(0.0),
+        "n_samples": integer(2),
+        "n_orders": integer(0),
+        "sweep_datasets": list_of(choice(sorted(DATASETS)), min_len=0),
+        "sweep_models": list_of(choice(MODELS), min_len=0),
+        "sweep_samples": integer(2),
+        "sigmas": list_of(number(0.0)),
+        "dims": list_of(integer(1)),
+        "distributions": list_of(choice(("gaussian", "ball", "sphere", "curvature"))),
+        "estimators": list_of(choice(("plain", "antithetic", "sobol"))),
+        "theory_max_D": integer(0),
+    },
 }
+
+# Keys of ``common`` that a stage section may override for that stage only (e.g. fewer models).
+STAGE_OVERRIDABLE = ("datasets", "models", "seeds", "device", "progress")
 
 
 def validate_section(section: str, params: dict) -> dict:
@@ -106,6 +129,8 @@ def validate_section(section: str, params: dict) -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"profile section {section!r} must be a mapping of parameter: value")
     allowed = SCHEMA[section]
+    if section != "common":
+        allowed = {**{k: SCHEMA["common"][k] for k in STAGE_OVERRIDABLE}, **allowed}
     for key, value in params.items():
         if key not in allowed:
             raise ValueError(f"unknown parameter {section}.{key}; allowed in {section}: {sorted(allowed)}")
@@ -152,7 +177,7 @@ def stage_parameters(cfg: dict, stage: str) -> dict:
 def check_parameters(stage: str, params: dict) -> None:
     """Validate a notebook's parameters (``common`` keys plus its stage's keys)."""
     common = {k: v for k, v in params.items() if k in SCHEMA["common"]}
-    own = {k: v for k, v in params.items() if k not in SCHEMA["common"]}
+    own = {k: v for k, v in params.items() if k not in SCHEMA["common"] or k in STAGE_OVERRIDABLE}
     validate_section("common", common)
     validate_section(stage, own)
 

@@ -29,7 +29,7 @@ BASE = yaml.safe_load((config.CONFIG_DIR / "smoke.yaml").read_text())
     ({"common": {"device": "tpu"}}, r"common.device='tpu'.*one of \['cpu', 'cuda', 'auto'\]"),
     ({"train": {"epochs": 0}}, r"train.epochs=0"),
     ({"train": {"lr": -0.1}}, r"train.lr=-0.1.*> 0"),
-    ({"train": {"epoch": 3}}, r"unknown parameter train.epoch; allowed in train: \['batch_size', 'epochs', 'lr'\]"),
+    ({"train": {"epoch": 3}}, r"unknown parameter train.epoch; allowed in train: \[.*'batch_size'.*'epochs'.*'lr'"),
     ({"trian": {"epochs": 3}}, r"unknown profile section 'trian'"),
 ])
 def test_bad_profiles_fail_fast(tmp_path, monkeypatch, change, match):

@@ -1,0 +1,235 @@
+"""Every figure of the paper (SCIENCE.md section 7), drawn from saved results only.
+
+Each function takes the profile's ``ResultStore`` (plus what selects the runs) and returns a matplotlib figure;
+notebooks 02-05 call them for previews and notebook 06 saves them with ``plotting.save``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import plotting
+from .experiments import CurveSpec, group, load_curve, load_projection
+from .pipeline import load_spectrum
+
+LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN",
+          "hessian": "Hessian subspace", "random": "random subspace"}
+
+
+def _log_index(n: int, points: int = 400) -> np.ndarray:
+    """Indices 0..n-1 spaced logarithmically (for plotting long curves on log axes)."""
+    return np.unique(np.round(np.geomspace(1, n, points)).astype(int) - 1)
+
+
+def _runs(plan_specs: list[CurveSpec]) -> list[tuple[str, str]]:
+    seen = []
+    for s in plan_specs:
+        if (s.dataset, s.model) not in seen:
+            seen.append((s.dataset, s.model))
+    return seen
+
+
+# -------------------------------------------------------------------------------------------- spectrum
+def spectrum(store, datasets, models, seeds):
+    with plotting.style():
+        fig, axes = plotting.figure(2, len(datasets), width=plotting.FULL_WIDTH, aspect=0.6)
+        for r, ds in enumerate(datasets):
+            ax_ev, ax_d = axes[r]
+            for i, m in enumerate(models):
+                specs = [load_spectrum(store, ds, m, s) for s in seeds]
+                ev = np.array([p["eigenvalues"].numpy() for p in specs])
+                idx = np.arange(1, ev.shape[1] + 1)
+                sd = ev.std(0, ddof=1) if len(seeds) > 1 else np.zeros(ev.shape[1])
+                ax_ev.errorbar(idx, ev.mean(0), yerr=sd, marker=".", ms=3, capsize=1.5, lw=0.8,
+                               color=plotting.PALETTE[i], label=f"{LABELS[m]} (tr = {specs[0]['trace']:.3g})")
+                p0 = specs[0]
+                ax_d.semilogy(p0["grid"], np.maximum(p0["density"], 1e-12), color=plotting.PALETTE[i],
+                              label=LABELS[m])
+            ax_ev.set_yscale("log")
+            ax_ev.set(xlabel="index $i$", ylabel=r"eigenvalue $\lambda_i$",
+                      title=f"{LABELS[ds]}: top eigenvalues (mean $\\pm$ sd over {len(seeds)} seeds)")
+            ax_d.set(xlabel=r"eigenvalue $\lambda$", ylabel="spectral density", ylim=(1e-7, None),
+                     title=f"{LABELS[ds]}: SLQ density (seed {seeds[0]})")
+            ax_ev.legend(fontsize=6)
+            ax_d.legend(fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- surfaces
+def surfaces(store, dataset, model, seed):
+    p = load_projection(store, dataset, model, seed)
+    k_small, N = p["k"][0], p["N"]
+    with plotting.style():
+        fig, axes = plotting.figure(3, 2, width=plotting.FULL_WIDTH, aspect=0.85)
+        for r, (plane, label) in enumerate([("hessian", "top-2 Hessian eigenvectors"),
+                                            ("filter_normalized", "filter-normalised random")]):
+            g = p[plane]
+            a = g["axis"]
+            panels = [(g[f"L_{k_small}"], f"$L_{{{k_small}}}$"), (g[f"L_{N - 1}"], f"$L_{{{N - 1}}}$"),
+                      ((g[f"L_{k_small + 1}"] - g[f"L_{k_small}"]) ** 2,
+                       f"$(L_{{{k_small + 1}}} - L_{{{k_small}}})^2$")]
+            for c, (z, title) in enumerate(panels):
+                ax = axes[r, c]
+                cs = ax.contourf(a, a, np.log10(np.maximum(z.T, 1e-12)), levels=20)
+                ax.plot(0, 0, "w+", ms=6)
+                cb = fig.colorbar(cs, ax=ax, shrink=0.9)
+                cb.set_label(r"$\log_{10}$ value", fontsize=6)
+                ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", title=f"{title}, {label}")
+                ax.grid(False)
+        fig.suptitle(f"{LABELS[dataset]}, {LABELS[model]} (N = {N})", fontsize=8)
+        fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- Delta curves
+def _curve_line(ax, c, color, label, key="delta", se_key="stderr", scale=None):
+    idx = _log_index(len(c["k"]))
+    k = c["k"][idx]
+    y = c[key][idx] * (1 if scale is None else scale(k))
+    se = 2 * c[se_key][idx] * (1 if scale is None else scale(k)) if se_key else np.zeros_like(y)
+    return plotting.band(ax, k, y, se, label=label, color=color)
+
+
+def delta_main(store, plan, k2: bool = False):
+    """Delta_k (or k^2 Delta_k) vs k, Hessian vs random subspace, one panel per (dataset, model)."""
+    specs = group(plan, "main")
+    runs = _runs(specs)
+    ncols = min(3, len(runs))
+    nrows = int(np.ceil(len(runs) / ncols))
+    with plotting.style():
+        fig, axes = plotting.figure(ncols, nrows, width=plotting.FULL_WIDTH, aspect=0.8)
+        for ax in axes.flat[len(runs):]:
+            ax.set_visible(False)
+        for ax, (ds, m) in zip(axes.flat, runs):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for i, sub in enumerate(("hessian", "random")):
+                spec = next(s for s in specs if (s.dataset, s.model, s.subspace) == (ds, m, sub))
+                c = load_curve(store, spec)
+                _curve_line(ax, c, plotting.PALETTE[i], f"{LABELS[sub]}, D={spec.D}",
+                            scale=(lambda k: k ** 2) if k2 else None)
+            ylabel = r"$k^2 \Delta_k$" if k2 else r"$\Delta_k$"
+            ax.set(xlabel="sample size $k$", ylabel=ylabel,
+                   title=f"{LABELS[ds]}, {LABELS[m]}, $\\sigma$={specs[0].sigma:g}")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+def sweep(store, plan, which: str):
+    """Delta_k for the sigma sweep (Hessian and random), the D sweep, the distributions or the estimators."""
+    specs = group(plan, which)
+    attr = {"sigma": "sigma", "dim": "D", "distribution": "distribution", "estimator": "estimator"}[which]
+    panels = [("hessian", [s for s in specs if s.subspace == "hessian"])]
+    if which == "sigma":
+        panels.append(("random", [s for s in specs if s.subspace == "random"]))
+    with plotting.style():
+        fig, axes = plotting.figure(len(panels), width=plotting.COLUMN_WIDTH * len(panels), aspect=0.8)
+        for ax, (sub, ss) in zip(axes.flat, panels):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for i, s in enumerate(ss):
+                c = load_curve(store, s)
+                _curve_line(ax, c, plotting.PALETTE[i % len(plotting.PALETTE)], f"{attr} = {getattr(s, attr)}")
+            ax.set(xlabel="sample size $k$", ylabel=r"$\Delta_k$",
+                   title=f"{LABELS[ss[0].dataset]}, {LABELS[ss[0].model]}, {LABELS[sub]}")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+def estimator_efficiency(store, plan):
+    """Relative standard error x sqrt(cost) per estimator and distribution (lower is better)."""
+    rows = []
+    for which in ("estimator", "distribution"):
+        for s in group(plan, which):
+            c = load_curve(store, s)
+            rel = np.median(c["stderr"] / np.maximum(c["delta"], 1e-300))
+            rows.append((f"{s.distribution}/{s.estimator}", rel * np.sqrt(c["n_forward"])))
+    labels, values = zip(*dict(rows).items()) if rows else ((), ())
+    with plotting.style():
+        fig, axes = plotting.figure(1, aspect=0.6)
+        ax = axes[0, 0]
+        ax.barh(range(len(values)), values, color=plotting.PALETTE[0])
+        ax.set_yticks(range(len(values)), labels)
+        ax.set(xlabel=r"median$_k$ (SE$_k$ / $\Delta_k$) $\times \sqrt{\mathrm{forward\ passes}}$",
+               title="Monte-Carlo efficiency (lower is better)")
+        fig.tight_layout()
+    return fig
+
+
+def theory_vs_mc(store, plan):
+    """Monte Carlo vs the quadratic prediction Q_k and Theorem 1's T_k across sigma (Hessian subspace)."""
+    specs = [s for s in group(plan, "sigma") if s.subspace == "hessian" and s.theory]
+    if not specs:
+        specs = [s for s in group(plan, "main") if s.theory][:1]
+    with plotting.style():
+        fig, axes = plotting.figure(len(specs), width=plotting.FULL_WIDTH, aspect=1.0)
+        for ax, s in zip(axes.flat, specs):
+            c = load_curve(store, s)
+            idx = _log_index(len(c["k"]))
+            k = c["k"][idx]
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            plotting.band(ax, k, c["delta"][idx], 2 * c["stderr"][idx], label="Monte Carlo", color=plotting.PALETTE[0])
+            ax.plot(k, c["Q"][idx], color=plotting.PALETTE[1], ls="--", label="$Q_k$ (quadratic)")
+            if c.get("T") is not None:
+                ax.plot(k, np.maximum(c["T"][idx], 1e-300), color=plotting.PALETTE[2], ls=":", label="$T_k$ (Thm. 1)")
+            ax.set(xlabel="$k$", title=f"$\\sigma$ = {s.sigma:g}")
+        axes[0, 0].set_ylabel(r"$\Delta_k$")
+        axes[0, 0].legend(fontsize=6)
+        fig.suptitle(f"{LABELS[specs[0].dataset]}, {LABELS[specs[0].model]}, D = {specs[0].D}", fontsize=8)
+        fig.tight_layout()
+    return fig
+
+
+def order_average(store, plan):
+    """k(k+1) Delta_k: fixed order, mean and median over R random orders, and V-bar N/(N-1)."""
+    specs = [s for s in group(plan, "main") if s.n_orders > 0]
+    runs = _runs(specs)
+    with plotting.style():
+        fig, axes = plotting.figure(2, len(runs), width=plotting.FULL_WIDTH, aspect=0.6)
+        for r, (ds, m) in enumerate(runs):
+            for c_, sub in enumerate(("hessian", "random")):
+                ax = axes[r, c_]
+                s = next(x for x in specs if (x.dataset, x.model, x.subspace) == (ds, m, sub))
+                c = load_curve(store, s)
+                idx = _log_index(len(c["k"]))
+                k = c["k"][idx]
+                kk = k * (k + 1)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.plot(k, kk * c["delta"][idx], color=plotting.PALETTE[0], lw=0.8, label="fixed order")
+                ax.plot(k, kk * c["order_mean"][idx], color=plotting.PALETTE[1], label=f"mean of {s.n_orders} orders")
+                ax.plot(k, kk * c["order_median"][idx], color=plotting.PALETTE[2], ls="--", label="median of orders")
+                ax.axhline(c["vbar"] * c["N"] / (c["N"] - 1), color="k", ls=":", label=r"$\bar V N/(N-1)$")
+                ax.set(xlabel="$k$", ylabel=r"$k(k+1)\Delta_k$", title=f"{LABELS[ds]}, {LABELS[m]}, {LABELS[sub]}")
+                ax.legend(fontsize=5)
+        fig.tight_layout()
+    return fig
+
+
+def vbar_parts(store, plan):
+    """V-bar (Monte Carlo) and its quadratic-model parts V0, s V2, m V4 across sigma, Hessian vs random."""
+    specs = group(plan, "sigma")
+    with plotting.style():
+        fig, axes = plotting.figure(2, width=plotting.FULL_WIDTH, aspect=0.7)
+        for ax, sub in zip(axes.flat, ("hessian", "random")):
+            ss = sorted((s for s in specs if s.subspace == sub), key=lambda s: s.sigma)
+            if not ss:
+                continue
+            cs = [load_curve(store, s) for s in ss]
+            sig = np.array([s.sigma for s in ss])
+            ax.errorbar(sig, [c["vbar"] for c in cs], yerr=[2 * c["vbar_stderr"] for c in cs], marker="o", ms=3,
+                        color="k", label=r"$\bar V$ (Monte Carlo)")
+            if all("vbar_quadratic" in c for c in cs):
+                q = [c["vbar_quadratic"] for c in cs]
+                for i, (key, lab) in enumerate([("vbar", r"$\bar V$ (quadratic)"), ("V0", "$V_0$"),
+                                                ("grad_part", r"$\sigma^2 V_2$"), ("curv_part", r"$\sigma^4 V_4$")]):
+                    ax.plot(sig, [abs(x[key]) for x in q], marker=".", ls="--" if i == 0 else "-",
+                            color=plotting.PALETTE[i], label=lab)
+            ax.set(xscale="log", yscale="log", xlabel=r"$\sigma$", ylabel="across-sample loss variance",
+                   title=f"{LABELS[ss[0].dataset]}, {LABELS[ss[0].model]}, {LABELS[sub]}")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+    return fig
