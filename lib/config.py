@@ -116,6 +116,19 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "estimators": list_of(choice(("plain", "antithetic", "sobol"))),
         "theory_max_D": integer(0),
     },
+    "convergence": {
+        "delta_grid": list_of(number(0.0)),
+        "pilot_k0": integer(3),
+        "learning_sizes": list_of(integer(2, TRAIN_SIZE)),
+        "learning_models": list_of(choice(MODELS)),
+        "r0_dataset": choice(sorted(DATASETS)),
+        "r0_n_train": integer(2, TRAIN_SIZE),
+        "r0_architectures": list_of(list_of(integer(1), unique=False)),
+        "r0_orders": integer(2),
+        "r0_hessian_samples": integer(1),
+        "r0_epochs": integer(1),
+    },
+    "figures": {},
 }
 
 # Keys of ``common`` that a stage section may override for that stage only (e.g. fewer models).

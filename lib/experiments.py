@@ -240,3 +240,12 @@ def load_plan(store: ResultStore) -> list[tuple[str, CurveSpec]]:
 
 def group(plan: list[tuple[str, CurveSpec]], name: str) -> list[CurveSpec]:
     return [s for g, s in plan if g == name]
+
+
+def load_terms(store: ResultStore, spec: CurveSpec):
+    """The per-sample (a_i, b_i, C_i) saved for a curve's (run, subspace, D)."""
+    from .quadratic import PerSampleTerms
+
+    name = f"{run_name(spec.dataset, spec.model, spec.seed)}_{spec.subspace}_D{spec.D}"
+    p = store.load(TERMS_STAGE, name, made_by="notebooks/04_monte_carlo.py").payload
+    return PerSampleTerms(a=p["a"], b=p["b"], C=p["C"], method=p["method"])

@@ -233,3 +233,77 @@ def vbar_parts(store, plan):
             ax.legend(fontsize=6)
         fig.tight_layout()
     return fig
+
+
+def delta_vs_loss(store, plan):
+    """Delta_k against L_k(w*) along k for the main Hessian curves, with Spearman's rho."""
+    from .convergence import spearman
+
+    specs = [s for s in group(plan, "main") if s.subspace == "hessian"]
+    with plotting.style():
+        fig, axes = plotting.figure(1, width=plotting.COLUMN_WIDTH, aspect=0.8)
+        ax = axes[0, 0]
+        for i, s in enumerate(specs):
+            c = load_curve(store, s)
+            L = (np.cumsum(c["losses0"]) / np.arange(1, len(c["losses0"]) + 1))[:-1]
+            rho = spearman(c["delta"], L)["rho"]
+            idx = _log_index(len(L))
+            ax.loglog(L[idx], c["delta"][idx], ".", ms=2, color=plotting.PALETTE[i % 8],
+                      label=f"{LABELS[s.dataset]}, {LABELS[s.model]} ($\\rho$ = {rho:.2f})")
+        ax.set(xlabel=r"$L_k(w^*)$", ylabel=r"$\Delta_k$", title=r"$\Delta_k$ vs the loss at the minimum")
+        ax.legend(fontsize=5)
+        fig.tight_layout()
+    return fig
+
+
+def learning_curve(store):
+    from .analysis import load_analysis
+
+    rows = load_analysis(store, "learning_curve")
+    with plotting.style():
+        fig, axes = plotting.figure(1, width=plotting.COLUMN_WIDTH, aspect=0.7)
+        ax = axes[0, 0]
+        keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+        for i, (ds, m) in enumerate(keys):
+            rr = sorted((r for r in rows if (r["dataset"], r["model"]) == (ds, m)), key=lambda r: r["n"])
+            ax.plot([r["n"] for r in rr], [100 * r["test_accuracy"] for r in rr], marker="o", ms=3,
+                    color=plotting.PALETTE[i % 8], label=f"{LABELS[ds]}, {LABELS[m]}")
+        sizes = load_analysis(store, "sample_size")
+        for r in sizes:
+            if r["K_mc"] is not None and r["test_accuracy_K"] is not None:
+                ax.plot(r["K_mc"], 100 * r["test_accuracy_K"], "kx", ms=4)
+        ax.set(xscale="log", xlabel="training-set size $n$ (first $n$ of the insertion order)",
+               ylabel="test accuracy (%)", title="learning curve (x: trained on $K(\\Delta)$ samples)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+def r0_curves(store):
+    """Mean over random orders of |L_{k+1} - L_k|(w*) for bias-free MLPs, with the bound 2 M_l / (k+1)."""
+    from .analysis import R0_STAGE, load_analysis
+
+    rows = load_analysis(store, "r0")
+    with plotting.style():
+        fig, axes = plotting.figure(2, width=plotting.FULL_WIDTH, aspect=0.7)
+        ax, ax2 = axes[0]
+        for i, r in enumerate(rows):
+            p = store.load(R0_STAGE, r["name"]).payload
+            idx = _log_index(len(p["k"]))
+            lab = "-".join(map(str, r["hidden"]))
+            plotting.band(ax, p["k"][idx], p["mean"][idx], 2 * p["stderr"][idx], color=plotting.PALETTE[i % 8],
+                          label=f"784-{lab}-10 (slope {r['slope']:.2f})")
+            ax.plot(p["k"][idx], p["bound_curve"][idx], ls=":", color=plotting.PALETTE[i % 8])
+        ax.set(xscale="log", yscale="log", xlabel="$k$", ylabel=r"$|L_{k+1}-L_k|(w^*)$",
+               title="R = 0: mean over random orders (dotted: bound $2M_l/(k+1)$)")
+        ax.legend(fontsize=5)
+        names = ["-".join(map(str, r["hidden"])) for r in rows]
+        x = np.arange(len(rows))
+        ax2.bar(x - 0.2, [r["hessian_bound"] for r in rows], 0.4, label="bound", color=plotting.PALETTE[1])
+        ax2.bar(x + 0.2, [r["max_measured_norm"] for r in rows], 0.4, label=r"measured max$_i$ $\|\nabla^2 l_i\|_2$",
+                color=plotting.PALETTE[0])
+        ax2.set_xticks(x, names)
+        ax2.set(yscale="log", xlabel="hidden widths", ylabel="spectral norm", title="Hessian-norm bound vs measured")
+        ax2.legend(fontsize=6)
+        fig.tight_layout()
+    return fig

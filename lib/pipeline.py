@@ -45,9 +45,11 @@ def training_params(dataset: str, model: str, seed: int, n_train: int, data_seed
 
 
 def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress: bool = True,
-              force: bool = False) -> dict:
-    """Train one (dataset, model, seed) unless an identical result exists; return its summary row."""
-    name = run_name(params["dataset"], params["model"], params["seed"])
+              force: bool = False, stage: str = TRAIN_STAGE, name: str | None = None) -> dict:
+    """Train one (dataset, model, seed) on the first ``n_train`` samples of the insertion order unless an
+    identical result exists; return its summary row. ``stage``/``name`` place extra runs (learning curves,
+    validation at K) apart from the main trained models."""
+    name = name or run_name(params["dataset"], params["model"], params["seed"])
 
     def compute():
         x, y = data.training_subset(params["dataset"], params["n_train"], params["data_seed"])
@@ -66,7 +68,7 @@ def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress
         payload = {"model": params["model"], "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
         return payload, summary
 
-    summary, skipped = cached(store, TRAIN_STAGE, name, params, compute, force=force)
+    summary, skipped = cached(store, stage, name, params, compute, force=force)
     return {**summary, "name": name, "skipped": skipped}
 
 
