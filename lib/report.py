@@ -1,0 +1,208 @@
+"""Numbers and tables of the paper, generated from saved results only (notebook 06).
+
+``numbers(store, ...)`` returns ``{macro: value string}``; ``write_numbers`` writes one ``\\newcommand`` per number
+into ``paper/generated/numbers.tex``; ``*_table`` functions return LaTeX tables (booktabs).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import REPO_ROOT
+from .analysis import load_analysis
+from .experiments import group, load_curve
+from .pipeline import load_spectrum, run_name
+from .results import atomic_write_bytes, package_versions, git_commit
+
+GENERATED = REPO_ROOT / "paper" / "generated"
+FIGURES = REPO_ROOT / "paper" / "figures"
+_DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
+NAMES = {"mnist": "Mnist", "fashion_mnist": "Fashion", "mlp1": "MlpOne", "mlp2": "MlpTwo", "cnn": "Cnn",
+         "hessian": "Hess", "random": "Rand"}
+TEX_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN"}
+
+
+def macro(*parts) -> str:
+    """A LaTeX macro name from parts: letters only, digits spelled out (``macro('acc', 'mnist', 'mlp2')``)."""
+    out = ""
+    for p in parts:
+        p = NAMES.get(str(p), str(p))
+        for word in re.split(r"[^A-Za-z0-9]+", p):
+            if word:
+                out += word[0].upper() + word[1:]
+    return "".join(_DIGITS[int(ch)] if ch.isdigit() else ch for ch in out)
+
+
+def fmt(x, digits: int = 3) -> str:
+    """Significant-digit formatting for text; large/small values in LaTeX scientific notation."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}".replace(",", "{,}")
+    x = float(x)
+    if not np.isfinite(x):
+        return "n/a"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        mant, exp = f"{x:.{digits - 1}e}".split("e")
+        return f"\\ensuremath{{{mant}\\times 10^{{{int(exp)}}}}}"
+    s = f"{x:.{digits}g}"
+    if "e" in s:
+        s = f"{x:.{max(digits - 1, 0)}f}"
+    return s
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}"
+
+
+def numbers(store, datasets, models, seeds, plan, timings: dict | None = None) -> dict:
+    """Every number the paper quotes, keyed by macro name."""
+    out: dict[str, str] = {}
+    out[macro("profile")] = store.profile
+    first = store.meta("train", run_name(datasets[0], models[0], seeds[0]))["params"]
+    out[macro("n", "train")] = fmt(int(first["n_train"]))
+    out[macro("epochs")] = fmt(int(first["epochs"]))
+    out[macro("n", "seeds")] = fmt(len(seeds))
+    from .data import DATASETS
+    from .models import MODELS
+
+    for ds in DATASETS:
+        for m in MODELS:
+            for key in (("acc", ds, m), ("acc", "sd", ds, m), ("train", "loss", ds, m), ("lambda", "one", ds, m),
+                        ("lambda", "last", ds, m), ("lambda", "min", ds, m), ("trace", ds, m),
+                        ("K", "mc", ds, m), ("K", "closed", ds, m), ("acc", "K", ds, m), ("wall", "K", ds, m)):
+                out[macro(*key)] = "n/a"
+            for sub in ("hessian", "random"):
+                for key in (("slope", ds, m, sub), ("slope", "se", ds, m, sub), ("k2", ds, m, sub),
+                            ("vbar", ds, m, sub), ("rho", ds, m, sub)):
+                    out[macro(*key)] = "n/a"
+    for m in MODELS:
+        from .models import build, n_params
+
+        out[macro("params", m)] = fmt(n_params(build(m, 0)))
+    for ds in datasets:
+        for m in models:
+            metas = [store.meta("train", run_name(ds, m, s))["summary"] for s in seeds]
+            out[macro("acc", ds, m)] = pct(np.mean([x["test_accuracy"] for x in metas]))
+            out[macro("acc", "sd", ds, m)] = pct(np.std([x["test_accuracy"] for x in metas]))
+            out[macro("train", "loss", ds, m)] = fmt(np.mean([x["train_loss"] for x in metas]))
+            specs = [load_spectrum(store, ds, m, s) for s in seeds]
+            ev = np.array([p["eigenvalues"].numpy() for p in specs])
+            out[macro("lambda", "one", ds, m)] = fmt(ev[:, 0].mean())
+            out[macro("lambda", "last", ds, m)] = fmt(ev[:, -1].mean())
+            out[macro("lambda", "min", ds, m)] = fmt(np.mean([p["smallest"] for p in specs]))
+            out[macro("trace", ds, m)] = fmt(np.mean([p["trace"] for p in specs]))
+            out[macro("k", "top")] = fmt(int(ev.shape[1]))
+    main = group(plan, "main")
+    if main:
+        out[macro("mc", "D")] = fmt(int(main[0].D))
+        out[macro("mc", "sigma")] = fmt(main[0].sigma)
+        out[macro("mc", "T")] = fmt(int(main[0].n_samples))
+        out[macro("mc", "orders")] = fmt(int(main[0].n_orders))
+    for row in load_analysis(store, "slopes"):
+        key = (row["dataset"], row["model"], row["subspace"])
+        out[macro("slope", *key)] = fmt(row["slope"])
+        out[macro("slope", "se", *key)] = fmt(row["slope_se"], 2)
+        out[macro("k2", *key)] = fmt(row["k2_median"])
+        out[macro("vbar", *key)] = fmt(row["vbar"])
+    for row in load_analysis(store, "loss_correlation"):
+        out[macro("rho", row["dataset"], row["model"], row["subspace"])] = fmt(row["rho"], 2)
+    theory = [r for r in load_analysis(store, "theory")
+              if r["subspace"] == "hessian" and r["distribution"] == "gaussian" and r["estimator"] == "plain"]
+    if theory:
+        sig = sorted({r["sigma"] for r in theory})
+        lo = next(r for r in theory if r["sigma"] == sig[0])
+        hi = next(r for r in theory if r["sigma"] == sig[-1])
+        out[macro("theory", "sigma", "low")] = fmt(sig[0])
+        out[macro("theory", "sigma", "high")] = fmt(sig[-1])
+        out[macro("theory", "ratio", "low")] = fmt(lo["median_mc_over_q"])
+        out[macro("theory", "ratio", "high")] = fmt(hi["median_mc_over_q"])
+        out[macro("theory", "within", "low")] = pct(lo["share_within_3se"])
+    table = load_analysis(store, "sample_size")
+    if table:
+        thr = sorted({r["delta"] for r in table})
+        out[macro("delta", "table")] = fmt(thr[len(thr) // 2])
+        for r in table:
+            if r["delta"] == thr[len(thr) // 2]:
+                out[macro("K", "mc", r["dataset"], r["model"])] = fmt(r["K_mc"]) if r["K_mc"] else "not reached"
+                out[macro("K", "closed", r["dataset"], r["model"])] = fmt(r["K_closed"])
+                out[macro("acc", "K", r["dataset"], r["model"])] = pct(r["test_accuracy_K"])
+                out[macro("wall", "K", r["dataset"], r["model"])] = fmt(r["wall_seconds"], 2)
+    r0 = load_analysis(store, "r0")
+    if r0:
+        out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))
+        out[macro("r0", "slope", "max")] = fmt(max(r["slope"] for r in r0))
+        out[macro("bound", "over", "measured", "min")] = fmt(min(r["hessian_bound"] / r["max_measured_norm"] for r in r0))
+    if timings:
+        for stage, sec in timings.items():
+            out[macro("time", re.sub(r"^\d+_", "", stage))] = fmt(sec / 60, 2)
+        out[macro("time", "total")] = fmt(sum(timings.values()) / 60, 2)
+    versions = package_versions()
+    out[macro("version", "torch")] = versions["torch"].split("+")[0]
+    out[macro("version", "python")] = versions["python"]
+    out[macro("git", "commit")] = git_commit()["commit"][:10]
+    out[macro("machine")] = platform.machine().replace("_", r"\_")
+    out[macro("threads")] = fmt(int(__import__("torch").get_num_threads()))
+    return out
+
+
+def write_numbers(values: dict, path: Path | None = None) -> Path:
+    path = path or GENERATED / "numbers.tex"
+    lines = ["% Generated by notebooks/06_figures.py from results; do not edit."]
+    lines += [f"\\newcommand{{\\{k}}}{{{v}}}" for k, v in sorted(values.items())]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(values, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def _tabular(header: list[str], rows: list[list[str]], align: str) -> str:
+    body = [" & ".join(header) + r" \\", r"\midrule"] + [" & ".join(r) + r" \\" for r in rows]
+    return "\n".join([f"\\begin{{tabular}}{{{align}}}", r"\toprule", *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def sample_size_table(store) -> str:
+    rows = []
+    for r in load_analysis(store, "sample_size"):
+        rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], fmt(r["n_params"]), pct(r["test_accuracy_N"]),
+                     f"${fmt(r['delta'], 2)}$", fmt(r["K_mc"]) if r["K_mc"] else "--",
+                     fmt(r["K_conservative"]) if r["K_conservative"] else "--",
+                     fmt(r["K_q"]) if r["K_q"] else "--", fmt(r["K_closed"]),
+                     fmt(int(round(r["K_pilot_fit"]))) if r["K_pilot_fit"] else "--",
+                     fmt(r["K_pilot_vbar"]) if r["K_pilot_vbar"] else "--",
+                     pct(r["test_accuracy_K"]), fmt(r["wall_seconds"], 2)])
+    header = ["data", "model", "params", "acc.\\ $N$", r"$\Delta$", r"$K$ MC", r"$K$ cons.", r"$K$ $Q_k$",
+              r"$K$ $\bar V$", r"$K$ pilot", r"$K$ pilot $\bar V$", r"acc.\ $K$", "time (s)"]
+    return _tabular(header, rows, "ll" + "r" * 11)
+
+
+def solver_table(store, datasets, models, seeds) -> str:
+    rows = []
+    for ds in datasets:
+        for m in models:
+            p = load_spectrum(store, ds, m, seeds[0])
+            for r in p.get("solver_comparison", []):
+                rows.append([TEX_LABELS[ds], TEX_LABELS[m], r["method"], fmt(int(r["k"])), fmt(int(r["n"])),
+                             fmt(int(r["hvp_count"])), fmt(r["seconds"], 2), f"${fmt(r['max_residual'], 2)}$"])
+    header = ["data", "model", "solver", "$k$", "$N$", "products", "time (s)", "max residual"]
+    return _tabular(header, rows, "lllrrrrr")
+
+
+def theory_table(store) -> str:
+    rows = []
+    for r in load_analysis(store, "theory"):
+        if r["distribution"] != "gaussian" or r["estimator"] != "plain":
+            continue
+        rows.append([r["subspace"], fmt(int(r["D"])), fmt(r["sigma"]), fmt(r["median_mc_over_q"]),
+                     pct(r["share_within_3se"]), fmt(r.get("median_mc_over_t"))])
+    header = ["subspace", "$D$", r"$\sigma$", r"median MC/$Q_k$", r"\% $k$ within 3 SE", r"median MC/$T_k$"]
+    return _tabular(header, rows, "lrrrrr")
+
+
+def write_table(name: str, tex: str) -> Path:
+    path = GENERATED / f"{name}.tex"
+    atomic_write_bytes(path, tex.encode())
+    return path
