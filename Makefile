@@ -10,7 +10,11 @@ PROFILE ?= paper
 DATA_STAMP := data/.verified
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test pytest notebooks-smoke reproduce notebooks stage lab bench clean-results
+.PHONY: help setup data test pytest notebooks-smoke reproduce notebooks stage lab bench clean-results paper slides \
+        check-tex paper-test
+TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-science \
+                texlive-bibtex-extra poppler-utils
+LATEXMK := latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,15 +38,42 @@ data: $(DATA_STAMP)  ## download or rebuild MNIST + Fashion-MNIST under data/ an
 	@$(PY) -c "import lib.data as d; [d.verify(n) for n in d.DATASETS]" && echo "data verified"
 
 pytest: setup data  ## run the unit tests only
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not paper"
 
 notebooks-smoke: setup data  ## run every notebook under the smoke profile
 	$(PY) -m lib.runner --profile smoke
 
-test: pytest notebooks-smoke  ## setup, data, unit tests and every notebook under the smoke profile
+paper-test:  ## check the built PDFs: key numbers equal the results, no "??"
+	$(PY) -m pytest -q -m paper
 
-reproduce: setup data  ## run every notebook with PROFILE (default paper) and write its results
+test: pytest notebooks-smoke  ## setup, data, unit tests, every notebook, paper + slides under the smoke profile
+	$(MAKE) paper slides PROFILE=smoke
+	$(MAKE) paper-test
+
+reproduce: setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
 	$(PY) -m lib.runner --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+	$(MAKE) paper slides
+
+check-tex:
+	@command -v latexmk >/dev/null || { echo "error: latexmk not found. Install TeX (Debian/Ubuntu):"; \
+	  echo "  sudo apt-get install -y $(TEX_PACKAGES)"; exit 2; }
+
+# PROFILE given on the command line: regenerate figures/numbers from that profile first (notebook 06);
+# otherwise build from whatever profile was reproduced last (paper/generated/source.json says which).
+define build_tex
+	@if [ "$(origin PROFILE)" = "command line" ]; then $(PY) -m lib.runner --profile $(PROFILE) --only 06_figures; fi
+	@test -f paper/generated/numbers.tex || { echo "error: paper/generated/numbers.tex is missing: run 'make reproduce PROFILE=smoke' (or paper) first"; exit 2; }
+	cd $(1) && $(LATEXMK) main.tex >/dev/null || { tail -40 $(1)/main.log; exit 1; }
+	@if grep -E "(Citation|Reference).*undefined|undefined references|Undefined control" $(1)/main.log; then \
+	  echo "error: undefined references, citations or macros in $(1)/main.tex (see $(1)/main.log)"; exit 1; fi
+	@echo "built $(1)/main.pdf from profile $$($(PY) -c "import json;print(json.load(open('paper/generated/source.json'))['profile'])")"
+endef
+
+paper: check-tex  ## build paper/main.pdf from the last reproduced profile (or PROFILE=...)
+	$(call build_tex,paper)
+
+slides: check-tex  ## build slides/main.pdf (Beamer) from the same figures and numbers
+	$(call build_tex,slides)
 
 stage: setup data  ## run one notebook: make stage STAGE=02_spectrum PROFILE=smoke [SET='key=value ...']
 	@test -n "$(STAGE)" || { echo "usage: make stage STAGE=01_train [PROFILE=smoke] [SET='train.epochs=2']"; exit 2; }

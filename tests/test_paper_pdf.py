@@ -1,0 +1,68 @@
+"""The built paper and slides quote the numbers of the results they were built from (run after `make paper`)."""
+import json
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from lib import REPO_ROOT
+from lib.analysis import load_analysis
+from lib.pipeline import load_spectrum, run_name
+from lib.report import fmt, pct
+from lib.results import ResultStore
+
+pytestmark = pytest.mark.paper
+PAPER, SLIDES = REPO_ROOT / "paper" / "main.pdf", REPO_ROOT / "slides" / "main.pdf"
+
+
+def _text(pdf):
+    if not pdf.is_file():
+        pytest.fail(f"{pdf.relative_to(REPO_ROOT)} is missing: run `make paper slides` first")
+    out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return out.replace("\u2212", "-").replace("\ufb01", "fi")
+
+
+@pytest.fixture(scope="module")
+def source():
+    meta = json.loads((REPO_ROOT / "paper" / "generated" / "source.json").read_text())
+    return ResultStore(meta["profile"])
+
+
+@pytest.mark.parametrize("pdf", [PAPER, SLIDES], ids=["paper", "slides"])
+def test_no_unresolved_references(pdf):
+    assert "??" not in _text(pdf)
+
+
+def test_paper_length_and_embedded_fonts():
+    info = subprocess.run(["pdfinfo", str(PAPER)], capture_output=True, text=True, check=True).stdout
+    pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
+    assert 8 <= pages <= 14, f"paper has {pages} pages"
+    fonts = subprocess.run(["pdffonts", str(PAPER)], capture_output=True, text=True, check=True).stdout
+    rows = fonts.splitlines()[2:]
+    assert rows and all(" yes " in r for r in rows), "every font must be embedded:\n" + fonts
+
+
+def test_key_numbers_in_the_paper_equal_the_results(source):
+    """Recompute a few quoted numbers from the result files and find them in the PDF text."""
+    text = _text(PAPER)
+    ds, m = "mnist", "mlp2"
+    seeds = sorted(int(n.rsplit("_s", 1)[1]) for n in source.names("train") if n.startswith(f"{ds}_{m}_s"))
+    assert seeds, "the profile has no mnist/mlp2 run"
+    acc = np.mean([source.meta("train", run_name(ds, m, s))["summary"]["test_accuracy"] for s in seeds])
+    lam1 = np.mean([load_spectrum(source, ds, m, s)["eigenvalues"][0].item() for s in seeds])
+    slope = next(r["slope"] for r in load_analysis(source, "slopes")
+                 if (r["dataset"], r["model"], r["subspace"]) == (ds, m, "hessian"))
+    for label, value in [("test accuracy", pct(acc)), ("lambda_1", fmt(lam1)), ("slope", fmt(slope))]:
+        assert value in text, f"{label} {value} (from results/{source.profile}) not found in paper/main.pdf"
+
+
+def test_numbers_tex_matches_results(source):
+    numbers = json.loads((REPO_ROOT / "paper" / "generated" / "numbers.json").read_text())
+    acc = source.meta("train", run_name("mnist", "mlp2", 0))["summary"]["test_accuracy"]
+    if numbers["NSeeds"] == "1":
+        assert numbers["AccMnistMlpTwo"] == pct(acc)
+    rows = load_analysis(source, "sample_size")
+    mid = sorted({r["delta"] for r in rows})[len({r["delta"] for r in rows}) // 2]
+    row = next(r for r in rows if (r["dataset"], r["model"], r["delta"]) == ("mnist", "mlp2", mid))
+    assert numbers["KMcMnistMlpTwo"] == (fmt(row["K_mc"]) if row["K_mc"] else "not reached")
