@@ -198,7 +198,7 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
             "k", "delta", "stderr", "centred", "centred_stderr", "d0sq", "losses0", "v0", "vbar", "vbar_stderr",
             "n_samples", "n_units", "n_forward", "N", "D", "order_mean", "order_median", "order_stderr",
             "order_formula")}
-        payload["mc_seconds"] = time.perf_counter() - t0
+        mc_seconds = time.perf_counter() - t0
         payload["eigenvalues"] = eigenvalues
         payload["sampler_params"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                      for k, v in sampler.params().items()}
@@ -210,10 +210,10 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
             payload.update({"Q": q.Q, "Q_centred": q.centred, "Q_grad": q.grad_part, "Q_cross": q.cross_part,
                             "Q_curv": q.curv_part,
                             "T": delta_theorem1(terms, spec.sigma) if sampler.isotropic else None,
-                            "vbar_quadratic": asdict(parts) | {"s": str(parts.s), "m": str(parts.m)},
-                            "theory_seconds": time.perf_counter() - t1})
-        summary = {"vbar": curve.vbar, "vbar_stderr": curve.vbar_stderr, "mc_seconds": payload["mc_seconds"],
-                   "seconds_per_theta": payload["mc_seconds"] / curve.n_forward}
+                            "vbar_quadratic": asdict(parts) | {"s": str(parts.s), "m": str(parts.m)}})
+        summary = {"vbar": curve.vbar, "vbar_stderr": curve.vbar_stderr, "mc_seconds": mc_seconds,
+                   "seconds_per_theta": mc_seconds / curve.n_forward,
+                   "theory_seconds": time.perf_counter() - t1 if spec.theory else None}
         return payload, summary
 
     summary, skipped = cached(store, CURVE_STAGE, spec.name, params, compute)

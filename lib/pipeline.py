@@ -153,12 +153,12 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, *, k_t
             "slq_nodes": dens.nodes, "slq_weights": dens.weights, "grid": dens.grid, "density": dens.density,
             "hvp_counts": {"top": top.hvp_count, "smallest": low.hvp_count, "trace": tr.hvp_count,
                            "density": dens.hvp_count},
-            "solver_seconds": {"top": top.seconds, "smallest": low.seconds, "density": dens.seconds},
         }
         summary = {"dataset": dataset, "model": model, "seed": seed, "n_params": models.n_params(net),
                    "lambda_1": float(top.eigenvalues[0]), f"lambda_{k_top}": float(top.eigenvalues[-1]),
                    "lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr,
-                   "max_residual": float(top.residuals.max()), "hvp_top": top.hvp_count}
+                   "max_residual": float(top.residuals.max()), "hvp_top": top.hvp_count,
+                   "solver_seconds": {"top": top.seconds, "smallest": low.seconds, "density": dens.seconds}}
         return payload, summary
 
     summary, skipped = cached(store, SPECTRUM_STAGE, name, params, compute, force=force)
