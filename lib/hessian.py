@@ -1,0 +1,504 @@
+"""Hessian of the mean cross-entropy over a data set: products, top/smallest eigenpairs, trace, density.
+
+Everything is built on one exact, chunked Hessian-vector product (``HessianOperator``) of
+
+    L(w) = (1/N) sum_i CE(model(x_i; w), y_i)      over ALL N given samples,
+
+on flat vectors in ``torch.nn.utils.parameters_to_vector`` order. The model is evaluated in eval mode and its
+train/eval flags are restored afterwards; parameters' ``.grad`` fields are never read or written (products use
+``torch.func.functional_call`` on detached copies of the weights), so no call depends on an earlier one.
+
+Solvers (SCIENCE.md section 2):
+
+* ``top_eigenpairs(method="lanczos")``: ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos, ARPACK);
+* ``top_eigenpairs(method="power")``: PyHessian 0.1's own power iteration with deflation
+  (``pyhessian.hessian.eigenvalues``) running on our product, then fixed up (see ``_power_vectors``);
+* ``smallest_eigenvalue``, ``trace`` (Hutchinson), ``density`` (stochastic Lanczos quadrature).
+
+Both eigen-solvers end with the same Rayleigh-Ritz step on fresh products, so eigenvalues are signed Rayleigh
+quotients sorted algebraically (largest first), eigenvectors are orthonormal, and residuals
+``||H v - lambda v|| / max|lambda|`` are measured, not estimated.
+
+PyHessian 0.1 problems worked around here (its code is only used for the power iteration loop):
+``cuda=True`` default; puts the model in eval mode for good; sets ``.grad`` to None (``zero_grad``) and, on its
+single-batch path, computes the Hessian from ``param.grad`` after ``backward(create_graph=True)``, so a second
+instance without ``zero_grad`` sees doubled curvature; unseeded float32 start vectors; ``normalization`` divides
+by ``norm + 1e-6`` (vectors not unit length); reported eigenvalues are Rayleigh quotients of the previous iterate,
+the returned vector is the next iterate (not re-orthogonalised); it converges to largest ``|lambda|``; its stop
+rule ``|d lambda| / (|lambda| + 1e-6) < tol`` is on the eigenvalue, not the residual; ``density`` calls the
+removed ``torch.eig`` and ``trace`` uses ``(trace + 1e-6)`` without ``abs``.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from torch.func import functional_call
+
+METHODS = ("lanczos", "power")
+PROBES = ("rademacher", "gaussian")
+DEFAULT_CHUNK = 4096
+POWER_MAX_ITER = 1000
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class Eigenpairs:
+    """Top-k eigenpairs: ``eigenvalues`` (k,) float64, largest algebraic first; ``eigenvectors`` (k, n_params)
+    orthonormal rows in the model's dtype/device; ``residuals`` (k,) float64 = ||Hv - lambda v|| / max|lambda|."""
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+    hvp_count: int
+    seconds: float
+    method: str
+
+
+@dataclass
+class SmallestEigenpair:
+    """Smallest (algebraic) eigenvalue, its unit eigenvector and residual ||Hv - lambda v|| / max(|lambda_1|, |lambda|)."""
+    value: float
+    eigenvector: torch.Tensor
+    residual: float
+    largest: float
+    hvp_count: int
+    seconds: float
+
+
+@dataclass
+class TraceEstimate:
+    """Hutchinson estimate of tr(H): mean of ``samples`` (z^T H z per probe), ``stderr`` = std / sqrt(n_probes)."""
+    estimate: float
+    stderr: float
+    n_probes: int
+    samples: np.ndarray
+    hvp_count: int
+    seconds: float
+
+
+@dataclass
+class Density:
+    """Stochastic Lanczos quadrature: ``nodes``/``weights`` (n_runs, n_iter) with weights summing to 1 overall
+    (zero-weight padding after a Lanczos breakdown), and the Gaussian-smoothed ``density`` on ``grid``."""
+    nodes: np.ndarray
+    weights: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    sigma_sq: float
+    hvp_count: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _check_data(inputs, targets) -> int:
+    if not torch.is_tensor(inputs) or not torch.is_tensor(targets):
+        raise ValueError("inputs and targets must be torch tensors")
+    if inputs.dim() == 0 or targets.dim() == 0 or len(inputs) == 0:
+        raise ValueError("empty data: pass at least one sample (inputs and targets with len >= 1)")
+    if len(inputs) != len(targets):
+        raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
+    return len(inputs)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_tol(tol) -> float:
+    if not np.isfinite(tol) or tol <= 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}; use e.g. tol=1e-4")
+    return float(tol)
+
+
+# ----------------------------------------------------------------------------------------------- operator
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval mode for the block; every submodule's train/eval flag restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def _grads_kept(model: torch.nn.Module):
+    """Restore every parameter's ``.grad`` (same object and values, or None) after the block."""
+    saved = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, grad, values in saved:
+            if grad is not None and not torch.equal(grad, values):
+                with torch.no_grad():
+                    grad.copy_(values)
+            p.grad = grad
+
+
+class HessianOperator:
+    """Exact Hessian of the mean cross-entropy over all of (inputs, targets), applied in chunks.
+
+    ``hvp(v)`` returns H v for a flat v (parameters_to_vector order) and increments ``hvp_count``;
+    ``gradient()`` returns the flat gradient. Chunk contributions are summed losses divided by N, so the result
+    does not depend on ``chunk_size``. Uses the model's current weights at each call; floating inputs are cast to
+    the parameters' dtype and every chunk is moved to their device.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                 chunk_size: int = DEFAULT_CHUNK):
+        self.n_samples = _check_data(inputs, targets)
+        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
+        params = list(model.parameters())
+        if not params:
+            raise ValueError("the model has no parameters")
+        if len({p.dtype for p in params}) != 1 or len({p.device for p in params}) != 1:
+            raise ValueError("all parameters must share one dtype and device; convert the model with .to()")
+        self.model = model
+        self.inputs, self.targets = inputs, targets
+        self.dtype, self.device = params[0].dtype, params[0].device
+        self._names = [name for name, _ in model.named_parameters()]
+        self._shapes = [p.shape for p in params]
+        self._numels = [p.numel() for p in params]
+        self.n_params = sum(self._numels)
+        self.hvp_count = 0
+        self.grad_count = 0
+
+    def _flat_weights(self) -> torch.Tensor:
+        return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
+
+    def _chunks(self):
+        for start in range(0, self.n_samples, self.chunk_size):
+            x = self.inputs[start:start + self.chunk_size].to(self.device)
+            if x.is_floating_point():
+                x = x.to(self.dtype)
+            yield x, self.targets[start:start + self.chunk_size].to(self.device)
+
+    def _loss_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(w, self._numels)
+        params = {n: t.view(s) for n, t, s in zip(self._names, parts, self._shapes)}
+        return F.cross_entropy(functional_call(self.model, params, (x,)), y, reduction="sum")
+
+    def as_vector(self, v) -> torch.Tensor:
+        """``v`` as a flat tensor of this operator's dtype and device (shape checked)."""
+        v = torch.as_tensor(v).reshape(-1).to(device=self.device, dtype=self.dtype)
+        if v.numel() != self.n_params:
+            raise ValueError(f"vector has {v.numel()} entries, the model has n_params={self.n_params}")
+        return v
+
+    def hvp(self, v) -> torch.Tensor:
+        """H v (double backward per chunk on a detached copy of the weights)."""
+        v = self.as_vector(v)
+        w0 = self._flat_weights()
+        out = torch.zeros_like(w0)
+        with _eval_mode(self.model), torch.enable_grad():
+            for x, y in self._chunks():
+                w = w0.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(self._loss_sum(w, x, y), w, create_graph=True)
+                if g.requires_grad:
+                    (hv,) = torch.autograd.grad(g, w, grad_outputs=v)
+                    out += hv
+        self.hvp_count += 1
+        return out / self.n_samples
+
+    def gradient(self) -> torch.Tensor:
+        """Flat gradient of the mean loss (same chunking; counted in ``grad_count``)."""
+        w0 = self._flat_weights()
+        out = torch.zeros_like(w0)
+        with _eval_mode(self.model), torch.enable_grad():
+            for x, y in self._chunks():
+                w = w0.clone().requires_grad_(True)
+                out += torch.autograd.grad(self._loss_sum(w, x, y), w)[0]
+        self.grad_count += 1
+        return out / self.n_samples
+
+    def loss(self) -> float:
+        """Mean loss over all samples."""
+        w0 = self._flat_weights()
+        with _eval_mode(self.model), torch.no_grad():
+            return sum(float(self._loss_sum(w0, x, y)) for x, y in self._chunks()) / self.n_samples
+
+    def hvp_numpy(self, x: np.ndarray) -> np.ndarray:
+        """H x for a float64 numpy vector (for scipy), returned as float64."""
+        return self.hvp(torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(-1))).double().cpu().numpy()
+
+    def linear_operator(self, shift: float | None = None) -> LinearOperator:
+        """scipy LinearOperator for H, or for ``shift * I - H`` when a shift is given."""
+        n = self.n_params
+        if shift is None:
+            return LinearOperator((n, n), matvec=self.hvp_numpy, dtype=np.float64)
+        return LinearOperator((n, n), matvec=lambda x: shift * np.ravel(x) - self.hvp_numpy(x), dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------- eigenpairs
+def _ritz(op: HessianOperator, vectors: torch.Tensor, scale: float | None = None):
+    """Rayleigh-Ritz on span(vectors) with fresh products: (values desc, rows, residuals), all float64."""
+    q, _ = torch.linalg.qr(vectors.double().T)                        # (n, k) orthonormal columns
+    hq = torch.stack([op.hvp(col).double() for col in q.T], dim=1)   # (n, k)
+    m = q.T @ hq
+    values, s = torch.linalg.eigh((m + m.T) / 2)
+    values, s = values.flip(0), s.flip(1)
+    vecs, hvecs = q @ s, hq @ s
+    if scale is None:
+        scale = float(values.abs().max())
+    scale = scale if scale > 0 else 1.0
+    residuals = torch.linalg.norm(hvecs - vecs * values, dim=0) / scale
+    return values.cpu(), vecs.T.contiguous(), residuals.cpu()
+
+
+@lru_cache(maxsize=1)
+def _scipy_openblas():
+    """ctypes handle of the OpenBLAS bundled in scipy's wheel (the BLAS ARPACK calls), or None if not found."""
+    for path in sorted((Path(scipy.__file__).parent.parent / "scipy.libs").glob("libscipy_openblas*.so*")):
+        try:
+            lib = ctypes.CDLL(str(path))
+            lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
+            lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Run the block with one scipy-OpenBLAS thread (restored after): ARPACK's BLAS threads otherwise keep
+    spinning between calls and took the cores from torch, doubling the cost of each product on 2 cores."""
+    lib = _scipy_openblas()
+    if lib is None:
+        yield
+        return
+    before = lib.scipy_openblas_get_num_threads()
+    lib.scipy_openblas_set_num_threads(1)
+    try:
+        yield
+    finally:
+        lib.scipy_openblas_set_num_threads(before)
+
+
+def _eigsh(op: HessianOperator, k: int, tol: float, max_iter, seed: int, ncv, shift=None):
+    """ARPACK largest-algebraic eigenvectors of H (or shift*I - H) as (k, n) rows in op's dtype."""
+    v0 = np.random.RandomState(seed).standard_normal(op.n_params)
+    try:
+        with _one_blas_thread():
+            _, vecs = eigsh(op.linear_operator(shift), k=k, which="LA", tol=tol, maxiter=max_iter, v0=v0, ncv=ncv)
+    except ArpackNoConvergence as err:
+        raise RuntimeError(f"Lanczos (eigsh) did not converge to tol={tol} in max_iter={max_iter} restarts; "
+                           "raise max_iter or tol") from err
+    return torch.from_numpy(vecs.T.copy()).to(device=op.device, dtype=op.dtype)
+
+
+def _pyhessian_class():
+    from pyhessian import hessian as pyhessian_hessian
+
+    class OnOperator(pyhessian_hessian):
+        """PyHessian's ``hessian`` whose product is our exact chunked ``HessianOperator.hvp``.
+
+        Its ``__init__`` is replaced (no forward/backward, no ``.grad`` use, no ``model.eval()`` for good);
+        ``eigenvalues`` is PyHessian's unchanged loop, which calls ``dataloader_hv_product`` when
+        ``full_dataset`` is True.
+        """
+
+        def __init__(self, op: HessianOperator):
+            self.op, self.model, self.criterion, self.data = op, op.model, None, None
+            self.full_dataset, self.device = True, op.device
+            self.params = list(op.model.parameters())
+            self.gradsH = None
+
+        def dataloader_hv_product(self, v):
+            flat = self.op.as_vector(torch.cat([t.reshape(-1) for t in v]))
+            hv = self.op.hvp(flat)
+            parts = [t.view(p.shape) for t, p in zip(torch.split(hv, self.op._numels), self.params)]
+            return float(hv.double() @ flat.double()), parts
+
+    return OnOperator
+
+
+def _power_vectors(op: HessianOperator, k: int, tol: float, max_iter: int, seed: int) -> torch.Tensor:
+    """PyHessian 0.1 ``hessian.eigenvalues(maxIter, tol, top_n=k)`` on ``op``: power iteration with deflation,
+    stop when |d lambda| / (|lambda| + 1e-6) < tol. Seeded (its torch.randn start vectors use the CPU RNG, forked);
+    model mode and ``.grad`` restored (it calls ``zero_grad``). Returns its k vectors as rows; its eigenvalues
+    (Rayleigh quotients of the previous iterate) are discarded and recomputed by ``_ritz``. Finds the k largest
+    |lambda|, which are the k largest algebraic ones unless negative curvature is that strong."""
+    solver = _pyhessian_class()(op)
+    with torch.random.fork_rng(devices=[]), _eval_mode(op.model), _grads_kept(op.model):
+        torch.manual_seed(seed)
+        _, vectors = solver.eigenvalues(maxIter=max_iter, tol=tol, top_n=k)
+    return torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in vectors]).to(op.dtype)
+
+
+def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol: float = 1e-4,
+                   max_iter: int | None = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK,
+                   ncv: int | None = None) -> Eigenpairs:
+    """Top-k Hessian eigenpairs of the mean loss over all samples, largest algebraic eigenvalue first.
+
+    ``method="lanczos"``: eigsh(which="LA") with ARPACK's criterion ||r|| <= tol |lambda|; ``max_iter`` = restarts
+    (None: scipy's default), ``ncv`` = Lanczos basis size (None: max(2k + 1, k + 5); scipy's default 20 would
+    spend 20 products on k = 1).
+    ``method="power"``: PyHessian's power iteration with deflation, ``tol`` its relative eigenvalue-change rule
+    (the eigenvalue settles faster than the vector: residual 1e-3 took tol 1e-4 to 1e-6 on mlp2),
+    ``max_iter`` iterations per pair (None: 1000); it returns the k largest-|lambda| pairs (sorted algebraically).
+    Both finish with Rayleigh-Ritz on k fresh products (counted in ``hvp_count``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    tol = _check_tol(tol)
+    op = HessianOperator(model, inputs, targets, chunk_size)
+    k = _check_int("k", k, 1)
+    if k >= op.n_params:
+        raise ValueError(f"k={k} must be smaller than n_params={op.n_params}; lower k")
+    t0 = time.perf_counter()
+    if method == "lanczos":
+        ncv = min(op.n_params, max(2 * k + 1, k + 5)) if ncv is None else ncv
+        vectors = _eigsh(op, k, tol, max_iter, seed, ncv)
+    else:
+        iters = POWER_MAX_ITER if max_iter is None else _check_int("max_iter", max_iter, 1)
+        vectors = _power_vectors(op, k, tol, iters, seed)
+    values, vecs, residuals = _ritz(op, vectors)
+    return Eigenpairs(eigenvalues=values, eigenvectors=vecs.to(op.dtype), residuals=residuals,
+                      hvp_count=op.hvp_count, seconds=time.perf_counter() - t0, method=method)
+
+
+def smallest_eigenvalue(model, inputs, targets, tol: float = 1e-4, max_iter: int | None = None, seed: int = 0,
+                        chunk_size: int = DEFAULT_CHUNK, ncv: int | None = None) -> SmallestEigenpair:
+    """Smallest algebraic eigenvalue: lambda_1 by eigsh, then the top eigenpair of lambda_1 I - H.
+
+    The shift makes ARPACK's stopping rule relative to lambda_1 - lambda_min (not to a possibly tiny
+    |lambda_min|), so ``residual`` = ||Hv - lambda v|| / max(|lambda_1|, |lambda|) is about ``tol`` or below.
+    """
+    tol = _check_tol(tol)
+    op = HessianOperator(model, inputs, targets, chunk_size)
+    t0 = time.perf_counter()
+    top, _, _ = _ritz(op, _eigsh(op, 1, tol, max_iter, seed, ncv))
+    lam1 = float(top[0])
+    vector = _eigsh(op, 1, tol, max_iter, seed + 1, ncv, shift=lam1)
+    value, vec, absolute = _ritz(op, vector, scale=1.0)
+    value = float(value[0])
+    residual = float(absolute[0]) / (max(abs(lam1), abs(value)) or 1.0)
+    return SmallestEigenpair(value=value, eigenvector=vec[0].to(op.dtype), residual=residual, largest=lam1,
+                             hvp_count=op.hvp_count, seconds=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------- trace
+def _probe(op: HessianOperator, gen: torch.Generator, kind: str) -> torch.Tensor:
+    """Rademacher (+-1) or standard Gaussian vector from ``gen`` (CPU), in op's dtype/device."""
+    if kind == "rademacher":
+        z = torch.randint(0, 2, (op.n_params,), generator=gen, dtype=torch.float64) * 2 - 1
+    else:
+        z = torch.randn(op.n_params, generator=gen, dtype=torch.float64)
+    return z.to(device=op.device, dtype=op.dtype)
+
+
+def trace(model, inputs, targets, n_probes: int = 100, seed: int = 0,
+          chunk_size: int = DEFAULT_CHUNK) -> TraceEstimate:
+    """Hutchinson estimate of tr(H) from ``n_probes`` seeded Rademacher probes z: mean of z^T H z, with its
+    standard error std(ddof=1) / sqrt(n_probes)."""
+    n_probes = _check_int("n_probes", n_probes, 2)
+    op = HessianOperator(model, inputs, targets, chunk_size)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    samples = np.empty(n_probes)
+    for i in range(n_probes):
+        z = _probe(op, gen, "rademacher")
+        samples[i] = float(op.hvp(z).double() @ z.double())
+    return TraceEstimate(estimate=float(samples.mean()), stderr=float(samples.std(ddof=1) / np.sqrt(n_probes)),
+                         n_probes=n_probes, samples=samples, hvp_count=op.hvp_count,
+                         seconds=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------- density
+def lanczos_tridiagonal(op: HessianOperator, start: torch.Tensor, n_iter: int):
+    """Lanczos with full (twice repeated Gram-Schmidt) reorthogonalisation from ``start``.
+
+    Returns (alphas, betas) as float64 numpy arrays of lengths m and m - 1, m <= n_iter (m < n_iter only when
+    an invariant subspace is reached: beta <= 1000 eps max|T|).
+    """
+    eps = torch.finfo(op.dtype).eps
+    basis = torch.zeros(n_iter, op.n_params, dtype=op.dtype, device=op.device)
+    q = start / torch.linalg.norm(start)
+    alphas, betas = [], []
+    for j in range(n_iter):
+        basis[j] = q
+        w = op.hvp(q)
+        alphas.append(float(w.double() @ q.double()))
+        for _ in range(2):
+            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        if j == n_iter - 1:
+            break
+        beta = float(torch.linalg.norm(w))
+        if beta <= 1e3 * eps * max(max(abs(a) for a in alphas), max(betas, default=0.0)):
+            break
+        betas.append(beta)
+        q = w / beta
+    return np.array(alphas), np.array(betas)
+
+
+def _gauss_quadrature(alphas: np.ndarray, betas: np.ndarray):
+    """Nodes (Ritz values) and weights (squared first components of the Ritz vectors) of the tridiagonal."""
+    t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+    nodes, vecs = np.linalg.eigh(t)
+    return nodes, vecs[0] ** 2
+
+
+def smooth_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma_sq: float) -> np.ndarray:
+    """sum_j weights_j N(grid; nodes_j, sigma_sq), evaluated in blocks of grid points."""
+    nodes, weights = np.ravel(nodes), np.ravel(weights)
+    keep = weights > 0
+    nodes, weights = nodes[keep], weights[keep]
+    out = np.empty(len(grid))
+    for start in range(0, len(grid), 1000):
+        g = grid[start:start + 1000, None]
+        out[start:start + 1000] = np.exp(-(g - nodes) ** 2 / (2 * sigma_sq)) @ weights
+    return out / np.sqrt(2 * np.pi * sigma_sq)
+
+
+def density(model, inputs, targets, n_runs: int = 1, n_iter: int = 100, seed: int = 0, grid=None,
+            sigma_sq: float | None = None, probe: str = "rademacher", chunk_size: int = DEFAULT_CHUNK,
+            n_grid: int = 10000) -> Density:
+    """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019, as in PyHessian).
+
+    Per run: a seeded probe (Rademacher or Gaussian), normalised; ``n_iter`` Lanczos steps with full
+    reorthogonalisation; nodes = Ritz values, weights = squared first Ritz-vector components / n_runs.
+    sum(weights * nodes) estimates tr(H)/n_params and sum(weights * nodes**2) estimates tr(H^2)/n_params.
+    ``sigma_sq`` defaults to PyHessian's 1e-5 * max(1, spectral range); ``grid`` defaults to ``n_grid`` points
+    covering all nodes +- (0.01 + 5 sigma), so the smoothed density integrates to ~1 (it is not renormalised).
+    """
+    n_runs = _check_int("n_runs", n_runs, 1)
+    n_iter = _check_int("n_iter", n_iter, 1)
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; use one of {PROBES}")
+    op = HessianOperator(model, inputs, targets, chunk_size)
+    if n_iter > op.n_params:
+        raise ValueError(f"n_iter={n_iter} exceeds n_params={op.n_params}; lower n_iter")
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    nodes = np.empty((n_runs, n_iter))
+    weights = np.zeros((n_runs, n_iter))
+    for r in range(n_runs):
+        alphas, betas = lanczos_tridiagonal(op, _probe(op, gen, probe), n_iter)
+        x, w = _gauss_quadrature(alphas, betas)
+        nodes[r, :len(x)], nodes[r, len(x):] = x, x[-1]
+        weights[r, :len(x)] = w / n_runs
+    lo, hi = float(nodes.min()), float(nodes.max())
+    if sigma_sq is None:
+        sigma_sq = 1e-5 * max(1.0, hi - lo)
+    if not sigma_sq > 0:
+        raise ValueError(f"sigma_sq must be > 0, got {sigma_sq!r}")
+    if grid is None:
+        pad = 0.01 + 5 * np.sqrt(sigma_sq)
+        grid = np.linspace(lo - pad, hi + pad, _check_int("n_grid", n_grid, 2))
+    grid = np.asarray(grid, dtype=np.float64)
+    return Density(nodes=nodes, weights=weights, grid=grid, density=smooth_density(nodes, weights, grid, sigma_sq),
+                   sigma_sq=float(sigma_sq), hvp_count=op.hvp_count, seconds=time.perf_counter() - t0)

@@ -1,0 +1,297 @@
+"""Monte-Carlo curves Delta_k = E_theta[(L_{k+1} - L_k)^2 (w* + P^T theta)] (SCIENCE.md sections 1, 4, 4b).
+
+One forward pass at a point w gives every per-sample loss l_1..l_N, hence, from cumulative sums (float64),
+    d_k(w) = L_{k+1}(w) - L_k(w) = (l_{k+1}(w) - L_k(w)) / (k+1),   k = 1..N-1,
+for all k at once (``loss_differences``). ``delta_curve`` draws T thetas (common random numbers: the same thetas for
+every k; the insertion order is the given order of ``inputs``, identical for every theta), and accumulates the mean
+and variance of d_k(theta)^2 online (Welford, float64) over i.i.d. *units* of the estimator (plain: one theta,
+antithetic: a pair (theta, -theta), Sobol: one independently scrambled block), so memory is O(N) (+ O(R N) for R
+random insertion orders) whatever T is.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
+from .subspace import check_basis, per_sample_losses
+
+__all__ = [
+    "DeltaCurve",
+    "loss_differences",
+    "prefix_means",
+    "loss_variance",
+    "order_average_formula",
+    "delta_curve",
+]
+
+
+# ----------------------------------------------------------------------------------------------- pure helpers
+def prefix_means(values):
+    """Prefix means along the last axis: out[..., k-1] = mean(values[..., :k]), float64 (torch or numpy)."""
+    if isinstance(values, np.ndarray):
+        v = values.astype(np.float64, copy=False)
+        k = np.arange(1, v.shape[-1] + 1, dtype=np.float64)
+        return np.cumsum(v, axis=-1) / k
+    v = torch.as_tensor(values).to(torch.float64)
+    k = torch.arange(1, v.shape[-1] + 1, dtype=torch.float64, device=v.device)
+    return torch.cumsum(v, dim=-1) / k
+
+
+def loss_differences(per_sample_losses):
+    """d_k = L_{k+1} - L_k = (l_{k+1} - L_k)/(k+1) for k = 1..N-1 along the last axis.
+
+    ``per_sample_losses``: (..., N) tensor or array (any float dtype; accumulated in float64).
+    Returns (..., N-1) float64 of the same kind (torch or numpy); entry j is k = j + 1.
+    """
+    N = per_sample_losses.shape[-1]
+    if N < 2:
+        raise ValueError(f"need at least N = 2 per-sample losses along the last axis, got N={N}")
+    L = prefix_means(per_sample_losses)
+    if isinstance(L, np.ndarray):
+        l = per_sample_losses.astype(np.float64, copy=False)
+        k = np.arange(1, N, dtype=np.float64)
+    else:
+        l = torch.as_tensor(per_sample_losses).to(torch.float64)
+        k = torch.arange(1, N, dtype=torch.float64, device=l.device)
+    return (l[..., 1:] - L[..., :-1]) / (k + 1)
+
+
+def loss_variance(per_sample_losses):
+    """V(w) = (1/N) sum_i (l_i - L_N)^2 along the last axis (float64)."""
+    if isinstance(per_sample_losses, np.ndarray):
+        return per_sample_losses.astype(np.float64).var(axis=-1)
+    return torch.as_tensor(per_sample_losses).to(torch.float64).var(dim=-1, unbiased=False)
+
+
+def order_average_formula(vbar: float, N: int, k=None) -> np.ndarray:
+    """E over uniformly random insertion orders of (L_{k+1} - L_k)^2 = V N / ((N-1) k (k+1)) (SCIENCE 4b)."""
+    k = np.arange(1, N, dtype=np.float64) if k is None else np.asarray(k, dtype=np.float64)
+    return vbar * N / ((N - 1) * k * (k + 1))
+
+
+# ----------------------------------------------------------------------------------------------- accumulators
+class _Welford:
+    """Online mean / variance of i.i.d. vectors (float64), O(size) memory; batches are merged with Chan et al.'s
+    parallel update (a few vector operations per batch, not per vector)."""
+
+    def __init__(self, shape, device):
+        self.n = 0
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(shape, dtype=torch.float64, device=device)
+
+    def add_batch(self, X: torch.Tensor):
+        """Add the rows of X (B, *shape) as B i.i.d. observations."""
+        nb = X.shape[0]
+        if nb == 0:
+            return
+        mb = X.mean(0)
+        m2b = ((X - mb) ** 2).sum(0)
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * (nb / n)
+        self.m2 += m2b + delta * delta * (self.n * nb / n)
+        self.n = n
+
+    def stderr(self) -> torch.Tensor:
+        if self.n < 2:
+            return torch.full_like(self.mean, float("nan"))
+        return torch.sqrt(self.m2.clamp_min(0) / (self.n - 1) / self.n)
+
+
+class _UnitAccumulator:
+    """Averages ``unit`` consecutive per-theta values into one i.i.d. unit, fed to a Welford accumulator."""
+
+    def __init__(self, shape, device, unit: int):
+        self.unit = unit
+        self.count = 0
+        self.buf = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.welford = _Welford(shape, device)
+
+    def _close(self):
+        self.welford.add_batch((self.buf / self.unit).unsqueeze(0))
+        self.buf.zero_()
+        self.count = 0
+
+    def add_batch(self, X: torch.Tensor):
+        """Add consecutive per-theta rows X (B, *shape)."""
+        i, B = 0, X.shape[0]
+        if self.count:                                     # finish the open unit
+            take = min(self.unit - self.count, B)
+            self.buf += X[:take].sum(0)
+            self.count += take
+            i = take
+            if self.count == self.unit:
+                self._close()
+        full = (B - i) // self.unit
+        if full:                                           # whole units of this batch at once
+            block = X[i:i + full * self.unit]
+            self.welford.add_batch(block.reshape(full, self.unit, *X.shape[1:]).mean(1))
+            i += full * self.unit
+        if i < B:                                          # open a new unit with the rest
+            self.buf += X[i:].sum(0)
+            self.count += B - i
+
+    def result(self):
+        if self.count:
+            raise RuntimeError("incomplete estimator unit (n_samples not a multiple of the unit size)")
+        return self.welford.mean.cpu().numpy(), self.welford.stderr().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------- result
+@dataclass
+class DeltaCurve:
+    """Monte-Carlo Delta_k curve and companions; arrays are float64 numpy of length N-1 indexed by ``k``.
+
+    delta, stderr          E_theta[d_k(theta)^2] and its standard error (over the estimator's i.i.d. units)
+    centred, centred_stderr E_theta[(d_k(theta) - d_k(0))^2] and its standard error
+    d0sq                   d_k(0)^2 (the theta = 0 term that Theorem 1 of the original paper assumes away)
+    losses0                per-sample losses at w* (length N, in the given order); L_k(w*) are their prefix means
+    v0                     V(w*) = (1/N) sum_i (l_i(w*) - L_N(w*))^2
+    vbar, vbar_stderr      Monte-Carlo V-bar = E_theta V(w* + P^T theta)
+    n_orders = R > 0 only (random insertion orders, same forward passes, permuted cumulative sums):
+    order_mean, order_median, order_stderr   mean / median / standard error over the R orders of the
+                                             per-order Monte-Carlo curves mean_theta d_k^{pi_r}(theta)^2
+    order_formula          vbar N / ((N-1) k (k+1)) (exact order average for these thetas, SCIENCE 4b)
+    """
+
+    k: np.ndarray
+    delta: np.ndarray
+    stderr: np.ndarray
+    centred: np.ndarray
+    centred_stderr: np.ndarray
+    d0sq: np.ndarray
+    losses0: np.ndarray
+    v0: float
+    vbar: float
+    vbar_stderr: float
+    n_samples: int
+    n_units: int
+    estimator: str
+    sampler: str
+    D: int
+    N: int
+    seconds: float
+    n_forward: int
+    n_orders: int = 0
+    order_mean: Optional[np.ndarray] = None
+    order_median: Optional[np.ndarray] = None
+    order_stderr: Optional[np.ndarray] = None
+    order_formula: Optional[np.ndarray] = None
+    meta: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- main entry
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n_samples: int,
+                estimator: str = "plain", seed: int = 0, n_orders: int = 0, order_seed: Optional[int] = None,
+                batch_thetas: int = 16, n_replicates: int = DEFAULT_SOBOL_REPLICATES,
+                chunk_size: Optional[int] = None, loss_fn=None, progress: bool = True) -> DeltaCurve:
+    """Monte-Carlo Delta_k for k = 1..N-1 at w = w* + P^T theta, theta ~ ``sampler``.
+
+    Parameters: ``basis`` (D, n_params) with rows in parameters_to_vector order; ``n_samples`` = T thetas (>= 2;
+    even for ``antithetic``; a multiple of ``n_replicates`` >= 2 for ``sobol``, whose standard error is taken
+    across the independently scrambled blocks); ``n_orders`` = R random insertion orders (seeded by
+    ``order_seed``, default ``seed + 1``) evaluated on the same per-sample losses; ``batch_thetas`` thetas are
+    post-processed together. Costs T + 1 forward passes over the N samples (theta = 0 included).
+    """
+    t_start = time.perf_counter()
+    D = check_basis(model, basis)
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"sampler must be a lib.sampling.Sampler (see make_sampler), got {type(sampler).__name__}")
+    sampler.covariance(D)  # validates D against the sampler (curvature: D == len(eigenvalues))
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; allowed estimators: {ESTIMATORS}")
+    n_samples = _check_int("n_samples", n_samples, 2)
+    n_orders = _check_int("n_orders", n_orders, 0)
+    batch_thetas = _check_int("batch_thetas", batch_thetas, 1)
+    if estimator == "antithetic" and n_samples % 2:
+        raise ValueError(f"antithetic estimator needs an even n_samples (pairs theta, -theta); got {n_samples}")
+    if estimator == "antithetic" and n_samples < 4:
+        raise ValueError(f"antithetic estimator needs n_samples >= 4 (two pairs for a standard error); got "
+                         f"{n_samples}")
+    if estimator == "sobol":
+        n_replicates = _check_int("n_replicates", n_replicates, 2)
+        if n_samples % n_replicates:
+            raise ValueError(f"sobol estimator needs n_samples to be a multiple of n_replicates={n_replicates}; "
+                             f"got n_samples={n_samples}")
+    N = len(inputs)
+    if N < 2:
+        raise ValueError(f"need at least 2 samples (inputs) for L_{{k+1}} - L_k; got {N}")
+    if len(targets) != N:
+        raise ValueError(f"inputs ({N}) and targets ({len(targets)}) must have the same length")
+
+    thetas = sampler.sample(n_samples, D, estimator=estimator, seed=seed, n_replicates=n_replicates)
+    unit = estimator_units(n_samples, estimator, n_replicates)
+    device = next(model.parameters()).device
+
+    def losses(th):
+        return per_sample_losses(model, inputs, targets, basis, th, chunk_size=chunk_size,
+                                 loss_fn=loss_fn).to(torch.float64)
+
+    l0 = losses(torch.zeros(1, D, dtype=torch.float64))[0]
+    d0 = loss_differences(l0)
+    n_forward = 1
+
+    acc_delta = _UnitAccumulator(N - 1, device, unit)
+    acc_centred = _UnitAccumulator(N - 1, device, unit)
+    acc_v = _UnitAccumulator((), device, unit)
+    if n_orders:
+        g = torch.Generator().manual_seed(int(seed + 1 if order_seed is None else order_seed))
+        perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
+        order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
+
+    with tqdm(total=n_samples, disable=not progress, desc=f"delta_curve {sampler.name}/{estimator}",
+              leave=False) as bar:
+        for start in range(0, n_samples, batch_thetas):
+            th = thetas[start:start + batch_thetas]
+            L = losses(th)                      # (B, N) float64
+            n_forward += th.shape[0]
+            d = loss_differences(L)             # (B, N-1)
+            dsq = d * d
+            csq = (d - d0) ** 2
+            v = loss_variance(L)                # (B,)
+            acc_delta.add_batch(dsq)
+            acc_centred.add_batch(csq)
+            acc_v.add_batch(v)
+            if n_orders:
+                for b in range(th.shape[0]):
+                    dp = loss_differences(L[b][perms])   # (R, N-1)
+                    order_sum += dp * dp
+            del L, d, dsq, csq, v              # free this batch before the next one is computed (peak memory)
+            bar.update(th.shape[0])
+
+    delta, stderr = acc_delta.result()
+    centred, centred_stderr = acc_centred.result()
+    vbar, vbar_se = acc_v.result()
+    k = np.arange(1, N)
+    out = DeltaCurve(
+        k=k, delta=delta, stderr=stderr, centred=centred, centred_stderr=centred_stderr,
+        d0sq=(d0 * d0).cpu().numpy(), losses0=l0.cpu().numpy(), v0=float(loss_variance(l0)),
+        vbar=float(vbar), vbar_stderr=float(vbar_se), n_samples=n_samples, n_units=acc_delta.welford.n,
+        estimator=estimator, sampler=sampler.name, D=D, N=N, seconds=0.0, n_forward=n_forward,
+        n_orders=n_orders,
+        meta={"seed": seed, "sampler_params": sampler.params(), "batch_thetas": batch_thetas,
+              "n_replicates": n_replicates if estimator == "sobol" else None,
+              "order_seed": (seed + 1 if order_seed is None else order_seed) if n_orders else None},
+    )
+    if n_orders:
+        curves = (order_sum / n_samples).cpu().numpy()      # (R, N-1): mean over thetas, per order
+        out.order_mean = curves.mean(axis=0)
+        out.order_median = np.median(curves, axis=0)
+        out.order_stderr = (curves.std(axis=0, ddof=1) / math.sqrt(n_orders) if n_orders > 1
+                            else np.full(N - 1, np.nan))
+        out.order_formula = order_average_formula(out.vbar, N, k)
+    out.seconds = time.perf_counter() - t_start
+    return out

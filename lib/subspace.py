@@ -1,0 +1,269 @@
+"""Low-dimensional subspaces of parameter space and fast per-sample losses inside them.
+
+Conventions (shared by ``sampling``, ``montecarlo`` and ``quadratic``):
+
+* A flat parameter vector is ``torch.nn.utils.parameters_to_vector(model.parameters())``; ``n_params`` is its
+  length.
+* A basis ``P`` is a tensor of shape ``(D, n_params)`` with orthonormal rows (filter-normalised directions are the
+  one exception: they are not orthonormalised). A point of the subspace is ``w = w* + P^T theta``,
+  ``theta in R^D``; ``w*`` are the model's current weights (never modified here).
+* Per-sample losses ``l_i(w)`` are cross-entropy with ``reduction="none"`` (or any ``loss_fn(outputs, targets)``
+  returning one value per sample), evaluated in eval mode without autograd graphs, in the given sample order.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+__all__ = [
+    "flat_params",
+    "n_params",
+    "check_basis",
+    "hessian_basis",
+    "random_basis",
+    "filter_normalized_directions",
+    "per_sample_losses",
+    "losses_at_weights",
+    "unflatten",
+    "cross_entropy_per_sample",
+    "DEFAULT_CHUNK",
+]
+
+#: default number of samples per forward chunk (bounded memory, large enough for efficient matmuls)
+DEFAULT_CHUNK = 16384
+#: thetas whose flat weight vectors are built together (memory: WEIGHT_BLOCK x n_params)
+WEIGHT_BLOCK = 16
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_per_sample(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Default per-sample loss: cross-entropy, ``reduction="none"``."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    """Detached copy of the model's weights as one flat vector (``parameters_to_vector`` order)."""
+    return torch.nn.utils.parameters_to_vector([p.detach() for p in model.parameters()]).clone()
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Number of scalar parameters (length of the flat vector)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _param_layout(model: torch.nn.Module):
+    names, shapes, numels = [], [], []
+    for name, p in model.named_parameters():
+        names.append(name)
+        shapes.append(p.shape)
+        numels.append(p.numel())
+    return names, shapes, numels
+
+
+def unflatten(model: torch.nn.Module, flat: torch.Tensor) -> dict:
+    """Parameter dict for ``functional_call`` made of *views* of the flat vector ``flat`` (no copies).
+
+    Works with dual / batched tensors, so it can sit inside ``torch.func.jvp`` or ``vmap``.
+    """
+    names, shapes, numels = _param_layout(model)
+    if flat.shape[-1] != sum(numels):
+        raise ValueError(f"flat weight vector has length {flat.shape[-1]}, the model has {sum(numels)} "
+                         "parameters")
+    pieces = torch.split(flat, numels, dim=-1)
+    return {n: t.reshape(*flat.shape[:-1], *s) for n, t, s in zip(names, pieces, shapes)}
+
+
+def _device_dtype(model: torch.nn.Module):
+    p = next(model.parameters(), None)
+    if p is None:
+        raise ValueError("model has no parameters")
+    return p.device, p.dtype
+
+
+def check_basis(model: torch.nn.Module, basis: torch.Tensor) -> int:
+    """Validate a basis of shape (D, n_params) for ``model``; return D."""
+    if not isinstance(basis, torch.Tensor):
+        raise ValueError(f"basis must be a torch.Tensor of shape (D, n_params), got {type(basis).__name__}")
+    if basis.dim() != 2:
+        raise ValueError(f"basis must have shape (D, n_params); got {tuple(basis.shape)}")
+    n = n_params(model)
+    if basis.shape[1] != n:
+        raise ValueError(f"basis width {basis.shape[1]} != n_params {n}: the basis must have shape (D, n_params) "
+                         "with rows in parameters_to_vector order")
+    if basis.shape[0] < 1:
+        raise ValueError("basis must have at least one row (D >= 1)")
+    return int(basis.shape[0])
+
+
+def _check_chunk(chunk_size):
+    if chunk_size is None:
+        return DEFAULT_CHUNK
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _check_data(inputs, targets):
+    if len(inputs) != len(targets):
+        raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) must have the same length")
+    if len(inputs) < 1:
+        raise ValueError("need at least one sample")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Put the model in eval mode for the block and restore its previous train/eval flags afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+# ----------------------------------------------------------------------------------------------- bases
+def hessian_basis(model, inputs, targets, D: int, return_eigenvalues: bool = False, **kw):
+    """Top-D Hessian eigenvectors of the full-batch loss at the current weights, as a (D, n_params) basis.
+
+    Delegates to ``lib.hessian.top_eigenpairs`` (extra keyword arguments such as ``method``, ``tol``, ``seed`` are
+    passed through). With ``return_eigenvalues=True`` returns ``(basis, eigenvalues)``.
+    """
+    n = n_params(model)
+    if int(D) != D or D < 1:
+        raise ValueError(f"D must be a positive integer, got {D!r}")
+    if D >= n:
+        raise ValueError(f"D={D} must be smaller than n_params={n} (a Hessian subspace of the full space "
+                         "is not a subspace)")
+    from .hessian import top_eigenpairs  # lazy: lib.hessian is heavy and optional for the rest
+
+    eig = top_eigenpairs(model, inputs, targets, k=int(D), **kw)
+    device, dtype = _device_dtype(model)
+    basis = torch.as_tensor(eig.eigenvectors).to(device=device, dtype=dtype)
+    if return_eigenvalues:
+        return basis, torch.as_tensor(eig.eigenvalues)
+    return basis
+
+
+def random_basis(n_params: int, D: int, seed: int = 0, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Random D-dimensional subspace: QR of a Gaussian (n_params x D) matrix; returns (D, n_params) orthonormal rows."""
+    if int(n_params) != n_params or n_params < 1:
+        raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
+    if int(D) != D or D < 1:
+        raise ValueError(f"D must be a positive integer, got {D!r}")
+    if D > n_params:
+        raise ValueError(f"D={D} must be <= n_params={n_params}")
+    g = torch.Generator().manual_seed(int(seed))
+    a = torch.randn(int(n_params), int(D), generator=g, dtype=torch.float64)
+    q, r = torch.linalg.qr(a, mode="reduced")
+    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))  # unique QR
+    return q.T.contiguous().to(dtype=dtype, device=device)
+
+
+def filter_normalized_directions(model: torch.nn.Module, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """Filter-normalised random directions (Li et al. 2018) as an (n, n_params) tensor (not orthonormalised).
+
+    For every parameter tensor a Gaussian direction is drawn; each filter / row (slice along dim 0) is rescaled to
+    the norm of the matching slice of the weights; 1-D parameters (biases, norm scales) get zero.
+    """
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    device, dtype = _device_dtype(model)
+    g = torch.Generator().manual_seed(int(seed))
+    rows = []
+    for _ in range(int(n)):
+        parts = []
+        for p in model.parameters():
+            w = p.detach().to("cpu", torch.float64)
+            if w.dim() <= 1:
+                parts.append(torch.zeros(w.numel(), dtype=torch.float64))
+                continue
+            d = torch.randn(w.shape, generator=g, dtype=torch.float64)
+            wn = w.reshape(w.shape[0], -1).norm(dim=1)
+            dn = d.reshape(d.shape[0], -1).norm(dim=1)
+            scale = wn / dn.clamp_min(1e-12)
+            d = d * scale.reshape(-1, *([1] * (w.dim() - 1)))
+            parts.append(d.reshape(-1))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, progress, desc):
+    """Shared loop: for row t build the flat weights ``weight_of(t)`` and fill out[t] with per-sample losses."""
+    device, dtype = _device_dtype(model)
+    N = len(inputs)
+    out = torch.empty(n_rows, N, dtype=dtype, device=device)
+    buffers = dict(model.named_buffers())
+    with torch.no_grad(), eval_mode(model):
+        for t in tqdm(range(n_rows), disable=not progress, desc=desc, leave=False):
+            params = unflatten(model, weight_of(t))
+            params.update(buffers)
+            for s in range(0, N, chunk):
+                x = inputs[s:s + chunk].to(device, non_blocking=True)
+                y = targets[s:s + chunk].to(device, non_blocking=True)
+                out[t, s:s + chunk] = loss_fn(functional_call(model, params, (x,)), y)
+    return out
+
+
+def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size: Optional[int] = None,
+                      loss_fn: Optional[LossFn] = None, progress: bool = False) -> torch.Tensor:
+    """Per-sample losses at arbitrary flat weight vectors.
+
+    ``weights``: (n_params,) or (T, n_params). Returns (T, N) (or (N,) for a single vector), in the model's
+    dtype, samples in the given order. No autograd graph, model weights untouched, eval mode.
+    """
+    _check_data(inputs, targets)
+    chunk = _check_chunk(chunk_size)
+    loss_fn = loss_fn or cross_entropy_per_sample
+    device, dtype = _device_dtype(model)
+    single = weights.dim() == 1
+    w = weights.reshape(1, -1) if single else weights
+    n = n_params(model)
+    if w.dim() != 2 or w.shape[1] != n:
+        raise ValueError(f"weights must have shape (T, n_params={n}); got {tuple(weights.shape)}")
+    out = _forward_rows(model, inputs, targets, w.shape[0], lambda t: w[t].to(device=device, dtype=dtype),
+                        chunk, loss_fn, progress, "weights")
+    return out[0] if single else out
+
+
+def per_sample_losses(model, inputs, targets, basis: torch.Tensor, thetas: torch.Tensor,
+                      chunk_size: Optional[int] = None, loss_fn: Optional[LossFn] = None,
+                      progress: bool = False) -> torch.Tensor:
+    """Per-sample losses ``l_i(w* + P^T theta_t)`` for a batch of thetas: returns a (T, N) tensor.
+
+    ``thetas``: (T, D) (or (D,) -> (N,)). Costs T forward passes over the N samples; the weights of each theta are
+    one flat vector ``w* + P^T theta`` split into views (no copies of the model, no autograd graph, weights of the
+    model untouched, eval mode). Memory: one flat weight vector at a time plus the (T, N) result.
+    """
+    D = check_basis(model, basis)
+    _check_data(inputs, targets)
+    chunk = _check_chunk(chunk_size)
+    loss_fn = loss_fn or cross_entropy_per_sample
+    single = thetas.dim() == 1
+    th = thetas.reshape(1, -1) if single else thetas
+    if th.dim() != 2 or th.shape[1] != D:
+        raise ValueError(f"thetas must have shape (T, D={D}) to match the basis; got {tuple(thetas.shape)}")
+    device, dtype = _device_dtype(model)
+    w0 = flat_params(model)
+    P = basis.to(device=device, dtype=dtype)
+    th = th.to(device=device, dtype=dtype)
+    block = {"start": -1, "W": None}
+
+    def weight_of(t):      # weights of WEIGHT_BLOCK thetas at a time: one matrix product instead of one per theta
+        start = t - t % WEIGHT_BLOCK
+        if block["start"] != start:
+            block["W"] = None
+            block["W"] = torch.addmm(w0.unsqueeze(0), th[start:start + WEIGHT_BLOCK], P)
+            block["start"] = start
+        return block["W"][t - start]
+
+    out = _forward_rows(model, inputs, targets, th.shape[0], weight_of, chunk, loss_fn, progress, "thetas")
+    return out[0] if single else out

@@ -1,0 +1,172 @@
+"""Subspace bases and per-sample losses in the subspace (every direction moves the loss; order preserved)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.subspace import (filter_normalized_directions, flat_params, hessian_basis, losses_at_weights, n_params,
+                          per_sample_losses, random_basis)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy second core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def tiny_mlp(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+
+
+def tiny_cnn(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(3 * 3 * 3, 4)).to(dtype)
+
+
+def data(n=20, shape=(1, 3, 4), classes=3, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+def explicit_losses(model, x, y, w):
+    """Independent reference: copy the model, load the flat weights, plain forward, per-sample CE."""
+    m = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(w, m.parameters())
+    m.eval()
+    with torch.no_grad():
+        return F.cross_entropy(m(x), y, reduction="none")
+
+
+def test_random_basis_orthonormal_and_seeded():
+    P = random_basis(50, 4, seed=3, dtype=torch.float64)
+    assert P.shape == (4, 50) and P.dtype == torch.float64
+    torch.testing.assert_close(P @ P.T, torch.eye(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(P, random_basis(50, 4, seed=3, dtype=torch.float64))
+    assert not torch.allclose(P, random_basis(50, 4, seed=4, dtype=torch.float64))
+    assert random_basis(50, 4, seed=3).dtype == torch.float32
+
+
+def test_filter_normalized_directions():
+    for model in (tiny_mlp(), tiny_cnn()):
+        dirs = filter_normalized_directions(model, n=2, seed=0)
+        assert dirs.shape == (2, n_params(model))
+        assert not torch.allclose(dirs[0], dirs[1])
+        for d in dirs:
+            offset = 0
+            for p in model.parameters():
+                piece = d[offset:offset + p.numel()].reshape(p.shape)
+                offset += p.numel()
+                if p.dim() <= 1:
+                    assert torch.count_nonzero(piece) == 0          # biases zero
+                else:
+                    torch.testing.assert_close(piece.reshape(p.shape[0], -1).norm(dim=1),
+                                               p.detach().reshape(p.shape[0], -1).norm(dim=1))
+        torch.testing.assert_close(dirs, filter_normalized_directions(model, n=2, seed=0))
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
+def test_per_sample_losses_match_explicit_forward_in_given_order(make):
+    model = make()
+    x, y = data(shape=(1, 6, 6) if make is tiny_cnn else (1, 3, 4), classes=3)
+    model.train()                       # must be evaluated in eval mode and the flag restored
+    before = flat_params(model)
+    D = 3
+    P = random_basis(n_params(model), D, seed=0, dtype=torch.float64)
+    thetas = torch.randn(5, D, dtype=torch.float64)
+    out = per_sample_losses(model, x, y, P, thetas, chunk_size=7)
+    assert out.shape == (5, len(x))
+    for t in range(5):
+        ref = explicit_losses(model, x, y, before + P.T @ thetas[t])
+        torch.testing.assert_close(out[t], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, per_sample_losses(model, x, y, P, thetas))   # chunking invariant
+    torch.testing.assert_close(flat_params(model), before, rtol=0, atol=0)        # weights untouched
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    # losses_at_weights on explicit flat vectors agrees
+    W = before + thetas @ P
+    torch.testing.assert_close(losses_at_weights(model, x, y, W), out)
+    torch.testing.assert_close(losses_at_weights(model, x, y, before), explicit_losses(model, x, y, before))
+    # more thetas than one block of weight vectors (lib.subspace.WEIGHT_BLOCK)
+    many = torch.randn(37, D, dtype=torch.float64)
+    torch.testing.assert_close(per_sample_losses(model, x, y, P, many),
+                               losses_at_weights(model, x, y, before + many @ P), rtol=1e-12, atol=1e-12)
+    # single theta
+    torch.testing.assert_close(per_sample_losses(model, x, y, P, thetas[2]), out[2])
+
+
+def test_every_direction_changes_the_losses():
+    """The original code perturbed only the first direction; here each of the D rows must move the losses."""
+    model = tiny_mlp()
+    x, y = data()
+    D = 5
+    P = random_basis(n_params(model), D, seed=1, dtype=torch.float64)
+    l0 = per_sample_losses(model, x, y, P, torch.zeros(D, dtype=torch.float64))
+    thetas = 0.3 * torch.eye(D, dtype=torch.float64)
+    l = per_sample_losses(model, x, y, P, thetas)
+    for d in range(D):
+        assert (l[d] - l0).abs().max() > 1e-4, f"direction {d} does not change the per-sample losses"
+        ref = explicit_losses(model, x, y, flat_params(model) + 0.3 * P[d])
+        torch.testing.assert_close(l[d], ref, rtol=1e-12, atol=1e-12)
+    # a perturbation along directions 2..D-1 only is not the same as along the first only
+    th = torch.zeros(D, dtype=torch.float64)
+    th[1:] = 0.3
+    assert (per_sample_losses(model, x, y, P, th) - l0).abs().max() > 1e-4
+
+
+def test_float32_model_and_float64_thetas():
+    model = tiny_mlp(dtype=torch.float32)
+    x, y = data(dtype=torch.float32)
+    P = random_basis(n_params(model), 2, seed=0)
+    out = per_sample_losses(model, x, y, P, torch.randn(3, 2, dtype=torch.float64))
+    assert out.dtype == torch.float32 and out.shape == (3, len(x))
+
+
+def test_hessian_basis_matches_explicit_hessian():
+    pytest.importorskip("lib.hessian")
+    model = tiny_mlp()
+    x, y = data(n=30)
+    w0 = flat_params(model)
+    from lib.subspace import unflatten
+
+    def loss(w):
+        return F.cross_entropy(torch.func.functional_call(model, unflatten(model, w), (x,)), y)
+
+    H = torch.autograd.functional.hessian(loss, w0)
+    evals, evecs = torch.linalg.eigh(H)
+    D = 3
+    P, lam = hessian_basis(model, x, y, D, return_eigenvalues=True, tol=1e-10)
+    assert P.shape == (D, n_params(model))
+    torch.testing.assert_close(torch.as_tensor(lam, dtype=torch.float64), evals.flip(0)[:D], rtol=1e-6, atol=1e-8)
+    overlap = (P @ evecs[:, -D:]).abs()                      # |<p_d, v_d>| ~ 1 for the matching pair
+    torch.testing.assert_close(overlap.max(dim=1).values, torch.ones(D, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_bad_parameters_raise_value_errors():
+    model = tiny_mlp()
+    x, y = data()
+    n = n_params(model)
+    P = random_basis(n, 2, seed=0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"basis width {n + 1} != n_params {n}"):
+        per_sample_losses(model, x, y, torch.zeros(2, n + 1, dtype=torch.float64), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"thetas must have shape \(T, D=2\)"):
+        per_sample_losses(model, x, y, P, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        per_sample_losses(model, x, y, P, torch.zeros(1, 2), chunk_size=0)
+    with pytest.raises(ValueError, match="same length"):
+        per_sample_losses(model, x, y[:-1], P, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=f"D={n} must be smaller than n_params={n}"):
+        hessian_basis(model, x, y, n)
+    with pytest.raises(ValueError, match="D=5 must be <= n_params=4"):
+        random_basis(4, 5)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        filter_normalized_directions(model, n=0)
+    with pytest.raises(ValueError, match=r"weights must have shape \(T, n_params"):
+        losses_at_weights(model, x, y, torch.zeros(3, n + 2))
