@@ -17,10 +17,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
-from .subspace import check_basis, per_sample_losses
+from .subspace import SubspaceLosses, check_basis
 
 __all__ = [
     "DeltaCurve",
@@ -236,9 +236,10 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
     unit = estimator_units(n_samples, estimator, n_replicates)
     device = next(model.parameters()).device
 
+    evaluate = SubspaceLosses(model, inputs, targets, basis, chunk_size=chunk_size, loss_fn=loss_fn)
+
     def losses(th):
-        return per_sample_losses(model, inputs, targets, basis, th, chunk_size=chunk_size,
-                                 loss_fn=loss_fn).to(torch.float64)
+        return evaluate(th).to(torch.float64)
 
     l0 = losses(torch.zeros(1, D, dtype=torch.float64))[0]
     d0 = loss_differences(l0)

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, jvp, vmap
 from torch.overrides import TorchFunctionMode
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .montecarlo import loss_differences
 from .sampling import Sampler

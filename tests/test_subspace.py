@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.subspace import (filter_normalized_directions, flat_params, hessian_basis, losses_at_weights, n_params,
-                          per_sample_losses, random_basis)
+                          per_sample_losses, random_basis, unflatten)
 
 
 @pytest.fixture(autouse=True)
@@ -170,3 +170,33 @@ def test_bad_parameters_raise_value_errors():
         filter_normalized_directions(model, n=0)
     with pytest.raises(ValueError, match=r"weights must have shape \(T, n_params"):
         losses_at_weights(model, x, y, torch.zeros(3, n + 2))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_first_layer_shortcut_equals_generic_forward(bias):
+    """The MLP shortcut (first layer precomputed as z* + sum_d theta_d z_d) gives the generic per-sample losses."""
+    from lib.models import mlp
+    from lib.subspace import SubspaceLosses
+
+    torch.manual_seed(0)
+    net = mlp((16, 8), bias=bias).double()
+    x, y = torch.randn(40, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (40,))
+    P = random_basis(sum(p.numel() for p in net.parameters()), 3, seed=1, dtype=torch.float64)
+    thetas = torch.randn(5, 3, dtype=torch.float64)
+    fast = SubspaceLosses(net, x, y, P, chunk_size=16)
+    slow = SubspaceLosses(net, x, y, P, shortcut=False)
+    assert fast.shortcut and not slow.shortcut
+    assert torch.allclose(fast(thetas), slow(thetas), rtol=1e-12, atol=1e-12)
+    direct = torch.stack([torch.nn.functional.cross_entropy(
+        torch.func.functional_call(net, unflatten(net, flat_params(net) + P.T @ t), (x,)), y, reduction="none")
+        for t in thetas])
+    assert torch.allclose(fast(thetas), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_shortcut_not_used_for_cnn():
+    from lib.models import cnn
+    from lib.subspace import SubspaceLosses
+
+    net = cnn((2, 2))
+    P = random_basis(sum(p.numel() for p in net.parameters()), 2, seed=0)
+    assert not SubspaceLosses(net, torch.randn(3, 1, 28, 28), torch.zeros(3, dtype=torch.long), P).shortcut
