@@ -47,7 +47,7 @@ paper-test:  ## check the built PDFs: key numbers equal the results, no "??"
 	$(PY) -m pytest -q -m paper
 
 test: pytest notebooks-smoke  ## setup, data, unit tests, every notebook, paper + slides under the smoke profile
-	$(MAKE) paper slides PROFILE=smoke
+	$(MAKE) paper slides
 	$(MAKE) paper-test
 
 reproduce: setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides

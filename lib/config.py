@@ -95,6 +95,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "trace_probes": integer(2),
         "slq_runs": integer(1),
         "slq_iter": integer(2),
+        "full_seeds": integer(1),
     },
     "projection": {
         "grid_points": integer(3),

@@ -124,9 +124,10 @@ def trained_run(store: ResultStore, dataset: str, model: str, seed: int, dtype: 
 
 
 def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, *, k_top: int, tol: float,
-                 n_vectors: int, trace_probes: int, slq_runs: int, slq_iter: int, device: str = "cpu",
-                 force: bool = False) -> dict:
-    """Top-k eigenpairs (Lanczos), smallest eigenvalue, Hutchinson trace and SLQ density of one trained run."""
+                 n_vectors: int, trace_probes: int, slq_runs: int, slq_iter: int, extras: bool = True,
+                 device: str = "cpu", force: bool = False) -> dict:
+    """Top-k eigenpairs (Lanczos) of one trained run and, with ``extras``, its smallest eigenvalue, Hutchinson
+    trace and SLQ density (the notebook computes extras for the first ``full_seeds`` seeds only)."""
     from . import hessian
     from .device import resolve_device
 
@@ -135,30 +136,33 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, *, k_t
         raise ValueError(f"n_vectors={n_vectors} must be in [1, k_top={k_top}]")
     params = {"dataset": dataset, "model": model, "seed": seed, "k_top": k_top, "tol": tol,
               "n_vectors": n_vectors, "trace_probes": trace_probes, "slq_runs": slq_runs, "slq_iter": slq_iter,
-              "upstream": upstream}
+              "extras": extras, "upstream": upstream}
     name = run_name(dataset, model, seed)
 
     def compute():
         dev = resolve_device(device)
         netd, xd, yd = net.to(dev), x.to(dev), y.to(dev)
         top = hessian.top_eigenpairs(netd, xd, yd, k_top, method="lanczos", tol=tol, seed=seed)
-        low = hessian.smallest_eigenvalue(netd, xd, yd, tol=tol, seed=seed)
-        tr = hessian.trace(netd, xd, yd, n_probes=trace_probes, seed=seed)
-        dens = hessian.density(netd, xd, yd, n_runs=slq_runs, n_iter=slq_iter, seed=seed, n_grid=2000)
         payload = {
             "eigenvalues": top.eigenvalues.double().cpu(), "residuals": top.residuals.double().cpu(),
-            "eigenvectors": top.eigenvectors[:n_vectors].float().cpu(),
-            "smallest": low.value, "smallest_residual": low.residual,
-            "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_samples": tr.samples,
-            "slq_nodes": dens.nodes, "slq_weights": dens.weights, "grid": dens.grid, "density": dens.density,
-            "hvp_counts": {"top": top.hvp_count, "smallest": low.hvp_count, "trace": tr.hvp_count,
-                           "density": dens.hvp_count},
+            "eigenvectors": top.eigenvectors[:n_vectors].float().cpu(), "hvp_counts": {"top": top.hvp_count},
+            "smallest": None, "trace": None,
         }
         summary = {"dataset": dataset, "model": model, "seed": seed, "n_params": models.n_params(net),
                    "lambda_1": float(top.eigenvalues[0]), f"lambda_{k_top}": float(top.eigenvalues[-1]),
-                   "lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr,
                    "max_residual": float(top.residuals.max()), "hvp_top": top.hvp_count,
-                   "solver_seconds": {"top": top.seconds, "smallest": low.seconds, "density": dens.seconds}}
+                   "solver_seconds": {"top": top.seconds}}
+        if extras:
+            low = hessian.smallest_eigenvalue(netd, xd, yd, tol=tol, seed=seed)
+            tr = hessian.trace(netd, xd, yd, n_probes=trace_probes, seed=seed)
+            dens = hessian.density(netd, xd, yd, n_runs=slq_runs, n_iter=slq_iter, seed=seed, n_grid=2000)
+            payload.update({
+                "smallest": low.value, "smallest_residual": low.residual,
+                "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_samples": tr.samples,
+                "slq_nodes": dens.nodes, "slq_weights": dens.weights, "grid": dens.grid, "density": dens.density})
+            payload["hvp_counts"].update({"smallest": low.hvp_count, "trace": tr.hvp_count, "density": dens.hvp_count})
+            summary.update({"lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr})
+            summary["solver_seconds"].update({"smallest": low.seconds, "density": dens.seconds})
         return payload, summary
 
     summary, skipped = cached(store, SPECTRUM_STAGE, name, params, compute, force=force)

@@ -94,8 +94,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None) -
             ev = np.array([p["eigenvalues"].numpy() for p in specs])
             out[macro("lambda", "one", ds, m)] = fmt(ev[:, 0].mean())
             out[macro("lambda", "last", ds, m)] = fmt(ev[:, -1].mean())
-            out[macro("lambda", "min", ds, m)] = fmt(np.mean([p["smallest"] for p in specs]))
-            out[macro("trace", ds, m)] = fmt(np.mean([p["trace"] for p in specs]))
+            out[macro("lambda", "min", ds, m)] = fmt(specs[0]["smallest"])
+            out[macro("trace", ds, m)] = fmt(specs[0]["trace"])
             out[macro("k", "top")] = fmt(int(ev.shape[1]))
     main = group(plan, "main")
     if main:

@@ -34,6 +34,7 @@ n_vectors = 10
 trace_probes = 10
 slq_runs = 1
 slq_iter = 30
+full_seeds = 1
 
 # %%
 import matplotlib.pyplot as plt
@@ -47,7 +48,7 @@ from lib.results import ResultStore
 check_parameters("spectrum", dict(profile=profile, device=device, datasets=datasets, models=models, seeds=seeds,
                                   n_train=n_train, data_seed=data_seed, progress=progress, k_top=k_top, tol=tol,
                                   n_vectors=n_vectors, trace_probes=trace_probes, slq_runs=slq_runs,
-                                  slq_iter=slq_iter))
+                                  slq_iter=slq_iter, full_seeds=full_seeds))
 store = ResultStore(profile)
 
 # %%
@@ -56,7 +57,8 @@ for ds in datasets:
     for m in models:
         for s in seeds:
             row = spectrum_one(store, ds, m, s, k_top=k_top, tol=tol, n_vectors=n_vectors,
-                               trace_probes=trace_probes, slq_runs=slq_runs, slq_iter=slq_iter, device=device)
+                               trace_probes=trace_probes, slq_runs=slq_runs, slq_iter=slq_iter,
+                               extras=s in seeds[:full_seeds], device=device)
             rows.append(row)
             print(f"{row['name']}: {'skipped' if row['skipped'] else 'computed'} in {row['seconds']:.1f} s", flush=True)
 print(format_table(rows, ["dataset", "model", "seed", "lambda_1", f"lambda_{k_top}", "lambda_min", "trace",
