@@ -30,7 +30,7 @@ import torch
 
 from . import REPO_ROOT
 
-RESULTS_ROOT = REPO_ROOT / "results"
+RESULTS_ROOT = Path(os.environ.get("LANDSCAPE_RESULTS", REPO_ROOT / "results"))
 _PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pyhessian", "matplotlib", "papermill", "jupytext")
 
 
