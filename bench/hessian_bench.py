@@ -123,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target-residual", type=float, default=1e-3)
+    parser.add_argument("--ks", type=int, nargs="+", default=None, help="eigenpair counts (default 1 10 32)")
     args = parser.parse_args(argv)
     from lib import data, models, train
 
     n = args.n or (1000 if args.quick else 10_000)
-    ks = (1, 4) if args.quick else (1, 10, 32)
+    ks = tuple(args.ks) if args.ks else (1, 4) if args.quick else (1, 10, 32)
     x, y = data.training_subset(args.dataset, n, args.seed)
     model = models.build("mlp2", args.seed)
     t0 = time.perf_counter()
