@@ -15,13 +15,7 @@ from lib.sampling import Ball, Curvature, Gaussian, Sphere, make_sampler, quadra
 from lib.subspace import flat_params, n_params, random_basis, unflatten
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
