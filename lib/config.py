@@ -67,6 +67,16 @@ def list_of(item: Validator, min_len: int = 1, unique: bool = True) -> Validator
     return check
 
 
+def mapping_of(keys: Validator, values: Validator) -> Validator:
+    def check(key, value):
+        if not isinstance(value, dict):
+            _fail(key, value, "a mapping (possibly empty) of key: value")
+        for k, v in value.items():
+            keys(f"{key} key", k)
+            values(f"{key}[{k}]", v)
+    return check
+
+
 def name(key, value):
     if not isinstance(value, str) or not value or "/" in value:
         _fail(key, value, "a non-empty name without '/'")
@@ -82,6 +92,9 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "n_train": integer(2, TRAIN_SIZE),
         "data_seed": integer(0),
         "progress": boolean,
+        # per model, how many of the first ``seeds`` get a spectrum (02) and enter the spectrum figure and
+        # numbers (06); models not listed use all seeds
+        "spectrum_max_seeds": mapping_of(choice(MODELS), integer(1)),
     },
     "train": {
         "epochs": integer(1),
@@ -131,6 +144,9 @@ SCHEMA: dict[str, dict[str, Validator]] = {
     },
     "figures": {},
 }
+
+# Keys of ``common`` read by some stages only (the runner passes each notebook the names it declares).
+COMMON_USED_BY = {"spectrum_max_seeds": ("spectrum", "figures")}
 
 # Keys of ``common`` that a stage section may override for that stage only (e.g. fewer models).
 STAGE_OVERRIDABLE = ("datasets", "models", "seeds", "device", "progress")
@@ -188,12 +204,24 @@ def stage_parameters(cfg: dict, stage: str) -> dict:
     return {**cfg["common"], **cfg.get(stage, {})}
 
 
-def check_parameters(stage: str, params: dict) -> None:
-    """Validate a notebook's parameters (``common`` keys plus its stage's keys)."""
+def check_parameters(stage: str, namespace: dict) -> dict:
+    """Validate a notebook's parameters and return them as a dict.
+
+    ``namespace`` is the notebook's ``globals()`` (or any mapping): the names of the ``common`` section and of the
+    stage's section are picked from it, everything else is ignored. Every name of the stage's own section must be
+    present (a notebook that does not declare one would silently ignore the profile's value).
+    """
+    if stage not in SCHEMA or stage == "common":
+        raise ValueError(f"unknown stage {stage!r}; allowed: {[s for s in SCHEMA if s != 'common']}")
+    missing = sorted(set(SCHEMA[stage]) - set(namespace))
+    if missing:
+        raise ValueError(f"the {stage} notebook does not define parameter(s) {missing}")
+    params = {k: namespace[k] for k in (*SCHEMA["common"], *SCHEMA[stage]) if k in namespace}
     common = {k: v for k, v in params.items() if k in SCHEMA["common"]}
     own = {k: v for k, v in params.items() if k not in SCHEMA["common"] or k in STAGE_OVERRIDABLE}
     validate_section("common", common)
     validate_section(stage, own)
+    return params
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import plotting
 from .experiments import CurveSpec, group, load_curve, load_projection
-from .pipeline import load_spectrum
+from .pipeline import load_spectrum, spectrum_seeds
 
 LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN",
           "hessian": "Hessian subspace", "random": "random subspace"}
@@ -29,18 +29,21 @@ def _runs(plan_specs: list[CurveSpec]) -> list[tuple[str, str]]:
 
 
 # -------------------------------------------------------------------------------------------- spectrum
-def spectrum(store, datasets, models, seeds):
+def spectrum(store, datasets, models, seeds, max_seeds: dict | None = None):
     with plotting.style():
         fig, axes = plotting.figure(2, len(datasets), width=plotting.FULL_WIDTH, aspect=0.6)
         for r, ds in enumerate(datasets):
             ax_ev, ax_d = axes[r]
             for i, m in enumerate(models):
-                specs = [load_spectrum(store, ds, m, s) for s in seeds]
+                used = spectrum_seeds(m, seeds, max_seeds)
+                specs = [load_spectrum(store, ds, m, s) for s in used]
                 ev = np.array([p["eigenvalues"].numpy() for p in specs])
                 idx = np.arange(1, ev.shape[1] + 1)
-                sd = ev.std(0, ddof=1) if len(seeds) > 1 else np.zeros(ev.shape[1])
+                sd = ev.std(0, ddof=1) if len(used) > 1 else np.zeros(ev.shape[1])
+                n_label = "" if len(used) == len(seeds) else f", {len(used)} seed{'s' * (len(used) > 1)}"
                 ax_ev.errorbar(idx, ev.mean(0), yerr=sd, marker=".", ms=3, capsize=1.5, lw=0.8,
-                               color=plotting.PALETTE[i], label=f"{LABELS[m]} (tr = {specs[0]['trace']:.3g})")
+                               color=plotting.PALETTE[i],
+                               label=f"{LABELS[m]} (tr = {specs[0]['trace']:.3g}{n_label})")
                 p0 = specs[0]
                 ax_d.semilogy(p0["grid"], np.maximum(p0["density"], 1e-12), color=plotting.PALETTE[i],
                               label=LABELS[m])

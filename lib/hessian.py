@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 
+from .models import preferred_chunk
+
 METHODS = ("lanczos", "power")
 PROBES = ("rademacher", "gaussian")
 DEFAULT_CHUNK = 4096
@@ -158,8 +160,10 @@ class HessianOperator:
     """
 
     def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                 chunk_size: int = DEFAULT_CHUNK):
+                 chunk_size: int | None = None):
         self.n_samples = _check_data(inputs, targets)
+        if chunk_size is None:
+            chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
         self.chunk_size = _check_int("chunk_size", chunk_size, 1)
         params = list(model.parameters())
         if not params:
@@ -340,7 +344,7 @@ def _power_vectors(op: HessianOperator, k: int, tol: float, max_iter: int, seed:
 
 
 def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol: float = 1e-4,
-                   max_iter: int | None = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK,
+                   max_iter: int | None = None, seed: int = 0, chunk_size: int | None = None,
                    ncv: int | None = None) -> Eigenpairs:
     """Top-k Hessian eigenpairs of the mean loss over all samples, largest algebraic eigenvalue first.
 
@@ -372,7 +376,7 @@ def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol:
 
 
 def smallest_eigenvalue(model, inputs, targets, tol: float = 1e-4, max_iter: int | None = None, seed: int = 0,
-                        chunk_size: int = DEFAULT_CHUNK, ncv: int | None = None) -> SmallestEigenpair:
+                        chunk_size: int | None = None, ncv: int | None = None) -> SmallestEigenpair:
     """Smallest algebraic eigenvalue: lambda_1 by eigsh, then the top eigenpair of lambda_1 I - H.
 
     The shift makes ARPACK's stopping rule relative to lambda_1 - lambda_min (not to a possibly tiny
@@ -402,7 +406,7 @@ def _probe(op: HessianOperator, gen: torch.Generator, kind: str) -> torch.Tensor
 
 
 def trace(model, inputs, targets, n_probes: int = 100, seed: int = 0,
-          chunk_size: int = DEFAULT_CHUNK) -> TraceEstimate:
+          chunk_size: int | None = None) -> TraceEstimate:
     """Hutchinson estimate of tr(H) from ``n_probes`` seeded Rademacher probes z: mean of z^T H z, with its
     standard error std(ddof=1) / sqrt(n_probes)."""
     n_probes = _check_int("n_probes", n_probes, 2)
@@ -465,7 +469,7 @@ def smooth_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sig
 
 
 def density(model, inputs, targets, n_runs: int = 1, n_iter: int = 100, seed: int = 0, grid=None,
-            sigma_sq: float | None = None, probe: str = "rademacher", chunk_size: int = DEFAULT_CHUNK,
+            sigma_sq: float | None = None, probe: str = "rademacher", chunk_size: int | None = None,
             n_grid: int = 10000) -> Density:
     """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019, as in PyHessian).
 

@@ -2,8 +2,9 @@
 
 * ``mlp1``: 784-256-10, one hidden ReLU layer (203,530 parameters);
 * ``mlp2``: 784-256-256-10, the original paper's network (269,322 parameters);
-* ``cnn``: two 3x3 conv layers (8 and 16 channels, padding 1) with ReLU and 2x2 max-pooling, linear head
-  (9,098 parameters).
+* ``cnn``: two 3x3 conv layers (4 and 8 channels, padding 1) with ReLU and 2x2 max-pooling, linear head
+  (4,266 parameters). Small on purpose: its exact Hessian-vector product costs ~1 s over 10k images on a 2-core
+  CPU (double backward through conv and max-pooling), twice that at (8, 16) channels for +1 point test accuracy.
 
 ``mlp(widths, bias)`` builds the ReLU MLPs of other widths/depths (bias-free ones for the Hessian-norm bound).
 """
@@ -28,7 +29,7 @@ def mlp(hidden: tuple[int, ...] | list[int], bias: bool = True, n_in: int = 784,
     return nn.Sequential(*layers)
 
 
-def cnn(channels: tuple[int, int] = (8, 16)) -> nn.Sequential:
+def cnn(channels: tuple[int, int] = (4, 8)) -> nn.Sequential:
     c1, c2 = channels
     return nn.Sequential(
         nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -52,6 +53,17 @@ def build(name: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module
         torch.manual_seed(int(seed))
         model = _BUILDERS[name]()
     return model.to(dtype)
+
+
+#: samples per chunk for forward passes and Hessian-vector products of models with convolutions: small chunks
+#: keep conv activations in cache (measured 2-3x faster than 4096 on a 2-core CPU)
+CONV_CHUNK = 500
+
+
+def preferred_chunk(model: nn.Module) -> int | None:
+    """Samples per chunk that suit ``model`` (``CONV_CHUNK`` if it has a convolution), or None for the caller's
+    own default."""
+    return CONV_CHUNK if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()) else None
 
 
 def n_params(model: nn.Module) -> int:

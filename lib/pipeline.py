@@ -169,6 +169,12 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, *, k_t
     return {**summary, "name": name, "skipped": skipped}
 
 
+def spectrum_seeds(model: str, seeds: list[int], max_seeds: dict | None = None) -> list[int]:
+    """The seeds whose spectrum the profile computes for ``model``: the first ``max_seeds[model]`` of ``seeds``
+    (all of them for models not in ``max_seeds``)."""
+    return list(seeds[:(max_seeds or {}).get(model, len(seeds))])
+
+
 def load_spectrum(store: ResultStore, dataset: str, model: str, seed: int) -> dict:
     """The saved spectrum of one run; MissingResultError says to run 02_spectrum."""
     return store.load(SPECTRUM_STAGE, run_name(dataset, model, seed), made_by="notebooks/02_spectrum.py").payload

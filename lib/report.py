@@ -15,7 +15,7 @@ import numpy as np
 from . import REPO_ROOT
 from .analysis import load_analysis
 from .experiments import group, load_curve
-from .pipeline import load_spectrum, run_name
+from .pipeline import load_spectrum, run_name, spectrum_seeds
 from .results import atomic_write_bytes, package_versions, git_commit
 
 GENERATED = REPO_ROOT / "paper" / "generated"
@@ -59,7 +59,8 @@ def pct(x) -> str:
     return "n/a" if x is None else f"{100 * float(x):.1f}"
 
 
-def numbers(store, datasets, models, seeds, plan, timings: dict | None = None) -> dict:
+def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
+            spectrum_max_seeds: dict | None = None) -> dict:
     """Every number the paper quotes, keyed by macro name."""
     out: dict[str, str] = {}
     out[macro("profile")] = store.profile
@@ -67,6 +68,9 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None) -
     out[macro("n", "train")] = fmt(int(first["n_train"]))
     out[macro("epochs")] = fmt(int(first["epochs"]))
     out[macro("n", "seeds")] = fmt(len(seeds))
+    capped = [f"{TEX_LABELS[m]}: {n} seed{'s' * (n > 1)}" for m, n in sorted((spectrum_max_seeds or {}).items())
+              if m in models and n < len(seeds)]
+    out[macro("spectrum", "seeds", "note")] = (f" (spectrum: {'; '.join(capped)})" if capped else "")
     from .data import DATASETS
     from .models import MODELS
 
@@ -90,7 +94,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None) -
             out[macro("acc", ds, m)] = pct(np.mean([x["test_accuracy"] for x in metas]))
             out[macro("acc", "sd", ds, m)] = pct(np.std([x["test_accuracy"] for x in metas]))
             out[macro("train", "loss", ds, m)] = fmt(np.mean([x["train_loss"] for x in metas]))
-            specs = [load_spectrum(store, ds, m, s) for s in seeds]
+            specs = [load_spectrum(store, ds, m, s) for s in spectrum_seeds(m, seeds, spectrum_max_seeds)]
             ev = np.array([p["eigenvalues"].numpy() for p in specs])
             out[macro("lambda", "one", ds, m)] = fmt(ev[:, 0].mean())
             out[macro("lambda", "last", ds, m)] = fmt(ev[:, -1].mean())

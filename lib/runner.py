@@ -48,12 +48,30 @@ def select(only: list[str] | None) -> list[Path]:
     return sorted(set(chosen))
 
 
+def declared_parameters(nb) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters``."""
+    import ast
+
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    raise ValueError("the notebook has no cell tagged 'parameters'")
+
+
 def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_NAME) -> float:
-    """Execute one jupytext notebook with papermill; returns wall seconds."""
+    """Execute one jupytext notebook with papermill; returns wall seconds.
+
+    Of ``params`` (already validated against the profile schema) only the names the notebook declares in its
+    parameters cell are passed, so a ``common`` key that only some stages use is not injected elsewhere.
+    """
     import jupytext
     import papermill
 
     nb = jupytext.read(path)
+    declared = declared_parameters(nb)
+    params = {k: v for k, v in params.items() if k in declared}
     nb.metadata.setdefault("kernelspec", {"name": kernel, "display_name": kernel, "language": "python"})
     nb.metadata["kernelspec"].setdefault("language", "python")
     out_dir.mkdir(parents=True, exist_ok=True)

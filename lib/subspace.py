@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
+from .models import preferred_chunk
+
 __all__ = [
     "flat_params",
     "n_params",
@@ -103,9 +105,9 @@ def check_basis(model: torch.nn.Module, basis: torch.Tensor) -> int:
     return int(basis.shape[0])
 
 
-def _check_chunk(chunk_size):
+def _check_chunk(chunk_size, model=None):
     if chunk_size is None:
-        return DEFAULT_CHUNK
+        return (preferred_chunk(model) if model is not None else None) or DEFAULT_CHUNK
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
@@ -222,7 +224,7 @@ def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size:
     dtype, samples in the given order. No autograd graph, model weights untouched, eval mode.
     """
     _check_data(inputs, targets)
-    chunk = _check_chunk(chunk_size)
+    chunk = _check_chunk(chunk_size, model)
     loss_fn = loss_fn or cross_entropy_per_sample
     device, dtype = _device_dtype(model)
     single = weights.dim() == 1
@@ -267,7 +269,7 @@ class SubspaceLosses:
         self.D = check_basis(model, basis)
         _check_data(inputs, targets)
         self.model, self.inputs, self.targets = model, inputs, targets
-        self.chunk = _check_chunk(chunk_size)
+        self.chunk = _check_chunk(chunk_size, model)
         self.loss_fn = loss_fn or cross_entropy_per_sample
         self.device, self.dtype = _device_dtype(model)
         self.w0 = flat_params(model)

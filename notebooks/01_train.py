@@ -37,9 +37,7 @@ from lib.config import check_parameters
 from lib.pipeline import format_table, run_training
 from lib.results import ResultStore
 
-check_parameters("train", dict(profile=profile, device=device, datasets=datasets, models=models, seeds=seeds,
-                               n_train=n_train, data_seed=data_seed, progress=progress, epochs=epochs,
-                               batch_size=batch_size, lr=lr))
+check_parameters("train", globals())
 store = ResultStore(profile)
 
 # %%

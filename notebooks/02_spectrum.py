@@ -28,6 +28,7 @@ seeds = [0]
 n_train = 1000
 data_seed = 0
 progress = True
+spectrum_max_seeds = {}
 k_top = 10
 tol = 1e-4
 n_vectors = 10
@@ -42,20 +43,17 @@ import numpy as np
 
 from lib import plotting, reference
 from lib.config import check_parameters
-from lib.pipeline import format_table, load_spectrum, spectrum_one
+from lib.pipeline import format_table, load_spectrum, spectrum_one, spectrum_seeds
 from lib.results import ResultStore
 
-check_parameters("spectrum", dict(profile=profile, device=device, datasets=datasets, models=models, seeds=seeds,
-                                  n_train=n_train, data_seed=data_seed, progress=progress, k_top=k_top, tol=tol,
-                                  n_vectors=n_vectors, trace_probes=trace_probes, slq_runs=slq_runs,
-                                  slq_iter=slq_iter, full_seeds=full_seeds))
+check_parameters("spectrum", globals())
 store = ResultStore(profile)
 
 # %%
 rows = []
 for ds in datasets:
     for m in models:
-        for s in seeds:
+        for s in spectrum_seeds(m, seeds, spectrum_max_seeds):
             row = spectrum_one(store, ds, m, s, k_top=k_top, tol=tol, n_vectors=n_vectors,
                                trace_probes=trace_probes, slq_runs=slq_runs, slq_iter=slq_iter,
                                extras=s in seeds[:full_seeds], device=device)
@@ -71,7 +69,8 @@ print(format_table(rows, ["dataset", "model", "seed", "lambda_1", f"lambda_{k_to
 
 # %%
 if "mnist" in datasets and "mlp2" in models:
-    ours = np.array([load_spectrum(store, "mnist", "mlp2", s)["eigenvalues"].numpy() for s in seeds])
+    ours = np.array([load_spectrum(store, "mnist", "mlp2", s)["eigenvalues"].numpy()
+                     for s in spectrum_seeds("mlp2", seeds, spectrum_max_seeds)])
     n = min(len(reference.TOP_EIGENVALUES), ours.shape[1])
     print("index  ours (mean over seeds)  original")
     for i in range(n):
@@ -88,7 +87,7 @@ with plotting.style():
     fig, axes = plotting.figure(2, width=plotting.FULL_WIDTH, aspect=0.7)
     for j, ds in enumerate(datasets):
         for i, m in enumerate(models):
-            spec = [load_spectrum(store, ds, m, s) for s in seeds]
+            spec = [load_spectrum(store, ds, m, s) for s in spectrum_seeds(m, seeds, spectrum_max_seeds)]
             ev = np.array([p["eigenvalues"].numpy() for p in spec])
             axes[0, 0].semilogy(np.arange(1, ev.shape[1] + 1), ev.mean(0), marker=".",
                                 linestyle=plotting.LINESTYLES[j % 4], label=f"{ds} {m}")

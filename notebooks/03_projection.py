@@ -42,10 +42,7 @@ from lib.experiments import projection_one
 from lib.pipeline import format_table
 from lib.results import ResultStore
 
-check_parameters("projection", dict(profile=profile, device=device, datasets=datasets, models=models, seeds=seeds,
-                                    n_train=n_train, data_seed=data_seed, progress=progress,
-                                    grid_points=grid_points, hessian_span=hessian_span, random_span=random_span,
-                                    k_small=k_small))
+check_parameters("projection", globals())
 store = ResultStore(profile)
 
 # %%

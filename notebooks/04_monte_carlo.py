@@ -52,11 +52,7 @@ from lib.experiments import monte_carlo_plan, run_curve, save_plan
 from lib.pipeline import format_table
 from lib.results import ResultStore
 
-check_parameters("monte_carlo", dict(
-    profile=profile, device=device, datasets=datasets, models=models, seeds=seeds, n_train=n_train,
-    data_seed=data_seed, progress=progress, D=D, sigma=sigma, n_samples=n_samples, n_orders=n_orders,
-    sweep_datasets=sweep_datasets, sweep_models=sweep_models, sweep_samples=sweep_samples, sigmas=sigmas,
-    dims=dims, distributions=distributions, estimators=estimators, theory_max_D=theory_max_D))
+check_parameters("monte_carlo", globals())
 store = ResultStore(profile)
 plan = monte_carlo_plan(datasets, models, seeds, D=D, sigma=sigma, n_samples=n_samples, n_orders=n_orders,
                         sweep_datasets=sweep_datasets, sweep_models=sweep_models, sweep_samples=sweep_samples,

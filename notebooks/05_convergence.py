@@ -49,12 +49,7 @@ from lib.experiments import group, load_curve, load_plan
 from lib.pipeline import format_table
 from lib.results import ResultStore
 
-params = dict(profile=profile, device=device, datasets=datasets, models=models, seeds=seeds, n_train=n_train,
-              data_seed=data_seed, progress=progress, delta_grid=delta_grid, pilot_k0=pilot_k0,
-              learning_sizes=learning_sizes, learning_models=learning_models, r0_dataset=r0_dataset,
-              r0_n_train=r0_n_train, r0_architectures=r0_architectures, r0_orders=r0_orders,
-              r0_hessian_samples=r0_hessian_samples, r0_epochs=r0_epochs)
-check_parameters("convergence", params)
+params = check_parameters("convergence", globals())
 store = ResultStore(profile)
 plan = load_plan(store)
 

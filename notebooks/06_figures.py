@@ -27,6 +27,7 @@ seeds = [0]
 n_train = 1000
 data_seed = 0
 progress = True
+spectrum_max_seeds = {}
 
 # %%
 import json
@@ -36,15 +37,14 @@ from lib.config import check_parameters
 from lib.experiments import load_plan
 from lib.results import RESULTS_ROOT, ResultStore, atomic_write_json
 
-check_parameters("figures", dict(profile=profile, device=device, datasets=datasets, models=models, seeds=seeds,
-                                 n_train=n_train, data_seed=data_seed, progress=progress))
+check_parameters("figures", globals())
 store = ResultStore(profile)
 plan = load_plan(store)
 projections = store.names("projection")
 
 # %%
 made = {}
-made["spectrum"] = figures.spectrum(store, datasets, models, seeds)
+made["spectrum"] = figures.spectrum(store, datasets, models, seeds, spectrum_max_seeds)
 for name in projections:
     ds, m, s = name.rsplit("_", 2)[0], name.rsplit("_", 2)[1], int(name.rsplit("_s", 1)[1])
     made[f"surfaces_{ds}_{m}"] = figures.surfaces(store, ds, m, s)
@@ -66,7 +66,8 @@ print(f"{len(made)} figures written to {report.FIGURES} (PDF + PNG)")
 # %%
 timings_path = RESULTS_ROOT / profile / "timings.json"
 timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-values = report.numbers(store, datasets, models, seeds, plan, timings=timings)
+values = report.numbers(store, datasets, models, seeds, plan, timings=timings,
+                        spectrum_max_seeds=spectrum_max_seeds)
 report.write_numbers(values)
 report.write_table("sample_size", report.sample_size_table(store))
 report.write_table("solvers", report.solver_table(store, datasets, models, seeds))

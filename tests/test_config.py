@@ -60,3 +60,25 @@ def test_runner_rejects_bad_parameters_before_running(capsys):
     assert runner_main(["--profile", "smoke", "--set", "common.n_train=0"]) == 2
     assert "common.n_train=0" in capsys.readouterr().err
     assert runner_main(["--profile", "smoke", "--only", "99_nothing"]) == 2
+
+
+def test_spectrum_max_seeds_is_validated_and_applied():
+    from lib.pipeline import spectrum_seeds
+
+    cfg = config.load_profile("smoke", {"common.spectrum_max_seeds": {"cnn": 1}, "common.seeds": [0, 1, 2]})
+    caps = cfg["common"]["spectrum_max_seeds"]
+    assert spectrum_seeds("cnn", [0, 1, 2], caps) == [0] and spectrum_seeds("mlp2", [0, 1, 2], caps) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"spectrum_max_seeds key='vgg'.*one of"):
+        config.load_profile("smoke", {"common.spectrum_max_seeds": {"vgg": 1}})
+    with pytest.raises(ValueError, match=r"spectrum_max_seeds\[cnn\]=0.*integer in \[1"):
+        config.load_profile("smoke", {"common.spectrum_max_seeds": {"cnn": 0}})
+
+
+def test_check_parameters_reads_a_notebook_namespace():
+    ns = {"profile": "x", "epochs": 2, "batch_size": 8, "lr": 0.1, "seeds": [0], "np": object(), "__name__": "m"}
+    assert config.check_parameters("train", ns) == {"profile": "x", "seeds": [0], "epochs": 2, "batch_size": 8,
+                                                    "lr": 0.1}
+    with pytest.raises(ValueError, match=r"does not define parameter\(s\) \['lr'\]"):
+        config.check_parameters("train", {k: v for k, v in ns.items() if k != "lr"})
+    with pytest.raises(ValueError, match=r"train.epochs=0"):
+        config.check_parameters("train", {**ns, "epochs": 0})

@@ -5,7 +5,7 @@ import torch
 from lib import models
 
 
-@pytest.mark.parametrize("name, count", [("mlp1", 203_530), ("mlp2", 269_322), ("cnn", 9_098)])
+@pytest.mark.parametrize("name, count", [("mlp1", 203_530), ("mlp2", 269_322), ("cnn", 4_266)])
 def test_parameter_counts_and_output_shape(name, count):
     net = models.build(name, seed=0)
     assert models.n_params(net) == count
@@ -31,3 +31,8 @@ def test_seeding_is_deterministic_and_leaves_global_rng_alone():
 def test_unknown_model():
     with pytest.raises(ValueError, match=r"unknown model 'resnet'; allowed: \['mlp1', 'mlp2', 'cnn'\]"):
         models.build("resnet", 0)
+
+
+def test_preferred_chunk_small_for_convolutions_only():
+    assert models.preferred_chunk(models.build("cnn", 0)) == models.CONV_CHUNK
+    assert models.preferred_chunk(models.build("mlp2", 0)) is None

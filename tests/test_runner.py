@@ -49,3 +49,27 @@ def test_failing_cell_stops_with_its_error(notebook_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "01_train.py failed" in err and "cell exploded on purpose" in err
     assert not (tmp_path / "never.json").exists()
+
+
+def test_only_declared_parameters_are_passed(notebook_dir, tmp_path):
+    out = tmp_path / "out.json"
+    (notebook_dir / "01_train.py").write_text(GOOD.replace("OUT", repr(str(out))))
+    assert runner.main(["--profile", "smoke"]) == 0
+    executed = (tmp_path / "results" / "smoke" / "notebooks" / "01_train.ipynb").read_text()
+    assert "spectrum_max_seeds" not in executed and "n_train" not in executed   # not declared by this notebook
+    assert "epochs = 1" in executed
+
+
+@pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem)
+def test_shipped_notebooks_declare_their_parameters(path):
+    """Every notebook's parameters cell names all of `common` it needs and all of its stage's section, so the
+    runner (which passes declared names only) never drops a profile value."""
+    import jupytext
+
+    from lib.config import COMMON_USED_BY, SCHEMA
+
+    stage = runner.stage_of(path)
+    declared = runner.declared_parameters(jupytext.read(path))
+    needed = {k for k in SCHEMA["common"] if stage in COMMON_USED_BY.get(k, (stage,))} | set(SCHEMA[stage])
+    assert needed <= declared, f"{path.name} lacks {sorted(needed - declared)}"
+    assert declared <= set(SCHEMA["common"]) | set(SCHEMA[stage]), f"{path.name} declares unknown parameters"
