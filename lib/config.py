@@ -177,7 +177,36 @@ def validate_profile(cfg: dict) -> dict:
     missing = sorted(set(SCHEMA["common"]) - set(cfg.get("common", {})))
     if missing:
         raise ValueError(f"profile section common lacks {missing}")
+    _check_across_sections(cfg)
     return cfg
+
+
+def _stage(cfg: dict, section: str) -> dict:
+    return {**cfg["common"], **cfg.get(section, {})}
+
+
+def _check_across_sections(cfg: dict) -> None:
+    """Constraints that tie sections together, checked before any compute (each names what to change)."""
+    from .models import build, n_params
+
+    spec, mc, conv, proj = (_stage(cfg, s) for s in ("spectrum", "monte_carlo", "convergence", "projection"))
+    if "k_top" in spec:
+        smallest = min(spec["models"], key=lambda m: n_params(build(m, 0)))
+        size = n_params(build(smallest, 0))
+        if spec["k_top"] >= size:
+            raise ValueError(f"spectrum.k_top={spec['k_top']} must be smaller than the number of parameters of "
+                             f"{smallest} ({size}); lower spectrum.k_top")
+        if spec.get("n_vectors", 0) > spec["k_top"]:
+            raise ValueError(f"spectrum.n_vectors={spec['n_vectors']} must be <= spectrum.k_top={spec['k_top']}")
+    if "n_vectors" in spec and "D" in mc:
+        for key, D in [("monte_carlo.D", mc["D"]), ("monte_carlo.dims", max(mc.get("dims", [1])))]:
+            if D > spec["n_vectors"]:
+                raise ValueError(f"{key}={D} exceeds spectrum.n_vectors={spec['n_vectors']} (the Hessian "
+                                 "eigenvectors kept for the subspace); raise spectrum.n_vectors or lower D")
+    if "pilot_k0" in conv and not conv["pilot_k0"] < conv["n_train"]:
+        raise ValueError(f"convergence.pilot_k0={conv['pilot_k0']} must be smaller than n_train={conv['n_train']}")
+    if "k_small" in proj and not proj["k_small"] <= proj["n_train"] - 2:
+        raise ValueError(f"projection.k_small={proj['k_small']} must be <= n_train - 2 = {proj['n_train'] - 2}")
 
 
 def load_profile(profile: str, overrides: dict[str, Any] | None = None) -> dict:

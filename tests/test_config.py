@@ -31,6 +31,17 @@ BASE = yaml.safe_load((config.CONFIG_DIR / "smoke.yaml").read_text())
     ({"train": {"lr": -0.1}}, r"train.lr=-0.1.*> 0"),
     ({"train": {"epoch": 3}}, r"unknown parameter train.epoch; allowed in train: \[.*'batch_size'.*'epochs'.*'lr'"),
     ({"trian": {"epochs": 3}}, r"unknown profile section 'trian'"),
+    ({"monte_carlo": {"sigma": 0}}, r"monte_carlo.sigma=0.*> 0"),
+    ({"monte_carlo": {"n_samples": 1}}, r"monte_carlo.n_samples=1.*\[2, inf\]"),
+    ({"monte_carlo": {"distributions": ["cauchy"]}}, r"distributions\[0\]='cauchy'.*one of"),
+    ({"monte_carlo": {"estimators": ["qmc"]}}, r"estimators\[0\]='qmc'.*one of"),
+    ({"monte_carlo": {"D": 50}}, r"monte_carlo.D=50 exceeds spectrum.n_vectors=4"),
+    ({"monte_carlo": {"dims": [1, 8]}}, r"monte_carlo.dims=8 exceeds spectrum.n_vectors=4"),
+    ({"spectrum": {"n_vectors": 20}}, r"spectrum.n_vectors=20 must be <= spectrum.k_top=10"),
+    ({"common": {"models": ["cnn"]}, "spectrum": {"k_top": 5000, "n_vectors": 4}},
+     r"spectrum.k_top=5000 must be smaller than the number of parameters of cnn \(4266\)"),
+    ({"convergence": {"pilot_k0": 1000}}, r"convergence.pilot_k0=1000 must be smaller than n_train=1000"),
+    ({"projection": {"k_small": 999}}, r"projection.k_small=999 must be <= n_train - 2 = 998"),
 ])
 def test_bad_profiles_fail_fast(tmp_path, monkeypatch, change, match):
     cfg = {k: dict(v) for k, v in BASE.items()}
