@@ -135,7 +135,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
                 out[macro("K", "mc", r["dataset"], r["model"])] = fmt(r["K_mc"]) if r["K_mc"] else "not reached"
                 out[macro("K", "closed", r["dataset"], r["model"])] = fmt(r["K_closed"])
                 out[macro("acc", "K", r["dataset"], r["model"])] = pct(r["test_accuracy_K"])
-                out[macro("wall", "K", r["dataset"], r["model"])] = fmt(r["wall_seconds"], 2)
+                out[macro("wall", "K", r["dataset"], r["model"])] = fmt(int(round(r["wall_seconds"])))
     r0 = load_analysis(store, "r0")
     if r0:
         out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))
@@ -177,7 +177,7 @@ def sample_size_table(store) -> str:
                      fmt(r["K_q"]) if r["K_q"] else "--", fmt(r["K_closed"]),
                      fmt(int(round(r["K_pilot_fit"]))) if r["K_pilot_fit"] else "--",
                      fmt(r["K_pilot_vbar"]) if r["K_pilot_vbar"] else "--",
-                     pct(r["test_accuracy_K"]), fmt(r["wall_seconds"], 2)])
+                     pct(r["test_accuracy_K"]), fmt(int(round(r["wall_seconds"])))])
     header = ["data", "model", "params", "acc.\\ $N$", r"$\Delta$", r"$K$ MC", r"$K$ cons.", r"$K$ $Q_k$",
               r"$K$ $\bar V$", r"$K$ pilot", r"$K$ pilot $\bar V$", r"acc.\ $K$", "time (s)"]
     return _tabular(header, rows, "ll" + "r" * 11)
