@@ -50,8 +50,8 @@ def fmt(x, digits: int = 3) -> str:
         mant, exp = f"{x:.{digits - 1}e}".split("e")
         return f"\\ensuremath{{{mant}\\times 10^{{{int(exp)}}}}}"
     s = f"{x:.{digits}g}"
-    if "e" in s:
-        s = f"{x:.{max(digits - 1, 0)}f}"
+    if "e" in s:   # 10**digits <= |x| < 1e5: whole number with a thin thousands separator
+        s = f"{round(x):,}".replace(",", "{,}")
     return s
 
 
