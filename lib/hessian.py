@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 
+from .checks import check_int as _check_int
 from .models import preferred_chunk
 
 METHODS = ("lanczos", "power")
@@ -109,12 +110,6 @@ def _check_data(inputs, targets) -> int:
     if len(inputs) != len(targets):
         raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
     return len(inputs)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_tol(tol) -> float:

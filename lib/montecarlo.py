@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checks import check_int as _check_int
 from .sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
 from .subspace import SubspaceLosses, check_basis
 
@@ -188,12 +189,6 @@ class DeltaCurve:
 
 
 # ----------------------------------------------------------------------------------------------- main entry
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n_samples: int,
                 estimator: str = "plain", seed: int = 0, n_orders: int = 0, order_seed: Optional[int] = None,
                 batch_thetas: int = 16, n_replicates: int = DEFAULT_SOBOL_REPLICATES,

@@ -34,6 +34,9 @@ import torch
 from scipy import stats
 from scipy.stats import qmc
 
+from .checks import check_int as _check_int
+from .checks import check_positive as _check_positive
+
 __all__ = [
     "ESTIMATORS",
     "SAMPLERS",
@@ -51,23 +54,6 @@ __all__ = [
 ESTIMATORS = ("plain", "antithetic", "sobol")
 DEFAULT_SOBOL_REPLICATES = 8
 _UNIT_CLIP = 1e-12  # keeps Sobol coordinates strictly inside (0, 1) before the inverse CDF
-
-
-def _check_positive(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive finite number (> 0), got {value!r}")
-    return v
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
-    if not ok:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_estimator(estimator: str) -> str:
