@@ -77,6 +77,7 @@ def sample_size_rows(store: ResultStore, plan, delta_grid, pilot_k0: int, *, dev
 
             head = PerSampleTerms(a=terms.a[:pilot_k0], b=terms.b[:pilot_k0], C=terms.C[:pilot_k0])
             pilot_vbar = variance_quadratic(head, _sampler(s, c["eigenvalues"])).vbar
+        r = recipe_of(store, s.dataset, s.model, s.seed)
         for thr in delta_grid:
             ss = cv.sufficient_sample_size(k, c["delta"], thr, stderr=c["stderr"])
             row = {"dataset": s.dataset, "model": s.model, "n_params": full.get("n_params"), "N": N,
@@ -89,7 +90,6 @@ def sample_size_rows(store: ResultStore, plan, delta_grid, pilot_k0: int, *, dev
                    "wall_seconds": wall}
             row["test_accuracy_K"] = None
             if ss.K is not None and ss.K >= 2:
-                r = recipe_of(store, s.dataset, s.model, s.seed)
                 params = training_params(s.dataset, s.model, s.seed, int(ss.K), r["data_seed"], r["epochs"],
                                          r["batch_size"], r["lr"])
                 res = train_one(store, params, device=device, progress=progress, stage=VALIDATION_STAGE,

@@ -78,8 +78,9 @@ def run_training(store: ResultStore, *, datasets, models_, seeds, n_train, data_
     check_recipe(epochs, batch_size, lr)
     for ds in datasets:
         data.spec(ds)
-    for m in models_:
-        models.build(m, 0)  # unknown names fail here, before any training
+    unknown = [m for m in models_ if m not in models.MODELS]
+    if unknown:  # fail before any training
+        raise ValueError(f"unknown model(s) {unknown}; allowed: {list(models.MODELS)}")
     rows = []
     combos = list(itertools.product(datasets, models_, seeds))
     for ds, m, s in combos:

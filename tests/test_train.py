@@ -70,3 +70,14 @@ def test_missing_trained_model_names_the_notebook(tmp_store):
 
     with pytest.raises(MissingResultError, match="run notebook notebooks/01_train.py"):
         pipeline.load_trained(tmp_store, "mnist", "mlp2", 0)
+
+
+def test_run_training_rejects_unknown_names_before_training(tmp_store):
+    from lib.pipeline import run_training
+
+    kw = dict(seeds=[0], n_train=100, data_seed=0, epochs=1, batch_size=8, lr=1e-3, progress=False)
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['vgg'\]; allowed: \['mlp1', 'mlp2', 'cnn'\]"):
+        run_training(tmp_store, datasets=["mnist"], models_=["mlp2", "vgg"], **kw)
+    with pytest.raises(ValueError, match="cifar"):
+        run_training(tmp_store, datasets=["cifar"], models_=["mlp2"], **kw)
+    assert tmp_store.names("train") == []
