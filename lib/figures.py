@@ -114,7 +114,8 @@ def delta_main(store, plan, k2: bool = False):
             ylabel = r"$k^2 \Delta_k$" if k2 else r"$\Delta_k$"
             ax.set(xlabel="sample size $k$", ylabel=ylabel,
                    title=f"{LABELS[ds]}, {LABELS[m]}, $\\sigma$={specs[0].sigma:g}")
-            ax.legend(fontsize=6)
+            # Delta_k falls from the top left: the bottom left corner is empty
+            ax.legend(fontsize=6, loc="best" if k2 else "lower left")
         fig.tight_layout()
     return fig
 

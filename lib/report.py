@@ -59,6 +59,18 @@ def pct(x) -> str:
     return "n/a" if x is None else f"{100 * float(x):.1f}"
 
 
+def prune_figures(made, folder: Path | None = None) -> list[str]:
+    """Delete figure files (PDF/PNG) in ``folder`` (default ``FIGURES``) that this run did not write, so that every
+    file there traces back to the results of the last 06 run; returns the removed names."""
+    folder = FIGURES if folder is None else Path(folder)
+    removed = []
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".pdf", ".png") and path.stem not in made:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
             spectrum_max_seeds: dict | None = None) -> dict:
     """Every number the paper quotes, keyed by macro name."""

@@ -61,7 +61,8 @@ made["learning_curve"] = figures.learning_curve(store)
 made["r0_curves"] = figures.r0_curves(store)
 for name, fig in made.items():
     plotting.save(fig, report.FIGURES / name)
-print(f"{len(made)} figures written to {report.FIGURES} (PDF + PNG)")
+stale = report.prune_figures(made)
+print(f"{len(made)} figures written to {report.FIGURES} (PDF + PNG); removed {len(stale)} stale file(s) {stale}")
 
 # %%
 timings_path = RESULTS_ROOT / profile / "timings.json"

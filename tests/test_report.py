@@ -19,3 +19,12 @@ def test_macro_names_are_letters_only():
     assert macro("acc", "mnist", "mlp2") == "AccMnistMlpTwo"
     assert macro("K", "mc", "fashion_mnist", "cnn") == "KMcFashionCnn"
     assert macro("time", "04_monte_carlo") == "TimeZeroFourMonteCarlo"
+
+
+def test_prune_figures_removes_only_files_not_made(tmp_path):
+    from lib.report import prune_figures
+
+    for name in ("spectrum.pdf", "spectrum.png", "surfaces_old.pdf", "surfaces_old.png", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert prune_figures({"spectrum": None}, tmp_path) == ["surfaces_old.pdf", "surfaces_old.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "spectrum.pdf", "spectrum.png"]
