@@ -168,7 +168,9 @@ def theory_vs_mc(store, plan):
     if not specs:
         specs = [s for s in group(plan, "main") if s.theory][:1]
     with plotting.style():
-        fig, axes = plotting.figure(len(specs), width=plotting.FULL_WIDTH, aspect=1.0)
+        ncols = min(3, len(specs))
+        nrows = -(-len(specs) // ncols)
+        fig, axes = plotting.figure(ncols, nrows, width=plotting.FULL_WIDTH, aspect=0.75)
         for ax, s in zip(axes.flat, specs):
             c = load_curve(store, s)
             idx = _log_index(len(c["k"]))
@@ -180,10 +182,19 @@ def theory_vs_mc(store, plan):
             if c.get("T") is not None:
                 ax.plot(k, np.maximum(c["T"][idx], 1e-300), color=plotting.PALETTE[2], ls=":", label="$T_k$ (Thm. 1)")
             ax.set(xlabel="$k$", title=f"$\\sigma$ = {s.sigma:g}")
-        axes[0, 0].set_ylabel(r"$\Delta_k$")
-        axes[0, 0].legend(fontsize=6)
-        fig.suptitle(f"{LABELS[specs[0].dataset]}, {LABELS[specs[0].model]}, D = {specs[0].D}", fontsize=8)
-        fig.tight_layout()
+        for ax in axes[:, 0]:
+            ax.set_ylabel(r"$\Delta_k$")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        spare = list(axes.flat)[len(specs):]
+        for ax in spare:
+            ax.axis("off")
+        if spare:   # the legend in the first empty panel, else below the panels
+            spare[0].legend(handles, labels, loc="center", fontsize=7)
+        else:
+            fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
+        fig.suptitle(f"{LABELS[specs[0].dataset]}, {LABELS[specs[0].model]}, D = {specs[0].D}, Hessian subspace",
+                     fontsize=8)
+        fig.tight_layout(rect=(0, 0 if spare else 0.08, 1, 1))
     return fig
 
 

@@ -138,6 +138,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("theory", "ratio", "low")] = fmt(lo["median_mc_over_q"])
         out[macro("theory", "ratio", "high")] = fmt(hi["median_mc_over_q"])
         out[macro("theory", "within", "low")] = pct(lo["share_within_3se"])
+        # where the fixed-order predictions sit relative to Monte Carlo at the largest sigma (MC / Q_k > 1: below)
+        out[macro("theory", "side", "high")] = "below" if hi["median_mc_over_q"] > 1 else "above"
     table = load_analysis(store, "sample_size")
     if table:
         thr = sorted({r["delta"] for r in table})
