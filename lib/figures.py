@@ -202,6 +202,11 @@ def order_average(store, plan):
     """k(k+1) Delta_k: fixed order, mean and median over R random orders, and V-bar N/(N-1)."""
     specs = [s for s in group(plan, "main") if s.n_orders > 0]
     runs = _runs(specs)
+    # one model per dataset keeps the panels legible: the model of the sigma sweep (the original's network),
+    # else the first one; every other run's curves are in the results and in the notebooks
+    sweep = group(plan, "sigma")
+    focus = sweep[0].model if sweep and any(m == sweep[0].model for _, m in runs) else runs[0][1]
+    runs = [(ds, m) for ds, m in runs if m == focus]
     with plotting.style():
         fig, axes = plotting.figure(2, len(runs), width=plotting.FULL_WIDTH, aspect=0.6)
         for r, (ds, m) in enumerate(runs):
