@@ -51,6 +51,12 @@ METHODS = ("lanczos", "power")
 PROBES = ("rademacher", "gaussian")
 DEFAULT_CHUNK = 4096
 POWER_MAX_ITER = 1000
+#: products kept for the final Rayleigh-Ritz step of the Lanczos solvers (memory: 2 x MAX_RECORDS x n_params)
+MAX_RECORDS = 400
+#: a Ritz vector is taken from the recorded products only if they reproduce it to this relative accuracy and the
+#: combination's coefficients sum (in absolute value) to at most REUSE_MAX_GAIN; otherwise it gets a fresh product
+REUSE_TOL = 1e-5
+REUSE_MAX_GAIN = 100.0
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -174,6 +180,7 @@ class HessianOperator:
         self.n_params = sum(self._numels)
         self.hvp_count = 0
         self.grad_count = 0
+        self._records: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _flat_weights(self) -> torch.Tensor:
         return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
@@ -210,7 +217,25 @@ class HessianOperator:
                     (hv,) = torch.autograd.grad(g, w, grad_outputs=v)
                     out += hv
         self.hvp_count += 1
-        return out / self.n_samples
+        out = out / self.n_samples
+        if self._records is not None and len(self._records) < MAX_RECORDS:
+            self._records.append((v.detach().clone(), out.detach().clone()))
+        return out
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Keep every product (v, H v) made inside the block (at most ``MAX_RECORDS``) in ``records()``."""
+        self._records = []
+        try:
+            yield self
+        finally:
+            self._records = None
+
+    def records(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(X, HX), each (m, n_params), of the recorded products, or None."""
+        if not self._records:
+            return None
+        return (torch.stack([x for x, _ in self._records]), torch.stack([hx for _, hx in self._records]))
 
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the mean loss (same chunking; counted in ``grad_count``)."""
@@ -242,10 +267,31 @@ class HessianOperator:
 
 
 # ----------------------------------------------------------------------------------------------- eigenpairs
+def _products(op: HessianOperator, q: torch.Tensor) -> torch.Tensor:
+    """H q for the orthonormal columns of q (n, k), float64: from the products recorded during the solver
+    where they reproduce a column (linearity: q = X^T c gives H q = (HX)^T c), else a fresh product."""
+    hq = torch.empty_like(q)
+    fresh = list(range(q.shape[1]))
+    rec = op.records()
+    if rec is not None:
+        X, HX = rec[0].double(), rec[1].double()                       # (m, n)
+        coef = torch.linalg.lstsq(X.T.cpu(), q.cpu(), driver="gelsd").solution.to(q.device)   # (m, k)
+        recon = torch.linalg.norm(X.T @ coef - q, dim=0)               # columns of q have unit norm
+        gain = (coef.abs() * torch.linalg.norm(X, dim=1)[:, None]).sum(0)   # error amplification of the sum
+        ok = (recon <= REUSE_TOL) & (gain <= REUSE_MAX_GAIN)
+        if ok.any():
+            hq[:, ok] = HX.T @ coef[:, ok]
+        fresh = [j for j in range(q.shape[1]) if not bool(ok[j])]
+    for j in fresh:
+        hq[:, j] = op.hvp(q[:, j]).double()
+    return hq
+
+
 def _ritz(op: HessianOperator, vectors: torch.Tensor, scale: float | None = None):
-    """Rayleigh-Ritz on span(vectors) with fresh products: (values desc, rows, residuals), all float64."""
+    """Rayleigh-Ritz on span(vectors): (values desc, rows, residuals), all float64. H is applied to the span
+    through the solver's recorded products where they reproduce it (``_products``), else by fresh products."""
     q, _ = torch.linalg.qr(vectors.double().T)                        # (n, k) orthonormal columns
-    hq = torch.stack([op.hvp(col).double() for col in q.T], dim=1)   # (n, k)
+    hq = _products(op, q)                                              # (n, k)
     m = q.T @ hq
     values, s = torch.linalg.eigh((m + m.T) / 2)
     values, s = values.flip(0), s.flip(1)
@@ -349,7 +395,9 @@ def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol:
     ``method="power"``: PyHessian's power iteration with deflation, ``tol`` its relative eigenvalue-change rule
     (the eigenvalue settles faster than the vector: residual 1e-3 took tol 1e-4 to 1e-6 on mlp2),
     ``max_iter`` iterations per pair (None: 1000); it returns the k largest-|lambda| pairs (sorted algebraically).
-    Both finish with Rayleigh-Ritz on k fresh products (counted in ``hvp_count``).
+    Both finish with Rayleigh-Ritz and residuals from H applied to the k vectors: Lanczos takes H v from its own
+    recorded products where they reproduce v (linearity; no new products), power iteration spends k fresh
+    products (counted in ``hvp_count``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
@@ -361,11 +409,13 @@ def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol:
     t0 = time.perf_counter()
     if method == "lanczos":
         ncv = min(op.n_params, max(2 * k + 1, k + 5)) if ncv is None else ncv
-        vectors = _eigsh(op, k, tol, max_iter, seed, ncv)
+        with op.recording():
+            vectors = _eigsh(op, k, tol, max_iter, seed, ncv)
+            values, vecs, residuals = _ritz(op, vectors)
     else:
         iters = POWER_MAX_ITER if max_iter is None else _check_int("max_iter", max_iter, 1)
         vectors = _power_vectors(op, k, tol, iters, seed)
-    values, vecs, residuals = _ritz(op, vectors)
+        values, vecs, residuals = _ritz(op, vectors)
     return Eigenpairs(eigenvalues=values, eigenvectors=vecs.to(op.dtype), residuals=residuals,
                       hvp_count=op.hvp_count, seconds=time.perf_counter() - t0, method=method)
 
@@ -380,10 +430,11 @@ def smallest_eigenvalue(model, inputs, targets, tol: float = 1e-4, max_iter: int
     tol = _check_tol(tol)
     op = HessianOperator(model, inputs, targets, chunk_size)
     t0 = time.perf_counter()
-    top, _, _ = _ritz(op, _eigsh(op, 1, tol, max_iter, seed, ncv))
-    lam1 = float(top[0])
-    vector = _eigsh(op, 1, tol, max_iter, seed + 1, ncv, shift=lam1)
-    value, vec, absolute = _ritz(op, vector, scale=1.0)
+    with op.recording():
+        top, _, _ = _ritz(op, _eigsh(op, 1, tol, max_iter, seed, ncv))
+        lam1 = float(top[0])
+        vector = _eigsh(op, 1, tol, max_iter, seed + 1, ncv, shift=lam1)
+        value, vec, absolute = _ritz(op, vector, scale=1.0)
     value = float(value[0])
     residual = float(absolute[0]) / (max(abs(lam1), abs(value)) or 1.0)
     return SmallestEigenpair(value=value, eigenvector=vec[0].to(op.dtype), residual=residual, largest=lam1,

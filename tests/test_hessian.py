@@ -158,6 +158,47 @@ def test_lanczos_matches_eigh(kind):
     assert checked >= 2
 
 
+@pytest.mark.parametrize("kind", ["relu", "cnn"])
+def test_lanczos_ritz_step_reuses_recorded_products(kind, monkeypatch):
+    """The final Rayleigh-Ritz step takes H v from the solver's own products: no new products, and the same
+    eigenpairs and residuals as with k fresh products (linearity of H)."""
+    model, x, y, hess, vals, vecs = case(kind)
+    k = 4
+    reused = H.top_eigenpairs(model, x, y, k=k, tol=1e-10, seed=3)
+    calls = []
+    real_eigsh = H._eigsh
+
+    def counting_eigsh(op, *a, **kw):
+        out = real_eigsh(op, *a, **kw)
+        calls.append(op.hvp_count)
+        return out
+    monkeypatch.setattr(H, "_eigsh", counting_eigsh)
+    again = H.top_eigenpairs(model, x, y, k=k, tol=1e-10, seed=3)
+    assert again.hvp_count == calls[0], "the Ritz step made new products"
+    monkeypatch.setattr(H, "REUSE_TOL", -1.0)            # forbid reuse: k fresh products
+    fresh = H.top_eigenpairs(model, x, y, k=k, tol=1e-10, seed=3)
+    assert fresh.hvp_count == reused.hvp_count + k
+    torch.testing.assert_close(reused.eigenvalues, fresh.eigenvalues, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(reused.eigenvalues, torch.from_numpy(vals[:k].copy()), rtol=1e-8, atol=1e-12)
+    assert reused.residuals.max() < 1e-8 and fresh.residuals.max() < 1e-8
+    # the residuals are measured: a wrong product shows up in them
+    assert torch.allclose(reused.residuals, fresh.residuals, atol=1e-9)
+
+
+def test_products_fall_back_to_fresh_ones_outside_the_recorded_span():
+    model, x, y, hess, vals, vecs = case("relu")
+    op = H.HessianOperator(model, x, y)
+    with op.recording():
+        basis = torch.linalg.qr(torch.randn(op.n_params, 3, dtype=torch.float64))[0]
+        for col in basis.T[:2]:
+            op.hvp(col)
+        before = op.hvp_count
+        hq = H._products(op, basis)                       # 2 columns recorded, the third is not in their span
+    assert op.hvp_count == before + 1
+    torch.testing.assert_close(hq, hess @ basis, rtol=1e-8, atol=1e-10)
+    assert op.records() is None                          # records are dropped after the block
+
+
 @pytest.mark.parametrize("kind", ["relu", "tanh", "cnn"])
 def test_power_matches_eigh_largest_magnitude(kind):
     model, x, y, hess, vals, vecs = case(kind)
