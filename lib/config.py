@@ -191,8 +191,9 @@ def _check_across_sections(cfg: dict) -> None:
 
     spec, mc, conv, proj = (_stage(cfg, s) for s in ("spectrum", "monte_carlo", "convergence", "projection"))
     if "k_top" in spec:
-        smallest = min(spec["models"], key=lambda m: n_params(build(m, 0)))
-        size = n_params(build(smallest, 0))
+        sizes = {m: n_params(build(m, 0)) for m in spec["models"]}
+        smallest = min(sizes, key=sizes.get)
+        size = sizes[smallest]
         if spec["k_top"] >= size:
             raise ValueError(f"spectrum.k_top={spec['k_top']} must be smaller than the number of parameters of "
                              f"{smallest} ({size}); lower spectrum.k_top")

@@ -25,7 +25,6 @@ pass on the fast path), no per-sample loops, chunked over samples:
 """
 from __future__ import annotations
 
-import math
 import operator
 import time
 import warnings
@@ -40,6 +39,7 @@ from torch.func import functional_call, jvp, vmap
 from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
+from .checks import check_positive
 from .montecarlo import loss_differences
 from .sampling import Sampler
 from .subspace import (check_basis, cross_entropy_per_sample, eval_mode, flat_params, unflatten,
@@ -190,12 +190,7 @@ def delta_quadratic(terms: PerSampleTerms, sampler: Sampler) -> QuadraticCurve:
 def delta_theorem1(terms: PerSampleTerms, sigma: float) -> np.ndarray:
     """Original paper's Theorem 1: T_k = sigma^4/4 (2 sum_d (dC_k)_dd^2 + (sum_d (dC_k)_dd)^2), k = 1..N-1."""
     _check_terms(terms)
-    try:
-        sig = float(sigma)
-    except (TypeError, ValueError):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}") from None
-    if not math.isfinite(sig) or sig <= 0:
-        raise ValueError(f"sigma must be a positive finite number (> 0), got {sigma!r}")
+    sig = check_positive("sigma", sigma)
     dC = loss_differences(terms.C.detach().cpu().permute(1, 2, 0))
     diag = torch.diagonal(dC, dim1=0, dim2=1)                                   # (K, D)
     return (sig ** 4 / 4.0 * (2 * (diag * diag).sum(-1) + diag.sum(-1) ** 2)).numpy()

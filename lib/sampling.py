@@ -174,16 +174,29 @@ class Sampler:
         return {}
 
 
-class Gaussian(Sampler):
-    """N(0, sigma^2 I): s = sigma^2, m = sigma^4."""
+def _unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """Rows of ``z`` scaled to unit length (directions for the sphere and ball samplers)."""
+    return z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
-    name = "gaussian"
+
+class _ScaleSampler(Sampler):
+    """An isotropic sampler with one scale parameter sigma (second moment s = sigma^2 per coordinate)."""
 
     def __init__(self, sigma: float):
         self.sigma = _check_positive("sigma", sigma)
 
     def params(self):
         return {"sigma": self.sigma}
+
+    def s(self, D: int) -> float:
+        self._check_D(D)
+        return self.sigma ** 2
+
+
+class Gaussian(_ScaleSampler):
+    """N(0, sigma^2 I): s = sigma^2, m = sigma^4."""
+
+    name = "gaussian"
 
     def s(self, D: int = 1) -> float:
         return self.sigma ** 2
@@ -198,55 +211,32 @@ class Gaussian(Sampler):
         return self.sigma * z
 
 
-class Sphere(Sampler):
+class Sphere(_ScaleSampler):
     """Uniform on the sphere of radius sigma sqrt(D): s = sigma^2, m = sigma^4 D/(D+2)."""
 
     name = "sphere"
 
-    def __init__(self, sigma: float):
-        self.sigma = _check_positive("sigma", sigma)
-
-    def params(self):
-        return {"sigma": self.sigma}
-
     def radius(self, D: int) -> float:
         return self.sigma * math.sqrt(self._check_D(D))
-
-    def s(self, D: int) -> float:
-        self._check_D(D)
-        return self.sigma ** 2
 
     def m(self, D: int) -> float:
         D = self._check_D(D)
         return self.sigma ** 4 * D / (D + 2)
 
-    def _direction(self, z):
-        return z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
-
     def _from_normal(self, z, D):
-        return self.radius(D) * self._direction(z[:, :D])
+        return self.radius(D) * _unit_rows(z[:, :D])
 
     def _map_qmc(self, z, extra, D):
-        return self.radius(D) * self._direction(z)
+        return self.radius(D) * _unit_rows(z)
 
 
-class Ball(Sampler):
+class Ball(_ScaleSampler):
     """Uniform in the ball of radius sigma sqrt(D+2): s = sigma^2, m = sigma^4 (D+2)/(D+4)."""
 
     name = "ball"
 
-    def __init__(self, sigma: float):
-        self.sigma = _check_positive("sigma", sigma)
-
-    def params(self):
-        return {"sigma": self.sigma}
-
     def radius(self, D: int) -> float:
         return self.sigma * math.sqrt(self._check_D(D) + 2)
-
-    def s(self, D: int) -> float:
-        self._check_D(D)
-        return self.sigma ** 2
 
     def m(self, D: int) -> float:
         D = self._check_D(D)
@@ -260,13 +250,12 @@ class Ball(Sampler):
         return self.radius(D) * rho.reshape(-1, 1) * direction
 
     def _from_normal(self, z, D):
-        d = z[:, :D] / z[:, :D].norm(dim=1, keepdim=True).clamp_min(1e-300)
+        d = _unit_rows(z[:, :D])
         u = torch.special.ndtr(z[:, D])  # the extra normal column -> an independent uniform
         return self._scale(d, u, D)
 
     def _map_qmc(self, z, extra, D):
-        d = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        return self._scale(d, extra[:, 0], D)
+        return self._scale(_unit_rows(z), extra[:, 0], D)
 
 
 class Curvature(Sampler):
