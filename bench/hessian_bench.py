@@ -21,7 +21,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib import hessian  # noqa: E402
+from lib.core import hessian  # noqa: E402
 
 TARGET_PRODUCT_RATIO = 5.0      # Lanczos at least 5x fewer products than power at k = 10 and 32
 TARGET_HVP_IN_GRADIENTS = 2.5   # one product costs at most 2.5 gradients
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-residual", type=float, default=1e-3)
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="eigenpair counts (default 1 10 32)")
     args = parser.parse_args(argv)
-    from lib import data, models, train
+    from lib.infra import data
+    from lib.core import models
+    from lib.core import train
 
     n = args.n or (1000 if args.quick else 10_000)
     ks = tuple(args.ks) if args.ks else (1, 4) if args.quick else (1, 10, 32)

@@ -33,9 +33,9 @@ batch_size = 64
 lr = 1e-3
 
 # %%
-from lib.config import check_parameters
-from lib.pipeline import format_table, run_training
-from lib.results import ResultStore
+from lib.infra.config import check_parameters
+from lib.stages.pipeline import format_table, run_training
+from lib.infra.results import ResultStore
 
 check_parameters("train", globals())
 store = ResultStore(profile)

@@ -41,10 +41,12 @@ full_seeds = 1
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lib import plotting, reference
-from lib.config import check_parameters
-from lib.pipeline import format_table, load_spectrum, spectrum_one, spectrum_seeds
-from lib.results import ResultStore
+from lib.outputs import plotting
+
+from lib.core import reference
+from lib.infra.config import check_parameters
+from lib.stages.pipeline import format_table, load_spectrum, spectrum_one, spectrum_seeds
+from lib.infra.results import ResultStore
 
 check_parameters("spectrum", globals())
 store = ResultStore(profile)

@@ -36,11 +36,11 @@ k_small = 10
 # %%
 import matplotlib.pyplot as plt
 
-from lib import figures
-from lib.config import check_parameters
-from lib.experiments import projection_one
-from lib.pipeline import format_table
-from lib.results import ResultStore
+from lib.outputs import figures
+from lib.infra.config import check_parameters
+from lib.stages.experiments import projection_one
+from lib.stages.pipeline import format_table
+from lib.infra.results import ResultStore
 
 check_parameters("projection", globals())
 store = ResultStore(profile)

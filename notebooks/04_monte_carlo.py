@@ -46,11 +46,11 @@ theory_max_D = 4
 # %%
 import matplotlib.pyplot as plt
 
-from lib import figures
-from lib.config import check_parameters
-from lib.experiments import monte_carlo_plan, run_curve, save_plan
-from lib.pipeline import format_table
-from lib.results import ResultStore
+from lib.outputs import figures
+from lib.infra.config import check_parameters
+from lib.stages.experiments import monte_carlo_plan, run_curve, save_plan
+from lib.stages.pipeline import format_table
+from lib.infra.results import ResultStore
 
 check_parameters("monte_carlo", globals())
 store = ResultStore(profile)

@@ -43,11 +43,15 @@ r0_epochs = 1
 # %%
 import matplotlib.pyplot as plt
 
-from lib import analysis, convergence as cv, figures
-from lib.config import check_parameters
-from lib.experiments import group, load_curve, load_plan
-from lib.pipeline import format_table
-from lib.results import ResultStore
+from lib.stages import analysis
+
+from lib.core import convergence as cv
+
+from lib.outputs import figures
+from lib.infra.config import check_parameters
+from lib.stages.experiments import group, load_curve, load_plan
+from lib.stages.pipeline import format_table
+from lib.infra.results import ResultStore
 
 params = check_parameters("convergence", globals())
 store = ResultStore(profile)

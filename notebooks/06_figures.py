@@ -32,10 +32,14 @@ spectrum_max_seeds = {}
 # %%
 import json
 
-from lib import figures, plotting, report
-from lib.config import check_parameters
-from lib.experiments import load_plan
-from lib.results import RESULTS_ROOT, ResultStore, atomic_write_json
+from lib.outputs import figures
+
+from lib.outputs import plotting
+
+from lib.outputs import report
+from lib.infra.config import check_parameters
+from lib.stages.experiments import load_plan
+from lib.infra.results import RESULTS_ROOT, ResultStore, atomic_write_json
 
 check_parameters("figures", globals())
 store = ResultStore(profile)

@@ -7,7 +7,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture
 def tmp_store(tmp_path):
-    from lib.results import ResultStore
+    from lib.infra.results import ResultStore
 
     return ResultStore("test", root=tmp_path / "results")
 

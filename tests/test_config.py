@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from lib import config
-from lib.runner import main as runner_main
+from lib.infra import config
+from lib.infra.runner import main as runner_main
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
@@ -74,7 +74,7 @@ def test_runner_rejects_bad_parameters_before_running(capsys):
 
 
 def test_spectrum_max_seeds_is_validated_and_applied():
-    from lib.pipeline import spectrum_seeds
+    from lib.stages.pipeline import spectrum_seeds
 
     cfg = config.load_profile("smoke", {"common.spectrum_max_seeds": {"cnn": 1}, "common.seeds": [0, 1, 2]})
     caps = cfg["common"]["spectrum_max_seeds"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import convergence as cv
+from lib.core import convergence as cv
 
 K = np.arange(1, 2001, dtype=float)
 

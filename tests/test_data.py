@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import data
+from lib.infra import data
 
 
 @pytest.mark.parametrize("name", sorted(data.DATASETS))

@@ -1,11 +1,11 @@
-"""lib.hessian against explicit float64 Hessians of small networks (torch.autograd.functional.hessian)."""
+"""lib.core.hessian against explicit float64 Hessians of small networks (torch.autograd.functional.hessian)."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from lib import hessian as H
+from lib.core import hessian as H
 
 N = 48
 

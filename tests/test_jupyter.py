@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lib import REPO_ROOT
-from lib.runner import KERNEL_NAME
+from lib.infra.runner import KERNEL_NAME
 
 JUPYTER = Path(sys.executable).parent / "jupyter"
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lib import models
+from lib.core import models
 
 
 @pytest.mark.parametrize("name, count", [("mlp1", 203_530), ("mlp2", 269_322), ("cnn", 4_266)])

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.montecarlo import delta_curve, loss_differences, loss_variance, order_average_formula, prefix_means
-from lib.sampling import Curvature, Gaussian, make_sampler
-from lib.subspace import flat_params, n_params, random_basis
+from lib.core.montecarlo import delta_curve, loss_differences, loss_variance, order_average_formula, prefix_means
+from lib.core.sampling import Curvature, Gaussian, make_sampler
+from lib.core.subspace import flat_params, n_params, random_basis
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread

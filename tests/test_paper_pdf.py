@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from lib import REPO_ROOT
-from lib.analysis import load_analysis
-from lib.pipeline import load_spectrum, run_name
-from lib.report import fmt, pct
-from lib.results import ResultStore
+from lib.stages.analysis import load_analysis
+from lib.stages.pipeline import load_spectrum, run_name
+from lib.outputs.report import fmt, pct
+from lib.infra.results import ResultStore
 
 pytestmark = pytest.mark.paper
 PAPER, SLIDES = REPO_ROOT / "paper" / "main.pdf", REPO_ROOT / "slides" / "main.pdf"

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.montecarlo import delta_curve, loss_differences
-from lib.quadratic import (PerSampleTerms, delta_quadratic, delta_theorem1, per_sample_terms, quadratic_losses,
+from lib.core.montecarlo import delta_curve, loss_differences
+from lib.core.quadratic import (PerSampleTerms, delta_quadratic, delta_theorem1, per_sample_terms, quadratic_losses,
                            variance_quadratic)
-from lib.sampling import Ball, Curvature, Gaussian, Sphere, make_sampler, quadrature
-from lib.subspace import flat_params, n_params, random_basis, unflatten
+from lib.core.sampling import Ball, Curvature, Gaussian, Sphere, make_sampler, quadrature
+from lib.core.subspace import flat_params, n_params, random_basis, unflatten
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -188,7 +188,7 @@ def test_per_sample_terms_recover_an_exactly_quadratic_loss():
     torch.testing.assert_close(t.b, terms.b, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(t.C, terms.C, rtol=1e-10, atol=1e-12)
     th = torch.randn(4, 3, dtype=torch.float64)
-    from lib.subspace import per_sample_losses
+    from lib.core.subspace import per_sample_losses
     torch.testing.assert_close(quadratic_losses(terms, th),
                                per_sample_losses(model, x, y, P, th, loss_fn=identity_loss), rtol=1e-10, atol=1e-10)
 

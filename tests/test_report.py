@@ -1,5 +1,5 @@
 """Number formatting and macro names of the generated LaTeX (paper/generated/numbers.tex)."""
-from lib.report import fmt, macro, pct
+from lib.outputs.report import fmt, macro, pct
 
 
 def test_fmt_significant_digits_and_ranges():
@@ -22,7 +22,7 @@ def test_macro_names_are_letters_only():
 
 
 def test_prune_figures_removes_only_files_not_made(tmp_path):
-    from lib.report import prune_figures
+    from lib.outputs.report import prune_figures
 
     for name in ("spectrum.pdf", "spectrum.png", "surfaces_old.pdf", "surfaces_old.png", "notes.txt"):
         (tmp_path / name).write_text("x")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lib import REPO_ROOT
-from lib.results import ResultStore
+from lib.infra.results import ResultStore
 
 STAGES = ["01_train", "02_spectrum", "03_projection", "04_monte_carlo", "05_convergence"]
 REFERENCE = Path(__file__).parent / "reference" / "smoke.json"
@@ -31,7 +31,7 @@ ALWAYS_REWRITTEN = {"plan", "analysis"}
 
 
 def _args(extra=()):
-    args = [sys.executable, "-m", "lib.runner", "--profile", "smoke", *extra]
+    args = [sys.executable, "-m", "lib.infra.runner", "--profile", "smoke", *extra]
     for stage in STAGES:
         args += ["--only", stage]
     return args
@@ -141,7 +141,7 @@ def test_two_runs_are_identical_including_a_resumed_one(run_a, run_b):
 def test_changed_parameter_invalidates_exactly_its_results(run_b):
     out, _ = run_b
     before = _markers(out)
-    args = [sys.executable, "-m", "lib.runner", "--profile", "smoke", "--only", "03_projection",
+    args = [sys.executable, "-m", "lib.infra.runner", "--profile", "smoke", "--only", "03_projection",
             "--set", "projection.grid_points=5"]
     res = subprocess.run(args, cwd=REPO_ROOT, env=_env(out.parent), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

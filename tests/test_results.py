@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from lib.results import MissingResultError, ResultStore, atomic_write_bytes
+from lib.infra.results import MissingResultError, ResultStore, atomic_write_bytes
 
 
 def test_save_load_roundtrip_and_meta(tmp_store):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lib import runner
+from lib.infra import runner
 
 GOOD = '''# %% tags=["parameters"]
 profile = "x"
@@ -66,7 +66,7 @@ def test_shipped_notebooks_declare_their_parameters(path):
     runner (which passes declared names only) never drops a profile value."""
     import jupytext
 
-    from lib.config import COMMON_USED_BY, SCHEMA
+    from lib.infra.config import COMMON_USED_BY, SCHEMA
 
     stage = runner.stage_of(path)
     declared = runner.declared_parameters(jupytext.read(path))

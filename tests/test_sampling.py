@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lib.sampling import (Ball, Curvature, Gaussian, Sphere, estimator_units, make_sampler, quadrature,
+from lib.core.sampling import (Ball, Curvature, Gaussian, Sphere, estimator_units, make_sampler, quadrature,
                           ESTIMATORS)
 
 

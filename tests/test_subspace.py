@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.subspace import (filter_normalized_directions, flat_params, hessian_basis, losses_at_weights, n_params,
+from lib.core.subspace import (filter_normalized_directions, flat_params, hessian_basis, losses_at_weights, n_params,
                           per_sample_losses, random_basis, unflatten)
 
 
@@ -124,11 +124,11 @@ def test_float32_model_and_float64_thetas():
 
 
 def test_hessian_basis_matches_explicit_hessian():
-    pytest.importorskip("lib.hessian")
+    pytest.importorskip("lib.core.hessian")
     model = tiny_mlp()
     x, y = data(n=30)
     w0 = flat_params(model)
-    from lib.subspace import unflatten
+    from lib.core.subspace import unflatten
 
     def loss(w):
         return F.cross_entropy(torch.func.functional_call(model, unflatten(model, w), (x,)), y)
@@ -169,8 +169,8 @@ def test_bad_parameters_raise_value_errors():
 @pytest.mark.parametrize("bias", [True, False])
 def test_first_layer_shortcut_equals_generic_forward(bias):
     """The MLP shortcut (first layer precomputed as z* + sum_d theta_d z_d) gives the generic per-sample losses."""
-    from lib.models import mlp
-    from lib.subspace import SubspaceLosses
+    from lib.core.models import mlp
+    from lib.core.subspace import SubspaceLosses
 
     torch.manual_seed(0)
     net = mlp((16, 8), bias=bias).double()
@@ -188,8 +188,8 @@ def test_first_layer_shortcut_equals_generic_forward(bias):
 
 
 def test_shortcut_not_used_for_cnn():
-    from lib.models import cnn
-    from lib.subspace import SubspaceLosses
+    from lib.core.models import cnn
+    from lib.core.subspace import SubspaceLosses
 
     net = cnn((2, 2))
     P = random_basis(sum(p.numel() for p in net.parameters()), 2, seed=0)

@@ -2,8 +2,12 @@
 import pytest
 import torch
 
-from lib import data, models, pipeline
-from lib.train import evaluate, train
+from lib.infra import data
+
+from lib.core import models
+
+from lib.stages import pipeline
+from lib.core.train import evaluate, train
 
 
 def _small():
@@ -66,14 +70,14 @@ def test_train_one_saves_and_skips(tmp_store):
 
 
 def test_missing_trained_model_names_the_notebook(tmp_store):
-    from lib.results import MissingResultError
+    from lib.infra.results import MissingResultError
 
     with pytest.raises(MissingResultError, match="run notebook notebooks/01_train.py"):
         pipeline.load_trained(tmp_store, "mnist", "mlp2", 0)
 
 
 def test_run_training_rejects_unknown_names_before_training(tmp_store):
-    from lib.pipeline import run_training
+    from lib.stages.pipeline import run_training
 
     kw = dict(seeds=[0], n_train=100, data_seed=0, epochs=1, batch_size=8, lr=1e-3, progress=False)
     with pytest.raises(ValueError, match=r"unknown model\(s\) \['vgg'\]; allowed: \['mlp1', 'mlp2', 'cnn'\]"):

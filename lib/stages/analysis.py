@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import convergence as cv
-from . import data, models as model_zoo
-from .experiments import CurveSpec, _sampler, group, load_curve, load_terms
-from .pipeline import cached, run_name, train_one, training_params
-from .results import ResultStore
+from lib.core import convergence as cv
+from lib.infra import data
+from lib.core import models as model_zoo
+from lib.stages.experiments import CurveSpec, _sampler, group, load_curve, load_terms
+from lib.stages.pipeline import cached, run_name, train_one, training_params
+from lib.infra.results import ResultStore
 
 ANALYSIS_STAGE = "analysis"
 LEARNING_STAGE = "learning_curve"
@@ -73,7 +74,7 @@ def sample_size_rows(store: ResultStore, plan, delta_grid, pilot_k0: int, *, dev
         pilot_vbar = None
         if s.theory:
             terms = load_terms(store, s)
-            from .quadratic import PerSampleTerms, variance_quadratic
+            from lib.core.quadratic import PerSampleTerms, variance_quadratic
 
             head = PerSampleTerms(a=terms.a[:pilot_k0], b=terms.b[:pilot_k0], C=terms.C[:pilot_k0])
             pilot_vbar = variance_quadratic(head, _sampler(s, c["eigenvalues"])).vbar
@@ -126,7 +127,7 @@ def r0_sweep(store: ResultStore, dataset: str, n_train: int, data_seed: int, arc
              n_hessian: int, epochs: int, batch_size: int, lr: float, seed: int = 0, progress: bool = False) -> list[dict]:
     """Kiselev & Grabovoy at R = 0 for bias-free ReLU MLPs of several widths/depths: trained w*, the mean over
     random orders of |L_{k+1} - L_k|(w*), their Hessian-norm bound and measured ||Hess l_i||_2 on n_hessian samples."""
-    from .train import train
+    from lib.core.train import train
 
     x, y = data.training_subset(dataset, n_train, data_seed)
     rows = []

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from . import models as model_zoo
-from .pipeline import cached, load_spectrum, run_name, trained_run
-from .results import ResultStore
+from lib.core import models as model_zoo
+from lib.stages.pipeline import cached, load_spectrum, run_name, trained_run
+from lib.infra.results import ResultStore
 
 PROJECTION_STAGE = "projection"
 TERMS_STAGE = "terms"
@@ -38,7 +38,7 @@ def basis_for(store: ResultStore, dataset: str, model: str, seed: int, subspace:
         meta = store.meta("spectrum", run_name(dataset, model, seed))
         return vecs[:D].clone(), spec["eigenvalues"][:D].numpy(), {f"spectrum/{meta['name']}": meta["sha256"]}
     if subspace == "random":
-        from .subspace import random_basis
+        from lib.core.subspace import random_basis
 
         return random_basis(n_params, D, seed=seed), None, {}
     raise ValueError(f"unknown subspace {subspace!r}; allowed: {list(SUBSPACES)}")
@@ -52,8 +52,8 @@ def projection_one(store: ResultStore, dataset: str, model: str, seed: int, *, g
 
     For each grid point (a, b): L_k(w* + a u + b v) for k = k_small, k_small + 1, N - 1, N; saved as grids.
     """
-    from .device import resolve_device
-    from .subspace import filter_normalized_directions, per_sample_losses
+    from lib.infra.device import resolve_device
+    from lib.core.subspace import filter_normalized_directions, per_sample_losses
 
     net, x, y, upstream = trained_run(store, dataset, model, seed)
     N = len(x)
@@ -140,7 +140,7 @@ def monte_carlo_plan(datasets, models, seeds, *, D: int, sigma: float, n_samples
 
 
 def _sampler(spec: CurveSpec, eigenvalues: np.ndarray | None):
-    from .sampling import make_sampler
+    from lib.core.sampling import make_sampler
 
     if spec.distribution == "curvature":
         if eigenvalues is None:
@@ -154,8 +154,8 @@ def _sampler(spec: CurveSpec, eigenvalues: np.ndarray | None):
 def per_sample_terms_cached(store: ResultStore, spec: CurveSpec, net, x, y, basis, upstream: dict,
                             device: str = "cpu"):
     """(a_i, b_i, C_i) of one (run, subspace, D), computed once and kept in the ``terms`` stage."""
-    from .device import resolve_device
-    from .quadratic import PerSampleTerms, per_sample_terms
+    from lib.infra.device import resolve_device
+    from lib.core.quadratic import PerSampleTerms, per_sample_terms
 
     name = f"{run_name(spec.dataset, spec.model, spec.seed)}_{spec.subspace}_D{spec.D}"
     params = {"dataset": spec.dataset, "model": spec.model, "seed": spec.seed, "subspace": spec.subspace,
@@ -175,9 +175,9 @@ def per_sample_terms_cached(store: ResultStore, spec: CurveSpec, net, x, y, basi
 def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progress: bool = True,
               context: dict | None = None) -> dict:
     """Monte-Carlo Delta_k of one spec (+ Q_k, T_k and V-bar parts when ``spec.theory``)."""
-    from .device import resolve_device
-    from .montecarlo import delta_curve
-    from .quadratic import delta_quadratic, delta_theorem1, variance_quadratic
+    from lib.infra.device import resolve_device
+    from lib.core.montecarlo import delta_curve
+    from lib.core.quadratic import delta_quadratic, delta_theorem1, variance_quadratic
 
     context = context if context is not None else {}
     key = (spec.dataset, spec.model, spec.seed)
@@ -244,7 +244,7 @@ def group(plan: list[tuple[str, CurveSpec]], name: str) -> list[CurveSpec]:
 
 def load_terms(store: ResultStore, spec: CurveSpec):
     """The per-sample (a_i, b_i, C_i) saved for a curve's (run, subspace, D)."""
-    from .quadratic import PerSampleTerms
+    from lib.core.quadratic import PerSampleTerms
 
     name = f"{run_name(spec.dataset, spec.model, spec.seed)}_{spec.subspace}_D{spec.D}"
     p = store.load(TERMS_STAGE, name, made_by="notebooks/04_monte_carlo.py").payload

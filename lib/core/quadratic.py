@@ -39,10 +39,10 @@ from torch.func import functional_call, jvp, vmap
 from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
-from .checks import check_positive
-from .montecarlo import loss_differences
-from .sampling import Sampler
-from .subspace import (check_basis, cross_entropy_per_sample, eval_mode, flat_params, unflatten,
+from lib.core.checks import check_positive
+from lib.core.montecarlo import loss_differences
+from lib.core.sampling import Sampler
+from lib.core.subspace import (check_basis, cross_entropy_per_sample, eval_mode, flat_params, unflatten,
                        _device_dtype)
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Run the numbered notebooks in order through papermill with a profile's parameters.
 
-    python -m lib.runner --profile smoke                      # every notebook
-    python -m lib.runner --profile paper --only 02_spectrum   # one stage
-    python -m lib.runner --profile smoke --set train.epochs=2 # override a parameter (YAML value)
+    python -m lib.infra.runner --profile smoke                      # every notebook
+    python -m lib.infra.runner --profile paper --only 02_spectrum   # one stage
+    python -m lib.infra.runner --profile smoke --set train.epochs=2 # override a parameter (YAML value)
 
 The profile is validated before anything runs. Executed notebooks are saved under
 ``results/<profile>/notebooks/``; per-stage wall times go to ``results/<profile>/timings.json``.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from . import REPO_ROOT
-from .config import load_profile, stage_parameters
-from .results import RESULTS_ROOT, atomic_write_json
+from lib import REPO_ROOT
+from lib.infra.config import load_profile, stage_parameters
+from lib.infra.results import RESULTS_ROOT, atomic_write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "landscape-hessian"

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checks import check_int as _check_int
-from .sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
-from .subspace import SubspaceLosses, check_basis
+from lib.core.checks import check_int as _check_int
+from lib.core.sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
+from lib.core.subspace import SubspaceLosses, check_basis
 
 __all__ = [
     "DeltaCurve",

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import plotting
-from .experiments import CurveSpec, group, load_curve, load_projection
-from .pipeline import load_spectrum, spectrum_seeds
+from lib.outputs import plotting
+from lib.stages.experiments import CurveSpec, group, load_curve, load_projection
+from lib.stages.pipeline import load_spectrum, spectrum_seeds
 
 LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN",
           "hessian": "Hessian subspace", "random": "random subspace"}
@@ -257,7 +257,7 @@ def vbar_parts(store, plan):
 
 def delta_vs_loss(store, plan):
     """Delta_k against L_k(w*) along k for the main Hessian curves, with Spearman's rho."""
-    from .convergence import spearman
+    from lib.core.convergence import spearman
 
     specs = [s for s in group(plan, "main") if s.subspace == "hessian"]
     with plotting.style():
@@ -277,7 +277,7 @@ def delta_vs_loss(store, plan):
 
 
 def learning_curve(store):
-    from .analysis import load_analysis
+    from lib.stages.analysis import load_analysis
 
     rows = load_analysis(store, "learning_curve")
     with plotting.style():
@@ -301,7 +301,7 @@ def learning_curve(store):
 
 def r0_curves(store):
     """Mean over random orders of |L_{k+1} - L_k|(w*) for bias-free MLPs, with the bound 2 M_l / (k+1)."""
-    from .analysis import R0_STAGE, load_analysis
+    from lib.stages.analysis import R0_STAGE, load_analysis
 
     rows = load_analysis(store, "r0")
     with plotting.style():

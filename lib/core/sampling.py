@@ -34,8 +34,8 @@ import torch
 from scipy import stats
 from scipy.stats import qmc
 
-from .checks import check_int as _check_int
-from .checks import check_positive as _check_positive
+from lib.core.checks import check_int as _check_int
+from lib.core.checks import check_positive as _check_positive
 
 __all__ = [
     "ESTIMATORS",

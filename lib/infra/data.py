@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import REPO_ROOT
-from .results import sha256_file
+from lib import REPO_ROOT
+from lib.infra.results import sha256_file
 
 DATA_ROOT = Path(os.environ.get("LANDSCAPE_DATA", REPO_ROOT / "data"))
 CHECKSUM_FILE = REPO_ROOT / "data" / "SHA256SUMS"

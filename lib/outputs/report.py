@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import REPO_ROOT
-from .analysis import load_analysis
-from .experiments import group, load_curve
-from .pipeline import load_spectrum, run_name, spectrum_seeds
-from .results import atomic_write_bytes, package_versions, git_commit
+from lib import REPO_ROOT
+from lib.stages.analysis import load_analysis
+from lib.stages.experiments import group, load_curve
+from lib.stages.pipeline import load_spectrum, run_name, spectrum_seeds
+from lib.infra.results import atomic_write_bytes, package_versions, git_commit
 
 GENERATED = REPO_ROOT / "paper" / "generated"
 FIGURES = REPO_ROOT / "paper" / "figures"
@@ -83,8 +83,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     capped = [f"{TEX_LABELS[m]}: {n} seed{'s' * (n > 1)}" for m, n in sorted((spectrum_max_seeds or {}).items())
               if m in models and n < len(seeds)]
     out[macro("spectrum", "seeds", "note")] = (f" (spectrum: {'; '.join(capped)})" if capped else "")
-    from .data import DATASETS
-    from .models import MODELS
+    from lib.infra.data import DATASETS
+    from lib.core.models import MODELS
 
     for ds in DATASETS:
         for m in MODELS:
@@ -97,7 +97,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
                             ("vbar", ds, m, sub), ("rho", ds, m, sub)):
                     out[macro(*key)] = "n/a"
     for m in MODELS:
-        from .models import build, n_params
+        from lib.core.models import build, n_params
 
         out[macro("params", m)] = fmt(n_params(build(m, 0)))
     for ds in datasets:

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import yaml
 
-from . import REPO_ROOT
-from .data import DATASETS, TRAIN_SIZE
-from .device import DEVICES
-from .models import MODELS
+from lib import REPO_ROOT
+from lib.infra.data import DATASETS, TRAIN_SIZE
+from lib.infra.device import DEVICES
+from lib.core.models import MODELS
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -187,7 +187,7 @@ def _stage(cfg: dict, section: str) -> dict:
 
 def _check_across_sections(cfg: dict) -> None:
     """Constraints that tie sections together, checked before any compute (each names what to change)."""
-    from .models import build, n_params
+    from lib.core.models import build, n_params
 
     spec, mc, conv, proj = (_stage(cfg, s) for s in ("spectrum", "monte_carlo", "convergence", "projection"))
     if "k_top" in spec:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import REPO_ROOT
+from lib import REPO_ROOT
 
 RESULTS_ROOT = Path(os.environ.get("LANDSCAPE_RESULTS", REPO_ROOT / "results"))
 _PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pyhessian", "matplotlib", "papermill", "jupytext")

@@ -219,7 +219,7 @@ def bound_constants(model: torch.nn.Module, inputs: torch.Tensor) -> dict:
 
 def per_sample_hessian_norms(model, inputs, targets, indices, tol: float = 1e-6, seed: int = 0) -> np.ndarray:
     """Measured ||Hess l_i||_2 = max(|lambda_max|, |lambda_min|) of single-sample losses, for the given i."""
-    from .hessian import smallest_eigenvalue, top_eigenpairs
+    from lib.core.hessian import smallest_eigenvalue, top_eigenpairs
 
     norms = []
     for i in indices:

@@ -10,9 +10,11 @@ import time
 
 import torch
 
-from . import data, models
-from .results import ResultStore
-from .train import check_recipe, evaluate, train
+from lib.infra import data
+
+from lib.core import models
+from lib.infra.results import ResultStore
+from lib.core.train import check_recipe, evaluate, train
 
 TRAIN_STAGE = "train"
 SPECTRUM_STAGE = "spectrum"
@@ -129,8 +131,8 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, *, k_t
                  device: str = "cpu", force: bool = False) -> dict:
     """Top-k eigenpairs (Lanczos) of one trained run and, with ``extras``, its smallest eigenvalue, Hutchinson
     trace and SLQ density (the notebook computes extras for the first ``full_seeds`` seeds only)."""
-    from . import hessian
-    from .device import resolve_device
+    from lib.core import hessian
+    from lib.infra.device import resolve_device
 
     net, x, y, upstream = trained_run(store, dataset, model, seed)
     if not 1 <= n_vectors <= k_top:

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 
-from .checks import check_int as _check_int
-from .models import preferred_chunk
+from lib.core.checks import check_int as _check_int
+from lib.core.models import preferred_chunk
 
 METHODS = ("lanczos", "power")
 PROBES = ("rademacher", "gaussian")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .device import resolve_device
+from lib.infra.device import resolve_device
 
 
 @dataclass

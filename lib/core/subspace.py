@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from .models import preferred_chunk
+from lib.core.models import preferred_chunk
 
 __all__ = [
     "flat_params",
@@ -145,7 +145,7 @@ def hessian_basis(model, inputs, targets, D: int, return_eigenvalues: bool = Fal
     if D >= n:
         raise ValueError(f"D={D} must be smaller than n_params={n} (a Hessian subspace of the full space "
                          "is not a subspace)")
-    from .hessian import top_eigenpairs  # lazy: lib.hessian is heavy and optional for the rest
+    from lib.core.hessian import top_eigenpairs  # lazy: lib.core.hessian is heavy and optional for the rest
 
     eig = top_eigenpairs(model, inputs, targets, k=int(D), **kw)
     device, dtype = _device_dtype(model)
