@@ -41,7 +41,7 @@ pytest: setup data  ## run the unit tests only
 	$(PY) -m pytest -q -m "not paper"
 
 notebooks-smoke: setup data  ## run every notebook under the smoke profile
-	$(PY) -m lib.infra.runner --profile smoke
+	$(PY) -m lib --profile smoke
 
 paper-test:  ## check the built PDFs: key numbers equal the results, no "??"
 	$(PY) -m pytest -q -m paper
@@ -51,7 +51,7 @@ test: pytest notebooks-smoke  ## setup, data, unit tests, every notebook, paper 
 	$(MAKE) paper-test
 
 reproduce: setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
-	$(PY) -m lib.infra.runner --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
 	$(MAKE) paper slides
 
 check-tex:
@@ -61,7 +61,7 @@ check-tex:
 # PROFILE given on the command line: regenerate figures/numbers from that profile first (notebook 06);
 # otherwise build from whatever profile was reproduced last (paper/generated/source.json says which).
 define build_tex
-	@if [ "$(origin PROFILE)" = "command line" ]; then $(PY) -m lib.infra.runner --profile $(PROFILE) --only 06_figures; fi
+	@if [ "$(origin PROFILE)" = "command line" ]; then $(PY) -m lib --profile $(PROFILE) --only 06_figures; fi
 	@test -f paper/generated/numbers.tex || { echo "error: paper/generated/numbers.tex is missing: run 'make reproduce PROFILE=smoke' (or paper) first"; exit 2; }
 	cd $(1) && $(LATEXMK) main.tex >/dev/null || { tail -40 $(1)/main.log; exit 1; }
 	@if grep -E "(Citation|Reference).*undefined|undefined references|Undefined control" $(1)/main.log; then \
@@ -77,7 +77,7 @@ slides: check-tex  ## build slides/main.pdf (Beamer) from the same figures and n
 
 stage: setup data  ## run one notebook: make stage STAGE=02_spectrum PROFILE=smoke [SET='key=value ...']
 	@test -n "$(STAGE)" || { echo "usage: make stage STAGE=01_train [PROFILE=smoke] [SET='train.epochs=2']"; exit 2; }
-	$(PY) -m lib.infra.runner --profile $(PROFILE) --only $(STAGE) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib --profile $(PROFILE) --only $(STAGE) $(foreach s,$(SET),--set $(s))
 
 lab: setup  ## start JupyterLab; .py notebooks open as notebooks (jupytext pairing) with the .venv kernel
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --MappingKernelManager.default_kernel_name=$(KERNEL)

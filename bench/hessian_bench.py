@@ -34,10 +34,10 @@ def solve_to_residual(model, inputs, targets, k: int, method: str, target_residu
     """Tighten tol until max residual <= target (or the search used ``max_search_hvps`` products); return the
     final run's numbers and the search totals."""
     search_hvps, search_seconds = 0, 0.0
+    op = hessian.HessianOperator(model, inputs, targets, chunk_size)
     for tol in TOLS[method]:
         kw = {"max_iter": max_iter} if method == "power" else {}
-        eig = hessian.top_eigenpairs(model, inputs, targets, k=k, method=method, tol=tol, chunk_size=chunk_size,
-                                     **kw)
+        eig = hessian.top_eigenpairs(op, k=k, method=method, tol=tol, **kw)
         search_hvps += eig.hvp_count
         search_seconds += eig.seconds
         if log:

@@ -14,36 +14,36 @@
 # %% [markdown]
 # # 01 - Train the networks at their minimum w*
 #
-# Trains every (dataset, model, seed) of the profile with the recipe of SCIENCE.md section 1
+# Trains every (dataset, model, seed) of the profile with the recipe
 # (Adam 1e-3, batch 64, seeded shuffling) on the first `n_train` images of the insertion order drawn from
 # `data_seed`. Runs already trained with identical parameters are skipped. Weights and metrics are saved
 # under `results/<profile>/train/` with parameters, seed, package versions and git commit.
 
 # %% tags=["parameters"]
-profile = "smoke"
-device = "cpu"
-datasets = ["mnist"]
-models = ["mlp2"]
+# Defaults = the smoke profile (lib/infra/config.py); papermill replaces them with the profile's values.
+profile = 'smoke'
+device = 'cpu'
+datasets = ['mnist']
+models = ['mlp2']
 seeds = [0]
+progress = False
 n_train = 1000
 data_seed = 0
-progress = True
 epochs = 1
 batch_size = 64
-lr = 1e-3
+lr = 0.001
 
 # %%
-from lib.infra.config import check_parameters
-from lib.stages.pipeline import format_table, run_training
+from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
+from lib.stages import train
+from lib.stages.base import format_table
 
-check_parameters("train", globals())
-store = ResultStore(profile)
+common, section = from_namespace("train", globals())
+store = ResultStore(common.profile)
 
 # %%
-rows = run_training(store, datasets=datasets, models_=models, seeds=seeds, n_train=n_train,
-                    data_seed=data_seed, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                    progress=progress)
+rows = train.run(store, common, section)
 
 # %% [markdown]
 # ## Summary

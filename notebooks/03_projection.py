@@ -20,14 +20,13 @@
 # Grids are saved under `results/<profile>/projection/`. Seed: the first of `seeds`.
 
 # %% tags=["parameters"]
-profile = "smoke"
-device = "cpu"
-datasets = ["mnist"]
-models = ["mlp2"]
+# Defaults = the smoke profile (lib/infra/config.py); papermill replaces them with the profile's values.
+profile = 'smoke'
+device = 'cpu'
+datasets = ['mnist']
+models = ['mlp2']
 seeds = [0]
-n_train = 1000
-data_seed = 0
-progress = True
+progress = False
 grid_points = 9
 hessian_span = 1.0
 random_span = 1.0
@@ -36,26 +35,24 @@ k_small = 10
 # %%
 import matplotlib.pyplot as plt
 
-from lib.outputs import figures
-from lib.infra.config import check_parameters
-from lib.stages.experiments import projection_one
-from lib.stages.pipeline import format_table
+from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
+from lib.outputs import figures
+from lib.stages import projection
+from lib.stages.base import format_table
 
-check_parameters("projection", globals())
-store = ResultStore(profile)
+common, section = from_namespace("projection", globals())
+store = ResultStore(common.profile)
 
 # %%
-rows = [projection_one(store, ds, m, seeds[0], grid_points=grid_points, hessian_span=hessian_span,
-                       random_span=random_span, k_small=k_small, device=device, progress=progress)
-        for ds in datasets for m in models]
+rows = projection.run(store, common, section)
 print(format_table(rows, ["dataset", "model", "seed", "N", "grid_points", "seconds", "skipped"]))
 
 # %% [markdown]
 # ## Preview
 
 # %%
-for ds in datasets:
-    for m in models:
-        fig = figures.surfaces(store, ds, m, seeds[0])
+for ds in common.datasets:
+    for m in common.models:
+        fig = figures.surfaces(store, ds, m, common.seeds[0])
         plt.show()

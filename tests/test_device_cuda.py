@@ -74,8 +74,8 @@ def test_hvp_and_top_eigenvalues_agree(name):
     net_gpu.load_state_dict(net.state_dict())
     hv_gpu = hessian.HessianOperator(net_gpu, x.cuda(), y.cuda()).hvp(v.cuda()).cpu()
     assert _rel(hv_gpu, hv_cpu) < RTOL_PRODUCT
-    top_cpu = hessian.top_eigenpairs(net, x, y, 5, tol=1e-4, seed=0)
-    top_gpu = hessian.top_eigenpairs(net_gpu, x.cuda(), y.cuda(), 5, tol=1e-4, seed=0)
+    top_cpu = hessian.top_eigenpairs(hessian.HessianOperator(net, x, y), 5, tol=1e-4, seed=0)
+    top_gpu = hessian.top_eigenpairs(hessian.HessianOperator(net_gpu, x.cuda(), y.cuda()), 5, tol=1e-4, seed=0)
     assert _rel(top_gpu.eigenvalues.cpu(), top_cpu.eigenvalues) < RTOL_EIGEN
 
 

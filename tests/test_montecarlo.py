@@ -1,5 +1,4 @@
 """Monte-Carlo Delta_k: identity, fixed insertion order, common random numbers, standard errors, order average."""
-import copy
 import itertools
 import math
 
@@ -11,27 +10,22 @@ from torch import nn
 
 from lib.core.montecarlo import delta_curve, loss_differences, loss_variance, order_average_formula, prefix_means
 from lib.core.sampling import Curvature, Gaussian, make_sampler
-from lib.core.subspace import flat_params, n_params, random_basis
+from lib.core.subspace import random_basis
+from lib.core.tensors import flat_params, n_params
+from tests.cases import explicit_losses, seeded_data
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def tiny_model(seed=0):
+    """6-8-3 tanh MLP (cases.py has no net of this shape); seeds the global RNG as the reference values assume."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
 
 
 def data(n=40, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
-
-
-def explicit_losses(model, x, y, w):
-    m = copy.deepcopy(model)
-    torch.nn.utils.vector_to_parameters(w, m.parameters())
-    with torch.no_grad():
-        return F.cross_entropy(m(x), y, reduction="none")
+    return seeded_data(n, (6,), 3, seed=seed)
 
 
 def explicit_d(losses):
@@ -178,9 +172,9 @@ def test_bad_parameters_raise_value_errors():
     n = n_params(model)
     P = random_basis(n, 2, seed=0, dtype=torch.float64)
     g = Gaussian(0.1)
-    with pytest.raises(ValueError, match="n_samples must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"n_samples=1 is not allowed: an integer in \[2, inf\]"):
         delta_curve(model, x, y, P, g, 1, progress=False)
-    with pytest.raises(ValueError, match="unknown estimator 'mc'"):
+    with pytest.raises(ValueError, match="estimator='mc' is not allowed: one of"):
         delta_curve(model, x, y, P, g, 4, estimator="mc", progress=False)
     with pytest.raises(ValueError, match="antithetic estimator needs an even n_samples"):
         delta_curve(model, x, y, P, g, 5, estimator="antithetic", progress=False)
@@ -190,11 +184,15 @@ def test_bad_parameters_raise_value_errors():
         delta_curve(model, x, y, P[:, :-1], g, 4, progress=False)
     with pytest.raises(ValueError, match="D=2 does not match the curvature sampler's 3 eigenvalues"):
         delta_curve(model, x, y, P, Curvature(0.1, [1.0, 2.0, 3.0]), 4, progress=False)
-    with pytest.raises(ValueError, match="n_orders must be an integer >= 0"):
+    with pytest.raises(ValueError, match=r"n_orders=-1 is not allowed: an integer in \[0, inf\]"):
         delta_curve(model, x, y, P, g, 4, n_orders=-1, progress=False)
-    with pytest.raises(ValueError, match="batch_thetas must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"batch_thetas=0 is not allowed: an integer in \[1, inf\]"):
         delta_curve(model, x, y, P, g, 4, batch_thetas=0, progress=False)
-    with pytest.raises(ValueError, match="sampler must be a lib.sampling.Sampler"):
+    with pytest.raises(ValueError, match=r"n_replicates=1 is not allowed: an integer in \[2, inf\]"):
+        delta_curve(model, x, y, P, g, 8, estimator="sobol", n_replicates=1, progress=False)
+    with pytest.raises(ValueError, match=r"sampler must be a lib\.core\.sampling\.Sampler"):
         delta_curve(model, x, y, P, 0.1, 4, progress=False)
     with pytest.raises(ValueError, match="at least 2 samples"):
         delta_curve(model, x[:1], y[:1], P, g, 4, progress=False)
+    with pytest.raises(ValueError, match="same length, got 10 and 9"):
+        delta_curve(model, x, y[:-1], P, g, 4, progress=False)

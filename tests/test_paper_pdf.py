@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from lib import REPO_ROOT
-from lib.stages.analysis import load_analysis
-from lib.stages.pipeline import load_spectrum, run_name
-from lib.outputs.report import fmt, pct
 from lib.infra.results import ResultStore
+from lib.outputs.report import fmt, pct
+from lib.stages.base import run_name
+from lib.stages.convergence import load_table as load_analysis
+from lib.stages.spectrum import load_spectrum
 
 pytestmark = pytest.mark.paper
 PAPER, SLIDES = REPO_ROOT / "paper" / "main.pdf", REPO_ROOT / "slides" / "main.pdf"

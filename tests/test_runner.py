@@ -1,9 +1,10 @@
 """The papermill runner: parameters reach the notebook, a failing cell stops the run with its error."""
 import json
 
+import jupytext
 import pytest
 
-from lib.infra import runner
+from lib.infra import config, runner
 
 GOOD = '''# %% tags=["parameters"]
 profile = "x"
@@ -60,16 +61,33 @@ def test_only_declared_parameters_are_passed(notebook_dir, tmp_path):
     assert "epochs = 1" in executed
 
 
+def _parameters_cell(path):
+    nb = jupytext.read(path)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values = {}
+    exec(cell.source, {}, values)   # the cell is plain assignments of literals
+    return values
+
+
 @pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem)
-def test_shipped_notebooks_declare_their_parameters(path):
-    """Every notebook's parameters cell names all of `common` it needs and all of its stage's section, so the
-    runner (which passes declared names only) never drops a profile value."""
-    import jupytext
-
-    from lib.infra.config import COMMON_USED_BY, SCHEMA
-
+def test_shipped_notebooks_declare_exactly_their_parameters_with_smoke_defaults(path):
+    """Every notebook's parameters cell names exactly the `common` keys its stage reads and all of its section,
+    and each default there equals the smoke profile's value (running a notebook by hand reproduces smoke)."""
     stage = runner.stage_of(path)
     declared = runner.declared_parameters(jupytext.read(path))
-    needed = {k for k in SCHEMA["common"] if stage in COMMON_USED_BY.get(k, (stage,))} | set(SCHEMA[stage])
-    assert needed <= declared, f"{path.name} lacks {sorted(needed - declared)}"
-    assert declared <= set(SCHEMA["common"]) | set(SCHEMA[stage]), f"{path.name} declares unknown parameters"
+    needed = set(config.COMMON_KEYS[stage]) | set(config.fields_of(stage))
+    assert declared == needed, f"{path.name}: lacks {sorted(needed - declared)}, extra {sorted(declared - needed)}"
+    smoke = config.stage_parameters(config.load_profile("smoke"), stage)
+    cell = _parameters_cell(path)
+    differ = {k: (cell[k], smoke[k]) for k in needed if cell[k] != smoke[k]}
+    assert not differ, f"{path.name}: defaults differ from the smoke profile (cell, smoke): {differ}"
+
+
+def test_parameter_drift_is_detected(tmp_path):
+    """The check above can fail: a cell whose default differs from smoke is reported."""
+    path = runner.notebooks()[1]
+    drifted = tmp_path / path.name
+    drifted.write_text(path.read_text().replace("n_vectors = 4", "n_vectors = 10"))
+    assert _parameters_cell(drifted)["n_vectors"] == 10
+    with pytest.raises(AssertionError, match="n_vectors"):
+        test_shipped_notebooks_declare_exactly_their_parameters_with_smoke_defaults(drifted)

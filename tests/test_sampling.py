@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from lib.core.sampling import (Ball, Curvature, Gaussian, Sphere, estimator_units, make_sampler, quadrature,
-                          ESTIMATORS)
+from lib.core.sampling import (ESTIMATORS, Ball, Curvature, Gaussian, Sphere, estimator_units, make_sampler,
+                               quadrature)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -16,7 +16,7 @@ SIGMA = 0.7
 
 
 def closed_form_m(name, sigma, D):
-    """Fourth moment m of SCIENCE.md section 3, written out independently of lib.sampling."""
+    """Fourth moment m of SCIENCE.md section 3, written out independently of lib.core.sampling."""
     return {"gaussian": sigma ** 4, "ball": sigma ** 4 * (D + 2) / (D + 4),
             "sphere": sigma ** 4 * D / (D + 2)}[name]
 
@@ -140,14 +140,16 @@ def test_sobol_has_lower_error_than_plain_for_a_smooth_mean():
 
 
 def test_bad_parameters_raise_value_errors():
-    for bad in (0, -1.0, float("nan"), float("inf"), "x"):
-        with pytest.raises(ValueError, match="sigma"):
+    for bad in (0, -1.0, float("nan"), float("inf"), "x", True):
+        with pytest.raises(ValueError, match=rf"^sigma={bad!r} is not allowed: a finite number in \(0.0, inf\]"):
             Gaussian(bad)
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(ValueError, match="read as the text '0.1'"):
+        Sphere("0.1")
+    with pytest.raises(ValueError, match="sigma=0 is not allowed"):
         make_sampler("ball", sigma=0)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match="eps=0.0 is not allowed"):
         Curvature(0.0, [1.0])
-    with pytest.raises(ValueError, match="unknown distribution 'uniform'.*gaussian"):
+    with pytest.raises(ValueError, match=r"distribution='uniform' is not allowed: one of \['gaussian', 'ball'"):
         make_sampler("uniform", sigma=1.0)
     with pytest.raises(ValueError, match="takes sigma"):
         make_sampler("gaussian", eps=1.0)
@@ -160,17 +162,25 @@ def test_bad_parameters_raise_value_errors():
     with pytest.raises(ValueError, match="not isotropic"):
         Curvature(0.1, [1.0, 2.0]).m(2)
     g = Gaussian(1.0)
-    with pytest.raises(ValueError, match="unknown estimator 'qmc'.*plain"):
+    with pytest.raises(ValueError, match=r"estimator='qmc' is not allowed: one of \['plain', 'antithetic', 'sobol'\]"):
         g.sample(4, 2, estimator="qmc")
+    with pytest.raises(ValueError, match="estimator='qmc' is not allowed"):
+        estimator_units(4, "qmc")
     with pytest.raises(ValueError, match="antithetic.*even n"):
         g.sample(5, 2, estimator="antithetic")
     with pytest.raises(ValueError, match="multiple of n_replicates=8"):
         g.sample(12, 2, estimator="sobol")
-    with pytest.raises(ValueError, match="n_replicates must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"n_replicates=1 is not allowed: an integer in \[2, inf\]"):
         g.sample(12, 2, estimator="sobol", n_replicates=1)
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"n=0 is not allowed: an integer in \[1, inf\]"):
         g.sample(0, 2)
-    with pytest.raises(ValueError, match="D must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"n=4.0 is not allowed"):
+        g.sample(4.0, 2)
+    with pytest.raises(ValueError, match=r"D=0 is not allowed: an integer in \[1, inf\]"):
         g.sample(4, 0)
+    with pytest.raises(ValueError, match=r"D=True is not allowed"):
+        Sphere(1.0).m(True)
+    with pytest.raises(ValueError, match=r"n_points=0 is not allowed"):
+        quadrature(g, 2, n_points=0)
     with pytest.raises(ValueError, match="D <= 3"):
         quadrature(Ball(1.0), 4)

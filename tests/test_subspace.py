@@ -1,42 +1,34 @@
 """Subspace bases and per-sample losses in the subspace (every direction moves the loss; order preserved)."""
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core.subspace import (filter_normalized_directions, flat_params, hessian_basis, losses_at_weights, n_params,
-                          per_sample_losses, random_basis, unflatten)
-
+from lib.core.models import cnn, mlp
+from lib.core.subspace import (SubspaceLosses, filter_normalized_directions, hessian_basis, losses_at_weights,
+                               per_sample_losses, random_basis)
+from lib.core.tensors import flat_params, n_params, unflatten
+from tests.cases import explicit_hessian, explicit_losses, pooled_cnn, seeded_data, seeded_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
-
 def tiny_mlp(seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+    """Sequential(Flatten, Linear, ...): the shape that takes the first-layer shortcut (cases.py has none)."""
+    return seeded_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)), seed,
+                        dtype)
 
 
 def tiny_cnn(seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(3 * 3 * 3, 4)).to(dtype)
+    return seeded_model(pooled_cnn, seed, dtype)
 
 
 def data(n=20, shape=(1, 3, 4), classes=3, seed=1, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *shape, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+    return seeded_data(n, shape, classes, seed=seed, dtype=dtype)
 
 
-def explicit_losses(model, x, y, w):
-    """Independent reference: copy the model, load the flat weights, plain forward, per-sample CE."""
-    m = copy.deepcopy(model)
-    torch.nn.utils.vector_to_parameters(w, m.parameters())
-    m.eval()
-    with torch.no_grad():
-        return F.cross_entropy(m(x), y, reduction="none")
+def gaussian(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def test_random_basis_orthonormal_and_seeded():
@@ -46,6 +38,7 @@ def test_random_basis_orthonormal_and_seeded():
     torch.testing.assert_close(P, random_basis(50, 4, seed=3, dtype=torch.float64))
     assert not torch.allclose(P, random_basis(50, 4, seed=4, dtype=torch.float64))
     assert random_basis(50, 4, seed=3).dtype == torch.float32
+    torch.testing.assert_close(random_basis(50, 4, seed=3), P.float())
 
 
 def test_filter_normalized_directions():
@@ -74,7 +67,7 @@ def test_per_sample_losses_match_explicit_forward_in_given_order(make):
     before = flat_params(model)
     D = 3
     P = random_basis(n_params(model), D, seed=0, dtype=torch.float64)
-    thetas = torch.randn(5, D, dtype=torch.float64)
+    thetas = gaussian(5, D, seed=2)
     out = per_sample_losses(model, x, y, P, thetas, chunk_size=7)
     assert out.shape == (5, len(x))
     for t in range(5):
@@ -86,10 +79,10 @@ def test_per_sample_losses_match_explicit_forward_in_given_order(make):
     assert all(p.grad is None for p in model.parameters())
     # losses_at_weights on explicit flat vectors agrees
     W = before + thetas @ P
-    torch.testing.assert_close(losses_at_weights(model, x, y, W), out)
+    torch.testing.assert_close(losses_at_weights(model, x, y, W, chunk_size=6), out)
     torch.testing.assert_close(losses_at_weights(model, x, y, before), explicit_losses(model, x, y, before))
-    # more thetas than one block of weight vectors (lib.subspace.WEIGHT_BLOCK)
-    many = torch.randn(37, D, dtype=torch.float64)
+    # more thetas than one block of weight vectors (lib.core.subspace.WEIGHT_BLOCK)
+    many = gaussian(37, D, seed=3)
     torch.testing.assert_close(per_sample_losses(model, x, y, P, many),
                                losses_at_weights(model, x, y, before + many @ P), rtol=1e-12, atol=1e-12)
     # single theta
@@ -119,22 +112,18 @@ def test_float32_model_and_float64_thetas():
     model = tiny_mlp(dtype=torch.float32)
     x, y = data(dtype=torch.float32)
     P = random_basis(n_params(model), 2, seed=0)
-    out = per_sample_losses(model, x, y, P, torch.randn(3, 2, dtype=torch.float64))
+    thetas = gaussian(3, 2, seed=4)
+    out = per_sample_losses(model, x, y, P, thetas)
     assert out.dtype == torch.float32 and out.shape == (3, len(x))
+    for t in range(3):
+        ref = explicit_losses(model, x, y, flat_params(model) + P.T @ thetas[t].float())
+        torch.testing.assert_close(out[t], ref, rtol=1e-5, atol=1e-6)
 
 
 def test_hessian_basis_matches_explicit_hessian():
-    pytest.importorskip("lib.core.hessian")
     model = tiny_mlp()
     x, y = data(n=30)
-    w0 = flat_params(model)
-    from lib.core.subspace import unflatten
-
-    def loss(w):
-        return F.cross_entropy(torch.func.functional_call(model, unflatten(model, w), (x,)), y)
-
-    H = torch.autograd.functional.hessian(loss, w0)
-    evals, evecs = torch.linalg.eigh(H)
+    evals, evecs = torch.linalg.eigh(explicit_hessian(model, x, y))
     D = 3
     P, lam = hessian_basis(model, x, y, D, return_eigenvalues=True, tol=1e-10)
     assert P.shape == (D, n_params(model))
@@ -152,15 +141,21 @@ def test_bad_parameters_raise_value_errors():
         per_sample_losses(model, x, y, torch.zeros(2, n + 1, dtype=torch.float64), torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"thetas must have shape \(T, D=2\)"):
         per_sample_losses(model, x, y, P, torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    with pytest.raises(ValueError, match=r"chunk_size=0 is not allowed: an integer in \[1, inf\]"):
         per_sample_losses(model, x, y, P, torch.zeros(1, 2), chunk_size=0)
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ValueError, match=r"chunk_size=2.0 is not allowed"):
+        losses_at_weights(model, x, y, flat_params(model), chunk_size=2.0)
+    with pytest.raises(ValueError, match="same length, got 20 and 19"):
         per_sample_losses(model, x, y[:-1], P, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="empty data"):
+        losses_at_weights(model, x[:0], y[:0], flat_params(model))
     with pytest.raises(ValueError, match=f"D={n} must be smaller than n_params={n}"):
         hessian_basis(model, x, y, n)
     with pytest.raises(ValueError, match="D=5 must be <= n_params=4"):
         random_basis(4, 5)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match=r"D=0 is not allowed: an integer in \[1, inf\]"):
+        random_basis(4, 0)
+    with pytest.raises(ValueError, match=r"n=0 is not allowed: an integer in \[1, inf\]"):
         filter_normalized_directions(model, n=0)
     with pytest.raises(ValueError, match=r"weights must have shape \(T, n_params"):
         losses_at_weights(model, x, y, torch.zeros(3, n + 2))
@@ -169,28 +164,27 @@ def test_bad_parameters_raise_value_errors():
 @pytest.mark.parametrize("bias", [True, False])
 def test_first_layer_shortcut_equals_generic_forward(bias):
     """The MLP shortcut (first layer precomputed as z* + sum_d theta_d z_d) gives the generic per-sample losses."""
-    from lib.core.models import mlp
-    from lib.core.subspace import SubspaceLosses
-
     torch.manual_seed(0)
     net = mlp((16, 8), bias=bias).double()
     x, y = torch.randn(40, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (40,))
-    P = random_basis(sum(p.numel() for p in net.parameters()), 3, seed=1, dtype=torch.float64)
+    P = random_basis(n_params(net), 3, seed=1, dtype=torch.float64)
     thetas = torch.randn(5, 3, dtype=torch.float64)
     fast = SubspaceLosses(net, x, y, P, chunk_size=16)
     slow = SubspaceLosses(net, x, y, P, shortcut=False)
     assert fast.shortcut and not slow.shortcut
     assert torch.allclose(fast(thetas), slow(thetas), rtol=1e-12, atol=1e-12)
-    direct = torch.stack([torch.nn.functional.cross_entropy(
+    direct = torch.stack([F.cross_entropy(
         torch.func.functional_call(net, unflatten(net, flat_params(net) + P.T @ t), (x,)), y, reduction="none")
         for t in thetas])
     assert torch.allclose(fast(thetas), direct, rtol=1e-12, atol=1e-12)
 
 
 def test_shortcut_not_used_for_cnn():
-    from lib.core.models import cnn
-    from lib.core.subspace import SubspaceLosses
-
-    net = cnn((2, 2))
-    P = random_basis(sum(p.numel() for p in net.parameters()), 2, seed=0)
-    assert not SubspaceLosses(net, torch.randn(3, 1, 28, 28), torch.zeros(3, dtype=torch.long), P).shortcut
+    net = seeded_model(lambda: cnn((2, 2)), 0, torch.float32)
+    x, y = seeded_data(3, (1, 28, 28), 10, dtype=torch.float32)
+    P = random_basis(n_params(net), 2, seed=0)
+    losses = SubspaceLosses(net, x, y, P)
+    assert not losses.shortcut
+    theta = torch.tensor([0.5, -0.25])
+    torch.testing.assert_close(losses(theta), explicit_losses(net, x, y, flat_params(net) + P.T @ theta),
+                               rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Convergence analysis of Delta_k curves (SCIENCE.md sections 4b, 5, 6).
+"""Convergence analysis of Delta_k curves: slopes, sufficient sample sizes, rank correlation, R = 0 curves
+(SCIENCE.md sections 4b, 5, 6, 7).
 
 * ``fit_slope``: log-log slope of a curve with its standard error;
 * ``k2_summary``: k^2 Delta_k summary (median, quartiles, mean with standard error);
@@ -6,9 +7,9 @@
 * ``k_closed_form``: K for the order-averaged curve V-bar N / ((N-1) k (k+1));
 * ``pilot_prediction``: K from a power law fitted to the first k0 points only;
 * ``spearman``: rank correlation (e.g. of Delta_k with L_k(w*));
-* ``r0_curve``: the R = 0 curve of Kiselev & Grabovoy (mean over random orders of |L_{k+1} - L_k| at w*);
-* ``hessian_norm_bound`` / ``loss_difference_bound``: their bound for bias-free ReLU MLPs, and
-  ``per_sample_hessian_norms`` to compare it with measured ||Hess l_i||_2.
+* ``r0_curve``: the R = 0 curve of Kiselev & Grabovoy (mean over random orders of |L_{k+1} - L_k| at w*).
+
+Their Hessian-norm bound and measured per-sample Hessian norms are in ``lib.core.bounds``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 
 def _as_curve(k, delta) -> tuple[np.ndarray, np.ndarray]:
@@ -160,8 +162,6 @@ def pilot_prediction(k, delta, k0: int, threshold: float, k_min: float = 1, n_bi
 
 def spearman(a, b) -> dict:
     """Spearman rank correlation with its p-value."""
-    from scipy.stats import spearmanr
-
     res = spearmanr(np.asarray(a), np.asarray(b))
     return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": len(np.asarray(a))}
 
@@ -191,40 +191,14 @@ def r0_curve(losses, n_orders: int, seed: int = 0) -> dict:
     return {"k": k.numpy(), "mean": mean.numpy(), "stderr": (var / n_orders).sqrt().numpy()}
 
 
-def hessian_norm_bound(n_layers: int, M_W: float, M_x: float) -> float:
-    """Kiselev & Grabovoy: ||Hess l_i|| <= L sqrt2 M_x^2 M_W^(2L) + sqrt2 M_W^2 (M_W^(2L) - 1) / (M_W^2 - 1)."""
-    if n_layers < 1 or M_W <= 0 or M_x <= 0:
-        raise ValueError(f"need n_layers >= 1, M_W > 0, M_x > 0; got {n_layers}, {M_W}, {M_x}")
-    L = n_layers
-    geometric = L if math.isclose(M_W, 1.0) else (M_W ** (2 * L) - 1) / (M_W ** 2 - 1)
-    return L * math.sqrt(2) * M_x ** 2 * M_W ** (2 * L) + math.sqrt(2) * M_W ** 2 * geometric
-
-
-def loss_difference_bound(k, M_l: float, hessian_bound: float, R: float = 0.0) -> np.ndarray:
-    """|L_{k+1} - L_k| <= 2 / (k+1) (M_l + bound R^2)."""
-    k = np.asarray(k, dtype=np.float64)
-    return 2.0 / (k + 1) * (M_l + hessian_bound * R ** 2)
-
-
-def bound_constants(model: torch.nn.Module, inputs: torch.Tensor) -> dict:
-    """L, M_W = max_p ||W_p||_2 and M_x = max_i ||x_i|| for a bias-free MLP of nn.Linear layers."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears or any(m.bias is not None for m in linears):
-        raise ValueError("the bound holds for bias-free MLPs of nn.Linear layers only")
-    with torch.no_grad():
-        M_W = max(float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in linears)
-        M_x = float(inputs.flatten(1).double().norm(dim=1).max())
-    return {"n_layers": len(linears), "M_W": M_W, "M_x": M_x}
-
-
 def per_sample_hessian_norms(model, inputs, targets, indices, tol: float = 1e-6, seed: int = 0) -> np.ndarray:
     """Measured ||Hess l_i||_2 = max(|lambda_max|, |lambda_min|) of single-sample losses, for the given i."""
-    from lib.core.hessian import smallest_eigenvalue, top_eigenpairs
+    from lib.core.hessian import HessianOperator, smallest_eigenvalue, top_eigenpairs
 
     norms = []
     for i in indices:
-        x, y = inputs[i:i + 1], targets[i:i + 1]
-        top = float(top_eigenpairs(model, x, y, 1, tol=tol, seed=seed).eigenvalues[0])
-        low = smallest_eigenvalue(model, x, y, tol=tol, seed=seed).value
+        op = HessianOperator(model, inputs[i:i + 1], targets[i:i + 1])
+        top = float(top_eigenpairs(op, 1, tol=tol, seed=seed).eigenvalues[0])
+        low = smallest_eigenvalue(op, tol=tol, seed=seed).value
         norms.append(max(abs(top), abs(low)))
     return np.asarray(norms)

@@ -1,23 +1,36 @@
-"""Hessian of the mean cross-entropy over a data set: products, top/smallest eigenpairs, trace, density.
+"""Curvature of a full-data loss through one Hessian-vector-product operator: top/smallest eigenpairs, trace,
+density.
 
-Everything is built on one exact, chunked Hessian-vector product (``HessianOperator``) of
+The operator (``HessianOperator``) is the exact, chunked Hessian-vector product of
 
     L(w) = (1/N) sum_i CE(model(x_i; w), y_i)      over ALL N given samples,
 
-on flat vectors in ``torch.nn.utils.parameters_to_vector`` order. The model is evaluated in eval mode and its
-train/eval flags are restored afterwards; parameters' ``.grad`` fields are never read or written (products use
-``torch.func.functional_call`` on detached copies of the weights), so no call depends on an earlier one.
+on flat vectors in ``torch.nn.utils.parameters_to_vector`` order. Build it once and pass it to every solver
+(operator-first, as in curvlinops); each result's ``hvp_count`` is the number of products that call made::
+
+    op = HessianOperator(model, inputs, targets)          # chunk_size=None: the model's preferred chunk
+    top = top_eigenpairs(op, k=10)                        # method="lanczos" (default) or "power"
+    low = smallest_eigenvalue(op, tol=1e-4)
+    tr = trace(op, n_probes=100)
+    dens = density(op, n_runs=4, n_iter=80)
+    op.hvp_count == top.hvp_count + low.hvp_count + tr.hvp_count + dens.hvp_count
+
+The model is evaluated in eval mode and its train/eval flags are restored afterwards; parameters' ``.grad``
+fields are never read or written (products use ``torch.func.functional_call`` on detached copies of the weights),
+and the operator reads the model's current weights at each product, so no call depends on an earlier one.
 
 Solvers (SCIENCE.md section 2):
 
-* ``top_eigenpairs(method="lanczos")``: ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos, ARPACK);
-* ``top_eigenpairs(method="power")``: PyHessian 0.1's own power iteration with deflation
+* ``top_eigenpairs(op, k, method="lanczos")``: ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos,
+  ARPACK), run with one BLAS thread (``threadpoolctl``);
+* ``top_eigenpairs(op, k, method="power")``: PyHessian 0.1's own power iteration with deflation
   (``pyhessian.hessian.eigenvalues``) running on our product, then fixed up (see ``_power_vectors``);
-* ``smallest_eigenvalue``, ``trace`` (Hutchinson), ``density`` (stochastic Lanczos quadrature).
+* ``smallest_eigenvalue``, ``trace`` (Hutchinson), ``density`` (stochastic Lanczos quadrature, Gauss nodes and
+  weights by ``scipy.linalg.eigh_tridiagonal``).
 
-Both eigen-solvers end with the same Rayleigh-Ritz step on fresh products, so eigenvalues are signed Rayleigh
-quotients sorted algebraically (largest first), eigenvectors are orthonormal, and residuals
-``||H v - lambda v|| / max|lambda|`` are measured, not estimated.
+Both eigen-solvers end with the same Rayleigh-Ritz step, so eigenvalues are signed Rayleigh quotients sorted
+algebraically (largest first), eigenvectors are orthonormal, and residuals ``||H v - lambda v|| / max|lambda|``
+are measured, not estimated.
 
 PyHessian 0.1 problems worked around here (its code is only used for the power iteration loop):
 ``cuda=True`` default; puts the model in eval mode for good; sets ``.grad`` to None (``zero_grad``) and, on its
@@ -31,21 +44,20 @@ removed ``torch.eig`` and ``trace`` uses ``(trace + 1e-6)`` without ``abs``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import time
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import scipy
 import torch
 import torch.nn.functional as F
+from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from threadpoolctl import threadpool_limits
 from torch.func import functional_call
 
-from lib.core.checks import check_int as _check_int
+from lib.core.checks import ParameterError, check_choice, check_data, check_int, check_positive
 from lib.core.models import preferred_chunk
+from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, unflatten
 
 METHODS = ("lanczos", "power")
 PROBES = ("rademacher", "gaussian")
@@ -74,7 +86,8 @@ class Eigenpairs:
 
 @dataclass
 class SmallestEigenpair:
-    """Smallest (algebraic) eigenvalue, its unit eigenvector and residual ||Hv - lambda v|| / max(|lambda_1|, |lambda|)."""
+    """Smallest (algebraic) eigenvalue, its unit eigenvector, the largest eigenvalue lambda_1 (``largest``) and
+    the residual ||Hv - lambda v|| / max(|lambda_1|, |lambda|)."""
     value: float
     eigenvector: torch.Tensor
     residual: float
@@ -107,36 +120,7 @@ class Density:
     seconds: float
 
 
-# ----------------------------------------------------------------------------------------------- checks
-def _check_data(inputs, targets) -> int:
-    if not torch.is_tensor(inputs) or not torch.is_tensor(targets):
-        raise ValueError("inputs and targets must be torch tensors")
-    if inputs.dim() == 0 or targets.dim() == 0 or len(inputs) == 0:
-        raise ValueError("empty data: pass at least one sample (inputs and targets with len >= 1)")
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
-    return len(inputs)
-
-
-def _check_tol(tol) -> float:
-    if not np.isfinite(tol) or tol <= 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}; use e.g. tol=1e-4")
-    return float(tol)
-
-
 # ----------------------------------------------------------------------------------------------- operator
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """Eval mode for the block; every submodule's train/eval flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 @contextlib.contextmanager
 def _grads_kept(model: torch.nn.Module):
     """Restore every parameter's ``.grad`` (same object and values, or None) after the block."""
@@ -156,46 +140,30 @@ class HessianOperator:
 
     ``hvp(v)`` returns H v for a flat v (parameters_to_vector order) and increments ``hvp_count``;
     ``gradient()`` returns the flat gradient. Chunk contributions are summed losses divided by N, so the result
-    does not depend on ``chunk_size``. Uses the model's current weights at each call; floating inputs are cast to
-    the parameters' dtype and every chunk is moved to their device.
+    does not depend on ``chunk_size`` (None: ``preferred_chunk(model)`` or ``DEFAULT_CHUNK``). Uses the model's
+    current weights at each call; floating inputs are cast to the parameters' dtype and every chunk is moved to
+    their device. Build it once and pass it to ``top_eigenpairs``, ``smallest_eigenvalue``, ``trace``, ``density``.
     """
 
     def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                  chunk_size: int | None = None):
-        self.n_samples = _check_data(inputs, targets)
+        self.n_samples = check_data(inputs, targets)
         if chunk_size is None:
             chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
-        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
-        params = list(model.parameters())
-        if not params:
-            raise ValueError("the model has no parameters")
-        if len({p.dtype for p in params}) != 1 or len({p.device for p in params}) != 1:
-            raise ValueError("all parameters must share one dtype and device; convert the model with .to()")
+        self.chunk_size = check_int("chunk_size", chunk_size, 1)
+        self.device, self.dtype = device_dtype(model)
         self.model = model
         self.inputs, self.targets = inputs, targets
-        self.dtype, self.device = params[0].dtype, params[0].device
-        self._names = [name for name, _ in model.named_parameters()]
-        self._shapes = [p.shape for p in params]
-        self._numels = [p.numel() for p in params]
-        self.n_params = sum(self._numels)
+        self.n_params = n_params(model)
         self.hvp_count = 0
         self.grad_count = 0
         self._records: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def _flat_weights(self) -> torch.Tensor:
-        return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
-
     def _chunks(self):
-        for start in range(0, self.n_samples, self.chunk_size):
-            x = self.inputs[start:start + self.chunk_size].to(self.device)
-            if x.is_floating_point():
-                x = x.to(self.dtype)
-            yield x, self.targets[start:start + self.chunk_size].to(self.device)
+        return chunks(self.inputs, self.targets, self.chunk_size, device=self.device, dtype=self.dtype)
 
     def _loss_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(w, self._numels)
-        params = {n: t.view(s) for n, t, s in zip(self._names, parts, self._shapes)}
-        return F.cross_entropy(functional_call(self.model, params, (x,)), y, reduction="sum")
+        return F.cross_entropy(functional_call(self.model, unflatten(self.model, w), (x,)), y, reduction="sum")
 
     def as_vector(self, v) -> torch.Tensor:
         """``v`` as a flat tensor of this operator's dtype and device (shape checked)."""
@@ -207,9 +175,9 @@ class HessianOperator:
     def hvp(self, v) -> torch.Tensor:
         """H v (double backward per chunk on a detached copy of the weights)."""
         v = self.as_vector(v)
-        w0 = self._flat_weights()
+        w0 = flat_params(self.model)
         out = torch.zeros_like(w0)
-        with _eval_mode(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             for x, y in self._chunks():
                 w = w0.clone().requires_grad_(True)
                 (g,) = torch.autograd.grad(self._loss_sum(w, x, y), w, create_graph=True)
@@ -239,9 +207,9 @@ class HessianOperator:
 
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the mean loss (same chunking; counted in ``grad_count``)."""
-        w0 = self._flat_weights()
+        w0 = flat_params(self.model)
         out = torch.zeros_like(w0)
-        with _eval_mode(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             for x, y in self._chunks():
                 w = w0.clone().requires_grad_(True)
                 out += torch.autograd.grad(self._loss_sum(w, x, y), w)[0]
@@ -250,8 +218,8 @@ class HessianOperator:
 
     def loss(self) -> float:
         """Mean loss over all samples."""
-        w0 = self._flat_weights()
-        with _eval_mode(self.model), torch.no_grad():
+        w0 = flat_params(self.model)
+        with eval_mode(self.model), torch.no_grad():
             return sum(float(self._loss_sum(w0, x, y)) for x, y in self._chunks()) / self.n_samples
 
     def hvp_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -264,6 +232,13 @@ class HessianOperator:
         if shift is None:
             return LinearOperator((n, n), matvec=self.hvp_numpy, dtype=np.float64)
         return LinearOperator((n, n), matvec=lambda x: shift * np.ravel(x) - self.hvp_numpy(x), dtype=np.float64)
+
+
+def _check_operator(op) -> HessianOperator:
+    if not isinstance(op, HessianOperator):
+        raise TypeError(f"pass a HessianOperator(model, inputs, targets, chunk_size=None) as the first argument, "
+                        f"got {type(op).__name__}")
+    return op
 
 
 # ----------------------------------------------------------------------------------------------- eigenpairs
@@ -303,41 +278,14 @@ def _ritz(op: HessianOperator, vectors: torch.Tensor, scale: float | None = None
     return values.cpu(), vecs.T.contiguous(), residuals.cpu()
 
 
-@lru_cache(maxsize=1)
-def _scipy_openblas():
-    """ctypes handle of the OpenBLAS bundled in scipy's wheel (the BLAS ARPACK calls), or None if not found."""
-    for path in sorted((Path(scipy.__file__).parent.parent / "scipy.libs").glob("libscipy_openblas*.so*")):
-        try:
-            lib = ctypes.CDLL(str(path))
-            lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
-            lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """Run the block with one scipy-OpenBLAS thread (restored after): ARPACK's BLAS threads otherwise keep
-    spinning between calls and took the cores from torch, doubling the cost of each product on 2 cores."""
-    lib = _scipy_openblas()
-    if lib is None:
-        yield
-        return
-    before = lib.scipy_openblas_get_num_threads()
-    lib.scipy_openblas_set_num_threads(1)
-    try:
-        yield
-    finally:
-        lib.scipy_openblas_set_num_threads(before)
-
-
 def _eigsh(op: HessianOperator, k: int, tol: float, max_iter, seed: int, ncv, shift=None):
-    """ARPACK largest-algebraic eigenvectors of H (or shift*I - H) as (k, n) rows in op's dtype."""
+    """ARPACK largest-algebraic eigenvectors of H (or shift*I - H) as (k, n) rows in op's dtype.
+
+    Runs with one BLAS thread (``threadpoolctl``, restored after): ARPACK's OpenBLAS threads otherwise keep
+    spinning between calls and took the cores from torch, doubling the cost of each product on 2 cores."""
     v0 = np.random.RandomState(seed).standard_normal(op.n_params)
     try:
-        with _one_blas_thread():
+        with threadpool_limits(limits=1, user_api="blas"):
             _, vecs = eigsh(op.linear_operator(shift), k=k, which="LA", tol=tol, maxiter=max_iter, v0=v0, ncv=ncv)
     except ArpackNoConvergence as err:
         raise RuntimeError(f"Lanczos (eigsh) did not converge to tol={tol} in max_iter={max_iter} restarts; "
@@ -346,7 +294,7 @@ def _eigsh(op: HessianOperator, k: int, tol: float, max_iter, seed: int, ncv, sh
 
 
 def _pyhessian_class():
-    from pyhessian import hessian as pyhessian_hessian
+    from pyhessian import hessian as pyhessian_hessian  # lazy: only the power method needs PyHessian
 
     class OnOperator(pyhessian_hessian):
         """PyHessian's ``hessian`` whose product is our exact chunked ``HessianOperator.hvp``.
@@ -365,8 +313,7 @@ def _pyhessian_class():
         def dataloader_hv_product(self, v):
             flat = self.op.as_vector(torch.cat([t.reshape(-1) for t in v]))
             hv = self.op.hvp(flat)
-            parts = [t.view(p.shape) for t, p in zip(torch.split(hv, self.op._numels), self.params)]
-            return float(hv.double() @ flat.double()), parts
+            return float(hv.double() @ flat.double()), list(unflatten(self.op.model, hv).values())
 
     return OnOperator
 
@@ -378,16 +325,15 @@ def _power_vectors(op: HessianOperator, k: int, tol: float, max_iter: int, seed:
     (Rayleigh quotients of the previous iterate) are discarded and recomputed by ``_ritz``. Finds the k largest
     |lambda|, which are the k largest algebraic ones unless negative curvature is that strong."""
     solver = _pyhessian_class()(op)
-    with torch.random.fork_rng(devices=[]), _eval_mode(op.model), _grads_kept(op.model):
+    with torch.random.fork_rng(devices=[]), eval_mode(op.model), _grads_kept(op.model):
         torch.manual_seed(seed)
         _, vectors = solver.eigenvalues(maxIter=max_iter, tol=tol, top_n=k)
     return torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in vectors]).to(op.dtype)
 
 
-def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol: float = 1e-4,
-                   max_iter: int | None = None, seed: int = 0, chunk_size: int | None = None,
-                   ncv: int | None = None) -> Eigenpairs:
-    """Top-k Hessian eigenpairs of the mean loss over all samples, largest algebraic eigenvalue first.
+def top_eigenpairs(op: HessianOperator, k: int, method: str = "lanczos", tol: float = 1e-4,
+                   max_iter: int | None = None, seed: int = 0, ncv: int | None = None) -> Eigenpairs:
+    """Top-k eigenpairs of the operator's Hessian, largest algebraic eigenvalue first.
 
     ``method="lanczos"``: eigsh(which="LA") with ARPACK's criterion ||r|| <= tol |lambda|; ``max_iter`` = restarts
     (None: scipy's default), ``ncv`` = Lanczos basis size (None: max(2k + 1, k + 5); scipy's default 20 would
@@ -397,39 +343,39 @@ def top_eigenpairs(model, inputs, targets, k: int, method: str = "lanczos", tol:
     ``max_iter`` iterations per pair (None: 1000); it returns the k largest-|lambda| pairs (sorted algebraically).
     Both finish with Rayleigh-Ritz and residuals from H applied to the k vectors: Lanczos takes H v from its own
     recorded products where they reproduce v (linearity; no new products), power iteration spends k fresh
-    products (counted in ``hvp_count``).
+    products. ``hvp_count`` = products made by this call.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    tol = _check_tol(tol)
-    op = HessianOperator(model, inputs, targets, chunk_size)
-    k = _check_int("k", k, 1)
+    op = _check_operator(op)
+    method = check_choice("method", method, METHODS)
+    tol = check_positive("tol", tol)
+    k = check_int("k", k, 1)
     if k >= op.n_params:
-        raise ValueError(f"k={k} must be smaller than n_params={op.n_params}; lower k")
-    t0 = time.perf_counter()
+        raise ParameterError("k", k, f"an integer smaller than n_params={op.n_params}", hint="lower k")
+    count0, t0 = op.hvp_count, time.perf_counter()
     if method == "lanczos":
         ncv = min(op.n_params, max(2 * k + 1, k + 5)) if ncv is None else ncv
         with op.recording():
             vectors = _eigsh(op, k, tol, max_iter, seed, ncv)
             values, vecs, residuals = _ritz(op, vectors)
     else:
-        iters = POWER_MAX_ITER if max_iter is None else _check_int("max_iter", max_iter, 1)
+        iters = POWER_MAX_ITER if max_iter is None else check_int("max_iter", max_iter, 1)
         vectors = _power_vectors(op, k, tol, iters, seed)
         values, vecs, residuals = _ritz(op, vectors)
     return Eigenpairs(eigenvalues=values, eigenvectors=vecs.to(op.dtype), residuals=residuals,
-                      hvp_count=op.hvp_count, seconds=time.perf_counter() - t0, method=method)
+                      hvp_count=op.hvp_count - count0, seconds=time.perf_counter() - t0, method=method)
 
 
-def smallest_eigenvalue(model, inputs, targets, tol: float = 1e-4, max_iter: int | None = None, seed: int = 0,
-                        chunk_size: int | None = None, ncv: int | None = None) -> SmallestEigenpair:
+def smallest_eigenvalue(op: HessianOperator, tol: float = 1e-4, max_iter: int | None = None, seed: int = 0,
+                        ncv: int | None = None) -> SmallestEigenpair:
     """Smallest algebraic eigenvalue: lambda_1 by eigsh, then the top eigenpair of lambda_1 I - H.
 
     The shift makes ARPACK's stopping rule relative to lambda_1 - lambda_min (not to a possibly tiny
     |lambda_min|), so ``residual`` = ||Hv - lambda v|| / max(|lambda_1|, |lambda|) is about ``tol`` or below.
+    ``hvp_count`` = products made by this call.
     """
-    tol = _check_tol(tol)
-    op = HessianOperator(model, inputs, targets, chunk_size)
-    t0 = time.perf_counter()
+    op = _check_operator(op)
+    tol = check_positive("tol", tol)
+    count0, t0 = op.hvp_count, time.perf_counter()
     with op.recording():
         top, _, _ = _ritz(op, _eigsh(op, 1, tol, max_iter, seed, ncv))
         lam1 = float(top[0])
@@ -438,7 +384,7 @@ def smallest_eigenvalue(model, inputs, targets, tol: float = 1e-4, max_iter: int
     value = float(value[0])
     residual = float(absolute[0]) / (max(abs(lam1), abs(value)) or 1.0)
     return SmallestEigenpair(value=value, eigenvector=vec[0].to(op.dtype), residual=residual, largest=lam1,
-                             hvp_count=op.hvp_count, seconds=time.perf_counter() - t0)
+                             hvp_count=op.hvp_count - count0, seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------- trace
@@ -451,20 +397,20 @@ def _probe(op: HessianOperator, gen: torch.Generator, kind: str) -> torch.Tensor
     return z.to(device=op.device, dtype=op.dtype)
 
 
-def trace(model, inputs, targets, n_probes: int = 100, seed: int = 0,
-          chunk_size: int | None = None) -> TraceEstimate:
-    """Hutchinson estimate of tr(H) from ``n_probes`` seeded Rademacher probes z: mean of z^T H z, with its
-    standard error std(ddof=1) / sqrt(n_probes)."""
-    n_probes = _check_int("n_probes", n_probes, 2)
-    op = HessianOperator(model, inputs, targets, chunk_size)
-    t0 = time.perf_counter()
+def trace(op: HessianOperator, n_probes: int = 100, probe: str = "rademacher", seed: int = 0) -> TraceEstimate:
+    """Hutchinson estimate of tr(H) from ``n_probes`` seeded probes z (Rademacher, or ``probe="gaussian"``):
+    mean of z^T H z, with its standard error std(ddof=1) / sqrt(n_probes). ``hvp_count`` = n_probes."""
+    op = _check_operator(op)
+    n_probes = check_int("n_probes", n_probes, 2)
+    probe = check_choice("probe", probe, PROBES)
+    count0, t0 = op.hvp_count, time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     samples = np.empty(n_probes)
     for i in range(n_probes):
-        z = _probe(op, gen, "rademacher")
+        z = _probe(op, gen, probe)
         samples[i] = float(op.hvp(z).double() @ z.double())
     return TraceEstimate(estimate=float(samples.mean()), stderr=float(samples.std(ddof=1) / np.sqrt(n_probes)),
-                         n_probes=n_probes, samples=samples, hvp_count=op.hvp_count,
+                         n_probes=n_probes, samples=samples, hvp_count=op.hvp_count - count0,
                          seconds=time.perf_counter() - t0)
 
 
@@ -496,9 +442,9 @@ def lanczos_tridiagonal(op: HessianOperator, start: torch.Tensor, n_iter: int):
 
 
 def _gauss_quadrature(alphas: np.ndarray, betas: np.ndarray):
-    """Nodes (Ritz values) and weights (squared first components of the Ritz vectors) of the tridiagonal."""
-    t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-    nodes, vecs = np.linalg.eigh(t)
+    """Nodes (Ritz values, ascending) and weights (squared first components of the Ritz vectors) of the
+    symmetric tridiagonal with diagonal ``alphas`` and off-diagonal ``betas``."""
+    nodes, vecs = eigh_tridiagonal(alphas, betas)
     return nodes, vecs[0] ** 2
 
 
@@ -514,25 +460,27 @@ def smooth_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sig
     return out / np.sqrt(2 * np.pi * sigma_sq)
 
 
-def density(model, inputs, targets, n_runs: int = 1, n_iter: int = 100, seed: int = 0, grid=None,
-            sigma_sq: float | None = None, probe: str = "rademacher", chunk_size: int | None = None,
-            n_grid: int = 10000) -> Density:
+def density(op: HessianOperator, n_runs: int = 1, n_iter: int = 100, seed: int = 0, grid=None,
+            sigma_sq: float | None = None, probe: str = "rademacher", n_grid: int = 10000) -> Density:
     """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019, as in PyHessian).
 
     Per run: a seeded probe (Rademacher or Gaussian), normalised; ``n_iter`` Lanczos steps with full
-    reorthogonalisation; nodes = Ritz values, weights = squared first Ritz-vector components / n_runs.
-    sum(weights * nodes) estimates tr(H)/n_params and sum(weights * nodes**2) estimates tr(H^2)/n_params.
+    reorthogonalisation; nodes = Ritz values, weights = squared first Ritz-vector components / n_runs
+    (``scipy.linalg.eigh_tridiagonal``). sum(weights * nodes) estimates tr(H)/n_params and
+    sum(weights * nodes**2) estimates tr(H^2)/n_params.
     ``sigma_sq`` defaults to PyHessian's 1e-5 * max(1, spectral range); ``grid`` defaults to ``n_grid`` points
     covering all nodes +- (0.01 + 5 sigma), so the smoothed density integrates to ~1 (it is not renormalised).
+    ``hvp_count`` = products made by this call (n_runs * n_iter unless a run stops early).
     """
-    n_runs = _check_int("n_runs", n_runs, 1)
-    n_iter = _check_int("n_iter", n_iter, 1)
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; use one of {PROBES}")
-    op = HessianOperator(model, inputs, targets, chunk_size)
+    op = _check_operator(op)
+    n_runs = check_int("n_runs", n_runs, 1)
+    n_iter = check_int("n_iter", n_iter, 1)
+    probe = check_choice("probe", probe, PROBES)
     if n_iter > op.n_params:
-        raise ValueError(f"n_iter={n_iter} exceeds n_params={op.n_params}; lower n_iter")
-    t0 = time.perf_counter()
+        raise ParameterError("n_iter", n_iter, f"an integer in [1, n_params={op.n_params}]", hint="lower n_iter")
+    if sigma_sq is not None:
+        sigma_sq = check_positive("sigma_sq", sigma_sq)
+    count0, t0 = op.hvp_count, time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     nodes = np.empty((n_runs, n_iter))
     weights = np.zeros((n_runs, n_iter))
@@ -544,11 +492,9 @@ def density(model, inputs, targets, n_runs: int = 1, n_iter: int = 100, seed: in
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma_sq is None:
         sigma_sq = 1e-5 * max(1.0, hi - lo)
-    if not sigma_sq > 0:
-        raise ValueError(f"sigma_sq must be > 0, got {sigma_sq!r}")
     if grid is None:
         pad = 0.01 + 5 * np.sqrt(sigma_sq)
-        grid = np.linspace(lo - pad, hi + pad, _check_int("n_grid", n_grid, 2))
+        grid = np.linspace(lo - pad, hi + pad, check_int("n_grid", n_grid, 2))
     grid = np.asarray(grid, dtype=np.float64)
     return Density(nodes=nodes, weights=weights, grid=grid, density=smooth_density(nodes, weights, grid, sigma_sq),
-                   sigma_sq=float(sigma_sq), hvp_count=op.hvp_count, seconds=time.perf_counter() - t0)
+                   sigma_sq=float(sigma_sq), hvp_count=op.hvp_count - count0, seconds=time.perf_counter() - t0)

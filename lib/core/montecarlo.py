@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.core.checks import check_int as _check_int
+from lib.core.checks import check_choice, check_data, check_int
 from lib.core.sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
 from lib.core.subspace import SubspaceLosses, check_basis
+from lib.core.tensors import device_dtype
 
 __all__ = [
     "DeltaCurve",
@@ -204,32 +205,29 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
     t_start = time.perf_counter()
     D = check_basis(model, basis)
     if not isinstance(sampler, Sampler):
-        raise ValueError(f"sampler must be a lib.sampling.Sampler (see make_sampler), got {type(sampler).__name__}")
+        raise ValueError(f"sampler must be a lib.core.sampling.Sampler (see make_sampler), got {type(sampler).__name__}")
     sampler.covariance(D)  # validates D against the sampler (curvature: D == len(eigenvalues))
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; allowed estimators: {ESTIMATORS}")
-    n_samples = _check_int("n_samples", n_samples, 2)
-    n_orders = _check_int("n_orders", n_orders, 0)
-    batch_thetas = _check_int("batch_thetas", batch_thetas, 1)
+    check_choice("estimator", estimator, ESTIMATORS)
+    n_samples = check_int("n_samples", n_samples, 2)
+    n_orders = check_int("n_orders", n_orders, 0)
+    batch_thetas = check_int("batch_thetas", batch_thetas)
     if estimator == "antithetic" and n_samples % 2:
         raise ValueError(f"antithetic estimator needs an even n_samples (pairs theta, -theta); got {n_samples}")
     if estimator == "antithetic" and n_samples < 4:
         raise ValueError(f"antithetic estimator needs n_samples >= 4 (two pairs for a standard error); got "
                          f"{n_samples}")
     if estimator == "sobol":
-        n_replicates = _check_int("n_replicates", n_replicates, 2)
+        n_replicates = check_int("n_replicates", n_replicates, 2)
         if n_samples % n_replicates:
             raise ValueError(f"sobol estimator needs n_samples to be a multiple of n_replicates={n_replicates}; "
                              f"got n_samples={n_samples}")
-    N = len(inputs)
+    N = check_data(inputs, targets)
     if N < 2:
         raise ValueError(f"need at least 2 samples (inputs) for L_{{k+1}} - L_k; got {N}")
-    if len(targets) != N:
-        raise ValueError(f"inputs ({N}) and targets ({len(targets)}) must have the same length")
 
     thetas = sampler.sample(n_samples, D, estimator=estimator, seed=seed, n_replicates=n_replicates)
     unit = estimator_units(n_samples, estimator, n_replicates)
-    device = next(model.parameters()).device
+    device, _ = device_dtype(model)
 
     evaluate = SubspaceLosses(model, inputs, targets, basis, chunk_size=chunk_size, loss_fn=loss_fn)
 

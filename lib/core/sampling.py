@@ -1,4 +1,4 @@
-"""Sampling distributions p(theta) on R^D and their estimators (SCIENCE.md section 3).
+"""Sampling distributions p(theta) on R^D, their estimators and exact quadrature rules (SCIENCE.md section 3).
 
 All distributions are symmetric (odd moments vanish). ``s`` is the per-coordinate second moment E[theta_d^2];
 isotropic distributions have fourth moments E[theta_a theta_b theta_c theta_d] = m (d_ab d_cd + d_ac d_bd + d_ad d_bc).
@@ -31,11 +31,12 @@ from typing import Optional
 
 import numpy as np
 import torch
+from numpy.polynomial.hermite_e import hermegauss
+from numpy.polynomial.legendre import leggauss
 from scipy import stats
 from scipy.stats import qmc
 
-from lib.core.checks import check_int as _check_int
-from lib.core.checks import check_positive as _check_positive
+from lib.core.checks import check_choice, check_int, check_positive
 
 __all__ = [
     "ESTIMATORS",
@@ -56,15 +57,9 @@ DEFAULT_SOBOL_REPLICATES = 8
 _UNIT_CLIP = 1e-12  # keeps Sobol coordinates strictly inside (0, 1) before the inverse CDF
 
 
-def _check_estimator(estimator: str) -> str:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; allowed estimators: {ESTIMATORS}")
-    return estimator
-
-
 def estimator_units(n: int, estimator: str, n_replicates: int = DEFAULT_SOBOL_REPLICATES) -> int:
     """Number of consecutive rows that form one i.i.d. unit for the standard error of ``estimator``."""
-    _check_estimator(estimator)
+    check_choice("estimator", estimator, ESTIMATORS)
     if estimator == "plain":
         return 1
     if estimator == "antithetic":
@@ -113,7 +108,7 @@ class Sampler:
                             + np.einsum("ad,bc->abcd", e, e))
 
     def _check_D(self, D) -> int:
-        return _check_int("D", D, 1)
+        return check_int("D", D)
 
     # ---- sampling ----------------------------------------------------------------------------------------
     def sample(self, n: int, D: int, estimator: str = "plain", seed: int = 0,
@@ -122,9 +117,9 @@ class Sampler:
 
         ``n_replicates`` (Sobol only): number of independent scramblings; n must be a multiple of it.
         """
-        n = _check_int("n", n, 1)
+        n = check_int("n", n)
         D = self._check_D(D)
-        _check_estimator(estimator)
+        check_choice("estimator", estimator, ESTIMATORS)
         seed = int(seed)
         if estimator == "plain":
             return self._from_normal(self._normal(n, D + 1, seed), D)
@@ -136,12 +131,10 @@ class Sampler:
             out[0::2] = half
             out[1::2] = -half
             return out
-        n_replicates = _check_int("n_replicates", n_replicates, 2)
+        n_replicates = check_int("n_replicates", n_replicates, 2)
         if n % n_replicates:
             raise ValueError(f"sobol sampling needs n to be a multiple of n_replicates={n_replicates} "
                              f"(independent scramblings); got n={n}")
-        if n // n_replicates < 1:
-            raise ValueError(f"sobol sampling needs n >= n_replicates={n_replicates}; got n={n}")
         u = _sobol_uniform(n, self._sobol_dim(D), seed, n_replicates)
         return self._from_uniform(u, D)
 
@@ -183,7 +176,7 @@ class _ScaleSampler(Sampler):
     """An isotropic sampler with one scale parameter sigma (second moment s = sigma^2 per coordinate)."""
 
     def __init__(self, sigma: float):
-        self.sigma = _check_positive("sigma", sigma)
+        self.sigma = check_positive("sigma", sigma)
 
     def params(self):
         return {"sigma": self.sigma}
@@ -268,7 +261,7 @@ class Curvature(Sampler):
     isotropic = False
 
     def __init__(self, eps: float, eigenvalues):
-        self.eps = _check_positive("eps", eps)
+        self.eps = check_positive("eps", eps)
         lam = np.asarray(torch.as_tensor(eigenvalues).detach().cpu().double().numpy(), dtype=np.float64).ravel()
         if lam.size < 1:
             raise ValueError("eigenvalues must be a non-empty 1-D sequence (one per direction)")
@@ -282,7 +275,7 @@ class Curvature(Sampler):
         return {"eps": self.eps, "eigenvalues": self.eigenvalues.tolist()}
 
     def _check_D(self, D) -> int:
-        D = _check_int("D", D, 1)
+        D = check_int("D", D)
         if D != len(self.eigenvalues):
             raise ValueError(f"D={D} does not match the curvature sampler's {len(self.eigenvalues)} eigenvalues "
                              "(D must equal len(eigenvalues))")
@@ -324,9 +317,7 @@ SAMPLERS = {"gaussian": Gaussian, "ball": Ball, "sphere": Sphere, "curvature": C
 
 def make_sampler(name: str, **params) -> Sampler:
     """Factory: ``make_sampler("gaussian", sigma=0.1)``, ``make_sampler("curvature", eps=0.01, eigenvalues=lam)``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown distribution {name!r}; allowed distributions: {tuple(SAMPLERS)}")
-    cls = SAMPLERS[name]
+    cls = SAMPLERS[check_choice("distribution", name, SAMPLERS)]
     try:
         return cls(**params)
     except TypeError as e:
@@ -344,9 +335,7 @@ def quadrature(sampler: Sampler, D: int, n_points: int = 4):
     cos(polar angle) and radius, equispaced azimuth). Used for brute-force expectations in tests and checks.
     """
     D = sampler._check_D(D)
-    n = _check_int("n_points", n_points, 1)
-    from numpy.polynomial.hermite_e import hermegauss
-    from numpy.polynomial.legendre import leggauss
+    n = check_int("n_points", n_points)
 
     def tensor(nodes_1d, weights_1d, dims):
         grids = np.meshgrid(*([nodes_1d] * dims), indexing="ij")

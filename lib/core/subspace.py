@@ -1,9 +1,9 @@
-"""Low-dimensional subspaces of parameter space and fast per-sample losses inside them.
+"""Subspaces of parameter space: bases ``P`` and per-sample losses at ``w* + P^T theta`` (or at given weights).
 
 Conventions (shared by ``sampling``, ``montecarlo`` and ``quadratic``):
 
 * A flat parameter vector is ``torch.nn.utils.parameters_to_vector(model.parameters())``; ``n_params`` is its
-  length.
+  length (flat-vector helpers: ``lib.core.tensors``).
 * A basis ``P`` is a tensor of shape ``(D, n_params)`` with orthonormal rows (filter-normalised directions are the
   one exception: they are not orthonormalised). A point of the subspace is ``w = w* + P^T theta``,
   ``theta in R^D``; ``w*`` are the model's current weights (never modified here).
@@ -12,7 +12,6 @@ Conventions (shared by ``sampling``, ``montecarlo`` and ``quadratic``):
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
@@ -20,11 +19,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
+from lib.core.checks import check_data, check_int
 from lib.core.models import preferred_chunk
+from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 __all__ = [
-    "flat_params",
-    "n_params",
     "check_basis",
     "hessian_basis",
     "random_basis",
@@ -32,7 +31,6 @@ __all__ = [
     "per_sample_losses",
     "SubspaceLosses",
     "losses_at_weights",
-    "unflatten",
     "cross_entropy_per_sample",
     "DEFAULT_CHUNK",
 ]
@@ -50,46 +48,6 @@ def cross_entropy_per_sample(outputs: torch.Tensor, targets: torch.Tensor) -> to
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    """Detached copy of the model's weights as one flat vector (``parameters_to_vector`` order)."""
-    return torch.nn.utils.parameters_to_vector([p.detach() for p in model.parameters()]).clone()
-
-
-def n_params(model: torch.nn.Module) -> int:
-    """Number of scalar parameters (length of the flat vector)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def _param_layout(model: torch.nn.Module):
-    names, shapes, numels = [], [], []
-    for name, p in model.named_parameters():
-        names.append(name)
-        shapes.append(p.shape)
-        numels.append(p.numel())
-    return names, shapes, numels
-
-
-def unflatten(model: torch.nn.Module, flat: torch.Tensor) -> dict:
-    """Parameter dict for ``functional_call`` made of *views* of the flat vector ``flat`` (no copies).
-
-    Works with dual / batched tensors, so it can sit inside ``torch.func.jvp`` or ``vmap``.
-    """
-    names, shapes, numels = _param_layout(model)
-    if flat.shape[-1] != sum(numels):
-        raise ValueError(f"flat weight vector has length {flat.shape[-1]}, the model has {sum(numels)} "
-                         "parameters")
-    pieces = torch.split(flat, numels, dim=-1)
-    return {n: t.reshape(*flat.shape[:-1], *s) for n, t, s in zip(names, pieces, shapes)}
-
-
-def _device_dtype(model: torch.nn.Module):
-    p = next(model.parameters(), None)
-    if p is None:
-        raise ValueError("model has no parameters")
-    return p.device, p.dtype
-
-
 def check_basis(model: torch.nn.Module, basis: torch.Tensor) -> int:
     """Validate a basis of shape (D, n_params) for ``model``; return D."""
     if not isinstance(basis, torch.Tensor):
@@ -105,39 +63,20 @@ def check_basis(model: torch.nn.Module, basis: torch.Tensor) -> int:
     return int(basis.shape[0])
 
 
-def _check_chunk(chunk_size, model=None):
+def _chunk_size(chunk_size: Optional[int], model: torch.nn.Module) -> int:
+    """The caller's ``chunk_size`` (an integer >= 1) or, when None, the model's preferred chunk or DEFAULT_CHUNK."""
     if chunk_size is None:
-        return (preferred_chunk(model) if model is not None else None) or DEFAULT_CHUNK
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    return int(chunk_size)
-
-
-def _check_data(inputs, targets):
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) must have the same length")
-    if len(inputs) < 1:
-        raise ValueError("need at least one sample")
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Put the model in eval mode for the block and restore its previous train/eval flags afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, t in flags:
-            m.training = t
+        return preferred_chunk(model) or DEFAULT_CHUNK
+    return check_int("chunk_size", chunk_size)
 
 
 # ----------------------------------------------------------------------------------------------- bases
 def hessian_basis(model, inputs, targets, D: int, return_eigenvalues: bool = False, **kw):
     """Top-D Hessian eigenvectors of the full-batch loss at the current weights, as a (D, n_params) basis.
 
-    Delegates to ``lib.hessian.top_eigenpairs`` (extra keyword arguments such as ``method``, ``tol``, ``seed`` are
-    passed through). With ``return_eigenvalues=True`` returns ``(basis, eigenvalues)``.
+    Builds ``lib.core.hessian.HessianOperator(model, inputs, targets, chunk_size)`` and delegates to
+    ``lib.core.hessian.top_eigenpairs`` (extra keyword arguments such as ``method``, ``tol``, ``seed`` are passed
+    through; ``chunk_size`` goes to the operator). With ``return_eigenvalues=True`` returns ``(basis, eigenvalues)``.
     """
     n = n_params(model)
     if int(D) != D or D < 1:
@@ -145,10 +84,11 @@ def hessian_basis(model, inputs, targets, D: int, return_eigenvalues: bool = Fal
     if D >= n:
         raise ValueError(f"D={D} must be smaller than n_params={n} (a Hessian subspace of the full space "
                          "is not a subspace)")
-    from lib.core.hessian import top_eigenpairs  # lazy: lib.core.hessian is heavy and optional for the rest
+    from lib.core.hessian import HessianOperator, top_eigenpairs  # lazy: heavy and optional for the rest
 
-    eig = top_eigenpairs(model, inputs, targets, k=int(D), **kw)
-    device, dtype = _device_dtype(model)
+    op = HessianOperator(model, inputs, targets, chunk_size=kw.pop("chunk_size", None))
+    eig = top_eigenpairs(op, k=int(D), **kw)
+    device, dtype = device_dtype(model)
     basis = torch.as_tensor(eig.eigenvectors).to(device=device, dtype=dtype)
     if return_eigenvalues:
         return basis, torch.as_tensor(eig.eigenvalues)
@@ -157,14 +97,11 @@ def hessian_basis(model, inputs, targets, D: int, return_eigenvalues: bool = Fal
 
 def random_basis(n_params: int, D: int, seed: int = 0, dtype=torch.float32, device=None) -> torch.Tensor:
     """Random D-dimensional subspace: QR of a Gaussian (n_params x D) matrix; returns (D, n_params) orthonormal rows."""
-    if int(n_params) != n_params or n_params < 1:
-        raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
-    if int(D) != D or D < 1:
-        raise ValueError(f"D must be a positive integer, got {D!r}")
+    n_params, D = check_int("n_params", n_params), check_int("D", D)
     if D > n_params:
         raise ValueError(f"D={D} must be <= n_params={n_params}")
     g = torch.Generator().manual_seed(int(seed))
-    a = torch.randn(int(n_params), int(D), generator=g, dtype=torch.float64)
+    a = torch.randn(n_params, D, generator=g, dtype=torch.float64)
     q, r = torch.linalg.qr(a, mode="reduced")
     q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))  # unique QR
     return q.T.contiguous().to(dtype=dtype, device=device)
@@ -176,12 +113,11 @@ def filter_normalized_directions(model: torch.nn.Module, n: int = 2, seed: int =
     For every parameter tensor a Gaussian direction is drawn; each filter / row (slice along dim 0) is rescaled to
     the norm of the matching slice of the weights; 1-D parameters (biases, norm scales) get zero.
     """
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    device, dtype = _device_dtype(model)
+    n = check_int("n", n)
+    device, dtype = device_dtype(model)
     g = torch.Generator().manual_seed(int(seed))
     rows = []
-    for _ in range(int(n)):
+    for _ in range(n):
         parts = []
         for p in model.parameters():
             w = p.detach().to("cpu", torch.float64)
@@ -201,7 +137,7 @@ def filter_normalized_directions(model: torch.nn.Module, n: int = 2, seed: int =
 # ----------------------------------------------------------------------------------------------- losses
 def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, progress, desc):
     """Shared loop: for row t build the flat weights ``weight_of(t)`` and fill out[t] with per-sample losses."""
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     N = len(inputs)
     out = torch.empty(n_rows, N, dtype=dtype, device=device)
     buffers = dict(model.named_buffers())
@@ -209,10 +145,10 @@ def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, pro
         for t in tqdm(range(n_rows), disable=not progress, desc=desc, leave=False):
             params = unflatten(model, weight_of(t))
             params.update(buffers)
-            for s in range(0, N, chunk):
-                x = inputs[s:s + chunk].to(device, non_blocking=True)
-                y = targets[s:s + chunk].to(device, non_blocking=True)
-                out[t, s:s + chunk] = loss_fn(functional_call(model, params, (x,)), y)
+            s = 0
+            for x, y in chunks(inputs, targets, chunk, device):
+                out[t, s:s + len(x)] = loss_fn(functional_call(model, params, (x,)), y)
+                s += len(x)
     return out
 
 
@@ -223,10 +159,10 @@ def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size:
     ``weights``: (n_params,) or (T, n_params). Returns (T, N) (or (N,) for a single vector), in the model's
     dtype, samples in the given order. No autograd graph, model weights untouched, eval mode.
     """
-    _check_data(inputs, targets)
-    chunk = _check_chunk(chunk_size, model)
+    check_data(inputs, targets)
+    chunk = _chunk_size(chunk_size, model)
     loss_fn = loss_fn or cross_entropy_per_sample
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     single = weights.dim() == 1
     w = weights.reshape(1, -1) if single else weights
     n = n_params(model)
@@ -267,11 +203,11 @@ class SubspaceLosses:
     def __init__(self, model, inputs, targets, basis: torch.Tensor, chunk_size: Optional[int] = None,
                  loss_fn: Optional[LossFn] = None, shortcut: bool = True):
         self.D = check_basis(model, basis)
-        _check_data(inputs, targets)
+        check_data(inputs, targets)
         self.model, self.inputs, self.targets = model, inputs, targets
-        self.chunk = _check_chunk(chunk_size, model)
+        self.chunk = _chunk_size(chunk_size, model)
         self.loss_fn = loss_fn or cross_entropy_per_sample
-        self.device, self.dtype = _device_dtype(model)
+        self.device, self.dtype = device_dtype(model)
         self.w0 = flat_params(model)
         self.P = basis.to(device=self.device, dtype=self.dtype)
         split = _first_linear(model) if shortcut else None
@@ -280,7 +216,7 @@ class SubspaceLosses:
             self._prepare_shortcut(*split)
 
     def _prepare_shortcut(self, first: list, rest: torch.nn.Module):
-        names, _, numels = _param_layout(self.model)
+        names, _, numels = param_layout(self.model)
         n_first = sum(numels[:len(first)])
         lin = self.model[1]
         h, d_in = lin.out_features, lin.in_features
@@ -291,9 +227,10 @@ class SubspaceLosses:
         N = len(self.inputs)
         Z = torch.empty(self.D + 1, N, h, dtype=self.dtype, device=self.device)
         with torch.no_grad():
-            for s in range(0, N, self.chunk):
-                x = self.inputs[s:s + self.chunk].to(self.device, self.dtype).flatten(1)   # (n, d_in)
-                Z[:, s:s + self.chunk] = torch.einsum("ni,dhi->dnh", x, weights)
+            s = 0
+            for x, _ in chunks(self.inputs, self.targets, self.chunk, self.device, self.dtype):
+                Z[:, s:s + len(x)] = torch.einsum("ni,dhi->dnh", x.flatten(1), weights)   # x: (n, d_in)
+                s += len(x)
             if biases is not None:
                 Z += biases[:, None, :]
         self.z0, self.zd = Z[0], Z[1:].reshape(self.D, -1)      # (N, h), (D, N h)
@@ -328,7 +265,7 @@ class SubspaceLosses:
         N, h = self.z0.shape
         out = torch.empty(th.shape[0], N, dtype=self.dtype, device=self.device)
         W_rest = torch.addmm(self.w0[self.n_first:].unsqueeze(0), th, self.P[:, self.n_first:])   # (T, n_rest)
-        _, shapes, numels = _param_layout(self.model)
+        _, shapes, numels = param_layout(self.model)
         k = len(shapes) - len(self.rest_names)
         y = self.targets.to(self.device)
         with torch.no_grad(), eval_mode(self.model):

@@ -1,4 +1,8 @@
-"""Training recipe of SCIENCE.md section 1 (Adam 1e-3, batch 64, 10 epochs, seeded shuffling) and evaluation."""
+"""Training recipe of SCIENCE.md section 1 (Adam 1e-3, batch 64, 10 epochs, seeded shuffling) and evaluation.
+
+``device`` is a ``torch.device`` or a string that ``torch.device`` accepts ("cpu", "cuda", "cuda:0"); choosing a
+device from a user setting such as "auto" is the caller's job (the stages resolve it before calling).
+"""
 from __future__ import annotations
 
 import time
@@ -8,7 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lib.infra.device import resolve_device
+from lib.core.checks import ParameterError, check_data, check_int, check_positive
+from lib.core.tensors import chunks, eval_mode
+
+__all__ = ["TrainHistory", "check_recipe", "train", "evaluate"]
 
 
 @dataclass
@@ -22,32 +29,36 @@ class TrainHistory:
 
 
 def check_recipe(epochs: int, batch_size: int, lr: float) -> None:
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be an integer >= 1")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be > 0")
+    """Validate the recipe: ``epochs`` and ``batch_size`` integers >= 1, ``lr`` a finite number > 0."""
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_positive("lr", lr)
+
+
+def _torch_device(device: torch.device | str) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ParameterError("device", device, "a torch.device or a device string such as 'cpu', 'cuda' or "
+                             "'cuda:0'", hint="a setting such as 'auto' must be resolved by the caller") from None
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, batch_size: int = 64,
-          lr: float = 1e-3, seed: int = 0, device: str = "cpu", progress: bool = True) -> TrainHistory:
+          lr: float = 1e-3, seed: int = 0, device: torch.device | str = "cpu", progress: bool = True) -> TrainHistory:
     """Train ``model`` in place on (x, y) with Adam and seeded minibatch shuffling.
 
     Same model initialisation, data and seed give bitwise identical weights on CPU. The model is moved
     back to the device it came from and left in eval mode.
     """
     check_recipe(epochs, batch_size, lr)
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty with equal length, got {len(x)} and {len(y)}")
-    dev = resolve_device(device)
+    n = check_data(x, y)
+    dev = _torch_device(device)
     home = next(model.parameters()).device
     model.to(dev).train()
     xd, yd = x.to(dev), y.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(int(seed))
     hist = TrainHistory(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    n = len(x)
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
     for _ in bar:
@@ -69,17 +80,17 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 10_000,
-             device: str = "cpu") -> dict:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y) in eval mode (mode restored)."""
-    dev = resolve_device(device)
-    was_training = model.training
+             device: torch.device | str = "cpu") -> dict:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y) in eval mode (every module's mode restored)."""
+    n = check_data(x, y)
+    batch_size = check_int("batch_size", batch_size)
+    dev = _torch_device(device)
     home = next(model.parameters()).device
-    model.to(dev).eval()
     loss_sum, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size].to(dev), y[start:start + batch_size].to(dev)
-        out = model(xb)
-        loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
-    model.to(home).train(was_training)
-    return {"loss": loss_sum / len(x), "accuracy": correct / len(x), "n": len(x)}
+    with eval_mode(model.to(dev)):
+        for xb, yb in chunks(x, y, batch_size, dev):
+            out = model(xb)
+            loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").item()
+            correct += (out.argmax(1) == yb).sum().item()
+    model.to(home)
+    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}

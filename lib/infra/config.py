@@ -1,258 +1,387 @@
-"""Profiles (``configs/<profile>.yaml``): loading and validation before any compute.
+"""Profiles: one typed section per notebook stage, the single source of every parameter's default and rules.
 
-A profile has a ``common`` section (shared by every notebook) and one section per notebook stage
-(``train``, ``spectrum``, ...). Each notebook receives ``common`` plus its own section as papermill
-parameters. Unknown sections or keys, wrong types and values outside the allowed range fail fast with a
-message that names the parameter and what is allowed.
+A profile (``configs/<profile>.yaml``) has a ``common`` section shared by every notebook and one section per
+stage (``train``, ``spectrum``, ``projection``, ``monte_carlo``, ``convergence``, ``figures``). Each section is a
+frozen dataclass below; a field's default, its rule (``lib.core.checks``) and its help text are declared once, in
+``param(...)``. The defaults are the smoke profile; ``configs/paper.yaml`` lists what it changes.
+
+``load_profile`` validates a whole profile once, before any compute, and reports every error at once (unknown
+sections or keys with a "did you mean", values outside their rule, constraints across sections, a device the
+machine does not have). Stage functions receive the typed objects (``Common`` + their section), never a dozen
+keyword arguments. Notebooks keep a papermill ``parameters`` cell and turn it into the same objects with
+``from_namespace``.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from lib import REPO_ROOT
+from lib.core import checks
+from lib.core.models import MODELS, build
+from lib.core.tensors import n_params
 from lib.infra.data import DATASETS, TRAIN_SIZE
-from lib.infra.device import DEVICES
-from lib.core.models import MODELS
+from lib.infra.device import DEVICES, resolve_device
 
 CONFIG_DIR = REPO_ROOT / "configs"
+DISTRIBUTIONS = ("gaussian", "ball", "sphere", "curvature")
+ESTIMATORS = ("plain", "antithetic", "sobol")
 
-Validator = Callable[[str, Any], None]
-
-
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"parameter {key}={value!r} is not allowed: {allowed}")
+Rule = Callable[[str, Any], Any]
 
 
-def integer(lo: int | None = None, hi: int | None = None) -> Validator:
-    def check(key, value):
-        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (
-                hi is not None and value > hi):
-            _fail(key, value, f"an integer in [{lo if lo is not None else '-inf'}, "
-                              f"{hi if hi is not None else 'inf'}]")
-    return check
+class ProfileError(ValueError):
+    """Every problem found in a profile, one per line (each names the parameter, the value read and the fix)."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
 
 
-def number(lo: float = 0.0, strict: bool = True) -> Validator:
-    def check(key, value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            value > lo if strict else value >= lo)
-        if not ok:
-            _fail(key, value, f"a number {'>' if strict else '>='} {lo}")
-    return check
+# ------------------------------------------------------------------------------------------------- rules
+def integer(lo: int | None = None, hi: int | None = None) -> Rule:
+    return lambda key, v: checks.check_int(key, v, lo, hi)
 
 
-def choice(allowed) -> Validator:
-    def check(key, value):
-        if value not in allowed:
-            _fail(key, value, f"one of {list(allowed)}")
-    return check
+def number(gt: float | None = None, ge: float | None = None) -> Rule:
+    return lambda key, v: checks.check_number(key, v, gt=gt, ge=ge)
 
 
-def boolean(key, value):
-    if not isinstance(value, bool):
-        _fail(key, value, "true or false")
+def choice(allowed) -> Rule:
+    return lambda key, v: checks.check_choice(key, v, allowed)
 
 
-def list_of(item: Validator, min_len: int = 1, unique: bool = True) -> Validator:
-    def check(key, value):
-        if not isinstance(value, list) or len(value) < min_len:
-            _fail(key, value, f"a list with at least {min_len} item(s)")
-        for i, v in enumerate(value):
-            item(f"{key}[{i}]", v)
-        if unique and len({repr(v) for v in value}) != len(value):
-            _fail(key, value, "a list without repeated items")
-    return check
+def boolean(key, v):
+    return checks.check_bool(key, v)
 
 
-def mapping_of(keys: Validator, values: Validator) -> Validator:
-    def check(key, value):
-        if not isinstance(value, dict):
-            _fail(key, value, "a mapping (possibly empty) of key: value")
-        for k, v in value.items():
-            keys(f"{key} key", k)
-            values(f"{key}[{k}]", v)
-    return check
+def plain_name(key, v):
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+        raise checks.ParameterError(key, v, "a non-empty name of letters, digits, '_', '.', '-'")
+    return v
 
 
-def name(key, value):
-    if not isinstance(value, str) or not value or "/" in value:
-        _fail(key, value, "a non-empty name without '/'")
+def list_of(item: Rule, min_len: int = 1, unique: bool = True) -> Rule:
+    def rule(key, v):
+        if not isinstance(v, list) or len(v) < min_len:
+            raise checks.ParameterError(key, v, f"a list with at least {min_len} item(s), e.g. [a, b]")
+        out = [item(f"{key}[{i}]", x) for i, x in enumerate(v)]
+        if unique and len({repr(x) for x in out}) != len(out):
+            raise checks.ParameterError(key, v, "a list without repeated items")
+        return out
+    return rule
 
 
-SCHEMA: dict[str, dict[str, Validator]] = {
-    "common": {
-        "profile": name,
-        "device": choice(DEVICES),
-        "datasets": list_of(choice(sorted(DATASETS))),
-        "models": list_of(choice(MODELS)),
-        "seeds": list_of(integer(0)),
-        "n_train": integer(2, TRAIN_SIZE),
-        "data_seed": integer(0),
-        "progress": boolean,
-        # per model, how many of the first ``seeds`` get a spectrum (02) and enter the spectrum figure and
-        # numbers (06); models not listed use all seeds
-        "spectrum_max_seeds": mapping_of(choice(MODELS), integer(1)),
-    },
-    "train": {
-        "epochs": integer(1),
-        "batch_size": integer(1),
-        "lr": number(0.0),
-    },
-    "spectrum": {
-        "k_top": integer(1),
-        "tol": number(0.0),
-        "n_vectors": integer(1),
-        "trace_probes": integer(2),
-        "slq_runs": integer(1),
-        "slq_iter": integer(2),
-        "full_seeds": integer(1),
-    },
-    "projection": {
-        "grid_points": integer(3),
-        "hessian_span": number(0.0),
-        "random_span": number(0.0),
-        "k_small": integer(1),
-    },
-    "monte_carlo": {
-        "D": integer(1),
-        "sigma": number(0.0),
-        "n_samples": integer(2),
-        "n_orders": integer(0),
-        "sweep_datasets": list_of(choice(sorted(DATASETS)), min_len=0),
-        "sweep_models": list_of(choice(MODELS), min_len=0),
-        "sweep_samples": integer(2),
-        "sigmas": list_of(number(0.0)),
-        "dims": list_of(integer(1)),
-        "distributions": list_of(choice(("gaussian", "ball", "sphere", "curvature"))),
-        "estimators": list_of(choice(("plain", "antithetic", "sobol"))),
-        "theory_max_D": integer(0),
-    },
-    "convergence": {
-        "delta_grid": list_of(number(0.0)),
-        "pilot_k0": integer(3),
-        "learning_sizes": list_of(integer(2, TRAIN_SIZE)),
-        "learning_models": list_of(choice(MODELS)),
-        "r0_dataset": choice(sorted(DATASETS)),
-        "r0_n_train": integer(2, TRAIN_SIZE),
-        "r0_architectures": list_of(list_of(integer(1), unique=False)),
-        "r0_orders": integer(2),
-        "r0_hessian_samples": integer(1),
-        "r0_epochs": integer(1),
-    },
-    "figures": {},
+def mapping_of(keys: Rule, values: Rule) -> Rule:
+    def rule(key, v):
+        if not isinstance(v, dict):
+            raise checks.ParameterError(key, v, "a mapping (possibly empty) of key: value, e.g. {cnn: 1}")
+        return {keys(f"{key} key", k): values(f"{key}[{k}]", x) for k, x in v.items()}
+    return rule
+
+
+def param(default, rule: Rule, doc: str):
+    """A section field: its default (the smoke profile), its rule and one line of help."""
+    kw = {"default_factory": lambda d=default: _copy(d)} if isinstance(default, (list, dict)) else {"default": default}
+    return field(metadata={"rule": rule, "doc": doc}, **kw)
+
+
+def _copy(v):
+    return [_copy(x) for x in v] if isinstance(v, list) else ({k: _copy(x) for k, x in v.items()}
+                                                              if isinstance(v, dict) else v)
+
+
+# ---------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class Common:
+    profile: str = param("smoke", plain_name, "name of the profile; results go to results/<profile>/")
+    device: str = param("cpu", choice(DEVICES), "cpu, cuda or auto (cuda when available)")
+    datasets: list = param(["mnist"], list_of(choice(sorted(DATASETS))), "datasets of the main runs")
+    models: list = param(["mlp2"], list_of(choice(MODELS)), "models of the main runs")
+    seeds: list = param([0], list_of(integer(0)), "training seeds")
+    n_train: int = param(1000, integer(2, TRAIN_SIZE), "N: training samples (first N of the insertion order)")
+    data_seed: int = param(0, integer(0), "seed of the insertion order of the training split")
+    progress: bool = param(False, boolean, "progress bars in long loops")
+    spectrum_max_seeds: dict = param({}, mapping_of(choice(MODELS), integer(1)),
+                                     "per model, how many of the first seeds get a spectrum (others: all)")
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = param(1, integer(1), "training epochs")
+    batch_size: int = param(64, integer(1), "minibatch size")
+    lr: float = param(0.001, number(gt=0), "Adam learning rate")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    k_top: int = param(10, integer(1), "top eigenpairs computed (Lanczos)")
+    tol: float = param(0.0001, number(gt=0), "eigen-solver tolerance")
+    n_vectors: int = param(4, integer(1), "top eigenvectors kept for the subspace of later stages (<= k_top)")
+    trace_probes: int = param(10, integer(2), "Hutchinson probes of the trace")
+    slq_runs: int = param(1, integer(1), "stochastic Lanczos quadrature runs")
+    slq_iter: int = param(30, integer(2), "Lanczos steps per SLQ run")
+    full_seeds: int = param(1, integer(1), "the first seeds that also get smallest eigenvalue, trace, density")
+
+
+@dataclass(frozen=True)
+class Projection:
+    grid_points: int = param(9, integer(3), "grid points per axis of the loss surfaces")
+    hessian_span: float = param(1.0, number(gt=0), "half-width of the grid along the top-2 eigenvectors")
+    random_span: float = param(1.0, number(gt=0), "half-width along two filter-normalised directions")
+    k_small: int = param(10, integer(1), "the small k of the surfaces L_k, L_{k+1}")
+
+
+@dataclass(frozen=True)
+class MonteCarlo:
+    D: int = param(4, integer(1), "subspace dimension of the main curves")
+    sigma: float = param(0.3, number(gt=0), "scale of theta for the main curves")
+    n_samples: int = param(32, integer(2), "thetas T per main curve")
+    n_orders: int = param(4, integer(0), "random insertion orders R per main curve")
+    sweep_datasets: list = param(["mnist"], list_of(choice(sorted(DATASETS)), min_len=0), "datasets of sweeps")
+    sweep_models: list = param(["mlp2"], list_of(choice(MODELS), min_len=0), "models of the sweeps")
+    sweep_samples: int = param(16, integer(2), "thetas per sweep curve")
+    sigmas: list = param([0.1, 1.0], list_of(number(gt=0)), "sigma sweep")
+    dims: list = param([1, 4], list_of(integer(1)), "D sweep")
+    distributions: list = param(list(DISTRIBUTIONS), list_of(choice(DISTRIBUTIONS)), "theta distributions")
+    estimators: list = param(list(ESTIMATORS), list_of(choice(ESTIMATORS)), "Monte-Carlo estimators")
+    theory_max_D: int = param(4, integer(0), "curves with D <= this also get Q_k, T_k, V-bar parts")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    delta_grid: list = param([0.01, 0.001, 0.0001], list_of(number(gt=0)), "thresholds Delta of K(Delta)")
+    pilot_k0: int = param(100, integer(3), "pilot size k0 (< n_train)")
+    learning_sizes: list = param([100, 300, 1000], list_of(integer(2, TRAIN_SIZE)), "learning-curve sizes")
+    learning_models: list = param(["mlp2"], list_of(choice(MODELS)), "models of the learning curve")
+    r0_dataset: str = param("mnist", choice(sorted(DATASETS)), "dataset of the R = 0 bias-free MLP sweep")
+    r0_n_train: int = param(500, integer(2, TRAIN_SIZE), "training samples of the R = 0 sweep")
+    r0_architectures: list = param([[32], [32, 32]], list_of(list_of(integer(1), unique=False)),
+                                   "hidden widths of the bias-free ReLU MLPs")
+    r0_orders: int = param(4, integer(2), "random orders of the R = 0 curves")
+    r0_hessian_samples: int = param(2, integer(1), "samples whose per-sample Hessian norm is measured")
+    r0_epochs: int = param(1, integer(1), "training epochs of the R = 0 sweep")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Notebook 06 reads results only; it has no parameters of its own."""
+
+
+SECTIONS: dict[str, type] = {"common": Common, "train": Train, "spectrum": Spectrum, "projection": Projection,
+                             "monte_carlo": MonteCarlo, "convergence": Convergence, "figures": Figures}
+STAGES = tuple(s for s in SECTIONS if s != "common")
+
+#: keys of ``common`` that a stage section may override for that stage only (e.g. fewer models in projection)
+STAGE_OVERRIDABLE = ("datasets", "models", "seeds", "device", "progress")
+#: the keys of ``common`` each stage reads (its notebook declares exactly these, plus its own section)
+_RUNS = ("profile", "device", "datasets", "models", "seeds", "progress")
+COMMON_KEYS: dict[str, tuple[str, ...]] = {
+    "train": (*_RUNS, "n_train", "data_seed"),
+    "spectrum": (*_RUNS, "spectrum_max_seeds"),
+    "projection": _RUNS,
+    "monte_carlo": _RUNS,
+    "convergence": (*_RUNS, "data_seed"),
+    "figures": ("profile", "datasets", "models", "seeds", "spectrum_max_seeds"),
 }
 
-# Keys of ``common`` read by some stages only (the runner passes each notebook the names it declares).
-COMMON_USED_BY = {"spectrum_max_seeds": ("spectrum", "figures")}
 
-# Keys of ``common`` that a stage section may override for that stage only (e.g. fewer models).
-STAGE_OVERRIDABLE = ("datasets", "models", "seeds", "device", "progress")
+def fields_of(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
 
-def validate_section(section: str, params: dict) -> dict:
-    """Check the keys and values of one section; returns ``params`` unchanged."""
-    if section not in SCHEMA:
-        raise ValueError(f"unknown profile section {section!r}; allowed: {list(SCHEMA)}")
-    if not isinstance(params, dict):
-        raise ValueError(f"profile section {section!r} must be a mapping of parameter: value")
-    allowed = SCHEMA[section]
-    if section != "common":
-        allowed = {**{k: SCHEMA["common"][k] for k in STAGE_OVERRIDABLE}, **allowed}
-    for key, value in params.items():
-        if key not in allowed:
-            raise ValueError(f"unknown parameter {section}.{key}; allowed in {section}: {sorted(allowed)}")
-        allowed[key](f"{section}.{key}", value)
-    return params
+def defaults(section: str) -> dict:
+    """The default value of every parameter of ``section`` (the smoke profile)."""
+    return dataclasses.asdict(SECTIONS[section]())
 
 
-def validate_profile(cfg: dict) -> dict:
-    """Validate every section and require every key of ``common``."""
-    if not isinstance(cfg, dict):
-        raise ValueError("a profile must be a YAML mapping with sections " + ", ".join(SCHEMA))
-    for section, params in cfg.items():
-        validate_section(section, params)
-    missing = sorted(set(SCHEMA["common"]) - set(cfg.get("common", {})))
-    if missing:
-        raise ValueError(f"profile section common lacks {missing}")
-    _check_across_sections(cfg)
-    return cfg
+# ------------------------------------------------------------------------------------------- validation
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _stage(cfg: dict, section: str) -> dict:
-    return {**cfg["common"], **cfg.get(section, {})}
+def _build(section: str, values: dict, errors: list[str], allowed_extra: tuple = ()) -> Any:
+    """The typed section from ``values`` (missing keys take their default); problems go to ``errors``."""
+    flds = fields_of(section)
+    out = {}
+    for key, value in values.items():
+        if key in allowed_extra:
+            continue
+        if key not in flds:
+            allowed = sorted([*flds, *allowed_extra])
+            errors.append(f"unknown parameter {section}.{key}{_did_you_mean(key, allowed)} "
+                          f"(allowed in {section}: {allowed})")
+            continue
+        try:
+            out[key] = flds[key].metadata["rule"](f"{section}.{key}", value)
+        except checks.ParameterError as exc:
+            errors.append(str(exc))
+    try:
+        return SECTIONS[section](**out)
+    except TypeError:  # pragma: no cover - every key was checked above
+        return SECTIONS[section]()
 
 
-def _check_across_sections(cfg: dict) -> None:
-    """Constraints that tie sections together, checked before any compute (each names what to change)."""
-    from lib.core.models import build, n_params
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile: ``common``, one typed object per stage, and each stage's overrides of ``common``."""
+    common: Common
+    sections: dict
+    overrides: dict
 
-    spec, mc, conv, proj = (_stage(cfg, s) for s in ("spectrum", "monte_carlo", "convergence", "projection"))
-    if "k_top" in spec:
-        sizes = {m: n_params(build(m, 0)) for m in spec["models"]}
-        smallest = min(sizes, key=sizes.get)
-        size = sizes[smallest]
-        if spec["k_top"] >= size:
-            raise ValueError(f"spectrum.k_top={spec['k_top']} must be smaller than the number of parameters of "
-                             f"{smallest} ({size}); lower spectrum.k_top")
-        if spec.get("n_vectors", 0) > spec["k_top"]:
-            raise ValueError(f"spectrum.n_vectors={spec['n_vectors']} must be <= spectrum.k_top={spec['k_top']}")
-    if "n_vectors" in spec and "D" in mc:
-        for key, D in [("monte_carlo.D", mc["D"]), ("monte_carlo.dims", max(mc.get("dims", [1])))]:
-            if D > spec["n_vectors"]:
-                raise ValueError(f"{key}={D} exceeds spectrum.n_vectors={spec['n_vectors']} (the Hessian "
-                                 "eigenvectors kept for the subspace); raise spectrum.n_vectors or lower D")
-    if "pilot_k0" in conv and not conv["pilot_k0"] < conv["n_train"]:
-        raise ValueError(f"convergence.pilot_k0={conv['pilot_k0']} must be smaller than n_train={conv['n_train']}")
-    if "k_small" in proj and not proj["k_small"] <= proj["n_train"] - 2:
-        raise ValueError(f"projection.k_small={proj['k_small']} must be <= n_train - 2 = {proj['n_train'] - 2}")
+    def section(self, stage: str):
+        return self.sections[stage]
+
+    def stage(self, stage: str) -> tuple[Common, Any]:
+        """(``common`` with the stage's overrides applied, the stage's section)."""
+        return dataclasses.replace(self.common, **self.overrides.get(stage, {})), self.sections[stage]
 
 
-def load_profile(profile: str, overrides: dict[str, Any] | None = None) -> dict:
-    """Read ``configs/<profile>.yaml``, apply ``{"section.key": value}`` overrides, validate."""
+def validate(raw: Any, source: str = "profile") -> Profile:
+    """Check a whole profile mapping; raise ``ProfileError`` listing every problem."""
+    errors: list[str] = []
+    if not isinstance(raw, dict):
+        raise ProfileError([f"{source}: a profile must be a YAML mapping with sections {list(SECTIONS)}, "
+                            f"got {type(raw).__name__}"])
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            errors.append(f"unknown profile section {section!r}{_did_you_mean(section, SECTIONS)} "
+                          f"(allowed: {list(SECTIONS)})")
+        elif not isinstance(values, dict):
+            errors.append(f"profile section {section!r} must be a mapping of parameter: value, got {values!r}")
+    raw = {s: v for s, v in raw.items() if s in SECTIONS and isinstance(v, dict)}
+    common = _build("common", raw.get("common", {}), errors)
+    sections, overrides = {}, {}
+    for stage in STAGES:
+        values = raw.get(stage, {})
+        sections[stage] = _build(stage, values, errors, allowed_extra=STAGE_OVERRIDABLE)
+        own = {k: v for k, v in values.items() if k in STAGE_OVERRIDABLE}
+        checked = {}
+        for key, value in own.items():
+            try:
+                checked[key] = fields_of("common")[key].metadata["rule"](f"{stage}.{key}", value)
+            except checks.ParameterError as exc:
+                errors.append(str(exc))
+        overrides[stage] = checked
+    profile = Profile(common, sections, overrides)
+    errors += check_across_sections(profile)
+    if errors:
+        raise ProfileError([f"{source}: {e}" for e in errors])
+    return profile
+
+
+def check_across_sections(profile: Profile) -> list[str]:
+    """Constraints that tie sections together or need the machine; each message names what to change."""
+    errors = []
+    for stage in ("common", *STAGES):
+        common = profile.common if stage == "common" else profile.stage(stage)[0]
+        try:
+            resolve_device(common.device)
+        except ValueError as exc:
+            errors.append(f"{stage}.device={common.device!r}: {exc}")
+            break
+    spec_common, spec = profile.stage("spectrum")
+    mc, conv = profile.section("monte_carlo"), profile.section("convergence")
+    proj_common, proj = profile.stage("projection")
+    sizes = {m: n_params(build(m, 0)) for m in spec_common.models}
+    smallest = min(sizes, key=sizes.get)
+    if spec.k_top >= sizes[smallest]:
+        errors.append(f"spectrum.k_top={spec.k_top} must be smaller than the number of parameters of {smallest} "
+                      f"({sizes[smallest]}); lower spectrum.k_top")
+    if spec.n_vectors > spec.k_top:
+        errors.append(f"spectrum.n_vectors={spec.n_vectors} must be <= spectrum.k_top={spec.k_top}")
+    for key, D in (("monte_carlo.D", mc.D), ("monte_carlo.dims", max(mc.dims))):
+        if D > spec.n_vectors:
+            errors.append(f"{key}={D} exceeds spectrum.n_vectors={spec.n_vectors} (the Hessian eigenvectors kept "
+                          "for the subspace); raise spectrum.n_vectors or lower D")
+    n_train = profile.common.n_train
+    if not conv.pilot_k0 < n_train:
+        errors.append(f"convergence.pilot_k0={conv.pilot_k0} must be smaller than n_train={n_train}")
+    if not proj.k_small <= proj_common.n_train - 2:
+        errors.append(f"projection.k_small={proj.k_small} must be <= n_train - 2 = {proj_common.n_train - 2}")
+    return errors
+
+
+# ------------------------------------------------------------------------------------------------ loading
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 with YAML 1.2 floats: ``1e-3`` and ``1E+5`` are numbers, not text."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[0-9][0-9_]*\.[0-9_]*|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text to Python values (numbers like 1e-3 included); ``ProfileError`` naming ``source`` if malformed."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ProfileError([f"{source} is not valid YAML: {exc}"]) from None
+
+
+def load_profile(profile: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read ``configs/<profile>.yaml``, apply ``{"section.key": value}`` overrides, validate everything once."""
     path = CONFIG_DIR / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown profile {profile!r}: no configs/{profile}.yaml; known: {known}")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path.name} is not valid YAML: {exc}") from None
+        raise ProfileError([f"unknown profile {profile!r}: no configs/{profile}.yaml{_did_you_mean(profile, known)}"
+                            f" (known: {known})"])
+    raw = parse_yaml(path.read_text(), path.name)
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ProfileError([f"{path.name}: a profile must be a YAML mapping with sections {list(SECTIONS)}, "
+                            f"got {type(raw).__name__}"])
+    errors = []
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:
-            raise ValueError(f"override {dotted!r} must look like section.key=value")
-        cfg.setdefault(section, {})[key] = value
-    cfg.setdefault("common", {}).setdefault("profile", profile)
-    return validate_profile(cfg)
+            errors.append(f"--set {dotted!r} must look like section.key=value (e.g. train.epochs=2)")
+            continue
+        target = raw.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = value
+    if errors:
+        raise ProfileError(errors)
+    raw.setdefault("common", {}).setdefault("profile", profile)
+    return validate(raw, source=path.name)
 
 
-def stage_parameters(cfg: dict, stage: str) -> dict:
-    """The papermill parameters of a notebook stage: ``common`` plus the stage's own section."""
-    return {**cfg["common"], **cfg.get(stage, {})}
+def stage_parameters(profile: Profile, stage: str) -> dict:
+    """The papermill parameters of a notebook stage: the ``common`` keys it reads (with the stage's overrides)
+    and its own section."""
+    common, section = profile.stage(stage)
+    shared = {k: v for k, v in dataclasses.asdict(common).items() if k in COMMON_KEYS[stage]}
+    return {**shared, **dataclasses.asdict(section)}
 
 
-def check_parameters(stage: str, namespace: dict) -> dict:
-    """Validate a notebook's parameters and return them as a dict.
+def from_namespace(stage: str, namespace: dict) -> tuple[Common, Any]:
+    """The typed (common, section) of a notebook from its ``globals()`` after the parameters cell.
 
-    ``namespace`` is the notebook's ``globals()`` (or any mapping): the names of the ``common`` section and of the
-    stage's section are picked from it, everything else is ignored. Every name of the stage's own section must be
-    present (a notebook that does not declare one would silently ignore the profile's value).
+    Every parameter of the stage's section and every ``common`` key the stage reads must be defined there (the
+    other ``common`` keys keep their defaults). Values are checked by the same rules as a profile.
     """
-    if stage not in SCHEMA or stage == "common":
-        raise ValueError(f"unknown stage {stage!r}; allowed: {[s for s in SCHEMA if s != 'common']}")
-    missing = sorted(set(SCHEMA[stage]) - set(namespace))
+    if stage not in STAGES:
+        raise ProfileError([f"unknown stage {stage!r}{_did_you_mean(stage, STAGES)} (allowed: {list(STAGES)})"])
+    missing = sorted((set(fields_of(stage)) | set(COMMON_KEYS[stage])) - set(namespace))
     if missing:
-        raise ValueError(f"the {stage} notebook does not define parameter(s) {missing}")
-    params = {k: namespace[k] for k in (*SCHEMA["common"], *SCHEMA[stage]) if k in namespace}
-    common = {k: v for k, v in params.items() if k in SCHEMA["common"]}
-    own = {k: v for k, v in params.items() if k not in SCHEMA["common"] or k in STAGE_OVERRIDABLE}
-    validate_section("common", common)
-    validate_section(stage, own)
-    return params
+        raise ProfileError([f"the {stage} notebook does not define parameter(s) {missing}"])
+    errors: list[str] = []
+    common = _build("common", {k: namespace[k] for k in COMMON_KEYS[stage]}, errors)
+    section = _build(stage, {k: namespace[k] for k in fields_of(stage)}, errors)
+    if errors:
+        raise ProfileError(errors)
+    return common, section
 
 
 def read_yaml(path: str | Path) -> Any:
-    return yaml.safe_load(Path(path).read_text())
+    return parse_yaml(Path(path).read_text(), str(path))

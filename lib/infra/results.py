@@ -205,11 +205,12 @@ class ResultStore:
         atomic_write_json(meta_path, meta)
         return payload_path
 
-    def load(self, stage: str, name: str, *, made_by: str | None = None) -> Result:
+    def load(self, stage: str, name: str, *, made_by: str | None = None, command: str | None = None) -> Result:
         """Load an intact result or raise MissingResultError naming the notebook that makes it."""
         meta = self.meta(stage, name)
         if meta is None:
-            hint = f"; run notebook {made_by} first (make reproduce PROFILE={self.profile})" if made_by else ""
+            hint = (f"; run notebook {made_by} first ({command or f'make reproduce PROFILE={self.profile}'})"
+                    if made_by else "")
             raise MissingResultError(
                 f"result {stage}/{name} of profile {self.profile!r} is missing or incomplete "
                 f"under {self.root}{hint}")

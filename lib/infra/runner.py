@@ -11,15 +11,20 @@ A failing cell stops the run with a non-zero exit and the cell's error.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
+import jupytext
+import papermill
 import yaml
 
 from lib import REPO_ROOT
-from lib.infra.config import load_profile, stage_parameters
+from lib.infra.config import STAGES, ProfileError, load_profile, parse_yaml, stage_parameters
 from lib.infra.results import RESULTS_ROOT, atomic_write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -50,8 +55,6 @@ def select(only: list[str] | None) -> list[Path]:
 
 def declared_parameters(nb) -> set[str]:
     """Names assigned in the notebook's cell tagged ``parameters``."""
-    import ast
-
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []):
             tree = ast.parse(cell.source)
@@ -66,9 +69,6 @@ def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_N
     Of ``params`` (already validated against the profile schema) only the names the notebook declares in its
     parameters cell are passed, so a ``common`` key that only some stages use is not injected elsewhere.
     """
-    import jupytext
-    import papermill
-
     nb = jupytext.read(path)
     declared = declared_parameters(nb)
     params = {k: v for k, v in params.items() if k in declared}
@@ -83,18 +83,34 @@ def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_N
 
 
 def parse_overrides(items: list[str]) -> dict:
-    out = {}
+    """``["section.key=value", ...]`` -> ``{"section.key": value}`` (values are YAML; 1e-3 is a number)."""
+    out, errors = {}, []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r} must look like section.key=value")
-        out[key.strip()] = yaml.safe_load(value)
+            errors.append(f"--set {item!r} must look like section.key=value (e.g. train.epochs=2)")
+            continue
+        try:
+            out[key.strip()] = parse_yaml(value, f"the value of --set {item!r}")
+        except ProfileError as exc:
+            errors += exc.errors
+    if errors:
+        raise ProfileError(errors)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    import logging
+def show(profile) -> str:
+    """The resolved profile as YAML, one section per stage (``--show``)."""
+    out = {"common": dataclasses.asdict(profile.common)}
+    for stage in STAGES:
+        common, section = profile.stage(stage)
+        values = dataclasses.asdict(section)
+        values.update(profile.overrides.get(stage, {}))
+        out[stage] = values
+    return yaml.safe_dump(out, sort_keys=False, default_flow_style=None)
 
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("traitlets", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -103,15 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="notebook stem or stage name; repeatable")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--kernel", default=KERNEL_NAME)
+    parser.add_argument("--show", action="store_true", help="print the resolved profile and exit")
     args = parser.parse_args(argv)
 
     try:
         cfg = load_profile(args.profile, parse_overrides(args.overrides))
         books = select(args.only)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in (exc.errors if isinstance(exc, ProfileError) else [str(exc)]):
+            print(f"error: {line}", file=sys.stderr)
         return 2
-    profile = cfg["common"]["profile"]
+    if args.show:
+        print(show(cfg), end="")
+        return 0
+    profile = cfg.common.profile
     out_dir = RESULTS_ROOT / profile / "notebooks"
     timings_path = RESULTS_ROOT / profile / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}

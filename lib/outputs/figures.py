@@ -1,15 +1,17 @@
 """Every figure of the paper (SCIENCE.md section 7), drawn from saved results only.
 
 Each function takes the profile's ``ResultStore`` (plus what selects the runs) and returns a matplotlib figure;
-notebooks 02-05 call them for previews and notebook 06 saves them with ``plotting.save``.
+notebooks 02-05 call them for previews; ``lib.outputs.registry`` says which output file each one makes.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from lib.outputs import plotting
-from lib.stages.experiments import CurveSpec, group, load_curve, load_projection
-from lib.stages.pipeline import load_spectrum, spectrum_seeds
+from lib.stages.convergence import load_r0_curve, load_table
+from lib.stages.monte_carlo import CurveSpec, group, load_curve
+from lib.stages.projection import load_projection
+from lib.stages.spectrum import load_spectrum, spectrum_seeds
 
 LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN",
           "hessian": "Hessian subspace", "random": "random subspace"}
@@ -277,9 +279,7 @@ def delta_vs_loss(store, plan):
 
 
 def learning_curve(store):
-    from lib.stages.analysis import load_analysis
-
-    rows = load_analysis(store, "learning_curve")
+    rows = load_table(store, "learning_curve")
     with plotting.style():
         fig, axes = plotting.figure(1, width=plotting.COLUMN_WIDTH, aspect=0.7)
         ax = axes[0, 0]
@@ -288,7 +288,7 @@ def learning_curve(store):
             rr = sorted((r for r in rows if (r["dataset"], r["model"]) == (ds, m)), key=lambda r: r["n"])
             ax.plot([r["n"] for r in rr], [100 * r["test_accuracy"] for r in rr], marker="o", ms=3,
                     color=plotting.PALETTE[i % 8], label=f"{LABELS[ds]}, {LABELS[m]}")
-        sizes = load_analysis(store, "sample_size")
+        sizes = load_table(store, "sample_size")
         for r in sizes:
             if r["K_mc"] is not None and r["test_accuracy_K"] is not None:
                 ax.plot(r["K_mc"], 100 * r["test_accuracy_K"], "kx", ms=4)
@@ -301,14 +301,12 @@ def learning_curve(store):
 
 def r0_curves(store):
     """Mean over random orders of |L_{k+1} - L_k|(w*) for bias-free MLPs, with the bound 2 M_l / (k+1)."""
-    from lib.stages.analysis import R0_STAGE, load_analysis
-
-    rows = load_analysis(store, "r0")
+    rows = load_table(store, "r0")
     with plotting.style():
         fig, axes = plotting.figure(2, width=plotting.FULL_WIDTH, aspect=0.7)
         ax, ax2 = axes[0]
         for i, r in enumerate(rows):
-            p = store.load(R0_STAGE, r["name"]).payload
+            p = load_r0_curve(store, r["name"])
             idx = _log_index(len(p["k"]))
             lab = "-".join(map(str, r["hidden"]))
             plotting.band(ax, p["k"][idx], p["mean"][idx], 2 * p["stderr"][idx], color=plotting.PALETTE[i % 8],

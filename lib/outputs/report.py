@@ -11,12 +11,18 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lib import REPO_ROOT
-from lib.stages.analysis import load_analysis
-from lib.stages.experiments import group, load_curve
-from lib.stages.pipeline import load_spectrum, run_name, spectrum_seeds
-from lib.infra.results import atomic_write_bytes, package_versions, git_commit
+from lib.core.models import MODELS, build
+from lib.core.tensors import n_params
+from lib.infra.data import DATASETS
+from lib.infra.results import atomic_write_bytes, git_commit, package_versions
+from lib.stages.base import load, run_name
+from lib.stages.convergence import load_table
+from lib.stages.monte_carlo import group
+from lib.stages.spectrum import load_spectrum, spectrum_seeds
+from lib.stages.train import FOLDER as TRAINED
 
 GENERATED = REPO_ROOT / "paper" / "generated"
 FIGURES = REPO_ROOT / "paper" / "figures"
@@ -76,16 +82,13 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     """Every number the paper quotes, keyed by macro name."""
     out: dict[str, str] = {}
     out[macro("profile")] = store.profile
-    first = store.meta("train", run_name(datasets[0], models[0], seeds[0]))["params"]
+    first = load(store, TRAINED, run_name(datasets[0], models[0], seeds[0])).meta["params"]
     out[macro("n", "train")] = fmt(int(first["n_train"]))
     out[macro("epochs")] = fmt(int(first["epochs"]))
     out[macro("n", "seeds")] = fmt(len(seeds))
     capped = [f"{TEX_LABELS[m]}: {n} seed{'s' * (n > 1)}" for m, n in sorted((spectrum_max_seeds or {}).items())
               if m in models and n < len(seeds)]
     out[macro("spectrum", "seeds", "note")] = (f" (spectrum: {'; '.join(capped)})" if capped else "")
-    from lib.infra.data import DATASETS
-    from lib.core.models import MODELS
-
     for ds in DATASETS:
         for m in MODELS:
             for key in (("acc", ds, m), ("acc", "sd", ds, m), ("train", "loss", ds, m), ("lambda", "one", ds, m),
@@ -97,12 +100,10 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
                             ("vbar", ds, m, sub), ("rho", ds, m, sub)):
                     out[macro(*key)] = "n/a"
     for m in MODELS:
-        from lib.core.models import build, n_params
-
         out[macro("params", m)] = fmt(n_params(build(m, 0)))
     for ds in datasets:
         for m in models:
-            metas = [store.meta("train", run_name(ds, m, s))["summary"] for s in seeds]
+            metas = [load(store, TRAINED, run_name(ds, m, s)).meta["summary"] for s in seeds]
             out[macro("acc", ds, m)] = pct(np.mean([x["test_accuracy"] for x in metas]))
             out[macro("acc", "sd", ds, m)] = pct(np.std([x["test_accuracy"] for x in metas]))
             out[macro("train", "loss", ds, m)] = fmt(np.mean([x["train_loss"] for x in metas]))
@@ -119,15 +120,15 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("mc", "sigma")] = fmt(main[0].sigma)
         out[macro("mc", "T")] = fmt(int(main[0].n_samples))
         out[macro("mc", "orders")] = fmt(int(main[0].n_orders))
-    for row in load_analysis(store, "slopes"):
+    for row in load_table(store, "slopes"):
         key = (row["dataset"], row["model"], row["subspace"])
         out[macro("slope", *key)] = fmt(row["slope"])
         out[macro("slope", "se", *key)] = fmt(row["slope_se"], 2)
         out[macro("k2", *key)] = fmt(row["k2_median"])
         out[macro("vbar", *key)] = fmt(row["vbar"])
-    for row in load_analysis(store, "loss_correlation"):
+    for row in load_table(store, "loss_correlation"):
         out[macro("rho", row["dataset"], row["model"], row["subspace"])] = fmt(row["rho"], 2)
-    theory = [r for r in load_analysis(store, "theory")
+    theory = [r for r in load_table(store, "theory")
               if r["subspace"] == "hessian" and r["distribution"] == "gaussian" and r["estimator"] == "plain"]
     if theory:
         sig = sorted({r["sigma"] for r in theory})
@@ -140,7 +141,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("theory", "within", "low")] = pct(lo["share_within_3se"])
         # where the fixed-order predictions sit relative to Monte Carlo at the largest sigma (MC / Q_k > 1: below)
         out[macro("theory", "side", "high")] = "below" if hi["median_mc_over_q"] > 1 else "above"
-    table = load_analysis(store, "sample_size")
+    table = load_table(store, "sample_size")
     if table:
         thr = sorted({r["delta"] for r in table})
         out[macro("delta", "table")] = fmt(thr[len(thr) // 2])
@@ -150,7 +151,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
                 out[macro("K", "closed", r["dataset"], r["model"])] = fmt(r["K_closed"])
                 out[macro("acc", "K", r["dataset"], r["model"])] = pct(r["test_accuracy_K"])
                 out[macro("wall", "K", r["dataset"], r["model"])] = fmt(int(round(r["wall_seconds"])))
-    r0 = load_analysis(store, "r0")
+    r0 = load_table(store, "r0")
     if r0:
         out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))
         out[macro("r0", "slope", "max")] = fmt(max(r["slope"] for r in r0))
@@ -164,7 +165,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     out[macro("version", "python")] = versions["python"]
     out[macro("git", "commit")] = git_commit()["commit"][:10]
     out[macro("machine")] = platform.machine().replace("_", r"\_")
-    out[macro("threads")] = fmt(int(__import__("torch").get_num_threads()))
+    out[macro("threads")] = fmt(int(torch.get_num_threads()))
     return out
 
 
@@ -184,7 +185,7 @@ def _tabular(header: list[str], rows: list[list[str]], align: str) -> str:
 
 def sample_size_table(store) -> str:
     rows = []
-    for r in load_analysis(store, "sample_size"):
+    for r in load_table(store, "sample_size"):
         rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], fmt(r["n_params"]), pct(r["test_accuracy_N"]),
                      f"${fmt(r['delta'], 2)}$", fmt(r["K_mc"]) if r["K_mc"] else "--",
                      fmt(r["K_conservative"]) if r["K_conservative"] else "--",
@@ -211,7 +212,7 @@ def solver_table(store, datasets, models, seeds) -> str:
 
 def theory_table(store) -> str:
     rows = []
-    for r in load_analysis(store, "theory"):
+    for r in load_table(store, "theory"):
         if r["distribution"] != "gaussian" or r["estimator"] != "plain":
             continue
         rows.append([r["subspace"], fmt(int(r["D"])), fmt(r["sigma"]), fmt(r["median_mc_over_q"]),

@@ -1,0 +1,44 @@
+"""Kiselev & Grabovoy's Hessian-norm bound for bias-free ReLU MLPs and measured per-sample Hessian norms.
+
+* ``bound_constants``: L (number of layers), M_W = max_p ||W_p||_2 and M_x = max_i ||x_i|| of a bias-free MLP;
+* ``hessian_norm_bound``: ||Hess l_i||_2 <= L sqrt2 M_x^2 M_W^(2L) + sqrt2 M_W^2 (M_W^(2L) - 1) / (M_W^2 - 1);
+* ``loss_difference_bound``: the resulting |L_{k+1} - L_k| <= 2 / (k+1) (M_l + bound R^2);
+* ``per_sample_hessian_norms``: measured ||Hess l_i||_2 = max(|lambda_max|, |lambda_min|) of single-sample
+  losses, to compare with the bound.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from lib.core.checks import check_int, check_positive
+from lib.core.hessian import HessianOperator, smallest_eigenvalue, top_eigenpairs
+
+__all__ = ["bound_constants", "hessian_norm_bound", "loss_difference_bound", "per_sample_hessian_norms"]
+
+
+def hessian_norm_bound(n_layers: int, M_W: float, M_x: float) -> float:
+    """Kiselev & Grabovoy: ||Hess l_i|| <= L sqrt2 M_x^2 M_W^(2L) + sqrt2 M_W^2 (M_W^(2L) - 1) / (M_W^2 - 1)."""
+    L = check_int("n_layers", n_layers)
+    M_W, M_x = check_positive("M_W", M_W), check_positive("M_x", M_x)
+    geometric = L if math.isclose(M_W, 1.0) else (M_W ** (2 * L) - 1) / (M_W ** 2 - 1)
+    return L * math.sqrt(2) * M_x ** 2 * M_W ** (2 * L) + math.sqrt(2) * M_W ** 2 * geometric
+
+
+def loss_difference_bound(k, M_l: float, hessian_bound: float, R: float = 0.0) -> np.ndarray:
+    """|L_{k+1} - L_k| <= 2 / (k+1) (M_l + bound R^2)."""
+    k = np.asarray(k, dtype=np.float64)
+    return 2.0 / (k + 1) * (M_l + hessian_bound * R ** 2)
+
+
+def bound_constants(model: torch.nn.Module, inputs: torch.Tensor) -> dict:
+    """L, M_W = max_p ||W_p||_2 and M_x = max_i ||x_i|| for a bias-free MLP of nn.Linear layers."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears or any(m.bias is not None for m in linears):
+        raise ValueError("the bound holds for bias-free MLPs of nn.Linear layers only")
+    with torch.no_grad():
+        M_W = max(float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in linears)
+        M_x = float(inputs.flatten(1).double().norm(dim=1).max())
+    return {"n_layers": len(linears), "M_W": M_W, "M_x": M_x}

@@ -1,0 +1,67 @@
+"""What every stage shares: cached computation in the result store, run names, loading a trained run."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from lib.core import models
+from lib.infra import data
+from lib.infra.results import Result, ResultStore
+from lib.stages import writer_of
+
+
+def cached(store: ResultStore, folder: str, name: str, params: dict, compute: Callable[[], tuple[Any, dict]], *,
+           ext: str = "pt", force: bool = False) -> tuple[dict, bool]:
+    """Return ``(summary, skipped)``: reuse an intact result with identical params, else run ``compute()``.
+
+    ``compute`` returns ``(payload, summary)``; it is saved with its wall time and provenance.
+    """
+    if not force and store.is_done(folder, name, params):
+        return store.meta(folder, name)["summary"], True
+    t0 = time.perf_counter()
+    payload, summary = compute()
+    seconds = time.perf_counter() - t0
+    store.save(folder, name, payload, params, ext=ext, seconds=seconds, summary={**summary, "seconds": seconds})
+    return {**summary, "seconds": seconds}, False
+
+
+def load(store: ResultStore, folder: str, name: str) -> Result:
+    """A saved result; a missing one raises MissingResultError naming the notebook and the command that make it."""
+    info = writer_of(folder)
+    return store.load(folder, name, made_by=f"notebooks/{info.notebook}.py",
+                      command=f"make stage STAGE={info.notebook} PROFILE={store.profile}")
+
+
+def run_name(dataset: str, model: str, seed: int) -> str:
+    return f"{dataset}_{model}_s{seed}"
+
+
+def load_trained(store: ResultStore, dataset: str, model: str, seed: int,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict]:
+    """The trained model (eval mode) and its meta record."""
+    res = load(store, "train", run_name(dataset, model, seed))
+    net = models.build(res.payload["model"], seed)
+    net.load_state_dict(res.payload["state_dict"])
+    return net.to(dtype).eval(), res.meta
+
+
+def trained_run(store: ResultStore, dataset: str, model: str, seed: int, dtype: torch.dtype = torch.float32):
+    """Trained model, its training data in insertion order, and the upstream identity for downstream params."""
+    net, meta = load_trained(store, dataset, model, seed, dtype=dtype)
+    x, y = data.training_subset(dataset, meta["params"]["n_train"], meta["params"]["data_seed"])
+    upstream = {f"train/{meta['name']}": meta["sha256"]}
+    return net, x.to(dtype), y, upstream
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain-text table of ``rows`` (floats with 4 significant digits)."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

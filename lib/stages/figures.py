@@ -1,0 +1,29 @@
+"""Stage of notebook 06: write every registered figure (PDF + PNG), table and number of the paper from results."""
+from __future__ import annotations
+
+import json
+
+from lib.infra.config import Common, Figures
+from lib.infra.results import RESULTS_ROOT, ResultStore, atomic_write_json
+from lib.outputs import plotting, registry, report
+
+
+def run(store: ResultStore, common: Common, section: Figures | None = None) -> dict:
+    """Make every output of ``lib.outputs.registry``; remove figure files this run did not write. Returns
+    ``{"figures": [...], "tables": [...], "numbers": {...}, "removed": [...]}``."""
+    inputs = registry.Inputs.of(store, common)
+    made = []
+    for make in registry.FIGURES.values():
+        for name, fig in make(inputs).items():
+            plotting.save(fig, report.FIGURES / name)
+            made.append(name)
+    removed = report.prune_figures(made)
+    for name, make in registry.TABLES.items():
+        report.write_table(name, make(inputs))
+    timings_path = RESULTS_ROOT / store.profile / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    values = registry.numbers(inputs, timings=timings)
+    report.write_numbers(values)
+    atomic_write_json(report.GENERATED / "source.json", {"profile": store.profile, "figures": sorted(made),
+                                                         "n_numbers": len(values)})
+    return {"figures": made, "tables": list(registry.TABLES), "numbers": values, "removed": removed}

@@ -1,0 +1,73 @@
+"""Stage of notebook 01: train every (dataset, model, seed) of the profile at its minimum w*."""
+from __future__ import annotations
+
+import itertools
+import time
+
+from lib.core import models
+from lib.core.tensors import n_params
+from lib.core.train import evaluate, train
+from lib.infra import data
+from lib.infra.config import Common, Train
+from lib.infra.device import resolve_device
+from lib.infra.results import ResultStore
+from lib.stages import folder
+from lib.stages.base import cached, load, run_name
+
+FOLDER = folder("train", "train")
+
+
+def training_params(dataset: str, model: str, seed: int, n_train: int, data_seed: int, recipe: Train) -> dict:
+    """The parameters that define a trained model (its identity in the result store)."""
+    return {"dataset": dataset, "model": model, "seed": seed, "n_train": n_train, "data_seed": data_seed,
+            "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr}
+
+
+def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress: bool = True,
+              force: bool = False, result_folder: str = FOLDER, name: str | None = None) -> dict:
+    """Train one (dataset, model, seed) on the first ``n_train`` samples of the insertion order unless an
+    identical result exists; return its summary row. ``result_folder``/``name`` place extra runs (learning
+    curves, validation at K) apart from the main trained models."""
+    name = name or run_name(params["dataset"], params["model"], params["seed"])
+
+    def compute():
+        dev = resolve_device(device)
+        x, y = data.training_subset(params["dataset"], params["n_train"], params["data_seed"])
+        net = models.build(params["model"], params["seed"])
+        hist = train(net, x, y, epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                     seed=params["seed"], device=dev, progress=progress)
+        xt, yt = data.load(params["dataset"], "test")
+        on_train, on_test = evaluate(net, x, y, device=dev), evaluate(net, xt, yt, device=dev)
+        summary = {
+            "dataset": params["dataset"], "model": params["model"], "seed": params["seed"],
+            "n_params": n_params(net), "n_train": params["n_train"],
+            "train_loss": on_train["loss"], "train_accuracy": on_train["accuracy"],
+            "test_loss": on_test["loss"], "test_accuracy": on_test["accuracy"],
+            "epoch_loss": hist.epoch_loss, "train_seconds": hist.seconds,
+        }
+        payload = {"model": params["model"], "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
+        return payload, summary
+
+    summary, skipped = cached(store, result_folder, name, params, compute, force=force)
+    return {**summary, "name": name, "skipped": skipped}
+
+
+def recipe_of(store: ResultStore, dataset: str, model: str, seed: int) -> tuple[dict, Train]:
+    """(n_train and data_seed, the training recipe) of a trained main run."""
+    p = load(store, FOLDER, run_name(dataset, model, seed)).meta["params"]
+    return ({"n_train": p["n_train"], "data_seed": p["data_seed"]},
+            Train(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"]))
+
+
+def run(store: ResultStore, common: Common, section: Train) -> list[dict]:
+    """Train every (dataset, model, seed) of the profile; one summary row each (printed as it goes)."""
+    rows = []
+    for ds, m, s in itertools.product(common.datasets, common.models, common.seeds):
+        t0 = time.perf_counter()
+        row = train_one(store, training_params(ds, m, s, common.n_train, common.data_seed, section),
+                        device=common.device, progress=common.progress)
+        row["wall_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        state = "skipped (already trained with identical parameters)" if row["skipped"] else "trained"
+        print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
+    return rows
