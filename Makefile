@@ -10,7 +10,7 @@ PROFILE ?= paper
 DATA_STAMP := data/.verified
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test pytest notebooks-smoke reproduce notebooks stage lab bench clean-results paper slides \
+.PHONY: help setup data test pytest lint update-reference notebooks-smoke reproduce notebooks stage lab bench clean-results paper slides \
         check-tex paper-test
 TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-science \
                 texlive-bibtex-extra poppler-utils
@@ -37,8 +37,11 @@ $(DATA_STAMP): $(STAMP) data/SHA256SUMS lib/infra/data.py
 data: $(DATA_STAMP)  ## download or rebuild MNIST + Fashion-MNIST under data/ and verify sha256
 	@$(PY) -c "import lib.infra.data as d; [d.verify(n) for n in d.DATASETS]" && echo "data verified"
 
-pytest: setup data  ## run the unit tests only
+pytest: setup data  ## run the unit tests only (makes its own smoke runs)
 	$(PY) -m pytest -q -m "not paper"
+
+lint: setup  ## ruff check of lib, tests, bench and notebooks
+	$(VENV)/bin/ruff check lib tests bench notebooks
 
 notebooks-smoke: setup data  ## run every notebook under the smoke profile
 	$(PY) -m lib --profile smoke
@@ -46,9 +49,13 @@ notebooks-smoke: setup data  ## run every notebook under the smoke profile
 paper-test:  ## check the built PDFs: key numbers equal the results, no "??"
 	$(PY) -m pytest -q -m paper
 
-test: pytest notebooks-smoke  ## setup, data, unit tests, every notebook, paper + slides under the smoke profile
+test: setup data lint notebooks-smoke  ## lint, every notebook (smoke), unit tests, paper + slides + PDF checks
+	SMOKE_RUN_A=results $(PY) -m pytest -q -m "not paper"
 	$(MAKE) paper slides
 	$(MAKE) paper-test
+
+update-reference: setup  ## rewrite tests/reference/smoke.json from results/smoke (after an intended change)
+	$(PY) tests/key_numbers.py --update
 
 reproduce: setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
 	$(PY) -m lib --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
@@ -63,6 +70,7 @@ check-tex:
 define build_tex
 	@if [ "$(origin PROFILE)" = "command line" ]; then $(PY) -m lib --profile $(PROFILE) --only 06_figures; fi
 	@test -f paper/generated/numbers.tex || { echo "error: paper/generated/numbers.tex is missing: run 'make reproduce PROFILE=smoke' (or paper) first"; exit 2; }
+	@$(PY) -m lib.outputs.registry --check >/dev/null
 	cd $(1) && $(LATEXMK) main.tex >/dev/null || { tail -40 $(1)/main.log; exit 1; }
 	@if grep -E "(Citation|Reference).*undefined|undefined references|Undefined control" $(1)/main.log; then \
 	  echo "error: undefined references, citations or macros in $(1)/main.tex (see $(1)/main.log)"; exit 1; fi

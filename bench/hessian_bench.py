@@ -64,7 +64,7 @@ def product_cost(model, inputs, targets, chunk_size: int, repeats: int = 5) -> d
         op.hvp(v)
         hvp_s.append(time.perf_counter() - t1)
         grad_s.append(t1 - t0)
-    ratios = [h / g for h, g in zip(hvp_s, grad_s)]
+    ratios = [h / g for h, g in zip(hvp_s, grad_s, strict=True)]
     return {"gradient_seconds": statistics.median(grad_s), "hvp_seconds": statistics.median(hvp_s),
             "hvp_in_gradients": statistics.median(ratios), "repeats": repeats}
 
@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-residual", type=float, default=1e-3)
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="eigenpair counts (default 1 10 32)")
     args = parser.parse_args(argv)
+    from lib.core import models, train
     from lib.infra import data
-    from lib.core import models
-    from lib.core import train
 
     n = args.n or (1000 if args.quick else 10_000)
     ks = tuple(args.ks) if args.ks else (1, 4) if args.quick else (1, 10, 32)

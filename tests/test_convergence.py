@@ -1,11 +1,13 @@
-"""Convergence analysis on synthetic curves with known answers."""
+"""Convergence analysis on synthetic curves with known answers; Kiselev & Grabovoy's bound (lib.core.bounds)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from lib.core import bounds
 from lib.core import convergence as cv
+from tests.cases import explicit_hessian, seeded_model
 
 K = np.arange(1, 2001, dtype=float)
 
@@ -96,37 +98,41 @@ def test_r0_curve_matches_direct_computation():
     assert np.allclose(out["stderr"], direct.std(0, ddof=1) / 2, rtol=1e-9)
 
 
+# ------------------------------------------------------------------------------- lib.core.bounds
 def test_hessian_norm_bound_by_hand():
     # L = 2, M_W = 2, M_x = 3: 2*sqrt2*9*16 + sqrt2*4*(16-1)/(4-1) = 288 sqrt2 + 20 sqrt2
-    assert cv.hessian_norm_bound(2, 2.0, 3.0) == pytest.approx(308 * math.sqrt(2))
+    assert bounds.hessian_norm_bound(2, 2.0, 3.0) == pytest.approx(308 * math.sqrt(2))
     # M_W = 1: the geometric sum is L
-    assert cv.hessian_norm_bound(3, 1.0, 1.0) == pytest.approx(3 * math.sqrt(2) + 3 * math.sqrt(2))
-    assert cv.loss_difference_bound(np.array([1, 3]), 2.0, 10.0, R=0.5).tolist() == pytest.approx([4.5, 2.25])
+    assert bounds.hessian_norm_bound(3, 1.0, 1.0) == pytest.approx(3 * math.sqrt(2) + 3 * math.sqrt(2))
+    assert bounds.loss_difference_bound(np.array([1, 3]), 2.0, 10.0, R=0.5).tolist() == pytest.approx([4.5, 2.25])
+    with pytest.raises(ValueError, match=r"n_layers=0 is not allowed: an integer in \[1, inf\]"):
+        bounds.hessian_norm_bound(0, 2.0, 3.0)
+    with pytest.raises(ValueError, match=r"M_W=0.0 is not allowed: a finite number in \(0.0, inf\]"):
+        bounds.hessian_norm_bound(2, 0.0, 3.0)
+    with pytest.raises(ValueError, match=r"M_x=nan is not allowed"):
+        bounds.hessian_norm_bound(2, 2.0, float("nan"))
 
 
 def test_bound_constants_and_measured_norms_below_bound():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 5, bias=False), torch.nn.ReLU(),
-                              torch.nn.Linear(5, 3, bias=False)).double()
-    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
-    consts = cv.bound_constants(net, x)
+    net = seeded_model(lambda: torch.nn.Sequential(torch.nn.Linear(4, 5, bias=False), torch.nn.ReLU(),
+                                                   torch.nn.Linear(5, 3, bias=False)), 0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    consts = bounds.bound_constants(net, x)
     assert consts["n_layers"] == 2
     assert consts["M_x"] == pytest.approx(float(x.norm(dim=1).max()))
-    norms = cv.per_sample_hessian_norms(net, x, y, indices=[0, 3])
-    # explicit per-sample Hessian norms
-    from torch.func import functional_call
-    names = [n for n, _ in net.named_parameters()]
-    shapes = [p.shape for p in net.parameters()]
-    flat = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
-
-    def loss(w, i):
-        chunks = torch.split(w, [math.prod(s) for s in shapes])
-        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
-        return torch.nn.functional.cross_entropy(functional_call(net, params, (x[i:i + 1],)), y[i:i + 1])
-
+    assert consts["M_W"] == pytest.approx(max(float(torch.linalg.matrix_norm(m.weight.detach(), ord=2))
+                                              for m in (net[0], net[2])), rel=1e-12)
+    norms = bounds.per_sample_hessian_norms(net, x, y, indices=[0, 3])
+    assert norms.shape == (2,)
     for i, got in zip([0, 3], norms):
-        H = torch.autograd.functional.hessian(lambda w: loss(w, i), flat)
+        H = explicit_hessian(net, x[i:i + 1], y[i:i + 1])          # explicit per-sample Hessian
         assert got == pytest.approx(float(torch.linalg.matrix_norm(H, ord=2)), rel=1e-5)
-        assert got <= cv.hessian_norm_bound(**consts)
+        assert got <= bounds.hessian_norm_bound(**consts)
     with pytest.raises(ValueError, match="bias-free"):
-        cv.bound_constants(torch.nn.Sequential(torch.nn.Linear(4, 3)), x)
+        bounds.bound_constants(torch.nn.Sequential(torch.nn.Linear(4, 3)), x)
+
+
+def test_bounds_left_convergence():
+    for name in ("hessian_norm_bound", "loss_difference_bound", "bound_constants", "per_sample_hessian_norms"):
+        assert not hasattr(cv, name), name

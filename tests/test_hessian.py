@@ -347,7 +347,7 @@ def test_density_on_given_grid_and_sigma():
     d = H.density(operator("relu"), n_runs=2, n_iter=10, grid=grid, sigma_sq=1e-4)
     assert d.sigma_sq == 1e-4 and np.array_equal(d.grid, grid)
     expected = sum(w * np.exp(-(grid - t) ** 2 / 2e-4) / np.sqrt(2e-4 * np.pi)
-                   for t, w in zip(d.nodes.ravel(), d.weights.ravel()))
+                   for t, w in zip(d.nodes.ravel(), d.weights.ravel(), strict=True))
     np.testing.assert_allclose(d.density, expected, rtol=1e-10, atol=1e-12)
     assert np.abs(d.density).max() > 1.0
 
@@ -438,7 +438,7 @@ def _state(model):
 def _assert_state(model, state):
     modes, grads = state
     assert [m.training for m in model.modules()] == modes
-    for p, (obj, values) in zip(model.parameters(), grads):
+    for p, (obj, values) in zip(model.parameters(), grads, strict=True):
         assert p.grad is obj
         if obj is not None:
             assert torch.equal(p.grad, values)
@@ -525,7 +525,8 @@ def test_raw_pyhessian_doubles_on_second_instance():
     hess = explicit_hessian(model, x, y)
     shapes = [p.shape for p in model.parameters()]
     v = torch.randn(hess.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    v_list = [t.view(s) for t, s in zip(torch.split(v, [int(np.prod(s)) for s in shapes]), shapes)]
+    pieces = torch.split(v, [int(np.prod(s)) for s in shapes])
+    v_list = [t.view(s) for t, s in zip(pieces, shapes, strict=True)]
 
     def flat(parts):
         return torch.cat([t.reshape(-1) for t in parts])

@@ -12,16 +12,15 @@ from lib.core.montecarlo import delta_curve, loss_differences, loss_variance, or
 from lib.core.sampling import Curvature, Gaussian, make_sampler
 from lib.core.subspace import random_basis
 from lib.core.tensors import flat_params, n_params
-from tests.cases import explicit_losses, seeded_data
+from tests.cases import explicit_losses, seeded_data, seeded_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def tiny_model(seed=0):
-    """6-8-3 tanh MLP (cases.py has no net of this shape); seeds the global RNG as the reference values assume."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    """A 6-8-3 tanh MLP (cases.py has none of this shape)."""
+    return seeded_model(lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), seed)
 
 
 def data(n=40, seed=1):

@@ -1,15 +1,16 @@
 """The smoke pipeline (notebooks 01-05) is deterministic, resumable after a kill, invalidates exactly what a changed
-parameter touches, and reproduces the committed reference numbers (issue 7).
+parameter touches, and reproduces the committed reference numbers.
 
-Costs about two smoke runs (~2-4 min on 2 cores): run A is complete; run B is killed with SIGKILL while the
-Monte-Carlo notebook is working, then started again. Then:
+Run A is the complete smoke run that ``make test`` has just made (``SMOKE_RUN_A=results``: the results root it
+wrote); without that variable the test makes its own. Run B is killed with SIGKILL while the Monte-Carlo notebook
+is working, then started again. So ``make test`` runs the smoke pipeline twice in all. Then:
 
 * B's resumed run recomputes nothing that was complete at the kill (their completion markers are untouched),
   and its result files are byte-identical to A's (timing and provenance fields excluded);
 * changing one parameter (the projection grid) recomputes the projection results only;
 * A's key numbers equal ``tests/reference/smoke.json`` within the tolerances stored there. After an intended
-  change of the science, regenerate that file with ``UPDATE_REFERENCE=1 python -m pytest
-  tests/test_reproducibility.py -k reference`` and commit it with the change that explains it.
+  change of the science, regenerate that file with ``make update-reference`` (``tests/key_numbers.py``) and
+  commit it with the change that explains it; this test only reads it.
 """
 import json
 import os
@@ -23,15 +24,17 @@ import pytest
 
 from lib import REPO_ROOT
 from lib.infra.results import ResultStore
+from lib.stages import REGISTRY
+from tests.key_numbers import REFERENCE, key_numbers, within
 
 STAGES = ["01_train", "02_spectrum", "03_projection", "04_monte_carlo", "05_convergence"]
-REFERENCE = Path(__file__).parent / "reference" / "smoke.json"
 #: summaries rewritten by design on every run of their notebook (cheap, derived from the stored results)
 ALWAYS_REWRITTEN = {"plan", "analysis"}
+assert ALWAYS_REWRITTEN <= {f for s in REGISTRY.values() for f in s.folders}
 
 
 def _args(extra=()):
-    args = [sys.executable, "-m", "lib.infra.runner", "--profile", "smoke", *extra]
+    args = [sys.executable, "-m", "lib", "--profile", "smoke", *extra]
     for stage in STAGES:
         args += ["--only", stage]
     return args
@@ -78,6 +81,11 @@ def _strip_timing(obj):
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory):
+    given = os.environ.get("SMOKE_RUN_A")
+    if given:
+        root = Path(given) if Path(given).is_absolute() else REPO_ROOT / given
+        assert (root / "smoke" / "analysis").is_dir(), f"SMOKE_RUN_A={given} holds no complete smoke run"
+        return root / "smoke"
     return _run(tmp_path_factory.mktemp("a"))
 
 
@@ -141,7 +149,7 @@ def test_two_runs_are_identical_including_a_resumed_one(run_a, run_b):
 def test_changed_parameter_invalidates_exactly_its_results(run_b):
     out, _ = run_b
     before = _markers(out)
-    args = [sys.executable, "-m", "lib.infra.runner", "--profile", "smoke", "--only", "03_projection",
+    args = [sys.executable, "-m", "lib", "--profile", "smoke", "--only", "03_projection",
             "--set", "projection.grid_points=5"]
     res = subprocess.run(args, cwd=REPO_ROOT, env=_env(out.parent), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -152,37 +160,10 @@ def test_changed_parameter_invalidates_exactly_its_results(run_b):
     assert {store.meta("projection", n)["params"]["grid_points"] for n in store.names("projection")} == {5}
 
 
-def _key_numbers(root: Path) -> dict:
-    """The smoke profile's key numbers: test accuracy, top eigenvalue, slope, sufficient sample size."""
-    store = ResultStore("smoke", root=root)
-    train = store.meta("train", "mnist_mlp2_s0")["summary"]
-    spec = store.meta("spectrum", "mnist_mlp2_s0")["summary"]
-    slopes = {r["subspace"]: r for r in store.load("analysis", "slopes").payload["rows"]}
-    sizes = {r["delta"]: r for r in store.load("analysis", "sample_size").payload["rows"]}
-    return {
-        "test_accuracy": train["test_accuracy"],
-        "lambda_1": spec["lambda_1"],
-        "trace": spec["trace"],
-        "slope_hessian": slopes["hessian"]["slope"],
-        "slope_random": slopes["random"]["slope"],
-        "vbar_hessian": slopes["hessian"]["vbar"],
-        "K_mc_1e-3": sizes[1e-3]["K_mc"],
-        "K_closed_1e-3": sizes[1e-3]["K_closed"],
-    }
-
-
-def _within(value, ref) -> bool:
-    return abs(value - ref["value"]) <= ref.get("atol", 0.0) + ref.get("rtol", 0.0) * abs(ref["value"])
-
-
 def test_key_numbers_match_the_committed_reference(run_a):
-    got = _key_numbers(run_a)
+    got = key_numbers(run_a)
     reference = json.loads(REFERENCE.read_text())
-    if os.environ.get("UPDATE_REFERENCE"):
-        for key, value in got.items():
-            reference["numbers"][key]["value"] = value
-        REFERENCE.write_text(json.dumps(reference, indent=1, sort_keys=True) + "\n")
     assert set(got) == set(reference["numbers"]), "the reference file and the test disagree on the key numbers"
-    off = {k: (got[k], r) for k, r in reference["numbers"].items() if not _within(got[k], r)}
+    off = {k: (got[k], r) for k, r in reference["numbers"].items() if not within(got[k], r)}
     assert not off, ("smoke key numbers moved beyond their tolerance (value, reference): "
                      + json.dumps(off, indent=1))

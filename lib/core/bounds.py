@@ -42,3 +42,14 @@ def bound_constants(model: torch.nn.Module, inputs: torch.Tensor) -> dict:
         M_W = max(float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in linears)
         M_x = float(inputs.flatten(1).double().norm(dim=1).max())
     return {"n_layers": len(linears), "M_W": M_W, "M_x": M_x}
+
+
+def per_sample_hessian_norms(model, inputs, targets, indices, tol: float = 1e-6, seed: int = 0) -> np.ndarray:
+    """Measured ||Hess l_i||_2 = max(|lambda_max|, |lambda_min|) of single-sample losses, for the given i."""
+    norms = []
+    for i in indices:
+        op = HessianOperator(model, inputs[i:i + 1], targets[i:i + 1])
+        top = float(top_eigenpairs(op, 1, tol=tol, seed=seed).eigenvalues[0])
+        low = smallest_eigenvalue(op, tol=tol, seed=seed).value
+        norms.append(max(abs(top), abs(low)))
+    return np.asarray(norms)

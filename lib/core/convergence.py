@@ -1,5 +1,6 @@
-"""Convergence analysis of Delta_k curves: slopes, sufficient sample sizes, rank correlation, R = 0 curves
-(SCIENCE.md sections 4b, 5, 6, 7).
+"""Convergence analysis of Delta_k curves: slopes, sufficient sample sizes, rank correlation, R = 0 curves.
+
+SCIENCE.md sections 4b, 5, 6 and 7:
 
 * ``fit_slope``: log-log slope of a curve with its standard error;
 * ``k2_summary``: k^2 Delta_k summary (median, quartiles, mean with standard error);
@@ -189,16 +190,3 @@ def r0_curve(losses, n_orders: int, seed: int = 0) -> dict:
     mean = s1 / n_orders
     var = (s2 / n_orders - mean ** 2).clamp_min(0) * n_orders / (n_orders - 1)
     return {"k": k.numpy(), "mean": mean.numpy(), "stderr": (var / n_orders).sqrt().numpy()}
-
-
-def per_sample_hessian_norms(model, inputs, targets, indices, tol: float = 1e-6, seed: int = 0) -> np.ndarray:
-    """Measured ||Hess l_i||_2 = max(|lambda_max|, |lambda_min|) of single-sample losses, for the given i."""
-    from lib.core.hessian import HessianOperator, smallest_eigenvalue, top_eigenpairs
-
-    norms = []
-    for i in indices:
-        op = HessianOperator(model, inputs[i:i + 1], targets[i:i + 1])
-        top = float(top_eigenpairs(op, 1, tol=tol, seed=seed).eigenvalues[0])
-        low = smallest_eigenvalue(op, tol=tol, seed=seed).value
-        norms.append(max(abs(top), abs(low)))
-    return np.asarray(norms)

@@ -1,19 +1,19 @@
-"""Curvature of a full-data loss through one Hessian-vector-product operator: top/smallest eigenpairs, trace,
-density.
+"""Hessian spectrum of a model's full-data loss, computed through one reusable Hessian-vector-product operator.
 
 The operator (``HessianOperator``) is the exact, chunked Hessian-vector product of
 
     L(w) = (1/N) sum_i CE(model(x_i; w), y_i)      over ALL N given samples,
 
 on flat vectors in ``torch.nn.utils.parameters_to_vector`` order. Build it once and pass it to every solver
-(operator-first, as in curvlinops); each result's ``hvp_count`` is the number of products that call made::
+(top/smallest eigenpairs, trace, density; operator-first, as in curvlinops); each result's ``hvp_count`` is the
+number of products that call made and ``seconds`` its wall time::
 
     op = HessianOperator(model, inputs, targets)          # chunk_size=None: the model's preferred chunk
     top = top_eigenpairs(op, k=10)                        # method="lanczos" (default) or "power"
     low = smallest_eigenvalue(op, tol=1e-4)
     tr = trace(op, n_probes=100)
     dens = density(op, n_runs=4, n_iter=80)
-    op.hvp_count == top.hvp_count + low.hvp_count + tr.hvp_count + dens.hvp_count
+    assert op.hvp_count == top.hvp_count + low.hvp_count + tr.hvp_count + dens.hvp_count
 
 The model is evaluated in eval mode and its train/eval flags are restored afterwards; parameters' ``.grad``
 fields are never read or written (products use ``torch.func.functional_call`` on detached copies of the weights),

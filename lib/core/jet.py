@@ -23,7 +23,7 @@ from __future__ import annotations
 import operator
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Optional
 
@@ -42,7 +42,7 @@ from lib.core.subspace import check_basis, cross_entropy_per_sample
 from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, param_layout, unflatten
 
 __all__ = ["PerSampleTerms", "per_sample_terms", "JetInterpreter", "Jet", "PointwiseSource", "AffineSource",
-           "cross_entropy_terms", "RULES", "Unsupported", "METHODS"]
+           "cross_entropy_terms", "pointwise", "RULES", "Unsupported", "METHODS"]
 
 METHODS = ("auto", "jet", "jvp")
 JET_MEMORY_BUDGET = 512 * 2 ** 20   # bytes of first-order tangents per chunk (default chunk size of "jet")
@@ -81,6 +81,7 @@ class PointwiseSource:
     out: torch.Tensor        # y, in the autograd graph: its adjoint lambda weighs this source
     f2: torch.Tensor         # f''(z), detached, shape of y
     tangents: torch.Tensor   # z_a, (D, N, ...)
+    node: int = field(default=-1, kw_only=True)   # graph position of the node that made it (set by the interpreter)
 
     def term(self, lam: torch.Tensor) -> torch.Tensor:
         """lambda . f''(z) z_a z_b, shape (N, D, D)."""
@@ -97,6 +98,7 @@ class AffineSource:
     adjoint: Callable        # adjoint(lam, V, in_shape) -> (N, D, *in): V_a^T lam[n] for every direction a
     V: torch.Tensor          # directions of the layer's weight, (D, *weight.shape)
     tangents: torch.Tensor   # h_a, (D, N, *in)
+    node: int = field(default=-1, kw_only=True)   # graph position of the node that made it (set by the interpreter)
 
     def term(self, lam: torch.Tensor) -> torch.Tensor:
         """lambda . (op(h_b, V_a) + op(h_a, V_b)) = (op^T(lambda; V_a)) . h_b + (a <-> b), shape (N, D, D)."""
@@ -108,8 +110,8 @@ class AffineSource:
 @dataclass(frozen=True, eq=False)
 class Jet:
     """A traced value: primal h (N, ...) inside an autograd graph, its first derivatives h1 (D, N, ...) along the D
-    basis directions (detached; None when h does not depend on theta) and the second-order sources it depends on
-    (in graph order). Rules return a Jet with only their own new sources; the interpreter adds the inputs'."""
+    basis directions (detached; None when h does not depend on theta) and the second-order sources it depends on,
+    in graph order. Rules return a Jet with only their own new sources; the interpreter adds the inputs'."""
 
     h: torch.Tensor
     h1: Optional[torch.Tensor] = None
@@ -134,8 +136,9 @@ def _linear_map(j: Jet, f) -> Jet:
         return Jet(h, _split(f(_merge(j.h1)), j.h1.shape[0]))
 
 
-def _pointwise(f, f1, f2, j: Jet, *_ignored, **_ignored_kw) -> Jet:
-    """y = f(z): y_a = f'(z) z_a; source f''(z) z_a z_b (f2 None: f'' = 0). ``f1(z, y)``, ``f2(z, y)``.
+def pointwise(f, f1, f2, j: Jet, *_ignored, **_ignored_kw) -> Jet:
+    """Rule of y = f(z) for a pointwise f: y_a = f'(z) z_a; source f''(z) z_a z_b (f2 None: f'' = 0), with
+    ``f1(z, y)``, ``f2(z, y)`` (z, y detached). ``partial(pointwise, f, f1, f2)`` is a step for ``RULES``.
 
     Further arguments (``F.relu``'s ``inplace``) do not change the value and are ignored."""
     y = f(j.h)
@@ -148,9 +151,9 @@ def _pointwise(f, f1, f2, j: Jet, *_ignored, **_ignored_kw) -> Jet:
     return Jet(y, y1, sources)
 
 
-_relu = partial(_pointwise, torch.relu, lambda z, y: (z > 0).to(z.dtype), None)
-_tanh = partial(_pointwise, torch.tanh, lambda z, y: 1 - y * y, lambda z, y: -2 * y * (1 - y * y))
-_sigmoid = partial(_pointwise, torch.sigmoid, lambda z, y: y * (1 - y), lambda z, y: y * (1 - y) * (1 - 2 * y))
+_relu = partial(pointwise, torch.relu, lambda z, y: (z > 0).to(z.dtype), None)
+_tanh = partial(pointwise, torch.tanh, lambda z, y: 1 - y * y, lambda z, y: -2 * y * (1 - y * y))
+_sigmoid = partial(pointwise, torch.sigmoid, lambda z, y: y * (1 - y), lambda z, y: y * (1 - y) * (1 - 2 * y))
 
 
 def _flatten(j: Jet, start_dim=1, end_dim=-1) -> Jet:
@@ -343,9 +346,10 @@ class JetInterpreter(fx.Interpreter):
             start, numel, shape = offsets[qualname]
             return basis[:, start:start + numel].reshape(self.D, *shape)
 
-        self.steps = {}
-        for node in gm.graph.nodes:
+        self.steps, self.position = {}, {}
+        for i, node in enumerate(gm.graph.nodes):
             self.steps[node] = self._bind(node, lambda p, node=node: dirs(f"{node.target}.{p}"))
+            self.position[node] = i
         if sum(1 for nd in gm.graph.nodes if nd.op == "placeholder") != 1:
             raise Unsupported("models with more than one input")
 
@@ -373,9 +377,9 @@ class JetInterpreter(fx.Interpreter):
         out = step(*args, **kwargs)
         if not isinstance(out, Jet):
             return out
-        upstream = []
-        fx.node.map_aggregate((args, kwargs), lambda v: upstream.extend(v.sources) if isinstance(v, Jet) else None)
-        return replace(out, sources=tuple(dict.fromkeys(upstream + list(out.sources))))
+        sources = [replace(s, node=self.position[n]) if s.node < 0 else s for s in out.sources]
+        fx.node.map_aggregate((args, kwargs), lambda v: sources.extend(v.sources) if isinstance(v, Jet) else None)
+        return replace(out, sources=tuple(sorted(dict.fromkeys(sources), key=lambda s: s.node)))
 
     def terms(self, x: torch.Tensor, y: torch.Tensor):
         """(a (N,), b (N, D), C (N, D, D)) of the per-sample cross-entropy of the samples x with labels y."""
@@ -411,7 +415,8 @@ def cross_entropy_terms(logits: Jet, y: torch.Tensor, D: int):
         pz = (z1 * p).sum(-1).T                                          # (N, D)
         C = torch.einsum("anc,nc,bnc->nab", z1, p, z1) - pz.unsqueeze(2) * pz.unsqueeze(1)
     if logits.sources:
-        lams = torch.autograd.grad((z * r).sum(), [s.out for s in logits.sources], allow_unused=True)
+        lams = torch.autograd.grad((z * r).sum(), [s.out for s in logits.sources], allow_unused=True,
+                                   retain_graph=True)          # leave the jet usable: no side effects
         with torch.no_grad():
             for source, lam in zip(logits.sources, lams):
                 if lam is not None:

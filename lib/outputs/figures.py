@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lib.core.convergence import spearman
 from lib.outputs import plotting
 from lib.stages.convergence import load_r0_curve, load_table
 from lib.stages.monte_carlo import CurveSpec, group, load_curve
@@ -259,8 +260,6 @@ def vbar_parts(store, plan):
 
 def delta_vs_loss(store, plan):
     """Delta_k against L_k(w*) along k for the main Hessian curves, with Spearman's rho."""
-    from lib.core.convergence import spearman
-
     specs = [s for s in group(plan, "main") if s.subspace == "hessian"]
     with plotting.style():
         fig, axes = plotting.figure(1, width=plotting.COLUMN_WIDTH, aspect=0.8)
