@@ -32,7 +32,8 @@ if __package__ in (None, ""):
 from lib.core.montecarlo import delta_curve  # noqa: E402
 from lib.core.quadratic import delta_quadratic, per_sample_terms  # noqa: E402
 from lib.core.sampling import Gaussian  # noqa: E402
-from lib.core.subspace import n_params, random_basis  # noqa: E402
+from lib.core.subspace import random_basis  # noqa: E402
+from lib.core.tensors import n_params  # noqa: E402
 
 TARGET_THETA_RATIO = 1.3        # seconds per theta / seconds of one forward pass
 TARGET_QK_IN_THETAS = 256       # Q_k for D = 10 must cost less than this many Monte-Carlo thetas

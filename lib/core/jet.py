@@ -23,9 +23,9 @@ from __future__ import annotations
 import operator
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class Jet:
     in graph order. Rules return a Jet with only their own new sources; the interpreter adds the inputs'."""
 
     h: torch.Tensor
-    h1: Optional[torch.Tensor] = None
+    h1: torch.Tensor | None = None
     sources: tuple = ()
 
 
@@ -535,7 +535,7 @@ def _terms_jvp(model, inputs, targets, basis, chunk, loss_fn, device, dtype, pro
 
 
 # ----------------------------------------------------------------------------------------------- entry
-def per_sample_terms(model, inputs, targets, basis: torch.Tensor, chunk_size: Optional[int] = None,
+def per_sample_terms(model, inputs, targets, basis: torch.Tensor, chunk_size: int | None = None,
                      loss_fn=None, method: str = "auto", progress: bool = True) -> PerSampleTerms:
     """(a_i, b_i, C_i) for all N samples at the current weights w* (see module docstring for the methods).
 

@@ -20,6 +20,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from lib.core.checks import check_data, check_int
+from lib.core.hessian import HessianOperator, top_eigenpairs
 from lib.core.models import preferred_chunk
 from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
@@ -79,13 +80,10 @@ def hessian_basis(model, inputs, targets, D: int, return_eigenvalues: bool = Fal
     through; ``chunk_size`` goes to the operator). With ``return_eigenvalues=True`` returns ``(basis, eigenvalues)``.
     """
     n = n_params(model)
-    if int(D) != D or D < 1:
-        raise ValueError(f"D must be a positive integer, got {D!r}")
+    D = check_int("D", D)
     if D >= n:
         raise ValueError(f"D={D} must be smaller than n_params={n} (a Hessian subspace of the full space "
                          "is not a subspace)")
-    from lib.core.hessian import HessianOperator, top_eigenpairs  # lazy: heavy and optional for the rest
-
     op = HessianOperator(model, inputs, targets, chunk_size=kw.pop("chunk_size", None))
     eig = top_eigenpairs(op, k=int(D), **kw)
     device, dtype = device_dtype(model)
