@@ -13,6 +13,7 @@ Every raw file is checked against the sha256 recorded in ``data/SHA256SUMS``. ``
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import pickle
@@ -230,8 +231,6 @@ def prepare(name: str, root: Path | None = None, *, online: bool = True) -> str:
 
 @lru_cache(maxsize=8)
 def _raw(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import torchvision
-
     verify(name)
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
     ds = cls(root=str(DATA_ROOT), train=(split == "train"), download=False)
@@ -263,8 +262,6 @@ def training_subset(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description="Download or rebuild MNIST / Fashion-MNIST under data/")
     parser.add_argument("datasets", nargs="*", default=sorted(DATASETS))
     parser.add_argument("--offline", action="store_true", help="skip torchvision's download")

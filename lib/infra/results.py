@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,6 @@ def git_commit() -> dict:
 
 
 def package_versions() -> dict:
-    from importlib import metadata
-
     versions = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
