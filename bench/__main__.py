@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--n", type=int, default=None)
     args = parser.parse_args(argv)
+    from lib.core import models, train
     from lib.infra import data
-    from lib.core import models
-    from lib.core import train
     from lib.infra.results import ResultStore
 
     n = args.n or (1000 if args.quick else 10_000)

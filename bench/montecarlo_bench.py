@@ -226,8 +226,8 @@ def format_table(rows: list[dict]) -> str:
 def load_setup(model_name: str, dataset: str, n: int, seed: int, train: bool = False, log=None):
     """(model, x, y, note): lib.core.models / lib.infra.data when available, else a random-init MLP on random data."""
     try:
-        from lib.infra import data
         from lib.core import models
+        from lib.infra import data
         x, y = data.training_subset(dataset, n, seed)
         model = models.build(model_name, seed)
         note = f"{model_name} on {n} {dataset} images"

@@ -101,6 +101,9 @@ print(format_table(tables["r0"], ["name", "n_params", "n_layers", "M_W", "M_x", 
 
 # %%
 plan = monte_carlo.load_plan(store)
-for fig in (figures.order_average(store, plan), figures.vbar_parts(store, plan), figures.theory_vs_mc(store, plan),
-            figures.delta_vs_loss(store, plan), figures.learning_curve(store), figures.r0_curves(store)):
+for make in (figures.order_average, figures.vbar_parts, figures.theory_vs_mc, figures.delta_vs_loss):
+    make(store, plan)
+    plt.show()
+for make in (figures.learning_curve, figures.r0_curves):
+    make(store)
     plt.show()

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core.checks import (ParameterError, check_bool, check_choice, check_data, check_int, check_number,
-                             check_positive)
+from lib.core.checks import (
+    ParameterError,
+    check_bool,
+    check_choice,
+    check_data,
+    check_int,
+    check_number,
+    check_positive,
+)
 
 
 def test_check_int_boundaries_and_conversion():

@@ -8,19 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core import hessian
-
-from lib.core import models
-
-from lib.core import montecarlo
-
-from lib.core import quadratic
-
-from lib.core import sampling
-
-from lib.core import subspace
-
-from lib.core import train
+from lib.core import hessian, models, montecarlo, quadratic, sampling, subspace, train
 from lib.infra.device import resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -1,7 +1,6 @@
 """Parameter counts, shapes and seeding of the study's networks."""
 import pytest
 import torch
-
 from torch import nn
 
 from lib.core import models

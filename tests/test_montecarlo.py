@@ -14,7 +14,6 @@ from lib.core.subspace import random_basis
 from lib.core.tensors import flat_params, n_params
 from tests.cases import explicit_losses, seeded_data, seeded_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 

@@ -6,9 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lib.core.sampling import (ESTIMATORS, Ball, Curvature, Gaussian, Sphere, estimator_units, make_sampler,
-                               quadrature)
-
+from lib.core.sampling import ESTIMATORS, Ball, Curvature, Gaussian, Sphere, estimator_units, make_sampler, quadrature
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 

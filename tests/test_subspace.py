@@ -5,8 +5,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.core.models import cnn, mlp
-from lib.core.subspace import (SubspaceLosses, filter_normalized_directions, hessian_basis, losses_at_weights,
-                               per_sample_losses, random_basis)
+from lib.core.subspace import (
+    SubspaceLosses,
+    filter_normalized_directions,
+    hessian_basis,
+    losses_at_weights,
+    per_sample_losses,
+    random_basis,
+)
 from lib.core.tensors import flat_params, n_params, unflatten
 from tests.cases import explicit_hessian, explicit_losses, pooled_cnn, seeded_data, seeded_model
 

@@ -32,7 +32,7 @@ def test_unflatten_views_round_trip_with_parameters_to_vector(kind):
     w = torch.arange(n, dtype=torch.float64) / n
     params = unflatten(model, w)
     assert list(params) == [name for name, _ in model.named_parameters()]
-    for (name, p), v in zip(model.named_parameters(), params.values()):
+    for p, v in zip(model.parameters(), params.values()):
         assert v.shape == p.shape
     torch.testing.assert_close(parameters_to_vector(params.values()), w, rtol=0, atol=0)
     w[0] = -5.0                                                    # views, not copies

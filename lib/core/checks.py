@@ -7,7 +7,8 @@ whose message names the parameter, the value as read and what is allowed.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -51,7 +51,8 @@ def fit_slope(k, delta, k_min: float | None = None, k_max: float | None = None, 
     """Least-squares fit of log Delta = log c + slope log k on k in [k_min, k_max].
 
     With ``n_bins`` the points are first averaged in ``n_bins`` logarithmic bins of k (means of log k and log
-    Delta, exact on a power law, so the many large-k points do not dominate the fit); the slope's standard error is the usual OLS one on the fitted points.
+    Delta, exact on a power law, so the many large-k points do not dominate the fit); the slope's standard error
+    is the usual OLS one on the fitted points.
     Non-positive values are dropped.
     """
     k, delta = _as_curve(k, delta)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -182,18 +181,18 @@ class DeltaCurve:
     seconds: float
     n_forward: int
     n_orders: int = 0
-    order_mean: Optional[np.ndarray] = None
-    order_median: Optional[np.ndarray] = None
-    order_stderr: Optional[np.ndarray] = None
-    order_formula: Optional[np.ndarray] = None
+    order_mean: np.ndarray | None = None
+    order_median: np.ndarray | None = None
+    order_stderr: np.ndarray | None = None
+    order_formula: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- main entry
 def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n_samples: int,
-                estimator: str = "plain", seed: int = 0, n_orders: int = 0, order_seed: Optional[int] = None,
+                estimator: str = "plain", seed: int = 0, n_orders: int = 0, order_seed: int | None = None,
                 batch_thetas: int = 16, n_replicates: int = DEFAULT_SOBOL_REPLICATES,
-                chunk_size: Optional[int] = None, loss_fn=None, progress: bool = True) -> DeltaCurve:
+                chunk_size: int | None = None, loss_fn=None, progress: bool = True) -> DeltaCurve:
     """Monte-Carlo Delta_k for k = 1..N-1 at w = w* + P^T theta, theta ~ ``sampler``.
 
     Parameters: ``basis`` (D, n_params) with rows in parameters_to_vector order; ``n_samples`` = T thetas (>= 2;
@@ -205,7 +204,8 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
     t_start = time.perf_counter()
     D = check_basis(model, basis)
     if not isinstance(sampler, Sampler):
-        raise ValueError(f"sampler must be a lib.core.sampling.Sampler (see make_sampler), got {type(sampler).__name__}")
+        raise ValueError("sampler must be a lib.core.sampling.Sampler (see make_sampler), "
+                         f"got {type(sampler).__name__}")
     sampler.covariance(D)  # validates D against the sampler (curvature: D == len(eigenvalues))
     check_choice("estimator", estimator, ESTIMATORS)
     n_samples = check_int("n_samples", n_samples, 2)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
 
 import numpy as np
 import torch
@@ -157,7 +156,7 @@ class Sampler:
         extra = torch.from_numpy(u[:, D:]) if u.shape[1] > D else None
         return self._map_qmc(z, extra, D)
 
-    def _map_qmc(self, z: torch.Tensor, extra: Optional[torch.Tensor], D: int) -> torch.Tensor:
+    def _map_qmc(self, z: torch.Tensor, extra: torch.Tensor | None, D: int) -> torch.Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -281,23 +280,23 @@ class Curvature(Sampler):
                              "(D must equal len(eigenvalues))")
         return D
 
-    def variances(self, D: Optional[int] = None) -> np.ndarray:
+    def variances(self, D: int | None = None) -> np.ndarray:
         """Per-direction variances s_d = 2 eps / (D lambda_d) (float64 array of length D)."""
         D = self._check_D(len(self.eigenvalues) if D is None else D)
         return 2.0 * self.eps / (D * self.eigenvalues)
 
-    def s(self, D: Optional[int] = None) -> np.ndarray:
+    def s(self, D: int | None = None) -> np.ndarray:
         """Per-direction second moments (a vector, not a scalar: the distribution is not isotropic)."""
         return self.variances(D)
 
-    def m(self, D: Optional[int] = None):
+    def m(self, D: int | None = None):
         raise ValueError("the curvature sampler is not isotropic: it has no scalar fourth moment m; use "
                          "covariance(D) (Gaussian fourth moments S_ab S_cd + S_ac S_bd + S_ad S_bc)")
 
-    def covariance(self, D: Optional[int] = None) -> np.ndarray:
+    def covariance(self, D: int | None = None) -> np.ndarray:
         return np.diag(self.variances(D))
 
-    def fourth_moment_tensor(self, D: Optional[int] = None) -> np.ndarray:
+    def fourth_moment_tensor(self, D: int | None = None) -> np.ndarray:
         S = self.covariance(D)
         return (np.einsum("ab,cd->abcd", S, S) + np.einsum("ac,bd->abcd", S, S)
                 + np.einsum("ad,bc->abcd", S, S))

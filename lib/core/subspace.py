@@ -12,7 +12,7 @@ Conventions (shared by ``sampling``, ``montecarlo`` and ``quadratic``):
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ def check_basis(model: torch.nn.Module, basis: torch.Tensor) -> int:
     return int(basis.shape[0])
 
 
-def _chunk_size(chunk_size: Optional[int], model: torch.nn.Module) -> int:
+def _chunk_size(chunk_size: int | None, model: torch.nn.Module) -> int:
     """The caller's ``chunk_size`` (an integer >= 1) or, when None, the model's preferred chunk or DEFAULT_CHUNK."""
     if chunk_size is None:
         return preferred_chunk(model) or DEFAULT_CHUNK
@@ -150,8 +150,8 @@ def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, pro
     return out
 
 
-def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size: Optional[int] = None,
-                      loss_fn: Optional[LossFn] = None, progress: bool = False) -> torch.Tensor:
+def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size: int | None = None,
+                      loss_fn: LossFn | None = None, progress: bool = False) -> torch.Tensor:
     """Per-sample losses at arbitrary flat weight vectors.
 
     ``weights``: (n_params,) or (T, n_params). Returns (T, N) (or (N,) for a single vector), in the model's
@@ -172,7 +172,8 @@ def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size:
 
 
 def _first_linear(model: torch.nn.Module):
-    """(names of the first Linear's parameters, the rest of the network) for Sequential(Flatten, Linear, ...), or None."""
+    """(names of the first Linear's parameters, the rest of the network) for Sequential(Flatten, Linear, ...),
+    or None."""
     if not isinstance(model, torch.nn.Sequential) or len(model) < 3 or len(list(model.buffers())):
         return None
     flat, lin = model[0], model[1]
@@ -198,8 +199,8 @@ class SubspaceLosses:
     network. Both paths give the same losses up to floating-point rounding (tested).
     """
 
-    def __init__(self, model, inputs, targets, basis: torch.Tensor, chunk_size: Optional[int] = None,
-                 loss_fn: Optional[LossFn] = None, shortcut: bool = True):
+    def __init__(self, model, inputs, targets, basis: torch.Tensor, chunk_size: int | None = None,
+                 loss_fn: LossFn | None = None, shortcut: bool = True):
         self.D = check_basis(model, basis)
         check_data(inputs, targets)
         self.model, self.inputs, self.targets = model, inputs, targets
@@ -276,7 +277,7 @@ class SubspaceLosses:
 
 
 def per_sample_losses(model, inputs, targets, basis: torch.Tensor, thetas: torch.Tensor,
-                      chunk_size: Optional[int] = None, loss_fn: Optional[LossFn] = None,
+                      chunk_size: int | None = None, loss_fn: LossFn | None = None,
                       progress: bool = False, shortcut: bool = True) -> torch.Tensor:
     """Per-sample losses ``l_i(w* + P^T theta_t)`` for a batch of thetas: returns a (T, N) tensor.
 

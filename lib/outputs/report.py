@@ -155,7 +155,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     if r0:
         out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))
         out[macro("r0", "slope", "max")] = fmt(max(r["slope"] for r in r0))
-        out[macro("bound", "over", "measured", "min")] = fmt(min(r["hessian_bound"] / r["max_measured_norm"] for r in r0))
+        out[macro("bound", "over", "measured", "min")] = fmt(min(r["hessian_bound"] / r["max_measured_norm"]
+                                                                  for r in r0))
     if timings:
         for stage, sec in timings.items():
             out[macro("time", re.sub(r"^\d+_", "", stage))] = fmt(sec / 60, 2)

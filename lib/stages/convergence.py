@@ -7,9 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from lib.core import bounds
+from lib.core import bounds, models
 from lib.core import convergence as cv
-from lib.core import models
 from lib.core.quadratic import PerSampleTerms, variance_quadratic
 from lib.core.tensors import n_params
 from lib.core.train import train
