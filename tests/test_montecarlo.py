@@ -194,3 +194,17 @@ def test_bad_parameters_raise_value_errors():
         delta_curve(model, x[:1], y[:1], P, g, 4, progress=False)
     with pytest.raises(ValueError, match="same length, got 10 and 9"):
         delta_curve(model, x, y[:-1], P, g, 4, progress=False)
+
+
+def test_order_curves_and_batch_means_are_consistent():
+    """The per-order curves average to order_mean, and the batch means average (weighted by batch size) to delta."""
+    model = seeded_model(lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)))
+    x, y = seeded_data(40, (6,), 3)
+    P = random_basis(sum(p.numel() for p in model.parameters()), 3, seed=0, dtype=torch.float64)
+    c = delta_curve(model, x, y, P, make_sampler("gaussian", sigma=0.5), 12, n_orders=5, n_batches=4, progress=False)
+    assert c.order_curves.shape == (5, 39) and c.batch_means.shape == (4, 39)
+    np.testing.assert_allclose(c.order_curves.mean(0), c.order_mean, rtol=1e-12)
+    np.testing.assert_allclose(c.batch_means.mean(0), c.delta, rtol=1e-12)          # 4 batches of 3 thetas
+    c2 = delta_curve(model, x, y, P, make_sampler("gaussian", sigma=0.5), 10, n_batches=4, progress=False)
+    sizes = np.array([3, 2, 3, 2])                                                  # unit u -> batch u*4//10
+    np.testing.assert_allclose((c2.batch_means * sizes[:, None]).sum(0) / 10, c2.delta, rtol=1e-12)

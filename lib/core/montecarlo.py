@@ -160,6 +160,9 @@ class DeltaCurve:
     order_mean, order_median, order_stderr   mean / median / standard error over the R orders of the
                                              per-order Monte-Carlo curves mean_theta d_k^{pi_r}(theta)^2
     order_formula          vbar N / ((N-1) k (k+1)) (exact order average for these thetas, SCIENCE 4b)
+    order_curves           (R, N-1) the per-order curves themselves (for K of each order)
+    batch_means            (B, N-1) mean of d_k^2 over each of B disjoint consecutive batches of estimator units
+                           (for a simultaneous band over k); B = min(n_batches, number of units)
     """
 
     k: np.ndarray
@@ -185,6 +188,8 @@ class DeltaCurve:
     order_median: np.ndarray | None = None
     order_stderr: np.ndarray | None = None
     order_formula: np.ndarray | None = None
+    order_curves: np.ndarray | None = None
+    batch_means: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -192,14 +197,16 @@ class DeltaCurve:
 def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n_samples: int,
                 estimator: str = "plain", seed: int = 0, n_orders: int = 0, order_seed: int | None = None,
                 batch_thetas: int = 16, n_replicates: int = DEFAULT_SOBOL_REPLICATES,
-                chunk_size: int | None = None, loss_fn=None, progress: bool = True) -> DeltaCurve:
+                chunk_size: int | None = None, loss_fn=None, progress: bool = True,
+                n_batches: int = 32) -> DeltaCurve:
     """Monte-Carlo Delta_k for k = 1..N-1 at w = w* + P^T theta, theta ~ ``sampler``.
 
     Parameters: ``basis`` (D, n_params) with rows in parameters_to_vector order; ``n_samples`` = T thetas (>= 2;
     even for ``antithetic``; a multiple of ``n_replicates`` >= 2 for ``sobol``, whose standard error is taken
     across the independently scrambled blocks); ``n_orders`` = R random insertion orders (seeded by
     ``order_seed``, default ``seed + 1``) evaluated on the same per-sample losses; ``batch_thetas`` thetas are
-    post-processed together. Costs T + 1 forward passes over the N samples (theta = 0 included).
+    post-processed together; ``n_batches`` batch means of d_k^2 are kept for a simultaneous band. Costs T + 1
+    forward passes over the N samples (theta = 0 included).
     """
     t_start = time.perf_counter()
     D = check_basis(model, basis)
@@ -241,6 +248,10 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
     acc_delta = _UnitAccumulator(N - 1, device, unit)
     acc_centred = _UnitAccumulator(N - 1, device, unit)
     acc_v = _UnitAccumulator((), device, unit)
+    n_units = n_samples // unit
+    n_batches = min(check_int("n_batches", n_batches, 1), n_units)
+    batch_of = (torch.arange(n_samples) // unit) * n_batches // n_units          # batch of each theta
+    batch_sum = torch.zeros(n_batches, N - 1, dtype=torch.float64, device=device)
     if n_orders:
         g = torch.Generator().manual_seed(int(seed + 1 if order_seed is None else order_seed))
         perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
@@ -259,6 +270,7 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
             acc_delta.add_batch(dsq)
             acc_centred.add_batch(csq)
             acc_v.add_batch(v)
+            batch_sum.index_add_(0, batch_of[start:start + th.shape[0]].to(device), dsq)
             if n_orders:
                 for b in range(th.shape[0]):
                     dp = loss_differences(L[b][perms])   # (R, N-1)
@@ -287,5 +299,8 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
         out.order_stderr = (curves.std(axis=0, ddof=1) / math.sqrt(n_orders) if n_orders > 1
                             else np.full(N - 1, np.nan))
         out.order_formula = order_average_formula(out.vbar, N, k)
+        out.order_curves = curves
+    counts = torch.bincount(batch_of, minlength=n_batches).to(torch.float64).to(device)
+    out.batch_means = (batch_sum / counts[:, None]).cpu().numpy()
     out.seconds = time.perf_counter() - t_start
     return out
