@@ -8,27 +8,37 @@ STAMP := $(VENV)/.setup-stamp
 KERNEL := landscape-hessian
 PROFILE ?= paper
 DATA_STAMP := data/.verified
+# extra flags of `make lab`, e.g. on a remote machine: make lab LAB_ARGS='--no-browser --ip=0.0.0.0 --port=8888'
+LAB_ARGS ?=
+# JupyterLab refuses to run as root without --allow-root (containers, CI, fresh cloud machines run as root)
+ALLOW_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
+NOTEBOOKS = $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
+# the prerequisites of the goals on the command line (TeX, poppler, venv support, disk, browser; lib/infra/prereqs.py)
+PREREQS = $(PYTHON) -m lib.infra.prereqs --venv $(VENV) --goals "$(or $(MAKECMDGOALS),prereqs)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test pytest lint update-reference notebooks-smoke reproduce notebooks stage lab bench clean-results paper slides \
-        check-tex paper-test
-TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-science \
-                texlive-bibtex-extra poppler-utils
+.PHONY: help prereqs setup data test pytest lint update-reference notebooks-smoke reproduce notebooks stage \
+        stage-args lab bench clean-results paper slides check-tex paper-test
 LATEXMK := latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=paper|smoke (default paper), STAGE=02_spectrum, SET='train.epochs=2'"
+	@echo "  variables: PROFILE=paper|smoke (default paper), STAGE=02_spectrum, SET='train.epochs=2',"
+	@echo "             LAB_ARGS='--no-browser --ip=0.0.0.0 --port=8888', YES=1 (clean-results without asking)"
 
-$(STAMP): requirements.txt pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+prereqs:  ## check (as root with apt: install) TeX, poppler, venv support, disk, chromium; rebuild a broken .venv
+	@$(PREREQS)
+
+# order-only: the check runs first even when the stamp is up to date, and a .venv it removed is rebuilt
+$(STAMP): requirements.txt pyproject.toml | prereqs
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "error: $(PYTHON) -m venv failed"; exit 2; }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
 	@touch $@
 
-setup: $(STAMP)  ## build .venv with the pinned packages and register its Jupyter kernel (no-op when done)
+setup: prereqs $(STAMP)  ## build .venv with the pinned packages and register its Jupyter kernel (no-op when done)
 
 $(DATA_STAMP): $(STAMP) data/SHA256SUMS lib/infra/data.py
 	$(PY) -m lib.infra.data
@@ -46,10 +56,10 @@ lint: setup  ## ruff check of lib, tests, bench and notebooks
 notebooks-smoke: setup data  ## run every notebook under the smoke profile
 	$(PY) -m lib --profile smoke
 
-paper-test:  ## check the built PDFs: key numbers equal the results, no "??"
+paper-test: prereqs  ## check the built PDFs: key numbers equal the results, no "??"
 	$(PY) -m pytest -q -m paper
 
-test: setup data lint notebooks-smoke  ## lint, every notebook (smoke), unit tests, paper + slides + PDF checks
+test: prereqs setup data lint notebooks-smoke  ## lint, every notebook (smoke), unit tests, paper + slides + PDF checks
 	SMOKE_RUN_A=results $(PY) -m pytest -q -m "not paper"
 	$(MAKE) paper slides
 	$(MAKE) paper-test
@@ -57,13 +67,12 @@ test: setup data lint notebooks-smoke  ## lint, every notebook (smoke), unit tes
 update-reference: setup  ## rewrite tests/reference/smoke.json from results/smoke (after an intended change)
 	$(PY) tests/key_numbers.py --update
 
-reproduce: setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
+reproduce: prereqs setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
 	$(PY) -m lib --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
 	$(MAKE) paper slides
 
 check-tex:
-	@command -v latexmk >/dev/null || { echo "error: latexmk not found. Install TeX (Debian/Ubuntu):"; \
-	  echo "  sudo apt-get install -y $(TEX_PACKAGES)"; exit 2; }
+	@$(PYTHON) -m lib.infra.prereqs --goals check-tex
 
 # PROFILE given on the command line: regenerate figures/numbers from that profile first (notebook 06);
 # otherwise build from whatever profile was reproduced last (paper/generated/source.json says which).
@@ -83,15 +92,29 @@ paper: check-tex  ## build paper/main.pdf from the last reproduced profile (or P
 slides: check-tex  ## build slides/main.pdf (Beamer) from the same figures and numbers
 	$(call build_tex,slides)
 
-stage: setup data  ## run one notebook: make stage STAGE=02_spectrum PROFILE=smoke [SET='key=value ...']
-	@test -n "$(STAGE)" || { echo "usage: make stage STAGE=01_train [PROFILE=smoke] [SET='train.epochs=2']"; exit 2; }
+stage-args:
+	@test -n "$(STAGE)" || { echo "usage: make stage STAGE=01_train [PROFILE=smoke] [SET='train.epochs=2']"; \
+	  echo "  STAGE: one of $(NOTEBOOKS) (or its number or stage name, e.g. 01 or train)"; exit 2; }
+
+stage: stage-args prereqs setup data  ## run one notebook: make stage STAGE=02_spectrum PROFILE=smoke [SET='key=value ...']
 	$(PY) -m lib --profile $(PROFILE) --only $(STAGE) $(foreach s,$(SET),--set $(s))
 
-lab: setup  ## start JupyterLab; .py notebooks open as notebooks (jupytext pairing) with the .venv kernel
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --MappingKernelManager.default_kernel_name=$(KERNEL)
+lab: prereqs setup  ## start JupyterLab (.py notebooks open as notebooks, .venv kernel); remote: LAB_ARGS='...'
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --MappingKernelManager.default_kernel_name=$(KERNEL) \
+	  $(ALLOW_ROOT) $(LAB_ARGS)
 
 bench: setup data  ## print the benchmark table (Hessian solvers, Monte-Carlo cost, memory)
 	$(PY) -m bench
 
-clean-results:  ## delete results/$(PROFILE)
-	rm -rf results/$(PROFILE)
+# destructive: the profile must be named on the command line (no default), and the deletion confirmed (or YES=1)
+clean-results:  ## delete one profile's results: make clean-results PROFILE=smoke [YES=1] (asks first)
+	@if [ "$(origin PROFILE)" != "command line" ]; then \
+	  echo "usage: make clean-results PROFILE=<profile> [YES=1]  (profiles with results: $$(ls results 2>/dev/null | tr '\n' ' '))"; \
+	  exit 2; fi
+	@case "$(PROFILE)" in ""|*/*|.*) echo "error: PROFILE='$(PROFILE)' must be a plain name such as smoke"; exit 2;; esac
+	@if [ ! -e "results/$(PROFILE)" ]; then echo "nothing to delete: results/$(PROFILE) does not exist"; exit 0; fi; \
+	if [ "$(YES)" != 1 ]; then \
+	  if [ ! -t 0 ]; then echo "error: not deleting results/$(PROFILE) without confirmation: run make clean-results PROFILE=$(PROFILE) YES=1"; exit 2; fi; \
+	  read -r -p "delete results/$(PROFILE) ($$(find results/$(PROFILE) -type f | wc -l) files, $$(du -sh results/$(PROFILE) | cut -f1))? [y/N] " answer; \
+	  case "$$answer" in y|Y|yes) ;; *) echo "kept results/$(PROFILE)"; exit 1;; esac; fi; \
+	rm -rf "results/$(PROFILE)" && echo "deleted results/$(PROFILE)"

@@ -27,12 +27,13 @@ profile = 'smoke'
 device = 'cpu'
 datasets = ['mnist']
 models = ['mlp2']
-seeds = [0]
+seeds = [0, 1]
 progress = False
+spectrum_max_seeds = {}
 D = 4
 sigma = 0.3
 n_samples = 32
-n_orders = 4
+n_orders = 20
 sweep_datasets = ['mnist']
 sweep_models = ['mlp2']
 sweep_samples = 16
@@ -41,6 +42,8 @@ dims = [1, 4]
 distributions = ['gaussian', 'ball', 'sphere', 'curvature']
 estimators = ['plain', 'antithetic', 'sobol']
 theory_max_D = 4
+gap_scale = True
+gap_thetas = 8
 
 # %%
 import matplotlib.pyplot as plt

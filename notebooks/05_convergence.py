@@ -15,9 +15,11 @@
 # # 05 - Convergence analysis and the sufficient sample size
 #
 # From the curves of 04: where the quadratic prediction holds (theory vs Monte Carlo across sigma), Delta_k vs
-# L_k(w*), log-log slopes and k^2 Delta_k, the sample-size table K(Delta) with its validation (the recipe trained
-# on the first K samples vs on all N), a learning curve, and the R = 0 curves of Kiselev & Grabovoy with their
-# Hessian-norm bound for bias-free ReLU MLPs. Tables go to
+# L_k(w*), log-log slopes and k^2 Delta_k; the sufficient sample size K(Delta) with its uncertainty (random
+# insertion orders x training seeds, a simultaneous band over k), real pilots trained on the first n0 samples
+# only, a learning curve with every seed up to the largest size, the power-law learning-curve competitor, the
+# calibration threshold Delta* and the machine-readable headline `results/<profile>/summary.json`; the R = 0
+# curves of Kiselev & Grabovoy with their Hessian-norm bound for bias-free ReLU MLPs. Tables go to
 # `results/<profile>/analysis/`.
 
 # %% tags=["parameters"]
@@ -26,13 +28,17 @@ profile = 'smoke'
 device = 'cpu'
 datasets = ['mnist']
 models = ['mlp2']
-seeds = [0]
+seeds = [0, 1]
 progress = False
+n_train = 1000
 data_seed = 0
+spectrum_max_seeds = {}
 delta_grid = [0.01, 0.001, 0.0001]
-pilot_k0 = 100
-learning_sizes = [100, 300, 1000]
+pilot_sizes = [200, 400]
+pilot_samples = 32
+learning_sizes = [100, 200, 400, 1000, 2000]
 learning_models = ['mlp2']
+accuracy_gaps = [0.01, 0.005]
 r0_dataset = 'mnist'
 r0_n_train = 500
 r0_architectures = [[32], [32, 32]]
@@ -76,18 +82,35 @@ print(format_table(tables["theory"], ["dataset", "model", "subspace", "D", "dist
 print(format_table(tables["loss_correlation"], ["dataset", "model", "subspace", "rho", "p_value", "n"]))
 
 # %% [markdown]
-# ## Sufficient sample size, validated by training on the first K samples
+# ## Learning curve (every seed, up to the largest size)
 
 # %%
-print(format_table(tables["sample_size"], ["dataset", "model", "delta", "K_mc", "K_conservative", "K_q", "K_closed",
-                                           "K_pilot_fit", "K_pilot_vbar", "test_accuracy_K", "test_accuracy_N",
-                                           "wall_seconds"]))
+print(format_table(tables["learning_curve"], ["dataset", "model", "seed", "n", "test_accuracy", "test_loss"]))
 
 # %% [markdown]
-# ## Learning curve
+# ## Sufficient sample size: the given order, the simultaneous band, and the spread over random orders
 
 # %%
-print(format_table(tables["learning_curve"], ["dataset", "model", "n", "test_accuracy", "train_loss"]))
+print(format_table(tables["sample_size"], ["dataset", "model", "seed", "scale", "sigma", "delta", "K_fixed",
+                                           "K_band", "K_order_median", "K_order_q05", "K_order_q95",
+                                           "K_order_upper", "K_closed", "test_accuracy_K", "test_accuracy_N"]))
+
+# %% [markdown]
+# ## Real pilots (first n0 samples only) and the calibration threshold Delta*
+
+# %%
+print(format_table(tables["pilots"], ["dataset", "model", "seed", "n0", "vbar_sigma", "sigma_gap", "vbar_gap",
+                                      "gap", "test_accuracy"]))
+print(format_table(tables["calibration"], ["dataset", "model", "seed", "scale", "gap", "n_within", "delta_star"]))
+
+# %% [markdown]
+# ## Predicting where the learning curve reaches its plateau: power law vs landscape pilot
+
+# %%
+print(format_table(tables["predictors"], ["dataset", "model", "gap", "n0", "n_within", "n_learning_curve",
+                                          "n_landscape_sigma", "n_landscape_loss_gap"]))
+print(format_table(tables["summary"], ["dataset", "model", "scale", "delta", "K_median", "K_q05", "K_q95",
+                                       "K_pilot", "n_learning_curve", "n_within_1pt", "delta_star"]))
 
 # %% [markdown]
 # ## R = 0 curves and the Hessian-norm bound (bias-free ReLU MLPs)

@@ -23,7 +23,7 @@
 profile = 'smoke'
 datasets = ['mnist']
 models = ['mlp2']
-seeds = [0]
+seeds = [0, 1]
 spectrum_max_seeds = {}
 
 # %%

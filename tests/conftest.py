@@ -1,4 +1,6 @@
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +23,102 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------ tiny pipeline
+#: a profile small enough to run all six stages in-process in well under a minute (one model, N = 200).
+#: sweep_samples is 8, not 4: the Sobol estimator needs a multiple of its 8 scrambled replicates; spectrum.tol is
+#: 1e-2 (the smallest eigenvalue takes 3x fewer products than at 1e-4; Ritz values stay accurate to ~1e-4).
+TINY_PROFILE = {
+    "common": {"profile": "pipeline_test", "datasets": ["mnist"], "models": ["mlp1"], "seeds": [0],
+               "n_train": 200, "data_seed": 0},
+    "train": {"epochs": 1},
+    "spectrum": {"k_top": 4, "n_vectors": 2, "trace_probes": 4, "slq_iter": 8, "tol": 0.01},
+    "projection": {"grid_points": 3, "k_small": 10},
+    "monte_carlo": {"D": 2, "n_samples": 8, "n_orders": 2, "sweep_datasets": ["mnist"], "sweep_models": ["mlp1"],
+                    "sigmas": [0.1, 1.0], "dims": [1, 2], "sweep_samples": 8, "theory_max_D": 2,
+                    "gap_thetas": 4},
+    "convergence": {"delta_grid": [0.01, 0.001], "pilot_sizes": [50, 100], "pilot_samples": 4,
+                    "learning_sizes": [25, 50, 100, 200], "learning_models": ["mlp1"], "r0_n_train": 100,
+                    "r0_architectures": [[8]], "r0_orders": 2, "r0_hessian_samples": 1},
+}
+#: stage timings the figures stage reads (as the runner writes them) and turns into \Time... numbers
+TINY_TIMINGS = {"01_train": 60.0, "04_monte_carlo": 90.0}
+
+
+def snapshot(*folders: Path) -> dict:
+    """(mtime_ns, size) of every file under ``folders`` (missing folders: nothing)."""
+    out = {}
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.rglob("*"):
+                if p.is_file():
+                    st = p.stat()
+                    out[str(p)] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+@dataclass
+class Pipeline:
+    """The six stages run once into a temporary store: what each ``run`` returned, and where 06 wrote."""
+    profile: object                    # lib.infra.config.Profile
+    store: object                      # lib.infra.results.ResultStore (root = results_root / profile)
+    results_root: Path                 # what lib.stages.figures.RESULTS_ROOT pointed to during 06
+    figures_dir: Path                  # what lib.outputs.report.FIGURES pointed to during 06
+    generated_dir: Path                # what lib.outputs.report.GENERATED pointed to during 06
+    out: dict                          # stage name -> the value its run() returned
+    seconds: dict                      # stage name -> wall seconds
+    repo_before: dict = field(default_factory=dict)   # snapshot of paper/ and results/ before the stages
+    repo_after: dict = field(default_factory=dict)    # ... and after
+    repo_folders: tuple = ()
+
+    def stage(self, name: str):
+        return self.profile.stage(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """Every stage entry point, in order, on ``TINY_PROFILE`` into a temporary ResultStore; notebook 06's
+    output folders (``report.FIGURES``/``GENERATED``) and the timings root are temporary folders too, so that
+    nothing under the repository's paper/ or results/ is touched (the snapshots let a test check it)."""
+    import importlib
+    import json
+    import time
+
+    import torch
+
+    from lib import REPO_ROOT
+    from lib.infra import config
+    from lib.infra import results as results_module
+    from lib.infra.results import ResultStore
+    from lib.outputs import report
+    from lib.stages import REGISTRY
+    from lib.stages import figures as figures_stage
+
+    base = tmp_path_factory.mktemp("pipeline")
+    profile = config.validate(TINY_PROFILE, source="tests/conftest.py TINY_PROFILE")
+    name = profile.common.profile
+    results_root = base / "results"
+    store = ResultStore(name, root=results_root / name)
+    (results_root / name).mkdir(parents=True)
+    (results_root / name / "timings.json").write_text(json.dumps(TINY_TIMINGS))
+    figures_dir, generated_dir = base / "paper" / "figures", base / "paper" / "generated"
+    repo_folders = (REPO_ROOT / "paper", Path(results_module.RESULTS_ROOT))
+    pipe = Pipeline(profile, store, results_root, figures_dir, generated_dir, {}, {}, repo_folders=repo_folders)
+    pipe.repo_before = snapshot(*repo_folders)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(report, "FIGURES", figures_dir)
+            mp.setattr(report, "GENERATED", generated_dir)
+            mp.setattr(figures_stage, "RESULTS_ROOT", results_root)
+            for stage in REGISTRY:
+                common, section = profile.stage(stage)
+                t0 = time.perf_counter()
+                pipe.out[stage] = importlib.import_module(f"lib.stages.{stage}").run(store, common, section)
+                pipe.seconds[stage] = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    pipe.repo_after = snapshot(*repo_folders)
+    return pipe

@@ -25,8 +25,9 @@ def key_numbers(root: Path) -> dict:
     store = ResultStore("smoke", root=root)
     train = store.meta("train", "mnist_mlp2_s0")["summary"]
     spec = store.meta("spectrum", "mnist_mlp2_s0")["summary"]
-    slopes = {r["subspace"]: r for r in store.load("analysis", "slopes").payload["rows"]}
-    sizes = {r["delta"]: r for r in store.load("analysis", "sample_size").payload["rows"]}
+    slopes = {r["subspace"]: r for r in store.load("analysis", "slopes").payload["rows"] if r["seed"] == 0}
+    sizes = {r["delta"]: r for r in store.load("analysis", "sample_size").payload["rows"]
+             if r["seed"] == 0 and r["scale"] == "sigma"}
     return {
         "test_accuracy": train["test_accuracy"],
         "lambda_1": spec["lambda_1"],
@@ -34,7 +35,7 @@ def key_numbers(root: Path) -> dict:
         "slope_hessian": slopes["hessian"]["slope"],
         "slope_random": slopes["random"]["slope"],
         "vbar_hessian": slopes["hessian"]["vbar"],
-        "K_mc_1e-3": sizes[1e-3]["K_mc"],
+        "K_mc_1e-3": sizes[1e-3]["K_fixed"],
         "K_closed_1e-3": sizes[1e-3]["K_closed"],
     }
 

@@ -105,7 +105,7 @@ class Common:
     device: str = param("cpu", choice(DEVICES), "cpu, cuda or auto (cuda when available)")
     datasets: list = param(["mnist"], list_of(choice(sorted(DATASETS))), "datasets of the main runs")
     models: list = param(["mlp2"], list_of(choice(MODELS)), "models of the main runs")
-    seeds: list = param([0], list_of(integer(0)), "training seeds")
+    seeds: list = param([0, 1], list_of(integer(0)), "training seeds")
     n_train: int = param(1000, integer(2, TRAIN_SIZE), "N: training samples (first N of the insertion order)")
     data_seed: int = param(0, integer(0), "seed of the insertion order of the training split")
     progress: bool = param(False, boolean, "progress bars in long loops")
@@ -144,7 +144,7 @@ class MonteCarlo:
     D: int = param(4, integer(1), "subspace dimension of the main curves")
     sigma: float = param(0.3, number(gt=0), "scale of theta for the main curves")
     n_samples: int = param(32, integer(2), "thetas T per main curve")
-    n_orders: int = param(4, integer(0), "random insertion orders R per main curve")
+    n_orders: int = param(20, integer(0), "random insertion orders R per main curve (>= 19 for a 95 % bound on K)")
     sweep_datasets: list = param(["mnist"], list_of(choice(sorted(DATASETS)), min_len=0), "datasets of sweeps")
     sweep_models: list = param(["mlp2"], list_of(choice(MODELS), min_len=0), "models of the sweeps")
     sweep_samples: int = param(16, integer(2), "thetas per sweep curve")
@@ -153,14 +153,21 @@ class MonteCarlo:
     distributions: list = param(list(DISTRIBUTIONS), list_of(choice(DISTRIBUTIONS)), "theta distributions")
     estimators: list = param(list(ESTIMATORS), list_of(choice(ESTIMATORS)), "Monte-Carlo estimators")
     theory_max_D: int = param(4, integer(0), "curves with D <= this also get Q_k, T_k, V-bar parts")
+    gap_scale: bool = param(True, boolean, "also compute the main Hessian curves at the loss-gap sigma of each run")
+    gap_thetas: int = param(8, integer(2), "common normal draws for the loss-gap sigma search")
 
 
 @dataclass(frozen=True)
 class Convergence:
     delta_grid: list = param([0.01, 0.001, 0.0001], list_of(number(gt=0)), "thresholds Delta of K(Delta)")
-    pilot_k0: int = param(100, integer(3), "pilot size k0 (< n_train)")
-    learning_sizes: list = param([100, 300, 1000], list_of(integer(2, TRAIN_SIZE)), "learning-curve sizes")
+    pilot_sizes: list = param([200, 400], list_of(integer(10, TRAIN_SIZE)),
+                              "pilot sizes n0: train, spectrum and V-bar on the first n0 samples only (< n_train)")
+    pilot_samples: int = param(32, integer(2), "thetas of the pilot's Monte-Carlo V-bar")
+    learning_sizes: list = param([100, 200, 400, 1000, 2000], list_of(integer(2, TRAIN_SIZE)),
+                                 "learning-curve sizes (every seed; the largest is the plateau)")
     learning_models: list = param(["mlp2"], list_of(choice(MODELS)), "models of the learning curve")
+    accuracy_gaps: list = param([0.01, 0.005], list_of(number(gt=0)),
+                                "accuracy gaps to the plateau of the learning-curve targets (0.01 = 1 point)")
     r0_dataset: str = param("mnist", choice(sorted(DATASETS)), "dataset of the R = 0 bias-free MLP sweep")
     r0_n_train: int = param(500, integer(2, TRAIN_SIZE), "training samples of the R = 0 sweep")
     r0_architectures: list = param([[32], [32, 32]], list_of(list_of(integer(1), unique=False)),
@@ -187,8 +194,8 @@ COMMON_KEYS: dict[str, tuple[str, ...]] = {
     "train": (*_RUNS, "n_train", "data_seed"),
     "spectrum": (*_RUNS, "spectrum_max_seeds"),
     "projection": _RUNS,
-    "monte_carlo": _RUNS,
-    "convergence": (*_RUNS, "data_seed"),
+    "monte_carlo": (*_RUNS, "spectrum_max_seeds"),
+    "convergence": (*_RUNS, "n_train", "data_seed", "spectrum_max_seeds"),
     "figures": ("profile", "datasets", "models", "seeds", "spectrum_max_seeds"),
 }
 
@@ -303,8 +310,12 @@ def check_across_sections(profile: Profile) -> list[str]:
             errors.append(f"{key}={D} exceeds spectrum.n_vectors={spec.n_vectors} (the Hessian eigenvectors kept "
                           "for the subspace); raise spectrum.n_vectors or lower D")
     n_train = profile.common.n_train
-    if not conv.pilot_k0 < n_train:
-        errors.append(f"convergence.pilot_k0={conv.pilot_k0} must be smaller than n_train={n_train}")
+    for n0 in conv.pilot_sizes:
+        if not n0 < n_train:
+            errors.append(f"convergence.pilot_sizes contains {n0}, which must be smaller than n_train={n_train}")
+    if len(conv.learning_sizes) < 4:
+        errors.append(f"convergence.learning_sizes={conv.learning_sizes} needs at least 4 sizes (a power law with "
+                      "a plateau has 3 parameters)")
     if not proj.k_small <= proj_common.n_train - 2:
         errors.append(f"projection.k_small={proj.k_small} must be <= n_train - 2 = {proj_common.n_train - 2}")
     return errors

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import yaml
 
 from lib import REPO_ROOT
 from lib.infra.config import STAGES, ProfileError, load_profile, parse_yaml, stage_parameters
-from lib.infra.results import RESULTS_ROOT, atomic_write_json
+from lib.infra.results import RESULTS_ROOT, RUNNER_ENV, atomic_write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "landscape-hessian"
@@ -80,6 +82,22 @@ def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_N
     papermill.execute_notebook(nb, str(output), parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT),
                                progress_bar=False, log_output=True, request_save_on_cell_execute=False)
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def marked_as_runner(profile: str, overrides: list[str]):
+    """Mark the notebooks executed inside this block (their kernels inherit the environment) as run by the
+    runner: their result store may replace results whose parameters changed (an edited profile or ``--set`` is
+    an intended change), and a missing upstream result names this same command (``lib.infra.results``)."""
+    previous = os.environ.get(RUNNER_ENV)
+    os.environ[RUNNER_ENV] = json.dumps({"profile": profile, "set": list(overrides)})
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUNNER_ENV, None)
+        else:
+            os.environ[RUNNER_ENV] = previous
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -140,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         params = stage_parameters(cfg, stage_of(path))
         print(f"=== {path.name} (profile {profile})", flush=True)
         try:
-            seconds = run_notebook(path, params, out_dir, args.kernel)
+            with marked_as_runner(args.profile, args.overrides):
+                seconds = run_notebook(path, params, out_dir, args.kernel)
         except Exception as exc:  # papermill's PapermillExecutionError carries the failing cell's error
             print(f"\nerror: {path.name} failed; executed notebook saved in {out_dir / (path.stem + '.ipynb')}"
                   f"\n{exc}", file=sys.stderr)

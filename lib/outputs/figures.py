@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.core.convergence import spearman
+from lib.core.convergence import first_k_below, k_closed_form, spearman
 from lib.outputs import plotting
 from lib.stages.convergence import load_r0_curve, load_table
-from lib.stages.monte_carlo import CurveSpec, group, load_curve
+from lib.stages.monte_carlo import CurveSpec, group, load_curve, main_curves
 from lib.stages.projection import load_projection
 from lib.stages.spectrum import load_spectrum, spectrum_seeds
 
@@ -98,7 +98,7 @@ def _curve_line(ax, c, color, label, key="delta", se_key="stderr", scale=None):
 
 def delta_main(store, plan, k2: bool = False):
     """Delta_k (or k^2 Delta_k) vs k, Hessian vs random subspace, one panel per (dataset, model)."""
-    specs = group(plan, "main")
+    specs = main_curves(plan)
     runs = _runs(specs)
     ncols = min(3, len(runs))
     nrows = int(np.ceil(len(runs) / ncols))
@@ -169,7 +169,7 @@ def theory_vs_mc(store, plan):
     """Monte Carlo vs the quadratic prediction Q_k and Theorem 1's T_k across sigma (Hessian subspace)."""
     specs = [s for s in group(plan, "sigma") if s.subspace == "hessian" and s.theory]
     if not specs:
-        specs = [s for s in group(plan, "main") if s.theory][:1]
+        specs = [s for s in main_curves(plan) if s.theory][:1]
     with plotting.style():
         ncols = min(3, len(specs))
         nrows = -(-len(specs) // ncols)
@@ -203,7 +203,7 @@ def theory_vs_mc(store, plan):
 
 def order_average(store, plan):
     """k(k+1) Delta_k: fixed order, mean and median over R random orders, and V-bar N/(N-1)."""
-    specs = [s for s in group(plan, "main") if s.n_orders > 0]
+    specs = [s for s in main_curves(plan) if s.n_orders > 0]
     runs = _runs(specs)
     # one model per dataset keeps the panels legible: the model of the sigma sweep (the original's network),
     # else the first one; every other run's curves are in the results and in the notebooks
@@ -260,7 +260,7 @@ def vbar_parts(store, plan):
 
 def delta_vs_loss(store, plan):
     """Delta_k against L_k(w*) along k for the main Hessian curves, with Spearman's rho."""
-    specs = [s for s in group(plan, "main") if s.subspace == "hessian"]
+    specs = [s for s in main_curves(plan) if s.subspace == "hessian"]
     with plotting.style():
         fig, axes = plotting.figure(1, width=plotting.COLUMN_WIDTH, aspect=0.8)
         ax = axes[0, 0]
@@ -278,22 +278,72 @@ def delta_vs_loss(store, plan):
 
 
 def learning_curve(store):
+    """Test accuracy against n (mean and range over seeds) for every (dataset, model), one panel per dataset, with
+    the measured n within 1 point of the plateau (o), the power-law prediction from sizes <= n0 (^) and the
+    landscape pilot's prediction K(Delta*) (v), each on its own run's curve."""
     rows = load_table(store, "learning_curve")
+    predictors = load_table(store, "predictors")
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     with plotting.style():
-        fig, axes = plotting.figure(1, width=plotting.COLUMN_WIDTH, aspect=0.7)
-        ax = axes[0, 0]
-        keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
-        for i, (ds, m) in enumerate(keys):
-            rr = sorted((r for r in rows if (r["dataset"], r["model"]) == (ds, m)), key=lambda r: r["n"])
-            ax.plot([r["n"] for r in rr], [100 * r["test_accuracy"] for r in rr], marker="o", ms=3,
-                    color=plotting.PALETTE[i % 8], label=f"{LABELS[ds]}, {LABELS[m]}")
-        sizes = load_table(store, "sample_size")
-        for r in sizes:
-            if r["K_mc"] is not None and r["test_accuracy_K"] is not None:
-                ax.plot(r["K_mc"], 100 * r["test_accuracy_K"], "kx", ms=4)
-        ax.set(xscale="log", xlabel="training-set size $n$ (first $n$ of the insertion order)",
-               ylabel="test accuracy (%)", title="learning curve (x: trained on $K(\\Delta)$ samples)")
-        ax.legend(fontsize=6)
+        fig, axes = plotting.figure(len(datasets), width=plotting.COLUMN_WIDTH * len(datasets), aspect=0.8)
+        for ax, ds in zip(axes.flat, datasets):
+            models = list(dict.fromkeys(r["model"] for r in rows if r["dataset"] == ds))
+            for i, m in enumerate(models):
+                color = plotting.PALETTE[i % 8]
+                rr = [r for r in rows if (r["dataset"], r["model"]) == (ds, m)]
+                sizes = sorted({r["n"] for r in rr})
+                acc = np.array([[100 * r["test_accuracy"] for r in rr if r["n"] == n] for n in sizes])
+                mean = acc.mean(1)
+                ax.fill_between(sizes, acc.min(1), acc.max(1), color=color, alpha=0.25, lw=0)
+                ax.plot(sizes, mean, marker=".", ms=3, color=color,
+                        label=f"{LABELS[m]} ({acc.shape[1]} seed{'s' * (acc.shape[1] > 1)})")
+
+                def at(n, sizes=sizes, mean=mean):
+                    return float(np.interp(np.log(n), np.log(sizes), mean))
+
+                pred = [p for p in predictors if (p["dataset"], p["model"]) == (ds, m) and abs(p["gap"] - 0.01) < 1e-12]
+                if pred:
+                    p = max(pred, key=lambda p: p["n0"])
+                    if p["n_within"]:
+                        ax.plot(p["n_within"], at(p["n_within"]), "o", mfc="none", color=color, ms=6)
+                    for key, marker in (("n_learning_curve", "^"), ("n_landscape_loss_gap", "v"),
+                                        ("n_landscape_sigma", "v")):
+                        n = p.get(key)
+                        if n and sizes[0] <= n <= sizes[-1]:
+                            ax.plot(n, at(n), marker, color=color, ms=4, mfc="none" if "sigma" in key else color)
+            ax.set(xscale="log", xlabel="training-set size $n$ (first $n$ of the insertion order)",
+                   ylabel="test accuracy (%)", title=f"{LABELS[ds]}: o measured, ^ power law, v landscape")
+            ax.legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+    return fig
+
+
+def k_vs_scale(store, plan, thresholds):
+    """K(Delta) against sigma (left) and against D (right) for the sweep model, from Monte Carlo (the given order,
+    filled) and from the order-averaged closed form with the Monte-Carlo V-bar (open)."""
+    panels = [([s for s in group(plan, "sigma") if s.subspace == "hessian"], "sigma", r"scale $\sigma$"),
+              (group(plan, "dim"), "D", "subspace dimension $D$")]
+    with plotting.style():
+        fig, axes = plotting.figure(2, width=plotting.FULL_WIDTH, aspect=0.45)
+        for ax, (specs, attr, xlabel) in zip(axes.flat, panels):
+            specs = sorted(specs, key=lambda s: getattr(s, attr))
+            if not specs:
+                ax.set_visible(False)
+                continue
+            xs = [getattr(s, attr) for s in specs]
+            curves = [load_curve(store, s) for s in specs]
+            for i, thr in enumerate(thresholds):
+                color = plotting.PALETTE[i % 8]
+                mc = [first_k_below(c["k"], c["delta"], thr) for c in curves]
+                closed = [k_closed_form(c["vbar"], c["N"], thr) for c in curves]
+                ax.plot(xs, [np.nan if v is None else v for v in mc], "o-", color=color, ms=3,
+                        label=rf"$\Delta={thr:g}$")
+                ax.plot(xs, closed, "s--", color=color, ms=3, mfc="none", lw=0.8)
+            N = curves[0]["N"]
+            ax.axhline(N, color="0.5", lw=0.6, ls=":")
+            ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=r"$K(\Delta)$",
+                   title=f"{LABELS[specs[0].dataset]}, {LABELS[specs[0].model]}: K vs {attr} (dotted: N)")
+            ax.legend(fontsize=6)
         fig.tight_layout()
     return fig
 

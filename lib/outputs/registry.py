@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from lib.infra.config import Common
 from lib.infra.results import ResultStore
 from lib.outputs import figures, report
+from lib.stages.convergence import load_table
 from lib.stages.monte_carlo import CurveSpec, load_plan
 from lib.stages.projection import projected_runs
 
@@ -34,6 +35,10 @@ class Inputs:
 
 def _surfaces(i: Inputs) -> dict:
     return {f"surfaces_{ds}_{m}": figures.surfaces(i.store, ds, m, s) for ds, m, s in projected_runs(i.store)}
+
+
+def _thresholds(i: Inputs) -> list[float]:
+    return sorted({r["delta"] for r in load_table(i.store, "sample_size")}, reverse=True)
 
 
 def _one(name: str, make: Callable[[Inputs], object]) -> Callable[[Inputs], dict]:
@@ -55,6 +60,7 @@ FIGURES: dict[str, Callable[[Inputs], dict]] = {
     "vbar_parts": _one("vbar_parts", lambda i: figures.vbar_parts(i.store, i.plan)),
     "delta_vs_loss": _one("delta_vs_loss", lambda i: figures.delta_vs_loss(i.store, i.plan)),
     "learning_curve": _one("learning_curve", lambda i: figures.learning_curve(i.store)),
+    "k_vs_scale": _one("k_vs_scale", lambda i: figures.k_vs_scale(i.store, i.plan, _thresholds(i))),
     "r0_curves": _one("r0_curves", lambda i: figures.r0_curves(i.store)),
 }
 
@@ -63,6 +69,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
     "sample_size": lambda i: report.sample_size_table(i.store),
     "solvers": lambda i: report.solver_table(i.store, i.common.datasets, i.common.models, i.common.seeds),
     "theory": lambda i: report.theory_table(i.store),
+    "predictors": lambda i: report.predictor_table(i.store),
 }
 
 

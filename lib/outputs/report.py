@@ -20,7 +20,7 @@ from lib.infra.data import DATASETS
 from lib.infra.results import atomic_write_bytes, git_commit, package_versions
 from lib.stages.base import load, run_name
 from lib.stages.convergence import load_table
-from lib.stages.monte_carlo import group
+from lib.stages.monte_carlo import main_curves
 from lib.stages.spectrum import load_spectrum, spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
 
@@ -114,19 +114,20 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
             out[macro("lambda", "min", ds, m)] = fmt(specs[0]["smallest"])
             out[macro("trace", ds, m)] = fmt(specs[0]["trace"])
             out[macro("k", "top")] = fmt(int(ev.shape[1]))
-    main = group(plan, "main")
+    main = main_curves(plan)
     if main:
         out[macro("mc", "D")] = fmt(int(main[0].D))
         out[macro("mc", "sigma")] = fmt(main[0].sigma)
         out[macro("mc", "T")] = fmt(int(main[0].n_samples))
         out[macro("mc", "orders")] = fmt(int(main[0].n_orders))
-    for row in load_table(store, "slopes"):
+    first = main[0].seed if main else None
+    for row in [r for r in load_table(store, "slopes") if r["seed"] == first]:
         key = (row["dataset"], row["model"], row["subspace"])
         out[macro("slope", *key)] = fmt(row["slope"])
         out[macro("slope", "se", *key)] = fmt(row["slope_se"], 2)
         out[macro("k2", *key)] = fmt(row["k2_median"])
         out[macro("vbar", *key)] = fmt(row["vbar"])
-    for row in load_table(store, "loss_correlation"):
+    for row in [r for r in load_table(store, "loss_correlation") if r["seed"] == first]:
         out[macro("rho", row["dataset"], row["model"], row["subspace"])] = fmt(row["rho"], 2)
     theory = [r for r in load_table(store, "theory")
               if r["subspace"] == "hessian" and r["distribution"] == "gaussian" and r["estimator"] == "plain"]
@@ -141,13 +142,13 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("theory", "within", "low")] = pct(lo["share_within_3se"])
         # where the fixed-order predictions sit relative to Monte Carlo at the largest sigma (MC / Q_k > 1: below)
         out[macro("theory", "side", "high")] = "below" if hi["median_mc_over_q"] > 1 else "above"
-    table = load_table(store, "sample_size")
+    table = [r for r in load_table(store, "sample_size") if r["seed"] == first and r["scale"] == "sigma"]
     if table:
         thr = sorted({r["delta"] for r in table})
         out[macro("delta", "table")] = fmt(thr[len(thr) // 2])
         for r in table:
             if r["delta"] == thr[len(thr) // 2]:
-                out[macro("K", "mc", r["dataset"], r["model"])] = fmt(r["K_mc"]) if r["K_mc"] else "not reached"
+                out[macro("K", "mc", r["dataset"], r["model"])] = fmt(r["K_fixed"]) if r["K_fixed"] else "not reached"
                 out[macro("K", "closed", r["dataset"], r["model"])] = fmt(r["K_closed"])
                 out[macro("acc", "K", r["dataset"], r["model"])] = pct(r["test_accuracy_K"])
                 out[macro("wall", "K", r["dataset"], r["model"])] = fmt(int(round(r["wall_seconds"])))
@@ -184,19 +185,40 @@ def _tabular(header: list[str], rows: list[list[str]], align: str) -> str:
     return "\n".join([f"\\begin{{tabular}}{{{align}}}", r"\toprule", *body, r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
+def _k(value) -> str:
+    return fmt(int(round(value))) if value is not None else "--"
+
+
 def sample_size_table(store) -> str:
+    """K(Delta) per run (dataset, model, seed) and scale: the given order, the simultaneous-band K, the median and
+    5-95 % range over random orders, the conformal upper K, and the closed form."""
     rows = []
     for r in load_table(store, "sample_size"):
-        rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], fmt(r["n_params"]), pct(r["test_accuracy_N"]),
-                     f"${fmt(r['delta'], 2)}$", fmt(r["K_mc"]) if r["K_mc"] else "--",
-                     fmt(r["K_conservative"]) if r["K_conservative"] else "--",
-                     fmt(r["K_q"]) if r["K_q"] else "--", fmt(r["K_closed"]),
-                     fmt(int(round(r["K_pilot_fit"]))) if r["K_pilot_fit"] else "--",
-                     fmt(r["K_pilot_vbar"]) if r["K_pilot_vbar"] else "--",
-                     pct(r["test_accuracy_K"]), fmt(int(round(r["wall_seconds"])))])
-    header = ["data", "model", "params", "acc.\\ $N$", r"$\Delta$", r"$K$ MC", r"$K$ cons.", r"$K$ $Q_k$",
-              r"$K$ $\bar V$", r"$K$ pilot", r"$K$ pilot $\bar V$", r"acc.\ $K$", "time (s)"]
-    return _tabular(header, rows, "ll" + "r" * 11)
+        scale = r"$\sigma=" + fmt(r["sigma"], 2) + "$" + (" (gap)" if r["scale"] == "loss_gap" else "")
+        rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], str(r["seed"]), scale,
+                     f"${fmt(r['delta'], 2)}$", _k(r["K_fixed"]), _k(r["K_band"]), _k(r["K_order_median"]),
+                     f"{_k(r['K_order_q05'])}--{_k(r['K_order_q95'])}", _k(r["K_order_upper"]), _k(r["K_closed"]),
+                     pct(r["test_accuracy_K"]), pct(r["test_accuracy_N"])])
+    header = ["data", "model", "seed", "scale", r"$\Delta$", r"$K$", r"$K$ band", r"$K$ orders", "5--95\\%",
+              r"upper", r"$K$ $\bar V$", r"acc.\ $K$", r"acc.\ $N$"]
+    return _tabular(header, rows, "lllll" + "r" * 8)
+
+
+def predictor_table(store) -> str:
+    """Per (dataset, model) and accuracy gap: the measured n within the gap of the plateau, the power-law
+    learning-curve prediction and the landscape pilot prediction from the largest pilot, with their costs."""
+    rows = []
+    predictors = load_table(store, "predictors")
+    n0 = max((p["n0"] for p in predictors), default=None)
+    for p in [p for p in predictors if p["n0"] == n0]:
+        lc, ls = p["cost_learning_curve"], p["cost_landscape"]
+        rows.append([TEX_LABELS[p["dataset"]], TEX_LABELS[p["model"]], pct(p["gap"]), _k(p["n_within"]),
+                     _k(p["n_learning_curve"]), _k(p.get("n_landscape_loss_gap")), _k(p.get("n_landscape_sigma")),
+                     f"{lc['trainings']} / {fmt(int(round(lc['seconds'])))}",
+                     f"{ls['trainings']} / {fmt(int(round(ls['seconds'])))}"])
+    header = ["data", "model", "gap (pt)", "$n$ measured", "power law", r"landscape (gap $\sigma$)",
+              r"landscape ($\sigma$ fixed)", "cost LC (trainings / s)", "cost pilot (trainings / s)"]
+    return _tabular(header, rows, "llr" + "r" * 6)
 
 
 def solver_table(store, datasets, models, seeds) -> str:

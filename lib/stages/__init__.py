@@ -20,8 +20,8 @@ REGISTRY: dict[str, StageInfo] = {s.name: s for s in (
     StageInfo("train", "01_train", ("train",)),
     StageInfo("spectrum", "02_spectrum", ("spectrum",)),
     StageInfo("projection", "03_projection", ("projection",)),
-    StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan")),
-    StageInfo("convergence", "05_convergence", ("analysis", "validation", "learning_curve", "r0")),
+    StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan", "scales")),
+    StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots")),
     StageInfo("figures", "06_figures", ()),
 )}
 

@@ -1,6 +1,7 @@
 """What every stage shares: cached computation in the result store, run names, loading a trained run."""
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,7 @@ import torch
 
 from lib.core import models
 from lib.infra import data
-from lib.infra.results import Result, ResultStore
+from lib.infra.results import Result, ResultStore, runner_context
 from lib.stages import writer_of
 
 
@@ -21,6 +22,8 @@ def cached(store: ResultStore, folder: str, name: str, params: dict, compute: Ca
     """
     if not force and store.is_done(folder, name, params):
         return store.meta(folder, name)["summary"], True
+    # a result with other parameters is replaced only where the store allows it: stop before computing
+    store.check_replace(folder, name, params, notebook=writer_of(folder).notebook)
     t0 = time.perf_counter()
     payload, summary = compute()
     seconds = time.perf_counter() - t0
@@ -28,11 +31,21 @@ def cached(store: ResultStore, folder: str, name: str, params: dict, compute: Ca
     return {**summary, "seconds": seconds}, False
 
 
+def rerun_command(notebook: str, profile: str) -> str:
+    """The command that runs ``notebook`` with the parameters of the current run: inside the runner the same
+    ``python -m lib`` command (its ``--set`` overrides included) restricted to that notebook, else ``make stage``."""
+    ctx = runner_context()
+    if ctx and ctx.get("set"):
+        sets = " ".join(f"--set {shlex.quote(item)}" for item in ctx["set"])
+        return f".venv/bin/python -m lib --profile {ctx.get('profile', profile)} --only {notebook} {sets}"
+    return f"make stage STAGE={notebook} PROFILE={(ctx or {}).get('profile', profile)}"
+
+
 def load(store: ResultStore, folder: str, name: str) -> Result:
     """A saved result; a missing one raises MissingResultError naming the notebook and the command that make it."""
     info = writer_of(folder)
     return store.load(folder, name, made_by=f"notebooks/{info.notebook}.py",
-                      command=f"make stage STAGE={info.notebook} PROFILE={store.profile}")
+                      command=rerun_command(info.notebook, store.profile))
 
 
 def run_name(dataset: str, model: str, seed: int) -> str:

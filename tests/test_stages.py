@@ -1,0 +1,570 @@
+"""Every stage entry point (``lib.stages.<stage>.run``) on the tiny pipeline of ``conftest.tiny_pipeline``: the saved
+results against independent computations (plain autograd Hessian-vector products, plain forward passes, explicit
+prefix means), skipping of identical work, and the stage plumbing (``base.load``, ``folder``)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from lib.core import models
+from lib.core.convergence import fit_slope, k_closed_form, pilot_prediction
+from lib.core.sampling import DEFAULT_SOBOL_REPLICATES
+from lib.core.subspace import filter_normalized_directions, random_basis
+from lib.core.train import evaluate
+from lib.infra import data
+from lib.infra.results import MissingResultError, ResultStore, json_bytes
+from lib.outputs import registry, report
+from lib.stages import REGISTRY, folder, writer_of
+from lib.stages import convergence as convergence_stage
+from lib.stages import monte_carlo as mc_stage
+from lib.stages import projection as projection_stage
+from lib.stages import spectrum as spectrum_stage
+from lib.stages import train as train_stage
+from lib.stages.base import load, load_trained, run_name
+from tests.cases import explicit_losses
+from tests.conftest import TINY_TIMINGS, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
+DS, MODEL, SEED, N = "mnist", "mlp1", 0, 200
+RUN = run_name(DS, MODEL, SEED)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _net64(store):
+    net, _ = load_trained(store, DS, MODEL, SEED, dtype=torch.float64)
+    x, y = data.training_subset(DS, N, 0)
+    return net, x.double(), y
+
+
+def _flat(net) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+
+def _hvp(net, x, y, v: torch.Tensor) -> torch.Tensor:
+    """H v of the mean cross-entropy by a plain double backward (no lib.core.hessian)."""
+    params = list(net.parameters())
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    hv = torch.autograd.grad(flat @ v, params)
+    return torch.cat([h.reshape(-1) for h in hv]).detach()
+
+
+def _differences(L: np.ndarray) -> np.ndarray:
+    """d_k = L_{k+1} - L_k for k = 1..N-1 of per-sample losses (..., N), from explicit prefix means."""
+    n = L.shape[-1]
+    prefix = np.cumsum(L, axis=-1) / np.arange(1, n + 1)
+    return prefix[..., 1:] - prefix[..., :-1]
+
+
+def _first_below(values, threshold):
+    """min{k : values_j < threshold for every j >= k} (k = index + 1), None when the last value is not below."""
+    values = np.asarray(values)
+    if not values[-1] < threshold:
+        return None
+    bad = np.flatnonzero(~(values < threshold))
+    return 1 if len(bad) == 0 else int(bad[-1] + 2)
+
+
+def _k_closed_brute(vbar, n, threshold):
+    k = np.arange(1, 100 * n)
+    return int(k[np.argmax(vbar * n / ((n - 1) * k * (k + 1)) < threshold)])
+
+
+def _spec(plan, grp, **match):
+    found = [s for s in mc_stage.group(plan, grp) if all(getattr(s, a) == v for a, v in match.items())]
+    assert len(found) == 1, (grp, match, found)
+    return found[0]
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------ isolation
+def test_pipeline_never_touches_the_repository_paper_or_results(tiny_pipeline):
+    """Notebook 06 writes into report.FIGURES/GENERATED and reads RESULTS_ROOT/<profile>/timings.json: the fixture
+    points them at temporary folders. Nothing under the repository's paper/ changed while the six stages ran, and
+    nothing of this profile appeared under the real results root (other profiles' folders there are left out of
+    the comparison: a concurrent `make reproduce` may be writing them)."""
+    paper, results_root = tiny_pipeline.repo_folders
+    profile = tiny_pipeline.store.profile
+    before, after = tiny_pipeline.repo_before, tiny_pipeline.repo_after
+    assert any(p.startswith(str(paper)) for p in before), "paper/ has files: the snapshot is not vacuous"
+
+    def compared(snap):
+        out = {}
+        for path, stat in snap.items():
+            rel = path[len(str(results_root)) + 1:].split("/") if path.startswith(str(results_root) + "/") else None
+            if rel is None or len(rel) == 1 or rel[0] == profile:
+                out[path] = stat
+        return out
+
+    changed = sorted(p for p in set(compared(before)) | set(compared(after))
+                     if compared(before).get(p) != compared(after).get(p))
+    assert changed == [], f"the tiny pipeline wrote into the repository: {changed}"
+    assert not (results_root / profile).exists()
+    assert tiny_pipeline.store.root == tiny_pipeline.results_root / profile
+    assert report.FIGURES == paper / "figures" and report.GENERATED == paper / "generated"   # patches undone
+
+
+# ------------------------------------------------------------------------------------------------ train
+def test_train_rows_equal_evaluate_on_the_reloaded_model(tiny_pipeline):
+    store = tiny_pipeline.store
+    (row,) = tiny_pipeline.out["train"]
+    assert row["name"] == RUN and row["skipped"] is False and row["n_train"] == N
+    assert row["n_params"] == 784 * 256 + 256 + 256 * 10 + 10 and len(row["epoch_loss"]) == 1
+    net, meta = load_trained(store, DS, MODEL, SEED)
+    common, section = tiny_pipeline.stage("train")
+    assert meta["params"] == train_stage.training_params(DS, MODEL, SEED, N, 0, section)
+    xt, yt = data.load(DS, "test")
+    on_test = evaluate(net, xt, yt)
+    assert row["test_accuracy"] == pytest.approx(on_test["accuracy"], abs=1e-12)
+    assert row["test_loss"] == pytest.approx(on_test["loss"], rel=1e-6)
+    with torch.no_grad():
+        plain = (net(xt).argmax(1) == yt).double().mean().item()
+        x, y = data.training_subset(DS, N, 0)
+        train_loss = F.cross_entropy(net(x), y).item()
+    assert row["test_accuracy"] == pytest.approx(plain, abs=1e-12) and 0.2 < plain < 1
+    assert row["train_loss"] == pytest.approx(train_loss, rel=1e-5)
+
+
+def test_train_second_run_skips_and_changes_nothing(tiny_pipeline, capsys):
+    store = tiny_pipeline.store
+    before = snapshot(store.root / "train")
+    common, section = tiny_pipeline.stage("train")
+    (again,) = train_stage.run(store, common, section)
+    (first,) = tiny_pipeline.out["train"]
+    assert again["skipped"] is True and again["test_accuracy"] == first["test_accuracy"]
+    assert "skipped (already trained with identical parameters)" in capsys.readouterr().out
+    assert snapshot(store.root / "train") == before and len(before) == 2   # payload + meta, untouched
+
+
+def test_spectrum_projection_and_curves_skip_on_a_second_run(tiny_pipeline):
+    store = tiny_pipeline.store
+    kept = {f: _files(store.root / f) for f in ("spectrum", "projection", "curves", "terms")}
+    plan_payload = (store.root / "plan" / "monte_carlo.json").read_bytes()
+    rows = [*spectrum_stage.run(store, *tiny_pipeline.stage("spectrum")),
+            *projection_stage.run(store, *tiny_pipeline.stage("projection")),
+            *mc_stage.run(store, *tiny_pipeline.stage("monte_carlo"))]
+    assert len(rows) == 1 + 1 + 15 and all(r["skipped"] for r in rows)
+    assert {f: _files(store.root / f) for f in kept} == kept
+    assert (store.root / "plan" / "monte_carlo.json").read_bytes() == plan_payload
+
+
+# ------------------------------------------------------------------------------------------------ spectrum
+def test_spectrum_eigenvalues_are_rayleigh_quotients_of_the_saved_eigenvectors(tiny_pipeline):
+    store = tiny_pipeline.store
+    (row,) = tiny_pipeline.out["spectrum"]
+    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    ev, vecs = p["eigenvalues"].numpy(), p["eigenvectors"]
+    assert ev.shape == (4,) and np.all(np.diff(ev) <= 0) and ev[-1] > 0
+    assert vecs.shape == (2, row["n_params"]) and vecs.dtype == torch.float32
+    torch.testing.assert_close(vecs.double() @ vecs.double().T, torch.eye(2, dtype=torch.float64), atol=1e-5,
+                               rtol=0)
+    assert row["lambda_1"] == ev[0] and row["lambda_4"] == ev[-1] and row["skipped"] is False
+    assert row["max_residual"] == pytest.approx(float(p["residuals"].max()))
+    net, x, y = _net64(store)
+    for d in range(2):
+        v = vecs[d].double()
+        hv = _hvp(net, x, y, v)
+        assert float(v @ hv / (v @ v)) == pytest.approx(ev[d], rel=2e-5)
+        residual = float(torch.linalg.norm(hv - ev[d] * v)) / abs(ev[0])
+        assert residual == pytest.approx(float(p["residuals"][d]), abs=1e-4)
+        assert residual < 2e-2                       # spectrum.tol = 1e-2
+
+
+def test_spectrum_trace_and_density_match_the_hutchinson_probes(tiny_pipeline):
+    """The trace is the mean of z^T H z over the seeded Rademacher probes (recomputed here with a plain double
+    backward); SLQ starts from the same first probe, so its first moment sum(w * nodes) is z^T H z / n_params."""
+    store = tiny_pipeline.store
+    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    samples = np.asarray(p["trace_samples"])
+    assert samples.shape == (4,)
+    assert p["trace"] == pytest.approx(samples.mean(), rel=1e-12)
+    assert p["trace_stderr"] == pytest.approx(samples.std(ddof=1) / 2, rel=1e-12)
+    net, x, y = _net64(store)
+    n = sum(q.numel() for q in net.parameters())
+    gen = torch.Generator().manual_seed(SEED)
+    for s in samples:
+        z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.float64) * 2 - 1
+        assert float(z @ _hvp(net, x, y, z)) == pytest.approx(s, rel=1e-4)
+    nodes, weights = np.asarray(p["slq_nodes"]), np.asarray(p["slq_weights"])
+    assert nodes.shape == weights.shape == (1, 8)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-9)
+    assert float((weights * nodes).sum()) == pytest.approx(samples[0] / n, rel=1e-4)
+    ev = p["eigenvalues"].numpy()
+    assert nodes.max() <= ev[0] * (1 + 1e-3) and nodes.max() > ev[-1]   # Ritz values inside the spectrum
+    assert p["smallest"] < 0 and p["smallest"] <= nodes.min() + 1e-2 * ev[0]
+    assert np.all(np.asarray(p["density"]) >= 0) and len(p["grid"]) == len(p["density"]) == 2000
+    assert p["hvp_counts"]["trace"] == 4 and p["hvp_counts"]["density"] == 8
+
+
+# ------------------------------------------------------------------------------------------------ projection
+def test_projection_grids_are_prefix_means_of_plain_losses(tiny_pipeline):
+    store = tiny_pipeline.store
+    (row,) = tiny_pipeline.out["projection"]
+    assert row["N"] == N and row["grid_points"] == 3 and row["skipped"] is False
+    p = projection_stage.load_projection(store, DS, MODEL, SEED)
+    assert p["k"] == [10, 11, N - 1, N] and p["N"] == N
+    net, _ = load_trained(store, DS, MODEL, SEED)
+    x, y = data.training_subset(DS, N, 0)
+    w0 = _flat(net)
+    hess = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2]
+    planes = {"hessian": hess, "filter_normalized": filter_normalized_directions(net, n=2, seed=SEED)}
+    for plane, directions in planes.items():
+        g = p[plane]
+        np.testing.assert_array_equal(g["axis"], [-1.0, 0.0, 1.0])
+        for i, j in ((1, 1), (0, 2), (2, 0)):            # the minimum and two corners (a transpose would show)
+            w = w0 + g["axis"][i] * directions[0] + g["axis"][j] * directions[1]
+            losses = explicit_losses(net, x, y, w).double()
+            for k in p["k"]:
+                assert g[f"L_{k}"].shape == (3, 3)
+                assert g[f"L_{k}"][i, j] == pytest.approx(losses[:k].mean().item(), rel=1e-5), (plane, i, j, k)
+    assert p["hessian"]["L_10"][0, 2] != pytest.approx(p["hessian"]["L_10"][2, 0], rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ Monte Carlo
+def test_monte_carlo_plan_groups_counts_and_saved_curves(tiny_pipeline):
+    store = tiny_pipeline.store
+    common, section = tiny_pipeline.stage("monte_carlo")
+    rows = tiny_pipeline.out["monte_carlo"]
+    plan = mc_stage.load_plan(store)
+    assert plan == mc_stage.plan(common, section)
+    counts = {g: len(mc_stage.group(plan, g)) for g in mc_stage.GROUPS}
+    assert counts == {"main": 2, "sigma": 4, "dim": 2, "distribution": 4, "estimator": 3}
+    assert len(rows) == 15 and sorted(r["group"] for r in rows) == sorted(g for g, _ in plan)
+    distinct = {s for _, s in plan}
+    assert len(distinct) == 13                         # D=2 gaussian plain is the same curve in 3 sweeps
+    assert store.names("curves") == sorted(s.name for s in distinct)
+    assert store.names("terms") == sorted([f"{RUN}_hessian_D1", f"{RUN}_hessian_D2", f"{RUN}_random_D2"])
+    main = mc_stage.group(plan, "main")
+    assert [(s.subspace, s.D, s.sigma, s.n_samples, s.n_orders) for s in main] == [
+        ("hessian", 2, 0.3, 8, 2), ("random", 2, 0.3, 8, 2)]
+    assert sorted((s.subspace, s.sigma) for s in mc_stage.group(plan, "sigma")) == [
+        ("hessian", 0.1), ("hessian", 1.0), ("random", 0.1), ("random", 1.0)]
+    assert [s.D for s in mc_stage.group(plan, "dim")] == [1, 2]
+    assert [s.distribution for s in mc_stage.group(plan, "distribution")] == ["gaussian", "ball", "sphere",
+                                                                               "curvature"]
+    assert [s.estimator for s in mc_stage.group(plan, "estimator")] == ["plain", "antithetic", "sobol"]
+    assert all(s.theory for s in distinct) and all(s.seed == SEED for s in distinct)
+    for r in rows:
+        meta = store.meta("curves", r["name"])
+        assert meta["summary"]["vbar"] == r["vbar"] and r["skipped"] is False
+
+
+CURVES = {"main_hessian": ("main", {"subspace": "hessian"}), "main_random": ("main", {"subspace": "random"}),
+          "dim_1": ("dim", {"D": 1}), "antithetic": ("estimator", {"estimator": "antithetic"}),
+          "sobol": ("estimator", {"estimator": "sobol"}), "curvature": ("distribution", {"distribution": "curvature"}),
+          "sigma_1_random": ("sigma", {"subspace": "random", "sigma": 1.0})}
+
+
+@pytest.mark.parametrize("which", list(CURVES))
+def test_monte_carlo_curve_equals_explicit_recomputation(tiny_pipeline, which):
+    """Delta_k, its standard error over the estimator's units, V-bar, the theta = 0 terms and the random-order
+    curves, recomputed from per-sample losses of plain forward passes at the sampler's thetas."""
+    store = tiny_pipeline.store
+    grp, match = CURVES[which]
+    spec = _spec(mc_stage.load_plan(store), grp, **match)
+    c = mc_stage.load_curve(store, spec)
+    net, x, y = _net64(store)
+    n_par = sum(q.numel() for q in net.parameters())
+    spectrum = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    if spec.subspace == "hessian":
+        basis, eig = spectrum["eigenvectors"][:spec.D].double(), spectrum["eigenvalues"][:spec.D].numpy()
+        np.testing.assert_array_equal(c["eigenvalues"], eig)
+    else:
+        basis, eig = random_basis(n_par, spec.D, seed=spec.seed, dtype=torch.float64), None
+        assert c["eigenvalues"] is None
+    sampler = mc_stage.sampler_for(spec, eig)
+    if spec.distribution == "curvature":
+        assert c["sampler_params"]["eps"] == pytest.approx(0.5 * spec.sigma ** 2 * eig.sum(), rel=1e-12)
+    thetas = sampler.sample(spec.n_samples, spec.D, estimator=spec.estimator, seed=spec.seed)
+    w0 = _flat(net)
+    L = np.stack([explicit_losses(net, x, y, w0 + th @ basis).numpy() for th in thetas])      # (T, N)
+    l0 = explicit_losses(net, x, y, w0).numpy()
+    unit = {"plain": 1, "antithetic": 2, "sobol": spec.n_samples // DEFAULT_SOBOL_REPLICATES}[spec.estimator]
+    d, d0 = _differences(L), _differences(l0)
+    per_unit = (d ** 2).reshape(-1, unit, N - 1).mean(1)
+    v_unit = L.var(axis=1).reshape(-1, unit).mean(1)
+    n_units = spec.n_samples // unit
+    assert c["N"] == N and c["D"] == spec.D and c["n_samples"] == spec.n_samples and c["n_units"] == n_units
+    assert c["n_forward"] == spec.n_samples + 1
+    np.testing.assert_array_equal(c["k"], np.arange(1, N))
+    np.testing.assert_allclose(c["losses0"], l0, rtol=1e-5)
+    np.testing.assert_allclose(c["d0sq"], d0 ** 2, rtol=1e-3, atol=1e-12)
+    np.testing.assert_allclose(c["delta"], per_unit.mean(0), rtol=1e-3, atol=1e-12)
+    np.testing.assert_allclose(c["stderr"], per_unit.std(0, ddof=1) / np.sqrt(n_units), rtol=1e-2, atol=1e-12)
+    np.testing.assert_allclose(c["centred"], ((d - d0) ** 2).mean(0), rtol=1e-2, atol=1e-12)
+    assert c["v0"] == pytest.approx(l0.var(), rel=1e-5)
+    assert c["vbar"] == pytest.approx(v_unit.mean(), rel=1e-5)
+    assert c["vbar_stderr"] == pytest.approx(v_unit.std(ddof=1) / np.sqrt(n_units), rel=1e-3)
+    # k-average identity (Welford): N V(w) = sum_k k (k+1) d_k(w)^2 for every w, hence for the theta averages
+    kk = c["k"] * (c["k"] + 1.0)
+    assert float(kk @ c["delta"]) == pytest.approx(N * c["vbar"], rel=1e-9)
+    if spec.n_orders:
+        g = torch.Generator().manual_seed(spec.seed + 1)
+        perms = [torch.randperm(N, generator=g).numpy() for _ in range(spec.n_orders)]
+        per_order = np.stack([(_differences(L[:, perm]) ** 2).mean(0) for perm in perms])
+        np.testing.assert_allclose(c["order_mean"], per_order.mean(0), rtol=1e-3, atol=1e-12)
+        np.testing.assert_allclose(c["order_median"], np.median(per_order, 0), rtol=1e-3, atol=1e-12)
+        np.testing.assert_allclose(c["order_formula"], c["vbar"] * N / ((N - 1) * kk), rtol=1e-12)
+        assert float(kk @ c["order_mean"]) == pytest.approx(N * c["vbar"], rel=1e-9)
+    else:
+        assert c["order_mean"] is None and c["order_formula"] is None
+
+
+def test_monte_carlo_terms_are_per_sample_loss_gradient_and_hessian_in_the_subspace(tiny_pipeline):
+    store = tiny_pipeline.store
+    plan = mc_stage.load_plan(store)
+    spec = _spec(plan, "main", subspace="hessian")
+    t = mc_stage.load_terms(store, spec)
+    assert t.a.shape == (N,) and t.b.shape == (N, 2) and t.C.shape == (N, 2, 2)
+    torch.testing.assert_close(t.C, t.C.transpose(1, 2))
+    c = mc_stage.load_curve(store, spec)
+    np.testing.assert_allclose(t.a.numpy(), c["losses0"], rtol=1e-5)
+    net, x, y = _net64(store)
+    P = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2].double()
+    params = list(net.parameters())
+    for i in (0, 1, N - 1):
+        loss = F.cross_entropy(net(x[i:i + 1]), y[i:i + 1])
+        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+        torch.testing.assert_close(t.b[i], P @ grad, rtol=1e-3, atol=1e-5)
+        C = torch.stack([P @ _hvp(net, x[i:i + 1], y[i:i + 1], P[e]) for e in range(2)])
+        torch.testing.assert_close(t.C[i], C, rtol=1e-3, atol=1e-5)
+
+
+def test_monte_carlo_quadratic_prediction_equals_the_closed_form(tiny_pipeline):
+    """Q_k of a Gaussian curve = da^2 + s|db|^2 + s da tr(dC) + (m/4)(2 tr(dC^2) + tr(dC)^2), s = sigma^2,
+    m = sigma^4, from the saved per-sample terms (SCIENCE 4b); T_k only for isotropic samplers."""
+    store = tiny_pipeline.store
+    plan = mc_stage.load_plan(store)
+    spec = _spec(plan, "sigma", subspace="hessian", sigma=1.0)
+    c = mc_stage.load_curve(store, spec)
+    t = mc_stage.load_terms(store, spec)
+    da = _differences(t.a.numpy())
+    db = _differences(t.b.numpy().T).T                                  # (N-1, D)
+    dC = _differences(t.C.numpy().reshape(N, -1).T).T.reshape(N - 1, 2, 2)
+    s, m = spec.sigma ** 2, spec.sigma ** 4
+    tr = np.trace(dC, axis1=1, axis2=2)
+    Q = da ** 2 + s * (db ** 2).sum(1) + s * da * tr + m / 4 * (2 * np.einsum("kab,kba->k", dC, dC) + tr ** 2)
+    np.testing.assert_allclose(c["Q"], Q, rtol=1e-8, atol=1e-14)
+    assert c["T"] is not None and len(c["T"]) == N - 1
+    assert set(c["vbar_quadratic"]) >= {"vbar", "V0", "grad_part", "curv_part"}
+    curv = mc_stage.load_curve(store, _spec(plan, "distribution", distribution="curvature"))
+    assert curv["T"] is None and curv["Q"].shape == (N - 1,)
+
+
+# ------------------------------------------------------------------------------------------------ convergence
+def test_convergence_saves_every_table_as_returned(tiny_pipeline):
+    store = tiny_pipeline.store
+    out = tiny_pipeline.out["convergence"]
+    assert list(out) == list(convergence_stage.TABLES)
+    assert store.names("analysis") == sorted(convergence_stage.TABLES)
+    for table, rows in out.items():
+        assert rows, f"table {table} is empty"
+        assert convergence_stage.load_table(store, table) == json.loads(json_bytes(rows))
+
+
+def test_convergence_slopes_and_loss_correlation_from_the_saved_curves(tiny_pipeline):
+    store = tiny_pipeline.store
+    plan = mc_stage.load_plan(store)
+    slopes = convergence_stage.load_table(store, "slopes")
+    corr = convergence_stage.load_table(store, "loss_correlation")
+    assert [r["subspace"] for r in slopes] == [r["subspace"] for r in corr] == ["hessian", "random"]
+    for row, rho in zip(slopes, corr):
+        c = mc_stage.load_curve(store, _spec(plan, "main", subspace=row["subspace"]))
+        fit = fit_slope(c["k"], c["delta"], k_min=10)
+        assert row["slope"] == pytest.approx(fit.slope, rel=1e-12) and -3 < row["slope"] < -1
+        assert row["slope_se"] == pytest.approx(fit.slope_stderr, rel=1e-12)
+        k2 = (c["k"] ** 2 * c["delta"])[c["k"] >= 10]
+        assert row["k2_median"] == pytest.approx(np.median(k2), rel=1e-12)
+        assert row["k2_q25"] == pytest.approx(np.quantile(k2, 0.25), rel=1e-12)
+        assert row["vbar"] == c["vbar"] and row["vbar_se"] == c["vbar_stderr"]
+        assert (row["dataset"], row["model"], row["D"], row["sigma"]) == (DS, MODEL, 2, 0.3)
+        L = np.cumsum(c["losses0"]) / np.arange(1, N + 1)
+        ref = spearmanr(c["delta"], L[:-1])
+        assert rho["rho"] == pytest.approx(ref.statistic, rel=1e-12) and rho["n"] == N - 1
+        assert rho["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_convergence_theory_rows_from_the_saved_curves(tiny_pipeline):
+    store = tiny_pipeline.store
+    plan = mc_stage.load_plan(store)
+    rows = convergence_stage.load_table(store, "theory")
+    distinct = list(dict.fromkeys(s for _, s in plan))
+    assert len(rows) == len(distinct) == 13
+    for row, spec in zip(rows, distinct):
+        assert (row["subspace"], row["D"], row["distribution"], row["sigma"], row["estimator"]) == (
+            spec.subspace, spec.D, spec.distribution, spec.sigma, spec.estimator)
+        c = mc_stage.load_curve(store, spec)
+        assert row["median_mc_over_q"] == pytest.approx(np.median(c["delta"] / c["Q"]), rel=1e-12)
+        within = np.mean(np.abs(c["delta"] - c["Q"]) <= 3 * c["stderr"])
+        assert row["share_within_3se"] == pytest.approx(within, abs=1e-12)
+        assert ("median_mc_over_t" in row) == (c["T"] is not None)
+
+
+def test_convergence_sample_size_rows_and_validation_trainings(tiny_pipeline):
+    store = tiny_pipeline.store
+    common, section = tiny_pipeline.stage("convergence")
+    spec = _spec(mc_stage.load_plan(store), "main", subspace="hessian")
+    c = mc_stage.load_curve(store, spec)
+    rows = convergence_stage.load_table(store, "sample_size")
+    assert [r["delta"] for r in rows] == [0.01, 0.001]
+    trained = store.meta("train", RUN)
+    wall = store.meta("spectrum", RUN)["seconds"] + store.meta("curves", spec.name)["seconds"]
+    expected_validation = []
+    for r in rows:
+        thr = r["delta"]
+        assert (r["dataset"], r["model"], r["N"], r["n_params"]) == (DS, MODEL, N, trained["summary"]["n_params"])
+        assert r["test_accuracy_N"] == trained["summary"]["test_accuracy"]
+        assert r["K_mc"] == _first_below(c["delta"], thr)
+        assert r["K_conservative"] == _first_below(c["delta"] + 2 * c["stderr"], thr)
+        assert r["K_q"] == _first_below(c["Q"], thr)
+        assert r["K_closed"] == _k_closed_brute(c["vbar"], N, thr) == k_closed_form(c["vbar"], N, thr)
+        try:
+            pilot = pilot_prediction(c["k"], c["delta"], section.pilot_k0, thr).K
+        except ValueError:
+            pilot = None
+        assert r["K_pilot_fit"] == (pytest.approx(pilot, rel=1e-12) if pilot is not None else None)
+        assert isinstance(r["K_pilot_vbar"], int) and r["K_pilot_vbar"] >= 1
+        assert r["wall_seconds"] == pytest.approx(wall, rel=1e-12)
+        if r["K_mc"] is not None and r["K_mc"] >= 2:
+            name = f"{RUN}_n{r['K_mc']}"
+            expected_validation.append(name)
+            meta = store.meta("validation", name)
+            assert meta["params"] == train_stage.training_params(DS, MODEL, SEED, r["K_mc"], 0,
+                                                                 tiny_pipeline.stage("train")[1])
+            assert r["test_accuracy_K"] == meta["summary"]["test_accuracy"]
+        else:
+            assert r["test_accuracy_K"] is None
+    assert expected_validation, "no Delta of the grid was reached: the validation training went untested"
+    assert store.names("validation") == sorted(expected_validation)
+
+
+def test_convergence_learning_curve_trainings(tiny_pipeline):
+    store = tiny_pipeline.store
+    rows = convergence_stage.load_table(store, "learning_curve")
+    assert [(r["dataset"], r["model"], r["n"]) for r in rows] == [(DS, MODEL, 50), (DS, MODEL, 100)]
+    assert store.names("learning_curve") == [f"{RUN}_n100", f"{RUN}_n50"]
+    xt, yt = data.load(DS, "test")
+    recipe = tiny_pipeline.stage("train")[1]
+    for r in rows:
+        res = load(store, "learning_curve", f"{RUN}_n{r['n']}")
+        assert res.meta["params"] == train_stage.training_params(DS, MODEL, SEED, r["n"], 0, recipe)
+        net = models.build(res.payload["model"], SEED)
+        net.load_state_dict(res.payload["state_dict"])
+        assert r["test_accuracy"] == pytest.approx(evaluate(net.eval(), xt, yt)["accuracy"], abs=1e-12)
+        x, y = data.training_subset(DS, r["n"], 0)
+        with torch.no_grad():
+            assert r["train_loss"] == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-5)
+
+
+def test_convergence_r0_curve_bound_and_measured_norms(tiny_pipeline):
+    store = tiny_pipeline.store
+    (row,) = convergence_stage.load_table(store, "r0")
+    name = "mnist_mlp8_nobias_s0"
+    assert row["name"] == name and row["hidden"] == [8] and row["n_params"] == 784 * 8 + 8 * 10
+    p = convergence_stage.load_r0_curve(store, name)
+    losses = np.asarray(p["losses"])
+    assert losses.shape == (100,) and np.all(losses > 0)
+    np.testing.assert_array_equal(p["k"], np.arange(1, 100))
+    g = torch.Generator().manual_seed(SEED)
+    diffs = np.stack([np.abs(_differences(losses[torch.randperm(100, generator=g).numpy()])) for _ in range(2)])
+    np.testing.assert_allclose(p["mean"], diffs.mean(0), rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(p["stderr"], diffs.std(0, ddof=1) / np.sqrt(2), rtol=1e-6, atol=1e-12)
+    assert row["M_l"] == pytest.approx(losses.max(), rel=1e-12)
+    np.testing.assert_allclose(p["bound_curve"], 2 * losses.max() / (p["k"] + 1), rtol=1e-12)
+    x, _ = data.training_subset(DS, 100, 0)
+    assert row["M_x"] == pytest.approx(float(x.flatten(1).double().norm(dim=1).max()), rel=1e-12)
+    L, MW, Mx = row["n_layers"], row["M_W"], row["M_x"]
+    bound = L * 2 ** 0.5 * Mx ** 2 * MW ** (2 * L) + 2 ** 0.5 * MW ** 2 * (MW ** (2 * L) - 1) / (MW ** 2 - 1)
+    assert L == 2 and row["hessian_bound"] == pytest.approx(bound, rel=1e-12)
+    norms = np.asarray(p["hessian_norms"])
+    assert norms.shape == (1,) and row["max_measured_norm"] == norms.max() > 0
+    assert row["hessian_bound"] >= row["max_measured_norm"]          # the bound holds for the measured sample
+    assert p["hessian_indices"] == torch.randperm(100, generator=torch.Generator().manual_seed(SEED))[:1].tolist()
+    assert row["slope"] == pytest.approx(fit_slope(p["k"], p["mean"], k_min=10).slope, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def _expected_figure_names(store):
+    runs = projection_stage.projected_runs(store)
+    return [n for key in registry.FIGURES for n in
+            ([f"surfaces_{ds}_{m}" for ds, m, _ in runs] if key == "surfaces" else [key])]
+
+
+def test_figures_stage_writes_every_registered_figure_as_pdf_and_png(tiny_pipeline):
+    out = tiny_pipeline.out["figures"]
+    names = _expected_figure_names(tiny_pipeline.store)
+    assert out["figures"] == names and "surfaces_mnist_mlp1" in names and len(names) == 15
+    assert out["removed"] == []
+    written = sorted(p.name for p in tiny_pipeline.figures_dir.iterdir())
+    assert written == sorted(f"{n}.{e}" for n in names for e in ("pdf", "png"))
+    for n in names:
+        assert (tiny_pipeline.figures_dir / f"{n}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (tiny_pipeline.figures_dir / f"{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_stage_writes_the_tables_and_source(tiny_pipeline):
+    store, gen = tiny_pipeline.store, tiny_pipeline.generated_dir
+    out = tiny_pipeline.out["figures"]
+    common, _ = tiny_pipeline.stage("figures")
+    assert out["tables"] == ["sample_size", "solvers", "theory"]
+    assert (gen / "sample_size.tex").read_text() == report.sample_size_table(store)
+    assert (gen / "solvers.tex").read_text() == report.solver_table(store, common.datasets, common.models,
+                                                                    common.seeds)
+    assert (gen / "theory.tex").read_text() == report.theory_table(store)
+    assert json.loads((gen / "source.json").read_text()) == {
+        "profile": "pipeline_test", "figures": sorted(out["figures"]), "n_numbers": len(out["numbers"])}
+    assert sorted(p.name for p in gen.iterdir()) == ["numbers.json", "numbers.tex", "sample_size.tex",
+                                                     "solvers.tex", "source.json", "theory.tex"]
+
+
+def test_figures_stage_numbers_tex_has_one_newcommand_per_value(tiny_pipeline):
+    values = tiny_pipeline.out["figures"]["numbers"]
+    lines = (tiny_pipeline.generated_dir / "numbers.tex").read_text().splitlines()
+    assert lines[0].startswith("% Generated")
+    parsed = {}
+    for line in lines[1:]:
+        assert line.startswith("\\newcommand{\\") and line.endswith("}"), line
+        name, _, value = line[len("\\newcommand{\\"):-1].partition("}{")
+        assert name.isalpha() and name not in parsed
+        parsed[name] = value
+    assert parsed == values and len(lines) - 1 == len(values) > 100
+    assert json.loads((tiny_pipeline.generated_dir / "numbers.json").read_text()) == values
+    minutes = {k: v / 60 for k, v in TINY_TIMINGS.items()}                # the runner's timings, in minutes
+    assert values["TimeTrain"] == report.fmt(minutes["01_train"], 2) == "1"
+    assert values["TimeMonteCarlo"] == "1.5" and values["TimeTotal"] == "2.5"
+    assert values["Profile"] == "pipeline_test"
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+@pytest.mark.parametrize("result_folder", [f for info in REGISTRY.values() for f in info.folders])
+def test_load_of_a_missing_result_names_the_notebook_and_the_command(tmp_path, result_folder):
+    store = ResultStore("nothing", root=tmp_path)
+    info = writer_of(result_folder)
+    with pytest.raises(MissingResultError) as err:
+        load(store, result_folder, "absent")
+    msg = str(err.value)
+    assert f"result {result_folder}/absent of profile 'nothing' is missing" in msg
+    assert f"run notebook notebooks/{info.notebook}.py first" in msg
+    assert f"(make stage STAGE={info.notebook} PROFILE=nothing)" in msg
+
+
+def test_folder_accepts_declared_and_rejects_undeclared_result_folders():
+    assert folder("monte_carlo", "terms") == "terms" and folder("convergence", "r0") == "r0"
+    with pytest.raises(ValueError, match=r"stage 'train' does not write the result folder 'curves'; it writes "
+                                         r"\['train'\] \(lib/stages/__init__.py\)"):
+        folder("train", "curves")
+    with pytest.raises(ValueError, match="stage 'figures' does not write the result folder 'figures'"):
+        folder("figures", "figures")
+    with pytest.raises(KeyError):
+        folder("no_such_stage", "train")
+    with pytest.raises(ValueError, match="no stage writes the result folder 'paper'"):
+        writer_of("paper")
+    declared = [f for info in REGISTRY.values() for f in info.folders]
+    assert len(declared) == len(set(declared))                           # one writer per result folder
