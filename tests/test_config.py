@@ -58,7 +58,9 @@ def _write(tmp_path, monkeypatch, text):
     ({"spectrum": {"n_vectors": 20}}, r"spectrum.n_vectors=20 must be <= spectrum.k_top=10"),
     ({"common": {"models": ["cnn"]}, "spectrum": {"k_top": 5000, "n_vectors": 4}},
      r"spectrum.k_top=5000 must be smaller than the number of parameters of cnn \(4266\)"),
-    ({"convergence": {"pilot_k0": 1000}}, r"convergence.pilot_k0=1000 must be smaller than n_train=1000"),
+    ({"convergence": {"pilot_sizes": [200, 1000]}},
+     r"convergence.pilot_sizes contains 1000, which must be smaller than n_train=1000"),
+    ({"convergence": {"learning_sizes": [100, 200, 400]}}, r"learning_sizes=\[100, 200, 400\] needs at least 4"),
     ({"projection": {"k_small": 999}}, r"projection.k_small=999 must be <= n_train - 2 = 998"),
     ({"projection": {"models": ["vgg"]}}, r"projection.models\[0\]='vgg'.*one of"),
 ])
