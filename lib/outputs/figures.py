@@ -50,6 +50,11 @@ def spectrum(store, datasets, models, seeds, max_seeds: dict | None = None):
                 p0 = specs[0]
                 ax_d.semilogy(p0["grid"], np.maximum(p0["density"], 1e-12), color=plotting.PALETTE[i],
                               label=LABELS[m])
+                if p0.get("pyhessian"):   # PyHessian's own SLQ on the same probes, same grid
+                    theirs = p0["pyhessian"]["density"]["density"]
+                    ax_d.semilogy(p0["grid"], np.maximum(theirs, 1e-12), color=plotting.PALETTE[i], ls=":",
+                                  lw=1.4, label=f"{LABELS[m]}, PyHessian (L1 diff. "
+                                                f"{p0['pyhessian']['l1_difference']:.1e})")
             ax_ev.set_yscale("log")
             ax_ev.set(xlabel="index $i$", ylabel=r"eigenvalue $\lambda_i$",
                       title=f"{LABELS[ds]}: top eigenvalues (mean $\\pm$ sd over {len(seeds)} seeds)")

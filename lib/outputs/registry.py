@@ -67,7 +67,7 @@ FIGURES: dict[str, Callable[[Inputs], dict]] = {
 #: tables: file stem under paper/generated/ -> LaTeX tabular
 TABLES: dict[str, Callable[[Inputs], str]] = {
     "sample_size": lambda i: report.sample_size_table(i.store),
-    "solvers": lambda i: report.solver_table(i.store, i.common.datasets, i.common.models, i.common.seeds),
+    "solvers": lambda i: report.solver_table(i.store),
     "theory": lambda i: report.theory_table(i.store),
     "predictors": lambda i: report.predictor_table(i.store),
 }

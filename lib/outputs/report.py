@@ -21,7 +21,8 @@ from lib.infra.results import atomic_write_bytes, git_commit, package_versions
 from lib.stages.base import load, run_name
 from lib.stages.convergence import load_table
 from lib.stages.monte_carlo import main_curves
-from lib.stages.spectrum import load_spectrum, spectrum_seeds
+from lib.stages.spectrum import FOLDER as SPECTRA
+from lib.stages.spectrum import load_solvers, load_spectrum, solver_runs, spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
 
 GENERATED = REPO_ROOT / "paper" / "generated"
@@ -221,14 +222,25 @@ def predictor_table(store) -> str:
     return _tabular(header, rows, "llr" + "r" * 6)
 
 
-def solver_table(store, datasets, models, seeds) -> str:
+def solver_table(store) -> str:
+    """One row per solver and model of the solver comparison (first seed), and PyHessian's trace and density next
+    to ours where the spectrum extras computed them."""
     rows = []
-    for ds in datasets:
-        for m in models:
-            p = load_spectrum(store, ds, m, seeds[0])
-            for r in p.get("solver_comparison", []):
-                rows.append([TEX_LABELS[ds], TEX_LABELS[m], r["method"], fmt(int(r["k"])), fmt(int(r["n"])),
-                             fmt(int(r["hvp_count"])), fmt(r["seconds"], 2), f"${fmt(r['max_residual'], 2)}$"])
+    for ds, m, seed in solver_runs(store):
+        for r in load_solvers(store, ds, m, seed)["rows"]:
+            rows.append([TEX_LABELS[ds], TEX_LABELS[m], r["method"], fmt(int(r["k"])), fmt(int(r["n"])),
+                         fmt(int(r["hvp_count"])), fmt(r["seconds"], 2), f"${fmt(r['max_residual'], 2)}$"])
+        p = load_spectrum(store, ds, m, seed)
+        if p.get("pyhessian"):
+            hvp = p["hvp_counts"]
+            ours_s = load(store, SPECTRA, run_name(ds, m, seed)).meta["summary"]["solver_seconds"]
+            for label, ours_n, ours_t, theirs in (
+                    ("trace", hvp["trace"], ours_s.get("trace"), p["pyhessian"]["trace"]),
+                    ("density", hvp["density"], ours_s.get("density"), p["pyhessian"]["density"])):
+                rows.append([TEX_LABELS[ds], TEX_LABELS[m], f"{label} (ours)", "--", "--", fmt(int(ours_n)),
+                             fmt(ours_t, 2) if ours_t else "--", "--"])
+                rows.append([TEX_LABELS[ds], TEX_LABELS[m], f"{label} (PyHessian)", "--", "--",
+                             fmt(int(theirs["products"])), fmt(theirs["seconds"], 2), "--"])
     header = ["data", "model", "solver", "$k$", "$N$", "products", "time (s)", "max residual"]
     return _tabular(header, rows, "lllrrrrr")
 

@@ -18,7 +18,7 @@ class StageInfo:
 
 REGISTRY: dict[str, StageInfo] = {s.name: s for s in (
     StageInfo("train", "01_train", ("train",)),
-    StageInfo("spectrum", "02_spectrum", ("spectrum",)),
+    StageInfo("spectrum", "02_spectrum", ("spectrum", "solvers")),
     StageInfo("projection", "03_projection", ("projection",)),
     StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan", "scales")),
     StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots")),

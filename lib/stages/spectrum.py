@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.core import hessian
+from lib.core import hessian, pyhessian_fixed
 from lib.core.subspace import random_basis
 from lib.core.tensors import n_params
 from lib.infra.config import Common, Spectrum
@@ -14,6 +14,7 @@ from lib.stages import folder
 from lib.stages.base import cached, load, run_name, trained_run
 
 FOLDER = folder("spectrum", "spectrum")
+SOLVERS = folder("spectrum", "solvers")
 SUBSPACES = ("hessian", "random")
 
 
@@ -31,7 +32,8 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, sectio
     s = section
     params = {"dataset": dataset, "model": model, "seed": seed, "k_top": s.k_top, "tol": s.tol,
               "n_vectors": s.n_vectors, "trace_probes": s.trace_probes, "slq_runs": s.slq_runs,
-              "slq_iter": s.slq_iter, "extras": extras, "upstream": upstream}
+              "slq_iter": s.slq_iter, "extras": extras, "pyhessian_density": s.pyhessian_density and extras,
+              "upstream": upstream}
     name = run_name(dataset, model, seed)
 
     def compute():
@@ -57,16 +59,73 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, sectio
                 "slq_nodes": dens.nodes, "slq_weights": dens.weights, "grid": dens.grid, "density": dens.density})
             payload["hvp_counts"].update({"smallest": low.hvp_count, "trace": tr.hvp_count, "density": dens.hvp_count})
             summary.update({"lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr})
-            summary["solver_seconds"].update({"smallest": low.seconds, "density": dens.seconds})
+            summary["solver_seconds"].update({"smallest": low.seconds, "density": dens.seconds,
+                                              "trace": tr.seconds})
+            if s.pyhessian_density:   # PyHessian's own SLQ and Hutchinson loop on the same probes
+                cmp = pyhessian_fixed.compare_density(net.to(dev), x.to(dev), y.to(dev), n_iter=s.slq_iter,
+                                                      n_runs=s.slq_runs, seed=seed, ours=dens)
+                ctr = pyhessian_fixed.compare_trace(net.to(dev), x.to(dev), y.to(dev), n_probes=s.trace_probes,
+                                                    seed=seed, ours=tr)
+                payload["pyhessian"] = {"density": cmp["pyhessian"], "trace": ctr["pyhessian"],
+                                        "l1_difference": cmp["l1_difference"],
+                                        "max_difference": cmp["max_difference"]}
+                summary.update({"pyhessian_trace": ctr["pyhessian"]["estimate"],
+                                "pyhessian_density_l1": cmp["l1_difference"]})
         return payload, summary
 
     summary, skipped = cached(store, FOLDER, name, params, compute, force=force)
     return {**summary, "name": name, "skipped": skipped}
 
 
+def residuals(op: hessian.HessianOperator, values, vectors) -> np.ndarray:
+    """||H v_i - lambda_i v_i|| / |lambda_1| for unit rows v_i, measured with fresh products of ``op``."""
+    values = np.asarray(values, dtype=np.float64)
+    out = []
+    for lam, v in zip(values, vectors):
+        v = op.as_vector(v)
+        v = v / v.norm()
+        out.append(float((op.hvp(v) - float(lam) * v).norm()))
+    return np.asarray(out) / max(abs(float(values[0])), 1e-300)
+
+
+def solver_comparison_one(store: ResultStore, dataset: str, model: str, seed: int, section: Spectrum, *,
+                          device: str = "cpu") -> dict:
+    """Top-``solver_k`` eigenpairs of one trained run by our Lanczos solver, by PyHessian 0.1 called as its users
+    call it (``hessian(model, criterion, data=(x, y)).eigenvalues(top_n=k)``, its default tol 1e-3 and 100
+    iterations) and by our fixed-up power iteration, with products, wall time and residuals measured on one
+    operator (the residual products are not counted)."""
+    net, x, y, upstream = trained_run(store, dataset, model, seed)
+    k = section.solver_k
+    params = {"dataset": dataset, "model": model, "seed": seed, "k": k, "tol": section.tol, "upstream": upstream}
+
+    def compute():
+        dev = resolve_device(device)
+        netd, xd, yd = net.to(dev), x.to(dev), y.to(dev)
+        op = hessian.HessianOperator(netd, xd, yd)
+        rows = []
+        for method in ("lanczos", "power"):
+            top = hessian.top_eigenpairs(op, k, method=method, tol=section.tol, seed=seed)
+            rows.append({"method": f"{method} (ours)", "eigenvalues": top.eigenvalues.double().cpu().numpy(),
+                         "hvp_count": top.hvp_count, "seconds": top.seconds,
+                         "residuals": residuals(op, top.eigenvalues, top.eigenvectors)})
+        theirs = pyhessian_fixed.eigenvalues(netd, xd, yd, top_n=k, seed=seed)
+        order = np.argsort(-theirs.eigenvalues)
+        rows.append({"method": "PyHessian 0.1", "eigenvalues": theirs.eigenvalues[order],
+                     "hvp_count": theirs.hvp_count, "seconds": theirs.seconds,
+                     "residuals": residuals(op, theirs.eigenvalues[order], theirs.eigenvectors[order])})
+        for r in rows:
+            r.update({"k": k, "n": len(x), "max_residual": float(np.max(r["residuals"]))})
+        summary = {"dataset": dataset, "model": model, "seed": seed, "rows": [
+            {key: r[key] for key in ("method", "k", "n", "hvp_count", "seconds", "max_residual")} for r in rows]}
+        return {"rows": rows}, summary
+
+    summary, skipped = cached(store, SOLVERS, run_name(dataset, model, seed), params, compute)
+    return {**summary, "skipped": skipped}
+
+
 def run(store: ResultStore, common: Common, section: Spectrum) -> list[dict]:
     """The spectrum of every (dataset, model) for the seeds ``spectrum_max_seeds`` allows; extras for the first
-    ``full_seeds`` seeds."""
+    ``full_seeds`` seeds; the solver comparison for the first seed of ``solver_datasets`` x ``solver_models``."""
     rows = []
     for ds in common.datasets:
         for m in common.models:
@@ -76,7 +135,23 @@ def run(store: ResultStore, common: Common, section: Spectrum) -> list[dict]:
                 rows.append(row)
                 print(f"{row['name']}: {'skipped' if row['skipped'] else 'computed'} in {row['seconds']:.1f} s",
                       flush=True)
+    for ds in [d for d in common.datasets if d in section.solver_datasets]:
+        for m in [m for m in common.models if m in section.solver_models]:
+            cmp = solver_comparison_one(store, ds, m, common.seeds[0], section, device=common.device)
+            for r in cmp["rows"]:
+                print(f"{ds} {m} {r['method']:>16}: {r['hvp_count']:5d} products, {r['seconds']:7.1f} s, "
+                      f"max residual {r['max_residual']:.2e}", flush=True)
     return rows
+
+
+def load_solvers(store: ResultStore, dataset: str, model: str, seed: int) -> dict:
+    return load(store, SOLVERS, run_name(dataset, model, seed)).payload
+
+
+def solver_runs(store: ResultStore) -> list[tuple[str, str, int]]:
+    """(dataset, model, seed) of every saved solver comparison."""
+    return [(m["params"]["dataset"], m["params"]["model"], int(m["params"]["seed"]))
+            for m in (store.meta(SOLVERS, n) for n in store.names(SOLVERS))]
 
 
 def load_spectrum(store: ResultStore, dataset: str, model: str, seed: int) -> dict:
