@@ -7,6 +7,7 @@ import torch
 
 from lib.core import bounds
 from lib.core import convergence as cv
+from lib.core.montecarlo import loss_differences, loss_variance
 from tests.cases import explicit_hessian, seeded_model
 
 K = np.arange(1, 2001, dtype=float)
@@ -136,3 +137,25 @@ def test_bound_constants_and_measured_norms_below_bound():
 def test_bounds_left_convergence():
     for name in ("hessian_norm_bound", "loss_difference_bound", "bound_constants", "per_sample_hessian_norms"):
         assert not hasattr(cv, name), name
+
+
+def test_weighted_increment_identity_holds_for_every_order_on_heavy_tailed_data():
+    """sum_k k(k+1) (L_{k+1} - L_k)^2 = N V exactly, whatever the order (Welford's telescoping sum)."""
+    rng = np.random.default_rng(0)
+    losses = rng.pareto(1.5, size=5000) * 10          # heavy tail: a few enormous values
+    for _ in range(5):
+        lhs, rhs = cv.weighted_increment_sum(rng.permutation(losses))
+        assert lhs == pytest.approx(rhs, rel=1e-10)
+    lhs, rhs = cv.weighted_increment_sum([1.0, 3.0])
+    assert lhs == pytest.approx(2.0) and rhs == pytest.approx(2.0)   # k=1: 1*2*(2-1)^2 = 2 = 2 * var([1, 3])
+
+
+def test_k_average_of_k2_delta_equals_vbar_for_a_fixed_order():
+    """E_theta of the identity: mean_k k(k+1) Delta_k = V-bar N / (N-1) for one fixed order (many thetas)."""
+    rng = np.random.default_rng(1)
+    L = rng.lognormal(size=(200, 300))                  # 200 "thetas" x 300 per-sample losses, one order
+    d = loss_differences(L)
+    k = np.arange(1, 300)
+    delta = (d ** 2).mean(0)
+    vbar = loss_variance(L).mean()
+    assert np.mean(k * (k + 1) * delta) == pytest.approx(vbar * 300 / 299, rel=1e-10)

@@ -113,3 +113,15 @@ def _execute(base, token, kernel_id, code, timeout=90):
         raise AssertionError("kernel did not finish in time")
     finally:
         ws.close()
+
+
+def test_make_lab_passes_allow_root_as_root_and_lab_args():
+    """`make lab` as root adds --allow-root (JupyterLab refuses root otherwise); LAB_ARGS reach jupyter lab."""
+    out = subprocess.run(["make", "-n", "-o", ".venv/.setup-stamp", "lab",
+                          "LAB_ARGS=--no-browser --ip=0.0.0.0 --port=8888"],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.replace("\\\n", " ").splitlines() if "jupyter lab" in line)
+    assert f"--ServerApp.root_dir={REPO_ROOT}" in line and f"default_kernel_name={KERNEL_NAME}" in line
+    assert line.rstrip().endswith("--no-browser --ip=0.0.0.0 --port=8888")
+    assert ("--allow-root" in line) == (os.geteuid() == 0)

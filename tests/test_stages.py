@@ -360,7 +360,7 @@ def test_monte_carlo_terms_are_per_sample_loss_gradient_and_hessian_in_the_subsp
     spec = _spec(plan, "main", subspace="hessian")
     t = mc_stage.load_terms(store, spec)
     assert t.a.shape == (N,) and t.b.shape == (N, 2) and t.C.shape == (N, 2, 2)
-    torch.testing.assert_close(t.C, t.C.transpose(1, 2))
+    torch.testing.assert_close(t.C, t.C.transpose(1, 2), rtol=1e-5, atol=1e-5)      # float32 jet
     c = mc_stage.load_curve(store, spec)
     np.testing.assert_allclose(t.a.numpy(), c["losses0"], rtol=1e-5)
     net, x, y = _net64(store)
@@ -560,8 +560,14 @@ def test_convergence_pilot_sees_only_its_first_n0_samples(tiny_pipeline, n0):
     basis = hessian.top_eigenpairs(hessian.HessianOperator(net64, x64, y), 2, tol=1e-6, seed=SEED).eigenvectors
     z = make_sampler("gaussian", sigma=1.0).sample(4, 2, seed=SEED)
     w0 = _flat(net64)
-    L = np.stack([explicit_losses(net64, x64, y, w0 + 0.3 * th @ basis).numpy() for th in z])
-    assert row["vbar_sigma"] == pytest.approx(L.var(axis=1).mean(), rel=1e-2)
+    # an eigenvector's sign is arbitrary (the solver's may differ with the thread count): V-bar of the 4 thetas
+    # for each choice of signs, the pilot's is one of them
+    vbars = []
+    for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+        P = torch.tensor(signs, dtype=torch.float64)[:, None] * basis
+        L = np.stack([explicit_losses(net64, x64, y, w0 + 0.3 * th @ P).numpy() for th in z])
+        vbars.append(L.var(axis=1).mean())
+    assert min(abs(row["vbar_sigma"] / v - 1) for v in vbars) < 1e-3, (row["vbar_sigma"], vbars)
 
 
 def test_convergence_calibration_and_predictors(tiny_pipeline):

@@ -162,6 +162,23 @@ def pilot_prediction(k, delta, k0: int, threshold: float, k_min: float = 1, n_bi
     return PilotPrediction(k0, fit, threshold, float((fit.prefactor / threshold) ** (1.0 / alpha)))
 
 
+def weighted_increment_sum(per_sample_losses) -> tuple[float, float]:
+    """(sum_{k=1}^{N-1} k (k+1) (L_{k+1} - L_k)^2, N V) for per-sample losses in one insertion order.
+
+    The two are equal for every order (an exact identity: k (k+1) d_k^2 = k/(k+1) (l_{k+1} - L_k)^2 is Welford's
+    increment of the sum of squared deviations, which telescopes to N V, V = (1/N) sum_i (l_i - L_N)^2). Taking
+    the expectation over theta: the k-average of k (k+1) Delta_k equals V-bar N / (N - 1) for every fixed order.
+    """
+    l = np.asarray(per_sample_losses, dtype=np.float64).ravel()
+    N = len(l)
+    if N < 2:
+        raise ValueError(f"need N >= 2 per-sample losses, got {N}")
+    k = np.arange(1, N, dtype=np.float64)
+    L = np.cumsum(l)[:-1] / k
+    d = (l[1:] - L) / (k + 1)
+    return float(np.sum(k * (k + 1) * d * d)), float(N * l.var())
+
+
 def spearman(a, b) -> dict:
     """Spearman rank correlation with its p-value."""
     res = spearmanr(np.asarray(a), np.asarray(b))
