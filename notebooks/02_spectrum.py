@@ -35,6 +35,10 @@ trace_probes = 10
 slq_runs = 1
 slq_iter = 30
 full_seeds = 1
+pyhessian_density = True
+solver_k = 10
+solver_datasets = ['mnist']
+solver_models = ['mlp2']
 
 # %%
 import matplotlib.pyplot as plt

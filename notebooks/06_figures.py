@@ -25,6 +25,7 @@ datasets = ['mnist']
 models = ['mlp2']
 seeds = [0, 1]
 spectrum_max_seeds = {}
+allow_placeholders = True
 
 # %%
 from lib.infra.config import from_namespace

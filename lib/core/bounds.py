@@ -1,10 +1,30 @@
-"""Kiselev & Grabovoy's Hessian-norm bound for bias-free ReLU MLPs and measured per-sample Hessian norms.
+"""Hessian-norm bounds of matricized ReLU networks and the measured per-sample Hessian norms they are compared with.
+
+Bias-free ReLU MLPs (Kiselev & Grabovoy 2024, "Unraveling the Hessian", bound on the full Hessian):
 
 * ``bound_constants``: L (number of layers), M_W = max_p ||W_p||_2 and M_x = max_i ||x_i|| of a bias-free MLP;
 * ``hessian_norm_bound``: ||Hess l_i||_2 <= L sqrt2 M_x^2 M_W^(2L) + sqrt2 M_W^2 (M_W^(2L) - 1) / (M_W^2 - 1);
 * ``loss_difference_bound``: the resulting |L_{k+1} - L_k| <= 2 / (k+1) (M_l + bound R^2);
 * ``per_sample_hessian_norms``: measured ||Hess l_i||_2 = max(|lambda_max|, |lambda_min|) of single-sample
   losses, to compare with the bound.
+
+Convolutional networks (Meshkov, Kiselev & Grabovoy 2024, "ConvNets Landscape Convergence: Hessian-Based Analysis
+of Matricized Networks", paper/main.tex of github.com/VseMeshkov/Hessian-Based-Analysis-of-Matricized-Networks).
+These bound the OUTER-PRODUCT (Gauss-Newton) term only, H_O = J^T A J with J = d logits / d theta and
+A = diag(p) - p p^T the cross-entropy Hessian in the logits; the paper drops the functional term
+H_F = sum_c (dl/dz_c) Hess_theta z_c ("close to a minimum the gradient is small"), so neither bound is a bound
+on the full Hessian. The network is read as a product of matrices f(x) = T^(L+1) Lambda^(L) ... Lambda^(1) T^(1) x
+(bias-free linear operators T^(p); Lambda^(p) ReLU masks, max-pooling selections, their products: norm <= 1):
+
+* ``matricized_hessian_bound``: their Lemma 2 (``lemma:hessnorm``) in the form its proof gives,
+  ||H_O|| <= sqrt2 q^2 ||x||^2 sum_p prod_{i != p} ||T^(i)||^2 with q >= max_p ||Q^(p)||, Q^(p) = dT^(p)/dW^(p);
+  equal ||T^(i)|| <= w_T give the printed sqrt2 q^2 ||x||^2 (L+1) w_T^(2L);
+* ``cnn_hessian_norm_bound``: their Lemma 5 (``lemma:fc-head``, 2D convolutions with a fully connected head;
+  with no head it is their Theorem 2, ``thm:2Dconv``) from the entrywise constants;
+* ``cnn_bound_constants``: those constants (C, k, w, m, n, h, w~, ||x||) read from a model;
+* ``cnn_operator_norms``: the exact ||T^(p)||_2^2 and max_p ||Q^(p)||_2^2 of a model, for the Lemma-2 form;
+* ``outer_product_hessian_norms``: measured ||H_O||_2 of single samples;
+* ``cnn_bound_comparison``: the bounds against measured ||H_O||_2 and ||Hess l_i||_2 on sampled points.
 """
 from __future__ import annotations
 

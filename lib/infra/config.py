@@ -185,7 +185,9 @@ class Convergence:
 
 @dataclass(frozen=True)
 class Figures:
-    """Notebook 06 reads results only; it has no parameters of its own."""
+    """Notebook 06 reads results only."""
+    allow_placeholders: bool = param(True, boolean, "numbers the paper needs but the results lack become 'n/a' "
+                                     "(listed in paper/generated/placeholders.txt); false: stop with their names")
 
 
 SECTIONS: dict[str, type] = {"common": Common, "train": Train, "spectrum": Spectrum, "projection": Projection,

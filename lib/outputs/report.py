@@ -16,7 +16,6 @@ import torch
 from lib import REPO_ROOT
 from lib.core.models import MODELS, build
 from lib.core.tensors import n_params
-from lib.infra.data import DATASETS
 from lib.infra.results import atomic_write_bytes, git_commit, package_versions
 from lib.stages.base import load, run_name
 from lib.stages.convergence import load_table
@@ -90,16 +89,6 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     capped = [f"{TEX_LABELS[m]}: {n} seed{'s' * (n > 1)}" for m, n in sorted((spectrum_max_seeds or {}).items())
               if m in models and n < len(seeds)]
     out[macro("spectrum", "seeds", "note")] = (f" (spectrum: {'; '.join(capped)})" if capped else "")
-    for ds in DATASETS:
-        for m in MODELS:
-            for key in (("acc", ds, m), ("acc", "sd", ds, m), ("train", "loss", ds, m), ("lambda", "one", ds, m),
-                        ("lambda", "last", ds, m), ("lambda", "min", ds, m), ("trace", ds, m),
-                        ("K", "mc", ds, m), ("K", "closed", ds, m), ("acc", "K", ds, m), ("wall", "K", ds, m)):
-                out[macro(*key)] = "n/a"
-            for sub in ("hessian", "random"):
-                for key in (("slope", ds, m, sub), ("slope", "se", ds, m, sub), ("k2", ds, m, sub),
-                            ("vbar", ds, m, sub), ("rho", ds, m, sub)):
-                    out[macro(*key)] = "n/a"
     for m in MODELS:
         out[macro("params", m)] = fmt(n_params(build(m, 0)))
     for ds in datasets:
@@ -159,6 +148,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("r0", "slope", "max")] = fmt(max(r["slope"] for r in r0))
         out[macro("bound", "over", "measured", "min")] = fmt(min(r["hessian_bound"] / r["max_measured_norm"]
                                                                   for r in r0))
+    out.update(sample_size_numbers(store))
+    out.update(claim_numbers(store, first))
     if timings:
         for stage, sec in timings.items():
             out[macro("time", re.sub(r"^\d+_", "", stage))] = fmt(sec / 60, 2)
@@ -172,13 +163,178 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     return out
 
 
-def write_numbers(values: dict, path: Path | None = None) -> Path:
+def _range(values, digits=2) -> str:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return "n/a"
+    return fmt(min(v), digits) if len(v) == 1 else f"{fmt(min(v), digits)} to {fmt(max(v), digits)}"
+
+
+def claim_numbers(store, first_seed) -> dict:
+    """Numbers behind the paper's qualitative statements: detrended correlations, bulk vs spikes of MC/Q_k,
+    quadratic V-bar against Monte Carlo, the spread of k^2 Delta_k, the gradient inside the subspace."""
+    out: dict[str, str] = {}
+    corr = [r for r in load_table(store, "loss_correlation") if r["subspace"] == "hessian"]
+    out[macro("rho", "hess", "range")] = _range([r["rho"] for r in corr])
+    out[macro("rho", "detrended", "range")] = _range([r["rho_detrended"] for r in corr])
+    out[macro("rho", "k", "loss", "range")] = _range([r["rho_k_loss"] for r in corr])
+    out[macro("rho", "runs")] = fmt(len(corr))
+    theory = [r for r in load_table(store, "theory") if r["distribution"] == "gaussian" and r["estimator"] == "plain"
+              and r["scale"] == "sigma" and r["seed"] == first_seed]
+    hess = sorted([r for r in theory if r["subspace"] == "hessian"], key=lambda r: r["sigma"])
+    rand = sorted([r for r in theory if r["subspace"] == "random"], key=lambda r: r["sigma"])
+    for name, rows in (("hess", hess), ("rand", rand)):
+        if rows:
+            out[macro("theory", name, "ratio", "range")] = _range([r["median_mc_over_q"] for r in rows])
+            out[macro("theory", name, "bulk", "range")] = _range([r["median_mc_over_q_bulk"] for r in rows])
+            out[macro("theory", name, "spikes", "range")] = _range([r["median_mc_over_q_spikes"] for r in rows])
+            out[macro("theory", name, "vbar", "range")] = _range([r["vbar_q_over_mc"] for r in rows])
+    sweep = [r for r in hess if r["dataset"] == (hess[0]["dataset"] if hess else None)
+             and r["model"] == hess[0]["model"]]
+    for r in sweep:
+        tag = fmt(r["sigma"]).replace(".", "p")
+        out[macro("theory", "ratio", "sigma", tag)] = fmt(r["median_mc_over_q"], 2)
+        out[macro("theory", "vbar", "sigma", tag)] = fmt(r["vbar_q_over_mc"], 2)
+    slopes = [r for r in load_table(store, "slopes") if r["seed"] == first_seed]
+    iqr = [r["k2_q75"] / r["k2_q25"] for r in slopes if r["subspace"] == "hessian" and r["k2_q25"] > 0]
+    out[macro("k2", "iqr", "hess", "range")] = _range(iqr)
+    grads = [r["subspace_gradient_norm"] for r in slopes if r.get("subspace_gradient_norm") is not None]
+    out[macro("subspace", "gradient", "range")] = _range(grads)
+    ratio = []
+    for ds_m in {(r["dataset"], r["model"]) for r in slopes}:
+        h = [r for r in slopes if (r["dataset"], r["model"]) == ds_m and r["subspace"] == "hessian"]
+        q = [r for r in slopes if (r["dataset"], r["model"]) == ds_m and r["subspace"] == "random"]
+        if h and q and q[0]["vbar"] > 0:
+            ratio.append(h[0]["vbar"] / q[0]["vbar"])
+    out[macro("vbar", "ratio", "range")] = _range(ratio, 3)
+    return out
+
+
+def _ratio_spread(values) -> float | None:
+    v = [x for x in values if x]
+    return max(v) / min(v) if len(v) > 1 else None
+
+
+def _factor(pred, true) -> float | None:
+    """How far a prediction is from the truth as a factor >= 1 (2 = off by a factor of two either way)."""
+    if not pred or not true:
+        return None
+    return float(max(pred / true, true / pred))
+
+
+def sample_size_numbers(store) -> dict:
+    """Macros of the sample-size study: K over orders x seeds per run and scale at the table threshold, the
+    loss-gap sigma, pilot and learning-curve prediction errors, and the spread of the calibration Delta*."""
+    out: dict[str, str] = {}
+    summary = load_table(store, "summary")
+    if not summary:
+        return out
+    # values that can be legitimately absent (nothing predicted, nothing reached) print as "--", not "n/a"
+    for tag in ("Gap", "Fixed"):
+        for key in (("pilot", "factor", "median", tag), ("pilot", "factor", "max", tag),
+                    ("predict", "land", tag, "median"), ("predict", "land", tag, "max"),
+                    ("delta", "star", "min", tag), ("delta", "star", "max", tag), ("delta", "star", "spread", tag)):
+            out[macro(*key)] = "--"
+        out[macro("delta", "star", "verdict", tag)] = "cannot be judged"
+    for key in (("predict", "lc", "", "median"), ("predict", "lc", "", "max"), ("sigma", "gap", "min"),
+                ("sigma", "gap", "max")):
+        out[macro(*key)] = "--"
+    grid = sorted({r["delta"] for r in summary})
+    thr = grid[len(grid) // 2]
+    out[macro("delta", "headline")] = fmt(thr)
+    scales = {"sigma": "Fixed", "loss_gap": "Gap"}
+    for r in [r for r in summary if r["delta"] == thr]:
+        tag = scales[r["scale"]]
+        for key in ("K_median", "K_q05", "K_q95", "K_pilot"):
+            out[macro(key.replace("_", " "), tag, r["dataset"], r["model"])] = (
+                fmt(int(round(r[key]))) if r[key] is not None else "not reached")
+        if r["scale"] == "loss_gap":
+            sig = r["sigma"] if isinstance(r["sigma"], list) else [r["sigma"]]
+            out[macro("sigma", "gap", r["dataset"], r["model"])] = (
+                fmt(min(sig), 2) if len(sig) == 1 else f"{fmt(min(sig), 2)}--{fmt(max(sig), 2)}")
+    gap_sigmas = [x for r in summary if r["scale"] == "loss_gap"
+                  for x in (r["sigma"] if isinstance(r["sigma"], list) else [r["sigma"]])]
+    if gap_sigmas:
+        out[macro("sigma", "gap", "min")] = fmt(min(gap_sigmas), 2)
+        out[macro("sigma", "gap", "max")] = fmt(max(gap_sigmas), 2)
+    pilot_err = {tag: [_factor(r["K_pilot"], r["K_median"]) for r in summary
+                       if r["delta"] == thr and scales[r["scale"]] == tag] for tag in scales.values()}
+    for tag, errs in pilot_err.items():
+        errs = [e for e in errs if e]
+        if errs:
+            out[macro("pilot", "factor", "median", tag)] = fmt(float(np.median(errs)), 2)
+            out[macro("pilot", "factor", "max", tag)] = fmt(float(np.max(errs)), 2)
+    predictors = load_table(store, "predictors")
+    if predictors:
+        n0 = max(p["n0"] for p in predictors)
+        one = [p for p in predictors if p["n0"] == n0 and abs(p["gap"] - 0.01) < 1e-12]
+        out[macro("pilot", "n", "zero")] = fmt(int(n0))
+        for name, key in (("lc", "n_learning_curve"), ("land", "n_landscape_loss_gap"),
+                          ("land", "n_landscape_sigma")):
+            tag = "Gap" if key.endswith("loss_gap") else ("Fixed" if key.endswith("sigma") else "")
+            errs = [_factor(p.get(key), p["n_within"]) for p in one]
+            errs = [e for e in errs if e]
+            out[macro("predict", name, tag, "n", "runs")] = fmt(len(errs))
+            if errs:
+                out[macro("predict", name, tag, "median")] = fmt(float(np.median(errs)), 2)
+                out[macro("predict", name, tag, "max")] = fmt(float(np.max(errs)), 2)
+        for p in one:
+            out[macro("n", "within", p["dataset"], p["model"])] = _k(p["n_within"])
+            out[macro("n", "lc", p["dataset"], p["model"])] = _k(p["n_learning_curve"])
+    calibration = load_table(store, "calibration")
+    for scale, tag in scales.items():
+        stars = [c["delta_star"] for c in calibration if c["scale"] == scale and abs(c["gap"] - 0.01) < 1e-12]
+        reached = [x for x in stars if x]
+        out[macro("delta", "star", "runs", tag)] = fmt(len(stars))
+        out[macro("delta", "star", "reached", tag)] = fmt(len(reached))
+        spread = _ratio_spread(reached)
+        if reached:
+            out[macro("delta", "star", "min", tag)] = fmt(min(reached), 2)
+            out[macro("delta", "star", "max", tag)] = fmt(max(reached), 2)
+        if spread:
+            out[macro("delta", "star", "spread", tag)] = fmt(spread, 2)
+            out[macro("delta", "star", "verdict", tag)] = "agrees" if spread <= 3 else "does not agree"
+    return out
+
+
+#: LaTeX's own commands that start with a capital letter and appear in paper/ or slides/ (not generated numbers)
+LATEX_COMMANDS = {"Delta", "Gamma", "Sigma", "Lambda", "Theta", "Omega", "Phi", "Psi", "Pi", "Xi", "Upsilon", "S",
+                  "Longrightarrow", "Rightarrow", "Leftarrow", "IfFileExists", "FloatBarrier", "Large", "LARGE",
+                  "Huge", "LaTeX", "TeX", "Big", "Bigg", "Bigl", "Bigr", "Biggl", "Biggr", "Alph", "Roman"}
+TEX_SOURCES = (REPO_ROOT / "paper" / "main.tex", REPO_ROOT / "slides" / "main.tex")
+
+
+def required_macros(sources=TEX_SOURCES) -> set[str]:
+    """Capitalised commands the LaTeX sources use but do not define themselves: the generated numbers."""
+    used, defined = set(), set()
+    for path in sources:
+        text = Path(path).read_text()
+        used |= set(re.findall(r"\\([A-Z][A-Za-z]*)", text))
+        defined |= set(re.findall(r"\\(?:re)?newcommand\{\\([A-Za-z]+)\}", text))
+    return used - defined - LATEX_COMMANDS
+
+
+def placeholders(values: dict, sources=TEX_SOURCES) -> list[str]:
+    """Macros the sources need that ``values`` lacks or holds only as "n/a"."""
+    return sorted(m for m in required_macros(sources) if values.get(m, "n/a") == "n/a")
+
+
+def write_numbers(values: dict, path: Path | None = None, allow_placeholders: bool = True) -> list[str]:
+    """Write one \\newcommand per value to ``numbers.tex`` (and ``numbers.json``); every macro the paper or
+    slides use but the results do not give is a placeholder "n/a", listed in ``placeholders.txt``. With
+    ``allow_placeholders=False`` a placeholder is an error naming them. Returns the placeholders."""
     path = path or GENERATED / "numbers.tex"
+    missing = placeholders(values)
+    if missing and not allow_placeholders:
+        raise ValueError(f"{len(missing)} number(s) the paper or slides use have no result: {missing}; run the "
+                         "stages that make them, or set figures.allow_placeholders=true for a draft build")
+    values = {**values, **{m: "n/a" for m in missing}}
+    atomic_write_bytes(path.with_name("placeholders.txt"), ("\n".join(missing) + "\n" if missing else "").encode())
     lines = ["% Generated by notebooks/06_figures.py from results; do not edit."]
     lines += [f"\\newcommand{{\\{k}}}{{{v}}}" for k, v in sorted(values.items())]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(path.with_suffix(".json"), (json.dumps(values, indent=1, sort_keys=True) + "\n").encode())
-    return path
+    return missing
 
 
 def _tabular(header: list[str], rows: list[list[str]], align: str) -> str:

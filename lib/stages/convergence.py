@@ -22,7 +22,7 @@ from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore, atomic_write_json
 from lib.stages import folder
 from lib.stages.base import cached, load, run_name
-from lib.stages.monte_carlo import CURVES, group, load_curve, load_plan
+from lib.stages.monte_carlo import CURVES, group, load_curve, load_plan, load_terms
 from lib.stages.spectrum import FOLDER as SPECTRA
 from lib.stages.spectrum import spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
@@ -43,9 +43,13 @@ def slope_rows(store: ResultStore, curves) -> list[dict]:
         c = load_curve(store, s)
         fit = cv.fit_slope(c["k"], c["delta"], k_min=10)
         k2 = cv.k2_summary(c["k"], c["delta"], c["stderr"], k_min=10)
+        gradient = None
+        if s.theory and s.subspace == "hessian":   # |P grad L_N(w*)|: mean over samples of the subspace gradients
+            gradient = float(np.linalg.norm(np.asarray(load_terms(store, s).b, dtype=np.float64).mean(0)))
         rows.append({"dataset": s.dataset, "model": s.model, "seed": s.seed, "subspace": s.subspace, "D": s.D,
                      "sigma": s.sigma, "slope": fit.slope, "slope_se": fit.slope_stderr, "k2_median": k2["median"],
-                     "k2_q25": k2["q25"], "k2_q75": k2["q75"], "vbar": c["vbar"], "vbar_se": c["vbar_stderr"]})
+                     "k2_q25": k2["q25"], "k2_q75": k2["q75"], "vbar": c["vbar"], "vbar_se": c["vbar_stderr"],
+                     "subspace_gradient_norm": gradient})
     return rows
 
 
@@ -57,9 +61,14 @@ def theory_rows(store: ResultStore, curves) -> list[dict]:
         c = load_curve(store, s)
         ratio = c["delta"] / c["Q"]
         within = np.abs(c["delta"] - c["Q"]) <= 3 * c["stderr"]
-        row = {"dataset": s.dataset, "model": s.model, "subspace": s.subspace, "D": s.D,
-               "distribution": s.distribution, "sigma": s.sigma, "estimator": s.estimator,
-               "median_mc_over_q": float(np.median(ratio)), "share_within_3se": float(within.mean())}
+        spikes = c["k"] * (c["k"] + 1) * c["delta"]
+        top = spikes >= np.quantile(spikes, 0.99)       # the top-1 % spikes of k(k+1) Delta_k
+        row = {"dataset": s.dataset, "model": s.model, "seed": s.seed, "scale": s.scale, "subspace": s.subspace,
+               "D": s.D, "distribution": s.distribution, "sigma": s.sigma, "estimator": s.estimator,
+               "median_mc_over_q": float(np.median(ratio)), "share_within_3se": float(within.mean()),
+               "median_mc_over_q_bulk": float(np.median(ratio[~top])),
+               "median_mc_over_q_spikes": float(np.median(ratio[top])),
+               "vbar_q_over_mc": float(c["vbar_quadratic"]["vbar"] / c["vbar"]) if c["vbar"] > 0 else None}
         if c.get("T") is not None:
             row["median_mc_over_t"] = float(np.median(c["delta"] / np.maximum(c["T"], 1e-300)))
         rows.append(row)
@@ -72,9 +81,13 @@ def loss_correlation_rows(store: ResultStore, curves) -> list[dict]:
     for s in group(curves, "main"):
         c = load_curve(store, s)
         L = np.cumsum(c["losses0"]) / np.arange(1, len(c["losses0"]) + 1)
+        k = np.asarray(c["k"], dtype=np.float64)
         r = cv.spearman(c["delta"], L[:-1])
+        detrended = cv.spearman(k * (k + 1) * c["delta"], L[:-1])     # the 1/(k(k+1)) trend removed
+        trend = cv.spearman(k, L[:-1])
         rows.append({"dataset": s.dataset, "model": s.model, "seed": s.seed, "subspace": s.subspace, "rho": r["rho"],
-                     "p_value": r["p_value"], "n": r["n"]})
+                     "p_value": r["p_value"], "n": r["n"], "rho_detrended": detrended["rho"],
+                     "rho_k_loss": trend["rho"]})
     return rows
 
 

@@ -23,7 +23,10 @@ def run(store: ResultStore, common: Common, section: Figures | None = None) -> d
     timings_path = RESULTS_ROOT / store.profile / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     values = registry.numbers(inputs, timings=timings)
-    report.write_numbers(values)
+    missing = report.write_numbers(values, allow_placeholders=section.allow_placeholders if section else True)
+    if missing:
+        print(f"{len(missing)} placeholder(s) 'n/a' in numbers.tex (paper/generated/placeholders.txt): {missing}")
     atomic_write_json(report.GENERATED / "source.json", {"profile": store.profile, "figures": sorted(made),
                                                          "n_numbers": len(values)})
-    return {"figures": made, "tables": list(registry.TABLES), "numbers": values, "removed": removed}
+    return {"figures": made, "tables": list(registry.TABLES), "numbers": values, "removed": removed,
+            "placeholders": missing}

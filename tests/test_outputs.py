@@ -1,0 +1,543 @@
+"""Every figure, table and number of the paper (``lib.outputs``) on the tiny pipeline's saved results
+(``conftest.tiny_pipeline``): what each figure plots against the saved curves, each table's rows against the saved
+rows formatted with ``fmt``/``pct``, ``numbers`` against the results, the formatting helpers on edge values and
+``registry.missing``."""
+import inspect
+import json
+import shutil
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from lib.core.convergence import fit_slope
+from lib.infra.results import ResultStore
+from lib.outputs import figures, registry, report
+from lib.outputs.report import fmt, macro, pct
+from lib.stages import convergence as convergence_stage
+from lib.stages import monte_carlo as mc_stage
+from lib.stages import projection as projection_stage
+from lib.stages import spectrum as spectrum_stage
+from lib.stages.base import run_name
+from tests.conftest import TINY_TIMINGS
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
+DS, MODEL, SEED, N = "mnist", "mlp1", 0, 200
+RUN = run_name(DS, MODEL, SEED)
+FIGURE_FUNCTIONS = ["spectrum", "surfaces", "delta_main", "sweep", "estimator_efficiency", "theory_vs_mc",
+                    "order_average", "vbar_parts", "delta_vs_loss", "learning_curve", "k_vs_scale", "r0_curves"]
+REGISTERED = ["spectrum", "surfaces", "delta_main", "k2_delta_main", "sweep_sigma", "sweep_dim", "sweep_distribution",
+              "sweep_estimator", "estimator_efficiency", "theory_vs_mc", "order_average", "vbar_parts",
+              "delta_vs_loss", "learning_curve", "k_vs_scale", "r0_curves"]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def inputs(tiny_pipeline):
+    return registry.Inputs.of(tiny_pipeline.store, tiny_pipeline.stage("figures")[0])
+
+
+@pytest.fixture(scope="module")
+def made(inputs):
+    """Every registered figure, made once from the saved results (closed at the end of the module)."""
+    out = {}
+    for make in registry.FIGURES.values():
+        out.update(make(inputs))
+    yield out
+    for fig in out.values():
+        plt.close(fig)
+
+
+def _panels(fig):
+    """Visible axes that are not colour bars."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def _labelled(ax):
+    return [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+
+
+def _legend(ax):
+    leg = ax.get_legend()
+    assert leg is not None, f"no legend on {ax.get_title()!r}"
+    return [t.get_text() for t in leg.get_texts()]
+
+
+def _curve(store, spec):
+    return mc_stage.load_curve(store, spec)
+
+
+def _check_line(line, k, values):
+    """A plotted line of (k, values[k - 1]) at increasing k from 1 to N - 1 (log-spaced, every k of the curve)."""
+    x, y = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+    assert x[0] == 1 and x[-1] == N - 1 and np.all(np.diff(x) > 0) and 50 < len(x) <= N - 1
+    np.testing.assert_allclose(y, values[x.astype(int) - 1], rtol=1e-12)
+
+
+def _rows(tex):
+    """Cells of the body rows of a booktabs tabular."""
+    lines = tex.splitlines()
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    assert all(line.endswith(r" \\") for line in body)
+    return [line[:-3].split(" & ") for line in body]
+
+
+def _header(tex):
+    lines = tex.splitlines()
+    return lines[lines.index(r"\toprule") + 1][:-3].split(" & ")
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_every_figure_function_is_registered_and_every_entry_makes_its_files(made, tiny_pipeline):
+    public = sorted(n for n, f in inspect.getmembers(figures, inspect.isfunction)
+                    if f.__module__ == figures.__name__ and not n.startswith("_"))
+    assert public == sorted(FIGURE_FUNCTIONS), "a figure function without a test below (or a test without one)"
+    assert list(registry.FIGURES) == REGISTERED
+    runs = projection_stage.projected_runs(tiny_pipeline.store)
+    assert runs == [(DS, MODEL, SEED)]
+    assert list(made) == [n if n != "surfaces" else f"surfaces_{DS}_{MODEL}" for n in REGISTERED]
+    for name, fig in made.items():
+        panels = _panels(fig)
+        assert panels, name
+        for ax in panels:
+            assert ax.get_xlabel() and ax.get_title(), (name, ax.get_title())
+        # a y label on some panel (the efficiency bars name their rows with tick labels instead)
+        assert any(ax.get_ylabel() for ax in panels) or name == "estimator_efficiency", name
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def test_spectrum_figure_plots_the_saved_eigenvalues_and_densities(made, tiny_pipeline):
+    fig = made["spectrum"]
+    p = spectrum_stage.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
+    ax_ev, ax_d = _panels(fig)
+    assert len(ax_ev.containers) == 1                     # one errorbar per model
+    data_line = ax_ev.containers[0].lines[0]
+    np.testing.assert_array_equal(data_line.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(data_line.get_ydata(), p["eigenvalues"].numpy(), rtol=1e-12)
+    assert ax_ev.get_yscale() == "log" and ax_ev.get_ylabel() == r"eigenvalue $\lambda_i$"
+    assert _legend(ax_ev) == [f"MLP-1 (tr = {p['trace']:.3g})"]
+    ours = _labelled(ax_d)[0]
+    np.testing.assert_allclose(ours.get_xdata(), p["grid"])
+    np.testing.assert_allclose(ours.get_ydata(), np.maximum(p["density"], 1e-12))
+    labels = _legend(ax_d)
+    assert labels[0] == "MLP-1" and ax_d.get_yscale() == "log"
+    if p.get("pyhessian"):                                # PyHessian's density on the same grid, dotted
+        assert len(_labelled(ax_d)) == 2 and labels[1].startswith("MLP-1, PyHessian (L1 diff. ")
+        np.testing.assert_allclose(_labelled(ax_d)[1].get_ydata(),
+                                   np.maximum(p["pyhessian"]["density"]["density"], 1e-12))
+    else:
+        assert len(_labelled(ax_d)) == 1
+    assert "MNIST" in ax_ev.get_title() and "seed 0" in ax_d.get_title()
+
+
+def test_surfaces_figure_plots_the_saved_grids(made, tiny_pipeline):
+    fig = made[f"surfaces_{DS}_{MODEL}"]
+    p = projection_stage.load_projection(tiny_pipeline.store, DS, MODEL, SEED)
+    panels = _panels(fig)
+    assert len(panels) == 6 and len(fig.axes) == 12      # 6 surfaces, each with its colour bar
+    expected = []
+    for plane, label in (("hessian", "top-2 Hessian eigenvectors"), ("filter_normalized", "filter-normalised random")):
+        g = p[plane]
+        expected += [(g["L_10"], f"$L_{{10}}$, {label}"), (g["L_199"], f"$L_{{199}}$, {label}"),
+                     ((g["L_11"] - g["L_10"]) ** 2, f"$(L_{{11}} - L_{{10}})^2$, {label}")]
+    for ax, (z, title) in zip(panels, expected):
+        assert ax.get_title() == title
+        (cs,) = ax.collections
+        logz = np.log10(np.maximum(z, 1e-12))
+        assert cs.zmin == pytest.approx(logz.min()) and cs.zmax == pytest.approx(logz.max())
+        (marker,) = ax.get_lines()                            # w* at the origin
+        assert list(marker.get_xdata()) == [0] and list(marker.get_ydata()) == [0]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (r"$\theta_1$", r"$\theta_2$")
+    assert fig._suptitle.get_text() == "MNIST, MLP-1 (N = 200)"
+
+
+@pytest.mark.parametrize("k2", [False, True], ids=["delta", "k2_delta"])
+def test_delta_main_figure_plots_hessian_and_random_curves(made, tiny_pipeline, k2):
+    fig = made["k2_delta_main" if k2 else "delta_main"]
+    store = tiny_pipeline.store
+    (ax,) = _panels(fig)
+    assert _legend(ax) == ["Hessian subspace, D=2", "random subspace, D=2"]
+    lines = _labelled(ax)
+    assert len(lines) == 2 and len(ax.collections) == 2     # a line and a 2-SE band each
+    for line, sub in zip(lines, ("hessian", "random")):
+        spec = next(s for s in mc_stage.main_curves(mc_stage.load_plan(store)) if s.subspace == sub)
+        c = _curve(store, spec)
+        _check_line(line, c["k"], c["delta"] * (c["k"] ** 2 if k2 else 1))
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert ax.get_ylabel() == (r"$k^2 \Delta_k$" if k2 else r"$\Delta_k$") and "$\\sigma$=0.3" in ax.get_title()
+
+
+SWEEPS = {"sigma": ("sigma", [["sigma = 0.1", "sigma = 1.0"], ["sigma = 0.1", "sigma = 1.0"]]),
+          "dim": ("D", [["D = 1", "D = 2"]]),
+          "distribution": ("distribution", [[f"distribution = {d}" for d in ("gaussian", "ball", "sphere",
+                                                                             "curvature")]]),
+          "estimator": ("estimator", [[f"estimator = {e}" for e in ("plain", "antithetic", "sobol")]])}
+
+
+@pytest.mark.parametrize("which", list(SWEEPS))
+def test_sweep_figure_plots_one_line_per_swept_curve(made, tiny_pipeline, which):
+    store = tiny_pipeline.store
+    attr, legends = SWEEPS[which]
+    panels = _panels(made[f"sweep_{which}"])
+    assert len(panels) == len(legends)
+    specs = mc_stage.group(mc_stage.load_plan(store), which)
+    for ax, labels, sub in zip(panels, legends, ("hessian", "random")):
+        assert _legend(ax) == labels and sub in ax.get_title().lower() and "MLP-1" in ax.get_title()
+        ss = [s for s in specs if s.subspace == sub]
+        assert len(_labelled(ax)) == len(ss) == len(labels) and len(ax.collections) == len(ss)
+        for line, s in zip(_labelled(ax), ss):
+            c = _curve(store, s)
+            _check_line(line, c["k"], c["delta"])
+
+
+def test_estimator_efficiency_figure_bars(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    (ax,) = _panels(made["estimator_efficiency"])
+    plan = mc_stage.load_plan(store)
+    expected = {}
+    for which in ("estimator", "distribution"):
+        for s in mc_stage.group(plan, which):
+            c = _curve(store, s)
+            expected[f"{s.distribution}/{s.estimator}"] = np.median(c["stderr"] / c["delta"]) * np.sqrt(
+                s.n_samples + 1)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["gaussian/plain", "gaussian/antithetic", "gaussian/sobol", "ball/plain", "sphere/plain",
+                      "curvature/plain"]
+    widths = [bar.get_width() for bar in ax.patches]
+    np.testing.assert_allclose(widths, [expected[lab] for lab in labels], rtol=1e-12)
+
+
+def test_theory_vs_mc_figure_plots_monte_carlo_q_and_t(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    fig = made["theory_vs_mc"]
+    panels = _panels(fig)
+    specs = sorted((s for s in mc_stage.group(mc_stage.load_plan(store), "sigma") if s.subspace == "hessian"),
+                   key=lambda s: s.sigma)
+    assert len(panels) == len(specs) == 2
+    assert [ax.get_title() for ax in panels] == ["$\\sigma$ = 0.1", "$\\sigma$ = 1"]
+    assert panels[0].get_ylabel() == r"$\Delta_k$"
+    for ax, s in zip(panels, specs):
+        c = _curve(store, s)
+        mc, q, t = ax.get_lines()
+        _check_line(mc, c["k"], c["delta"])
+        _check_line(q, c["k"], c["Q"])
+        _check_line(t, c["k"], np.maximum(c["T"], 1e-300))
+        assert len(ax.collections) == 1
+    (legend,) = fig.legends                                 # no spare panel: one legend below the panels
+    assert [t.get_text() for t in legend.get_texts()] == ["Monte Carlo", "$Q_k$ (quadratic)", "$T_k$ (Thm. 1)"]
+
+
+def test_order_average_figure_plots_k_k1_delta_and_vbar(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    panels = _panels(made["order_average"])
+    assert len(panels) == 2
+    for ax, sub in zip(panels, ("hessian", "random")):
+        spec = next(s for s in mc_stage.main_curves(mc_stage.load_plan(store)) if s.subspace == sub)
+        c = _curve(store, spec)
+        kk = c["k"] * (c["k"] + 1.0)
+        fixed, mean, median, vbar = ax.get_lines()
+        _check_line(fixed, c["k"], kk * c["delta"])
+        _check_line(mean, c["k"], kk * c["order_mean"])
+        _check_line(median, c["k"], kk * c["order_median"])
+        np.testing.assert_allclose(vbar.get_ydata(), [c["vbar"] * N / (N - 1)] * 2, rtol=1e-12)
+        assert _legend(ax) == ["fixed order", "mean of 2 orders", "median of orders", r"$\bar V N/(N-1)$"]
+        assert sub in ax.get_title().lower()
+
+
+def test_vbar_parts_figure_plots_monte_carlo_and_quadratic_parts(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    panels = _panels(made["vbar_parts"])
+    assert len(panels) == 2
+    for ax, sub in zip(panels, ("hessian", "random")):
+        ss = sorted((s for s in mc_stage.group(mc_stage.load_plan(store), "sigma") if s.subspace == sub),
+                    key=lambda s: s.sigma)
+        cs = [_curve(store, s) for s in ss]
+        (bars,) = ax.containers
+        np.testing.assert_allclose(bars.lines[0].get_xdata(), [0.1, 1.0])
+        np.testing.assert_allclose(bars.lines[0].get_ydata(), [c["vbar"] for c in cs], rtol=1e-12)
+        parts = _labelled(ax)                               # the errorbar's own line is not labelled
+        assert len(parts) == 4
+        for line, key in zip(parts, ("vbar", "V0", "grad_part", "curv_part")):
+            np.testing.assert_allclose(line.get_ydata(), [abs(c["vbar_quadratic"][key]) for c in cs], rtol=1e-12)
+        assert sorted(_legend(ax)) == sorted([r"$\bar V$ (Monte Carlo)", r"$\bar V$ (quadratic)", "$V_0$",
+                                              r"$\sigma^2 V_2$", r"$\sigma^4 V_4$"])
+
+
+def test_delta_vs_loss_figure_pairs_delta_with_the_prefix_loss(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    (ax,) = _panels(made["delta_vs_loss"])
+    spec = next(s for s in mc_stage.main_curves(mc_stage.load_plan(store)) if s.subspace == "hessian")
+    c = _curve(store, spec)
+    L = (np.cumsum(c["losses0"]) / np.arange(1, N + 1))[:-1]
+    (line,) = _labelled(ax)
+    x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    assert len(x) > 50
+    for xi, yi in zip(x, y):                               # every plotted point is (L_k, Delta_k) of one k
+        k = np.flatnonzero(c["delta"] == yi)
+        assert len(k) >= 1 and np.any(L[k] == xi)
+    rho = spearmanr(c["delta"], L).statistic
+    assert _legend(ax) == [f"MNIST, MLP-1 ($\\rho$ = {rho:.2f})"]
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+
+
+def test_learning_curve_figure_plots_accuracy_and_the_predictions(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    (ax,) = _panels(made["learning_curve"])
+    rows = convergence_stage.load_table(store, "learning_curve")
+    sizes = [r["n"] for r in rows]
+    acc = np.array([100 * r["test_accuracy"] for r in rows])
+    mean, *markers = ax.get_lines()
+    np.testing.assert_array_equal(mean.get_xdata(), sizes)
+    np.testing.assert_allclose(mean.get_ydata(), acc, rtol=1e-12)
+    assert _legend(ax) == ["MLP-1 (1 seed)"] and len(ax.collections) == 1
+    pred = max((p for p in convergence_stage.load_table(store, "predictors") if p["gap"] == 0.01),
+               key=lambda p: p["n0"])
+    expected = [pred["n_within"]] + [pred[k] for k in ("n_learning_curve", "n_landscape_loss_gap",
+                                                        "n_landscape_sigma")
+                                     if pred[k] and sizes[0] <= pred[k] <= sizes[-1]]
+    assert [float(m.get_xdata()[0]) for m in markers] == pytest.approx(expected)
+    for m in markers:
+        n = float(m.get_xdata()[0])
+        assert float(m.get_ydata()[0]) == pytest.approx(np.interp(np.log(n), np.log(sizes), acc))
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "test accuracy (%)"
+
+
+def test_k_vs_scale_figure_plots_k_of_the_sweeps(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    plan = mc_stage.load_plan(store)
+    panels = _panels(made["k_vs_scale"])
+    assert len(panels) == 2
+    thresholds = [0.01, 0.001]
+    for ax, (specs, attr) in zip(panels, (
+            ([s for s in mc_stage.group(plan, "sigma") if s.subspace == "hessian"], "sigma"),
+            (mc_stage.group(plan, "dim"), "D"))):
+        specs = sorted(specs, key=lambda s: getattr(s, attr))
+        curves = [_curve(store, s) for s in specs]
+        lines = ax.get_lines()
+        assert len(lines) == 2 * len(thresholds) + 1        # MC and closed form per threshold, and N
+        for i, thr in enumerate(thresholds):
+            mc, closed = lines[2 * i], lines[2 * i + 1]
+            np.testing.assert_allclose(mc.get_xdata(), [getattr(s, attr) for s in specs])
+            ks = []
+            for c in curves:
+                below = c["delta"] < thr
+                bad = np.flatnonzero(~below)
+                ks.append(np.nan if not below[-1] else (1 if len(bad) == 0 else bad[-1] + 2))
+            np.testing.assert_allclose(np.asarray(mc.get_ydata(), float), ks)
+            for c, kc in zip(curves, closed.get_ydata()):
+                assert c["vbar"] * N / ((N - 1) * kc * (kc + 1)) < thr <= c["vbar"] * N / ((N - 1) * (kc - 1) * kc)
+        np.testing.assert_allclose(lines[-1].get_ydata(), [N, N])
+        assert _legend(ax) == [r"$\Delta=0.01$", r"$\Delta=0.001$"]
+
+
+def test_r0_curves_figure_plots_the_mean_and_its_bound(made, tiny_pipeline):
+    store = tiny_pipeline.store
+    ax, ax2 = _panels(made["r0_curves"])
+    (row,) = convergence_stage.load_table(store, "r0")
+    p = convergence_stage.load_r0_curve(store, row["name"])
+    mean, bound = ax.get_lines()
+    x = np.asarray(mean.get_xdata(), dtype=float)
+    assert x[0] == 1 and x[-1] == 99
+    np.testing.assert_allclose(mean.get_ydata(), p["mean"][x.astype(int) - 1], rtol=1e-12)
+    np.testing.assert_allclose(bound.get_ydata(), 2 * row["M_l"] / (x + 1), rtol=1e-9)
+    assert _legend(ax) == [f"784-8-10 (slope {row['slope']:.2f})"]
+    heights = [b.get_height() for b in ax2.patches]
+    assert heights == pytest.approx([row["hessian_bound"], row["max_measured_norm"]])
+    assert [t.get_text() for t in ax2.get_xticklabels()] == ["8"] and ax2.get_yscale() == "log"
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _k(value):
+    return fmt(int(round(value))) if value is not None else "--"
+
+
+def test_sample_size_table_has_one_row_per_saved_row(tiny_pipeline):
+    store = tiny_pipeline.store
+    saved = convergence_stage.load_table(store, "sample_size")
+    rows = _rows(report.sample_size_table(store))
+    assert len(rows) == len(saved) == 4
+    for cells, r in zip(rows, saved):
+        assert len(cells) == len(_header(report.sample_size_table(store))) == 13
+        assert cells[:3] == ["MNIST", "MLP-1", "0"]
+        assert cells[3] == "$\\sigma=" + fmt(r["sigma"], 2) + "$" + (" (gap)" if r["scale"] == "loss_gap" else "")
+        assert cells[4] == f"${fmt(r['delta'], 2)}$" and cells[4] in ("$0.01$", "$0.001$")
+        assert cells[5] == str(r["K_fixed"]) and cells[6] == str(r["K_band"])
+        assert cells[7] == _k(r["K_order_median"])
+        assert cells[8] == f"{_k(r['K_order_q05'])}--{_k(r['K_order_q95'])}"
+        assert cells[9] == "--" and r["K_order_upper"] is None
+        assert cells[10] == str(r["K_closed"])
+        assert cells[11] == pct(r["test_accuracy_K"]) and cells[12] == f"{100 * r['test_accuracy_N']:.1f}"
+    assert [c[11] for c in rows].count("n/a") == sum(r["test_accuracy_K"] is None for r in saved)
+
+
+def test_solver_table_has_one_row_per_solver_and_pyhessian_pass(tiny_pipeline):
+    store = tiny_pipeline.store
+    tex = report.solver_table(store)
+    rows = _rows(tex)
+    solvers = spectrum_stage.load_solvers(store, DS, MODEL, SEED)["rows"]
+    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    assert [r["method"] for r in solvers] == ["lanczos (ours)", "power (ours)", "PyHessian 0.1"]
+    assert len(rows) == len(solvers) + (4 if p.get("pyhessian") else 0)
+    for cells, r in zip(rows, solvers):
+        assert cells == ["MNIST", "MLP-1", r["method"], "2", "200", fmt(int(r["hvp_count"])), fmt(r["seconds"], 2),
+                         f"${fmt(r['max_residual'], 2)}$"]
+    if p.get("pyhessian"):
+        extra = rows[len(solvers):]
+        assert [c[2] for c in extra] == ["trace (ours)", "trace (PyHessian)", "density (ours)",
+                                         "density (PyHessian)"]
+        assert extra[0][5] == "4" and extra[2][5] == "8"             # our products: trace_probes, slq_iter
+        assert extra[1][5] == fmt(int(p["pyhessian"]["trace"]["products"]))
+
+
+def test_solver_table_of_a_store_without_comparison_is_empty(tmp_path):
+    assert _rows(report.solver_table(ResultStore("none", root=tmp_path))) == []
+
+
+def test_theory_table_has_one_row_per_gaussian_plain_curve(tiny_pipeline):
+    store = tiny_pipeline.store
+    saved = [r for r in convergence_stage.load_table(store, "theory")
+             if r["distribution"] == "gaussian" and r["estimator"] == "plain"]
+    rows = _rows(report.theory_table(store))
+    assert len(rows) == len(saved) == 9            # main x 2, gap, sigma sweep x 4, D sweep x 2
+    for cells, r in zip(rows, saved):
+        assert cells == [r["subspace"], str(r["D"]), fmt(r["sigma"]), fmt(r["median_mc_over_q"]),
+                         f"{100 * r['share_within_3se']:.1f}", fmt(r["median_mc_over_t"])]
+        assert cells[5] != "n/a"                    # Gaussian: isotropic, Theorem 1 applies
+
+
+def test_predictor_table_has_one_row_per_gap_of_the_largest_pilot(tiny_pipeline):
+    store = tiny_pipeline.store
+    saved = [p for p in convergence_stage.load_table(store, "predictors") if p["n0"] == 100]
+    rows = _rows(report.predictor_table(store))
+    assert len(rows) == len(saved) == 2
+    for cells, p in zip(rows, saved):
+        lc, ls = p["cost_learning_curve"], p["cost_landscape"]
+        assert cells == ["MNIST", "MLP-1", f"{100 * p['gap']:.1f}", _k(p["n_within"]), _k(p["n_learning_curve"]),
+                         "--", "--", f"{lc['trainings']} / {fmt(int(round(lc['seconds'])))}",
+                         f"{ls['trainings']} / {fmt(int(round(ls['seconds'])))}"]
+        assert cells[3] == "200" and cells[4] != "--"
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
+    store = tiny_pipeline.store
+    values = registry.numbers(inputs, timings=TINY_TIMINGS)
+    trained = store.meta("train", RUN)["summary"]
+    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    ev = p["eigenvalues"].numpy()
+    assert values["Profile"] == "pipeline_test"
+    assert (values["NTrain"], values["Epochs"], values["NSeeds"], values["KTop"]) == ("200", "1", "1", "4")
+    assert values["AccMnistMlpOne"] == f"{100 * trained['test_accuracy']:.1f}" and values["AccSdMnistMlpOne"] == "0.0"
+    assert values["TrainLossMnistMlpOne"] == fmt(trained["train_loss"])
+    assert values["LambdaOneMnistMlpOne"] == fmt(ev[0]) and values["LambdaLastMnistMlpOne"] == fmt(ev[3])
+    assert values["LambdaMinMnistMlpOne"] == fmt(p["smallest"]) and values["TraceMnistMlpOne"] == fmt(p["trace"])
+    assert values["ParamsMlpOne"] == "203{,}530" and values["ParamsMlpTwo"] == "269{,}322"
+    assert (values["McD"], values["McSigma"], values["McT"], values["McOrders"]) == ("2", "0.3", "8", "2")
+    plan = mc_stage.load_plan(store)
+    for sub, tag in (("hessian", "Hess"), ("random", "Rand")):
+        c = mc_stage.load_curve(store, next(s for s in mc_stage.main_curves(plan) if s.subspace == sub))
+        assert values[f"SlopeMnistMlpOne{tag}"] == fmt(fit_slope(c["k"], c["delta"], k_min=10).slope)
+        assert values[f"VbarMnistMlpOne{tag}"] == fmt(c["vbar"])
+        assert values[f"KTwoMnistMlpOne{tag}"] == fmt(np.median((c["k"] ** 2 * c["delta"])[c["k"] >= 10]))
+        L = (np.cumsum(c["losses0"]) / np.arange(1, N + 1))[:-1]
+        assert values[f"RhoMnistMlpOne{tag}"] == fmt(spearmanr(c["delta"], L).statistic, 2)
+    sample = next(r for r in convergence_stage.load_table(store, "sample_size")
+                  if r["scale"] == "sigma" and r["delta"] == 0.01)
+    assert values["DeltaTable"] == "0.01"              # the middle of the sorted grid [0.001, 0.01]
+    assert values["KMcMnistMlpOne"] == str(sample["K_fixed"])
+    c = mc_stage.load_curve(store, next(s for s in mc_stage.main_curves(plan) if s.subspace == "hessian"))
+    k = np.arange(1, 100 * N)
+    assert values["KClosedMnistMlpOne"] == fmt(int(k[np.argmax(c["vbar"] * N / ((N - 1) * k * (k + 1)) < 0.01)]))
+    assert values["AccKMnistMlpOne"] == pct(sample["test_accuracy_K"])
+    assert (values["TheorySigmaLow"], values["TheorySigmaHigh"]) == ("0.1", "1")
+    (r0,) = convergence_stage.load_table(store, "r0")
+    assert values["RZeroSlopeMin"] == values["RZeroSlopeMax"] == fmt(r0["slope"])
+    assert values["BoundOverMeasuredMin"] == fmt(r0["hessian_bound"] / r0["max_measured_norm"])
+    assert (values["TimeTrain"], values["TimeMonteCarlo"], values["TimeTotal"]) == ("1", "1.5", "2.5")
+    for other in ("AccMnistMlpTwo", "KMcFashionCnn", "SlopeFashionMlpOneHess", "LambdaOneMnistCnn"):
+        assert values[other] == "n/a"
+    assert all(name.isalpha() for name in values) and all(isinstance(v, str) for v in values.values())
+
+
+def test_write_numbers_one_sorted_newcommand_per_value(tmp_path):
+    path = report.write_numbers({"Beta": "2", "Alpha": "1{,}000", "Gamma": r"\ensuremath{x}"}, tmp_path / "n.tex")
+    assert path.read_text().splitlines()[1:] == [r"\newcommand{\Alpha}{1{,}000}", r"\newcommand{\Beta}{2}",
+                                                 r"\newcommand{\Gamma}{\ensuremath{x}}"]
+    assert json.loads((tmp_path / "n.json").read_text()) == {"Alpha": "1{,}000", "Beta": "2",
+                                                             "Gamma": r"\ensuremath{x}"}
+
+
+# ------------------------------------------------------------------------------------------------ fmt, pct, macro
+@pytest.mark.parametrize("x, expected", [
+    (0.123456, "0.123"), (-1.98, "-1.98"), (19.2345, "19.2"),
+    (1245.68, "1{,}246"),                     # not 1245.68: three significant digits, whole number
+    (27286.4, "27{,}286"), (99999.4, "99{,}999"),
+    (123456.0, r"\ensuremath{1.23\times 10^{5}}"), (1e5, r"\ensuremath{1.00\times 10^{5}}"),
+    (0.000298, r"\ensuremath{2.98\times 10^{-4}}"), (-0.000298, r"\ensuremath{-2.98\times 10^{-4}}"),
+    (0.001, "0.001"), (0.0009999, r"\ensuremath{1.00\times 10^{-3}}"), (0.0, "0"), (1.0, "1"),
+    (10000, "10{,}000"), (-1234567, "-1{,}234{,}567"), (np.int64(7), "7"),     # integers exactly
+    (np.float32(0.5), "0.5"), (None, "n/a"), (float("nan"), "n/a"), (float("inf"), "n/a"), (-np.inf, "n/a"),
+])
+def test_fmt_edge_values(x, expected):
+    assert fmt(x) == expected
+
+
+def test_fmt_digits_and_pct():
+    assert fmt(0.123456, 2) == "0.12" and fmt(1.5, 2) == "1.5" and fmt(3e-5, 2) == r"\ensuremath{3.0\times 10^{-5}}"
+    assert pct(0.9651) == "96.5" and pct(1) == "100.0" and pct(0) == "0.0" and pct(None) == "n/a"
+    assert pct(0.00049) == "0.0" and pct(np.float64(0.25)) == "25.0"
+
+
+def test_macro_names_are_letters_only():
+    assert macro("acc", "mnist", "mlp2") == "AccMnistMlpTwo"
+    assert macro("K", "mc", "fashion_mnist", "cnn") == "KMcFashionCnn"
+    assert macro("time", "04_monte_carlo") == "TimeZeroFourMonteCarlo"
+    assert macro("k2", "mnist", "mlp1", "hessian") == "KTwoMnistMlpOneHess"
+    assert macro("r0", "slope", "min") == "RZeroSlopeMin"
+    assert macro("a-b_c d") == "ABCD" and macro() == "" and macro("", "x") == "X"
+
+
+def test_prune_figures_removes_only_files_not_made(tmp_path):
+    for name in ("spectrum.pdf", "spectrum.png", "surfaces_old.pdf", "surfaces_old.png", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert report.prune_figures({"spectrum": None}, tmp_path) == ["surfaces_old.pdf", "surfaces_old.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "spectrum.pdf", "spectrum.png"]
+
+
+# ------------------------------------------------------------------------------------------------ missing
+@pytest.fixture
+def outputs_copy(tiny_pipeline, tmp_path, monkeypatch):
+    """A copy of what notebook 06 wrote, as report.FIGURES / GENERATED."""
+    figs, gen = tmp_path / "figures", tmp_path / "generated"
+    shutil.copytree(tiny_pipeline.figures_dir, figs)
+    shutil.copytree(tiny_pipeline.generated_dir, gen)
+    monkeypatch.setattr(report, "FIGURES", figs)
+    monkeypatch.setattr(report, "GENERATED", gen)
+    return figs, gen
+
+
+def test_missing_lists_exactly_the_removed_outputs(outputs_copy, capsys):
+    figs, gen = outputs_copy
+    assert registry.missing() == []
+    assert registry.main(["--check"]) == 0
+    assert f"all {len(registry.TABLES)} tables, numbers.tex and the recorded figures are present" in \
+        capsys.readouterr().out
+    for path in (gen / "solvers.tex", gen / "numbers.tex", figs / "r0_curves.png", figs / "spectrum.pdf"):
+        path.unlink()
+    assert registry.missing() == ["paper/generated/solvers.tex", "paper/generated/numbers.tex",
+                                  "paper/figures/spectrum.pdf", "paper/figures/r0_curves.png"]
+    assert registry.main([]) == 1
+    err = capsys.readouterr().err
+    assert "missing output: paper/figures/r0_curves.png" in err and "make reproduce" in err
+    assert registry.missing(["r0_curves", "never_made"]) == [
+        "paper/generated/solvers.tex", "paper/generated/numbers.tex", "paper/figures/r0_curves.png",
+        "paper/figures/never_made.pdf", "paper/figures/never_made.png"]
+
+
+def test_missing_without_source_json_checks_tables_only(outputs_copy):
+    figs, gen = outputs_copy
+    (gen / "source.json").unlink()
+    (figs / "delta_main.pdf").unlink()
+    assert registry.missing() == ["paper/generated/source.json"]
