@@ -176,8 +176,8 @@ class Convergence:
                                 "accuracy gaps to the plateau of the learning-curve targets (0.01 = 1 point)")
     r0_dataset: str = param("mnist", choice(sorted(DATASETS)), "dataset of the R = 0 bias-free MLP sweep")
     r0_n_train: int = param(500, integer(2, TRAIN_SIZE), "training samples of the R = 0 sweep")
-    r0_architectures: list = param([[32], [32, 32]], list_of(list_of(integer(1), unique=False)),
-                                   "hidden widths of the bias-free ReLU MLPs")
+    r0_architectures: list = param([[32], [32, 32]], list_of(list_of(integer(1), min_len=0, unique=False)),
+                                   "hidden widths of the bias-free ReLU MLPs ([] = no hidden layer)")
     r0_orders: int = param(4, integer(2), "random orders of the R = 0 curves")
     r0_hessian_samples: int = param(2, integer(1), "samples whose per-sample Hessian norm is measured")
     r0_epochs: int = param(1, integer(1), "training epochs of the R = 0 sweep")

@@ -18,6 +18,21 @@ LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "
           "hessian": "Hessian subspace", "random": "random subspace"}
 
 
+#: points of the centred moving average drawn over raw R = 0 curves
+SMOOTH_WINDOW = 21
+
+
+def centred_moving_average(values, window: int) -> np.ndarray:
+    """Mean over a centred window of ``window`` points (shrinking at the ends), not an exponential average seeded
+    at the first value (which inflates early values)."""
+    v = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    lo = np.clip(np.arange(len(v)) - half, 0, len(v))
+    hi = np.clip(np.arange(len(v)) + half + 1, 0, len(v))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
 def _log_index(n: int, points: int = 400) -> np.ndarray:
     """Indices 0..n-1 spaced logarithmically (for plotting long curves on log axes)."""
     return np.unique(np.round(np.geomspace(1, n, points)).astype(int) - 1)
@@ -363,13 +378,17 @@ def r0_curves(store):
             p = load_r0_curve(store, r["name"])
             idx = _log_index(len(p["k"]))
             lab = "-".join(map(str, r["hidden"]))
-            plotting.band(ax, p["k"][idx], p["mean"][idx], 2 * p["stderr"][idx], color=plotting.PALETTE[i % 8],
-                          label=f"784-{lab}-10 (slope {r['slope']:.2f})")
+            color = plotting.PALETTE[i] if len(rows) <= len(plotting.PALETTE) else plotting.sequential(i, len(rows))
+            ax.plot(p["k"][idx], p["mean"][idx], color=color, lw=0.4, alpha=0.45)
+            smooth = centred_moving_average(p["mean"], SMOOTH_WINDOW)
+            ax.plot(p["k"][idx], smooth[idx], color=color, lw=1.0,
+                    label=f"784-{lab}-10 (slope {r['slope']:.2f})" if lab else f"784-10 (slope {r['slope']:.2f})")
             ax.plot(p["k"][idx], p["bound_curve"][idx], ls=":", color=plotting.PALETTE[i % 8])
         ax.set(xscale="log", yscale="log", xlabel="$k$", ylabel=r"$|L_{k+1}-L_k|(w^*)$",
-               title="R = 0: mean over random orders (dotted: bound $2M_l/(k+1)$)")
+               title=f"R = 0: mean over orders (thin: raw; thick: centred {SMOOTH_WINDOW}-point average; "
+                     "dotted: bound $2M_l/(k+1)$)")
         ax.legend(fontsize=5)
-        names = ["-".join(map(str, r["hidden"])) for r in rows]
+        names = ["-".join(map(str, r["hidden"])) or "none" for r in rows]
         x = np.arange(len(rows))
         ax2.bar(x - 0.2, [r["hessian_bound"] for r in rows], 0.4, label="bound", color=plotting.PALETTE[1])
         ax2.bar(x + 0.2, [r["max_measured_norm"] for r in rows], 0.4, label=r"measured max$_i$ $\|\nabla^2 l_i\|_2$",

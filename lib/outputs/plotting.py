@@ -51,6 +51,11 @@ def style():
         yield
 
 
+def sequential(i: int, n: int):
+    """The i-th of n colours along a perceptually uniform colour map (for more curves than the palette has)."""
+    return plt.get_cmap("viridis")(0.05 + 0.9 * i / max(n - 1, 1))
+
+
 def figure(ncols: int = 1, nrows: int = 1, width: float = COLUMN_WIDTH, aspect: float = 0.75, **kw):
     """A figure of ``width`` inches with panels ``aspect`` as tall as wide (style must be active)."""
     height = width / ncols * aspect * nrows
