@@ -147,6 +147,10 @@ def cnn_hessian_norm_bound(n_conv: int, n_linear: int, C: int, k: int, w: float,
         return math.inf
 
 
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def _matricized_layers(model: nn.Module, inputs: torch.Tensor, allow_bias: bool) -> list[dict]:
     """The model's linear operators in order (conv: input/output shapes; linear: widths), validated for the
     matricized form: a Sequential of Conv2d (stride 1, no dilation/groups, zero padding), ReLU, non-overlapping
@@ -167,9 +171,8 @@ def _matricized_layers(model: nn.Module, inputs: torch.Tensor, allow_bias: bool)
         elif isinstance(mod, nn.Linear):
             seen_linear = True
         elif isinstance(mod, nn.MaxPool2d):
-            ks, st = nn.modules.utils._pair(mod.kernel_size), nn.modules.utils._pair(mod.stride or mod.kernel_size)
-            if ks != st or nn.modules.utils._pair(mod.padding) != (0, 0) or nn.modules.utils._pair(mod.dilation) \
-                    != (1, 1) or mod.ceil_mode:
+            if (_pair(mod.kernel_size) != _pair(mod.stride or mod.kernel_size) or _pair(mod.padding) != (0, 0)
+                    or _pair(mod.dilation) != (1, 1) or mod.ceil_mode):
                 raise ValueError(f"{mod}: only non-overlapping max pooling (stride = kernel, no padding) has norm 1")
         elif not isinstance(mod, (nn.ReLU, nn.Flatten)):
             raise ValueError(f"{type(mod).__name__} is not covered by the matricized-network bound "
@@ -241,9 +244,7 @@ def _conv_norm_sq(conv: nn.Conv2d, in_shape: tuple) -> float:
 
     def gram(v):
         t = torch.as_tensor(v, dtype=torch.float64).reshape(1, *in_shape)
-        back = F.conv_transpose2d(apply(t), weight, padding=conv.padding, output_padding=0)
-        back = back[..., :in_shape[1], :in_shape[2]]
-        return back.reshape(-1).numpy()
+        return F.conv_transpose2d(apply(t), weight, padding=conv.padding).reshape(-1).numpy()  # T^T (T v)
 
     op = LinearOperator((d_in, d_in), matvec=gram, dtype=np.float64)
     v0 = np.random.default_rng(0).standard_normal(d_in)
