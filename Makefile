@@ -13,6 +13,14 @@ LAB_ARGS ?=
 # JupyterLab refuses to run as root without --allow-root (containers, CI, fresh cloud machines run as root)
 ALLOW_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS = $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
+# Numerics: on x86-64 CPUs with AVX2, ATen, MKL and oneDNN run their AVX2 code paths whatever newer instructions the
+# CPU has, so that an AVX-512 machine computes the same bits as an AVX2 one (same thread count; docs/reproducibility.md).
+# Override on the command line or in the environment, e.g. ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO.
+ifneq ($(shell grep -m1 -ow avx2 /proc/cpuinfo 2>/dev/null),)
+export ATEN_CPU_CAPABILITY ?= avx2
+export MKL_CBWR ?= AVX2
+export ONEDNN_MAX_CPU_ISA ?= AVX2
+endif
 # the prerequisites of the goals on the command line (TeX, poppler, venv support, disk, browser; lib/infra/prereqs.py)
 PREREQS = $(PYTHON) -m lib.infra.prereqs --venv $(VENV) --goals "$(or $(MAKECMDGOALS),prereqs)"
 

@@ -91,8 +91,9 @@ def _header(tex):
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_every_figure_function_is_registered_and_every_entry_makes_its_files(made, tiny_pipeline):
-    public = sorted(n for n, f in inspect.getmembers(figures, inspect.isfunction)
-                    if f.__module__ == figures.__name__ and not n.startswith("_"))
+    public = sorted(n for n, f in inspect.getmembers(figures, inspect.isfunction)       # figure makers take the store
+                    if f.__module__ == figures.__name__ and not n.startswith("_")
+                    and next(iter(inspect.signature(f).parameters)) == "store")
     assert public == sorted(FIGURE_FUNCTIONS), "a figure function without a test below (or a test without one)"
     assert list(registry.FIGURES) == REGISTERED
     runs = projection_stage.projected_runs(tiny_pipeline.store)
@@ -255,8 +256,8 @@ def test_vbar_parts_figure_plots_monte_carlo_and_quadratic_parts(made, tiny_pipe
                     key=lambda s: s.sigma)
         cs = [_curve(store, s) for s in ss]
         (bars,) = ax.containers
-        np.testing.assert_allclose(bars.lines[0].get_xdata(), [0.1, 1.0])
-        np.testing.assert_allclose(bars.lines[0].get_ydata(), [c["vbar"] for c in cs], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(bars.lines[0].get_xdata(), float), [0.1, 1.0])
+        np.testing.assert_allclose(np.asarray(bars.lines[0].get_ydata(), float), [c["vbar"] for c in cs], rtol=1e-12)
         parts = _labelled(ax)                               # the errorbar's own line is not labelled
         assert len(parts) == 4
         for line, key in zip(parts, ("vbar", "V0", "grad_part", "curv_part")):
@@ -337,15 +338,24 @@ def test_r0_curves_figure_plots_the_mean_and_its_bound(made, tiny_pipeline):
     ax, ax2 = _panels(made["r0_curves"])
     (row,) = convergence_stage.load_table(store, "r0")
     p = convergence_stage.load_r0_curve(store, row["name"])
-    mean, bound = ax.get_lines()
-    x = np.asarray(mean.get_xdata(), dtype=float)
+    raw, smooth, bound = ax.get_lines()
+    x = np.asarray(raw.get_xdata(), dtype=float)
     assert x[0] == 1 and x[-1] == 99
-    np.testing.assert_allclose(mean.get_ydata(), p["mean"][x.astype(int) - 1], rtol=1e-12)
+    np.testing.assert_allclose(raw.get_ydata(), p["mean"][x.astype(int) - 1], rtol=1e-12)
+    w = figures.SMOOTH_WINDOW // 2                            # centred window, shrinking at the ends
+    means = np.array([p["mean"][max(0, j - w):j + w + 1].mean() for j in range(99)])
+    np.testing.assert_allclose(smooth.get_ydata(), means[x.astype(int) - 1], rtol=1e-9)
     np.testing.assert_allclose(bound.get_ydata(), 2 * row["M_l"] / (x + 1), rtol=1e-9)
     assert _legend(ax) == [f"784-8-10 (slope {row['slope']:.2f})"]
     heights = [b.get_height() for b in ax2.patches]
     assert heights == pytest.approx([row["hessian_bound"], row["max_measured_norm"]])
     assert [t.get_text() for t in ax2.get_xticklabels()] == ["8"] and ax2.get_yscale() == "log"
+
+
+def test_centred_moving_average_edge_values():
+    np.testing.assert_allclose(figures.centred_moving_average([1.0, 2.0, 3.0, 4.0], 3), [1.5, 2.0, 3.0, 3.5])
+    np.testing.assert_allclose(figures.centred_moving_average([5.0, -1.0, 2.0], 1), [5.0, -1.0, 2.0])
+    np.testing.assert_allclose(figures.centred_moving_average([1.0, 3.0], 9), [2.0, 2.0])      # wider than the data
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -457,16 +467,31 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
     assert values["BoundOverMeasuredMin"] == fmt(r0["hessian_bound"] / r0["max_measured_norm"])
     assert (values["TimeTrain"], values["TimeMonteCarlo"], values["TimeTotal"]) == ("1", "1.5", "2.5")
     for other in ("AccMnistMlpTwo", "KMcFashionCnn", "SlopeFashionMlpOneHess", "LambdaOneMnistCnn"):
-        assert values[other] == "n/a"
+        assert values.get(other, "n/a") == "n/a"          # runs the profile does not have: no number
     assert all(name.isalpha() for name in values) and all(isinstance(v, str) for v in values.values())
 
 
-def test_write_numbers_one_sorted_newcommand_per_value(tmp_path):
-    path = report.write_numbers({"Beta": "2", "Alpha": "1{,}000", "Gamma": r"\ensuremath{x}"}, tmp_path / "n.tex")
-    assert path.read_text().splitlines()[1:] == [r"\newcommand{\Alpha}{1{,}000}", r"\newcommand{\Beta}{2}",
-                                                 r"\newcommand{\Gamma}{\ensuremath{x}}"]
-    assert json.loads((tmp_path / "n.json").read_text()) == {"Alpha": "1{,}000", "Beta": "2",
-                                                             "Gamma": r"\ensuremath{x}"}
+def test_write_numbers_one_sorted_newcommand_per_value_and_placeholders(tmp_path):
+    values = {"Beta": "2", "Alpha": "1{,}000", "Epsilon": r"\ensuremath{x}"}
+    missing = report.write_numbers(values, tmp_path / "n.tex")
+    assert missing == report.placeholders(values) and "Alpha" not in missing
+    assert missing, "the paper uses numbers these three values do not give"
+    full = {**values, **{m: "n/a" for m in missing}}
+    assert (tmp_path / "n.tex").read_text().splitlines()[1:] == [f"\\newcommand{{\\{k}}}{{{v}}}"
+                                                                for k, v in sorted(full.items())]
+    assert json.loads((tmp_path / "n.json").read_text()) == full
+    assert (tmp_path / "placeholders.txt").read_text().split() == missing
+    with pytest.raises(ValueError, match=f"{len(missing)} number\\(s\\) the paper or slides use have no result"):
+        report.write_numbers(values, tmp_path / "m.tex", allow_placeholders=False)
+    assert not (tmp_path / "m.tex").exists()
+
+
+def test_placeholders_are_the_macros_a_source_uses_without_a_value(tmp_path):
+    tex = tmp_path / "main.tex"
+    tex.write_text("\\newcommand{\\Local}{x}\nAcc \\AccMnistMlpTwo{} and \\KTop, $\\Delta$, \\Local, \\textbf{y}, "
+                   "\\NTrain\n")
+    assert report.placeholders({"KTop": "4", "NTrain": "n/a"}, [tex]) == ["AccMnistMlpTwo", "NTrain"]
+    assert report.placeholders({"KTop": "4", "NTrain": "200", "AccMnistMlpTwo": "97.0"}, [tex]) == []
 
 
 # ------------------------------------------------------------------------------------------------ fmt, pct, macro
@@ -527,7 +552,7 @@ def test_missing_lists_exactly_the_removed_outputs(outputs_copy, capsys):
     for path in (gen / "solvers.tex", gen / "numbers.tex", figs / "r0_curves.png", figs / "spectrum.pdf"):
         path.unlink()
     assert registry.missing() == ["paper/generated/solvers.tex", "paper/generated/numbers.tex",
-                                  "paper/figures/spectrum.pdf", "paper/figures/r0_curves.png"]
+                                  "paper/figures/r0_curves.png", "paper/figures/spectrum.pdf"]   # sorted figures
     assert registry.main([]) == 1
     err = capsys.readouterr().err
     assert "missing output: paper/figures/r0_curves.png" in err and "make reproduce" in err

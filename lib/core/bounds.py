@@ -52,7 +52,7 @@ __all__ = ["bound_constants", "hessian_norm_bound", "loss_difference_bound", "pe
 A_NORM_BOUND = math.sqrt(2)
 #: conv operators with at most this many matrix entries get an explicit matrix and an exact SVD; larger ones
 #: Lanczos (ARPACK) on T^T T through conv2d / conv_transpose2d
-EXPLICIT_MAX_ENTRIES = 1 << 22
+EXPLICIT_MAX_ENTRIES = 1 << 16
 
 
 def hessian_norm_bound(n_layers: int, M_W: float, M_x: float) -> float:
@@ -183,8 +183,11 @@ def _matricized_layers(model: nn.Module, inputs: torch.Tensor, allow_bias: bool)
     if not any(isinstance(mod, nn.Conv2d) for mod in leaves):
         raise ValueError("the CNN bound needs at least one Conv2d")
     shapes = {}
-    hooks = [mod.register_forward_hook(lambda mod, a, out: shapes.setdefault(mod, (a[0].shape[1:], out.shape[1:])))
-             for mod in leaves if isinstance(mod, nn.Conv2d)]
+
+    def record(mod, args, out) -> None:
+        shapes[mod] = (args[0].shape[1:], out.shape[1:])
+
+    hooks = [mod.register_forward_hook(record) for mod in leaves if isinstance(mod, nn.Conv2d)]
     try:
         with torch.no_grad(), eval_mode(model):
             p = next(model.parameters())

@@ -27,10 +27,13 @@ import yaml
 
 from lib import REPO_ROOT
 from lib.infra.config import STAGES, ProfileError, load_profile, parse_yaml, stage_parameters
-from lib.infra.results import RESULTS_ROOT, RUNNER_ENV, atomic_write_json
+from lib.infra.results import RESULTS_ROOT, RUNNER_ENV, atomic_write_json, cpu_info
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "landscape-hessian"
+#: on x86-64 CPUs with AVX2: the AVX2 code paths of ATen, MKL (conditional numerical reproducibility) and oneDNN, so
+#: that CPUs with newer instructions compute the same bits (docs/reproducibility.md); the Makefile sets the same
+PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def notebooks() -> list[Path]:
@@ -88,16 +91,21 @@ def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_N
 def marked_as_runner(profile: str, overrides: list[str]):
     """Mark the notebooks executed inside this block (their kernels inherit the environment) as run by the
     runner: their result store may replace results whose parameters changed (an edited profile or ``--set`` is
-    an intended change), and a missing upstream result names this same command (``lib.infra.results``)."""
-    previous = os.environ.get(RUNNER_ENV)
-    os.environ[RUNNER_ENV] = json.dumps({"profile": profile, "set": list(overrides)})
+    an intended change; ``lib.infra.results``), a missing upstream result names this same command
+    (``lib.stages.base``), and their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them."""
+    values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)})}
+    if "avx2" in cpu_info()["isa_flags"]:
+        values.update({k: v for k, v in PINNED_NUMERICS.items() if k not in os.environ})   # the caller's win
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(RUNNER_ENV, None)
-        else:
-            os.environ[RUNNER_ENV] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def parse_overrides(items: list[str]) -> dict:
