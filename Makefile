@@ -15,8 +15,8 @@ ALLOW_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS = $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py)))
 # Numerics: on x86-64 CPUs with AVX2, ATen, MKL and oneDNN run their AVX2 code paths whatever newer instructions the
 # CPU has, so that an AVX-512 machine computes the same bits as an AVX2 one (same thread count; docs/reproducibility.md).
-# Override on the command line or in the environment, e.g. ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO.
-ifneq ($(shell grep -m1 -ow avx2 /proc/cpuinfo 2>/dev/null),)
+# Override one on the command line or in the environment (MKL_CBWR=COMPATIBLE), or all with NATIVE_NUMERICS=1.
+ifeq ($(NATIVE_NUMERICS)$(if $(shell grep -m1 -ow avx2 /proc/cpuinfo 2>/dev/null),,no-avx2),)
 export ATEN_CPU_CAPABILITY ?= avx2
 export MKL_CBWR ?= AVX2
 export ONEDNN_MAX_CPU_ISA ?= AVX2

@@ -36,7 +36,7 @@ slq_runs = 1
 slq_iter = 30
 full_seeds = 1
 pyhessian_density = True
-solver_k = 10
+solver_k = 4
 solver_datasets = ['mnist']
 solver_models = ['mlp2']
 

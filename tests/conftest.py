@@ -69,7 +69,7 @@ class Pipeline:
     generated_dir: Path                # what lib.outputs.report.GENERATED pointed to during 06
     out: dict                          # stage name -> the value its run() returned
     seconds: dict                      # stage name -> wall seconds
-    repo_before: dict = field(default_factory=dict)   # snapshot of paper/ and results/ before the stages
+    repo_before: dict = field(default_factory=dict)   # snapshot of paper/{figures,generated}, results/
     repo_after: dict = field(default_factory=dict)    # ... and after
     repo_folders: tuple = ()
 
@@ -104,7 +104,9 @@ def tiny_pipeline(tmp_path_factory):
     (results_root / name).mkdir(parents=True)
     (results_root / name / "timings.json").write_text(json.dumps(TINY_TIMINGS))
     figures_dir, generated_dir = base / "paper" / "figures", base / "paper" / "generated"
-    repo_folders = (REPO_ROOT / "paper", Path(results_module.RESULTS_ROOT))
+    # where notebook 06 writes by default and the results root; paper/'s LaTeX sources are edited by hand
+    repo_folders = (REPO_ROOT / "paper" / "figures", REPO_ROOT / "paper" / "generated",
+                    Path(results_module.RESULTS_ROOT))
     pipe = Pipeline(profile, store, results_root, figures_dir, generated_dir, {}, {}, repo_folders=repo_folders)
     pipe.repo_before = snapshot(*repo_folders)
     threads = torch.get_num_threads()

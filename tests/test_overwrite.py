@@ -8,7 +8,14 @@ import os
 import pytest
 
 from lib.infra import runner
-from lib.infra.results import RUNNER_ENV, MissingResultError, ResultConflictError, ResultStore, param_differences
+from lib.infra.results import (
+    RUNNER_ENV,
+    MissingResultError,
+    ResultConflictError,
+    ResultStore,
+    cpu_info,
+    param_differences,
+)
 from lib.stages.base import cached, load, rerun_command
 
 PAPER = {"dataset": "mnist", "model": "mlp2", "seed": 0, "n_train": 10000, "epochs": 10, "lr": 0.001}
@@ -95,11 +102,31 @@ def test_the_runner_marks_its_notebooks_and_restores_the_environment(tmp_path, m
     root = tmp_path / "store"
     ResultStore("paper", root=root).save("train", "r", {}, {"epochs": 10})
     (books / "01_train.py").write_text(
-        '# %% tags=["parameters"]\nepochs = 1\n\n# %%\nfrom lib.infra.results import ResultStore\n'
-        f'ResultStore("paper", root={str(root)!r}).save("train", "r", {{}}, {{"epochs": epochs}})\n')
+        '# %% tags=["parameters"]\nepochs = 1\n\n# %%\nimport torch\nfrom lib.infra.results import ResultStore\n'
+        f'ResultStore("paper", root={str(root)!r}).save("train", "r", {{}}, {{"epochs": epochs}},\n'
+        '    summary={"cap": torch.backends.cpu.get_cpu_capability()})\n')
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("NATIVE_NUMERICS", raising=False)
     assert runner.main(["--profile", "smoke", "--set", "train.epochs=3"]) == 0
-    assert ResultStore("paper", root=root).meta("train", "r")["params"] == {"epochs": 3}
-    assert RUNNER_ENV not in os.environ
+    meta = ResultStore("paper", root=root).meta("train", "r")
+    assert meta["params"] == {"epochs": 3}
+    assert RUNNER_ENV not in os.environ and "ATEN_CPU_CAPABILITY" not in os.environ
+    if "avx2" in cpu_info()["isa_flags"]:      # the kernel computed on the pinned AVX2 paths, and recorded it
+        assert meta["summary"]["cap"] == "AVX2" and meta["provenance"]["numeric_env"]["MKL_CBWR"] == "AVX2"
+
+
+def test_runner_pins_numerics_unless_set_or_turned_off(monkeypatch):
+    for key in (*runner.PINNED_NUMERICS, "NATIVE_NUMERICS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    avx2 = "avx2" in cpu_info()["isa_flags"]
+    with runner.marked_as_runner("smoke", []):
+        assert os.environ["MKL_CBWR"] == "COMPATIBLE"                       # the caller's setting wins
+        assert os.environ.get("ATEN_CPU_CAPABILITY") == ("avx2" if avx2 else None)
+    assert "ATEN_CPU_CAPABILITY" not in os.environ and os.environ["MKL_CBWR"] == "COMPATIBLE"
+    monkeypatch.setenv("NATIVE_NUMERICS", "1")
+    with runner.marked_as_runner("smoke", []):
+        assert "ATEN_CPU_CAPABILITY" not in os.environ
 
 
 def test_missing_upstream_names_the_command_with_the_runs_parameters(tmp_path, monkeypatch):

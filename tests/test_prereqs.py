@@ -219,3 +219,19 @@ def test_clean_results_asks_on_a_terminal(tmp_path, answer, kept):
     os.close(controller)
     assert b"delete results/p1 (1 files" in seen
     assert target.exists() == kept
+
+
+
+def test_make_pins_numerics_on_avx2_cpus_unless_turned_off():
+    names = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+    env = {k: v for k, v in os.environ.items() if k not in (*names, "NATIVE_NUMERICS", "MAKEFLAGS", "MFLAGS")}
+
+    def exported(*args):
+        out = _make("-pn", "help", *args, env=env).stdout
+        return {k: v for k, _, v in (line.partition(" = ") for line in out.splitlines()) if k in names}
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2" in cpuinfo:
+        assert exported() == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+        assert exported("MKL_CBWR=COMPATIBLE")["MKL_CBWR"] == "COMPATIBLE"
+    assert exported("NATIVE_NUMERICS=1") == {}

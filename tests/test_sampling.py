@@ -1,4 +1,4 @@
-"""Sampling distributions: moments of SCIENCE.md section 3 for every estimator, structure, seeding, errors."""
+"""Sampling distributions: moments (docs/specification.md section 3) for each estimator, structure, seeding, errors."""
 import math
 
 import numpy as np
@@ -14,7 +14,7 @@ SIGMA = 0.7
 
 
 def closed_form_m(name, sigma, D):
-    """Fourth moment m of SCIENCE.md section 3, written out independently of lib.core.sampling."""
+    """Fourth moment m of docs/specification.md section 3, written out independently of lib.core.sampling."""
     return {"gaussian": sigma ** 4, "ball": sigma ** 4 * (D + 2) / (D + 4),
             "sphere": sigma ** 4 * D / (D + 2)}[name]
 

@@ -19,6 +19,7 @@ from lib.infra.results import MissingResultError, ResultStore, json_bytes
 from lib.outputs import registry, report
 from lib.stages import REGISTRY, folder, writer_of
 from lib.stages import convergence as convergence_stage
+from lib.stages import figures as figures_stage
 from lib.stages import monte_carlo as mc_stage
 from lib.stages import projection as projection_stage
 from lib.stages import spectrum as spectrum_stage
@@ -86,14 +87,14 @@ def _files(root):
 
 # ------------------------------------------------------------------------------------------------ isolation
 def test_pipeline_never_touches_the_repository_paper_or_results(tiny_pipeline):
-    """Notebook 06 writes into report.FIGURES/GENERATED and reads RESULTS_ROOT/<profile>/timings.json: the fixture
-    points them at temporary folders. Nothing under the repository's paper/ changed while the six stages ran, and
-    nothing of this profile appeared under the real results root (other profiles' folders there are left out of
-    the comparison: a concurrent `make reproduce` may be writing them)."""
-    paper, results_root = tiny_pipeline.repo_folders
+    """Notebook 06 writes into report.FIGURES/GENERATED (paper/figures, paper/generated) and reads
+    RESULTS_ROOT/<profile>/timings.json: the fixture points them at temporary folders. No file there changed
+    (mtime and size) while the six stages ran, and nothing of this profile appeared under the real results root
+    (other profiles' folders there are left out of the comparison: a concurrent `make reproduce` may write them)."""
+    figs, gen, results_root = tiny_pipeline.repo_folders
     profile = tiny_pipeline.store.profile
     before, after = tiny_pipeline.repo_before, tiny_pipeline.repo_after
-    assert any(p.startswith(str(paper)) for p in before), "paper/ has files: the snapshot is not vacuous"
+    assert any(p.startswith(str(gen)) for p in before) or not gen.is_dir(), "the snapshot saw paper/generated"
 
     def compared(snap):
         out = {}
@@ -103,12 +104,13 @@ def test_pipeline_never_touches_the_repository_paper_or_results(tiny_pipeline):
                 out[path] = stat
         return out
 
-    changed = sorted(p for p in set(compared(before)) | set(compared(after))
-                     if compared(before).get(p) != compared(after).get(p))
+    old, new = compared(before), compared(after)
+    changed = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
     assert changed == [], f"the tiny pipeline wrote into the repository: {changed}"
     assert not (results_root / profile).exists()
     assert tiny_pipeline.store.root == tiny_pipeline.results_root / profile
-    assert report.FIGURES == paper / "figures" and report.GENERATED == paper / "generated"   # patches undone
+    assert (report.FIGURES, report.GENERATED) == (figs, gen)          # the patches are undone after the stages
+    assert figures_stage.RESULTS_ROOT == results_root
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -145,7 +147,7 @@ def test_train_second_run_skips_and_changes_nothing(tiny_pipeline, capsys):
 
 def test_spectrum_projection_and_curves_skip_on_a_second_run(tiny_pipeline):
     store = tiny_pipeline.store
-    kept = {f: _files(store.root / f) for f in ("spectrum", "projection", "curves", "terms", "scales")}
+    kept = {f: _files(store.root / f) for f in ("spectrum", "solvers", "projection", "curves", "terms", "scales")}
     plan_payload = (store.root / "plan" / "monte_carlo.json").read_bytes()
     rows = [*spectrum_stage.run(store, *tiny_pipeline.stage("spectrum")),
             *projection_stage.run(store, *tiny_pipeline.stage("projection")),
@@ -201,6 +203,43 @@ def test_spectrum_trace_and_density_match_the_hutchinson_probes(tiny_pipeline):
     assert p["smallest"] < 0 and p["smallest"] <= nodes.min() + 1e-2 * ev[0]
     assert np.all(np.asarray(p["density"]) >= 0) and len(p["grid"]) == len(p["density"]) == 2000
     assert p["hvp_counts"]["trace"] == 4 and p["hvp_counts"]["density"] == 8
+
+
+def test_spectrum_pyhessian_trace_and_density_on_the_same_probes(tiny_pipeline):
+    p = spectrum_stage.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
+    ph = p["pyhessian"]
+    np.testing.assert_allclose(ph["trace"]["samples"], p["trace_samples"], rtol=1e-5)    # shared probes
+    assert ph["trace"]["estimate"] == pytest.approx(np.mean(ph["trace"]["samples"]), rel=1e-12)
+    assert ph["trace"]["products"] == ph["trace"]["n_probes"] == 4
+    d = ph["density"]
+    np.testing.assert_allclose(d["nodes"], p["slq_nodes"], rtol=1e-4, atol=1e-4 * abs(p["slq_nodes"]).max())
+    assert np.asarray(d["weights"]).sum() == pytest.approx(1.0, abs=1e-6) and d["products"] == 8
+    diff = np.abs(np.asarray(d["density"]) - np.asarray(p["density"]))
+    assert ph["l1_difference"] == pytest.approx(np.trapezoid(diff, p["grid"]), rel=1e-2, abs=1e-9)
+    assert ph["max_difference"] == pytest.approx(diff.max() / np.max(p["density"]), rel=1e-9)
+    summary = tiny_pipeline.store.meta("spectrum", RUN)["summary"]
+    assert summary["pyhessian_trace"] == ph["trace"]["estimate"]
+
+
+def test_spectrum_solver_comparison_rows(tiny_pipeline):
+    """Lanczos, our power iteration and PyHessian 0.1 on the same operator: k = solver_k eigenvalues each, Rayleigh
+    quotients (never above lambda_1), residuals and counts as saved; Lanczos agrees with the spectrum's."""
+    store = tiny_pipeline.store
+    common, section = tiny_pipeline.stage("spectrum")
+    assert spectrum_stage.solver_runs(store) == [(DS, MODEL, SEED)]
+    res = load(store, "solvers", RUN)
+    rows = res.payload["rows"]
+    assert [r["method"] for r in rows] == ["lanczos (ours)", "power (ours)", "PyHessian 0.1"]
+    ev = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvalues"].numpy()
+    for r in rows:
+        values, residuals = np.asarray(r["eigenvalues"]), np.asarray(r["residuals"])
+        assert (r["k"], r["n"]) == (section.solver_k, N) == (2, N) and values.shape == residuals.shape == (2,)
+        assert np.all(np.diff(values) <= 0) and values[0] <= ev[0] * (1 + 1e-3) and values[-1] > 0
+        assert r["max_residual"] == residuals.max() and np.all(np.isfinite(residuals)) and r["hvp_count"] > 2
+    np.testing.assert_allclose(rows[0]["eigenvalues"], ev[:2], rtol=2e-3)
+    assert rows[0]["max_residual"] < 2e-2                                    # spectrum.tol = 1e-2
+    assert res.meta["summary"]["rows"] == [{k: r[k] for k in ("method", "k", "n", "hvp_count", "seconds",
+                                                              "max_residual")} for r in rows]
 
 
 # ------------------------------------------------------------------------------------------------ projection
@@ -376,7 +415,7 @@ def test_monte_carlo_terms_are_per_sample_loss_gradient_and_hessian_in_the_subsp
 
 def test_monte_carlo_quadratic_prediction_equals_the_closed_form(tiny_pipeline):
     """Q_k of a Gaussian curve = da^2 + s|db|^2 + s da tr(dC) + (m/4)(2 tr(dC^2) + tr(dC)^2), s = sigma^2,
-    m = sigma^4, from the saved per-sample terms (SCIENCE 4b); T_k only for isotropic samplers."""
+    m = sigma^4, from the saved per-sample terms (docs/specification.md 4.2); T_k only for isotropic samplers."""
     store = tiny_pipeline.store
     plan = mc_stage.load_plan(store)
     spec = _spec(plan, "sigma", subspace="hessian", sigma=1.0)
@@ -717,7 +756,8 @@ def test_figures_stage_numbers_tex_has_one_newcommand_per_value(tiny_pipeline):
 
 # ------------------------------------------------------------------------------------------------ plumbing
 @pytest.mark.parametrize("result_folder", [f for info in REGISTRY.values() for f in info.folders])
-def test_load_of_a_missing_result_names_the_notebook_and_the_command(tmp_path, result_folder):
+def test_load_of_a_missing_result_names_the_notebook_and_the_command(tmp_path, monkeypatch, result_folder):
+    monkeypatch.delenv("LANDSCAPE_RUNNER", raising=False)            # outside the runner: the make command
     store = ResultStore("nothing", root=tmp_path)
     info = writer_of(result_folder)
     with pytest.raises(MissingResultError) as err:

@@ -1,6 +1,6 @@
 """Convergence analysis of Delta_k curves: slopes, sufficient sample sizes, rank correlation, R = 0 curves.
 
-SCIENCE.md sections 4b, 5, 6 and 7:
+docs/specification.md sections 4.2, 5, 6 and 7:
 
 * ``fit_slope``: log-log slope of a curve with its standard error;
 * ``k2_summary``: k^2 Delta_k summary (median, quartiles, mean with standard error);
@@ -116,7 +116,7 @@ def first_k_below(k, values, threshold: float) -> int | None:
 
 
 def sufficient_sample_size(k, delta, threshold: float, stderr=None) -> SampleSize:
-    """K(Delta) and the conservative K using Delta_k + 2 SE_k (SCIENCE.md section 6)."""
+    """K(Delta) and the conservative K using Delta_k + 2 SE_k (docs/specification.md section 6)."""
     if not threshold > 0:
         raise ValueError(f"threshold Delta={threshold!r} must be > 0")
     K = first_k_below(k, delta, threshold)

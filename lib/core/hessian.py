@@ -19,7 +19,7 @@ The model is evaluated in eval mode and its train/eval flags are restored afterw
 fields are never read or written (products use ``torch.func.functional_call`` on detached copies of the weights),
 and the operator reads the model's current weights at each product, so no call depends on an earlier one.
 
-Solvers (SCIENCE.md section 2):
+Solvers (docs/specification.md section 2):
 
 * ``top_eigenpairs(op, k, method="lanczos")``: ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos,
   ARPACK), run with one BLAS thread (``threadpoolctl``);

@@ -1,4 +1,4 @@
-"""The networks of the study (SCIENCE.md section 1), built deterministically from a seed.
+"""The networks of the study (docs/specification.md section 1), built deterministically from a seed.
 
 * ``mlp1``: 784-256-10, one hidden ReLU layer (203,530 parameters);
 * ``mlp2``: 784-256-256-10, the original paper's network (269,322 parameters);

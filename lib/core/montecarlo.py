@@ -1,4 +1,4 @@
-"""Monte-Carlo curves Delta_k = E_theta[(L_{k+1} - L_k)^2 (w* + P^T theta)] (SCIENCE.md sections 1, 4, 4b).
+"""Monte-Carlo curves Delta_k = E_theta[(L_{k+1} - L_k)^2 (w* + P^T theta)] (docs/specification.md 1, 4).
 
 One forward pass at a point w gives every per-sample loss l_1..l_N, hence, from cumulative sums (float64),
     d_k(w) = L_{k+1}(w) - L_k(w) = (l_{k+1}(w) - L_k(w)) / (k+1),   k = 1..N-1,
@@ -72,7 +72,9 @@ def loss_variance(per_sample_losses):
 
 
 def order_average_formula(vbar: float, N: int, k=None) -> np.ndarray:
-    """E over uniformly random insertion orders of (L_{k+1} - L_k)^2 = V N / ((N-1) k (k+1)) (SCIENCE 4b)."""
+    """E over uniformly random insertion orders of (L_{k+1} - L_k)^2 = V N / ((N-1) k (k+1)).
+
+    docs/specification.md section 4.2."""
     k = np.arange(1, N, dtype=np.float64) if k is None else np.asarray(k, dtype=np.float64)
     return vbar * N / ((N - 1) * k * (k + 1))
 
@@ -159,7 +161,7 @@ class DeltaCurve:
     n_orders = R > 0 only (random insertion orders, same forward passes, permuted cumulative sums):
     order_mean, order_median, order_stderr   mean / median / standard error over the R orders of the
                                              per-order Monte-Carlo curves mean_theta d_k^{pi_r}(theta)^2
-    order_formula          vbar N / ((N-1) k (k+1)) (exact order average for these thetas, SCIENCE 4b)
+    order_formula          vbar N / ((N-1) k (k+1)) (exact order average for these thetas, specification 4.2)
     order_curves           (R, N-1) the per-order curves themselves (for K of each order)
     batch_means            (B, N-1) mean of d_k^2 over each of B disjoint consecutive batches of estimator units
                            (for a simultaneous band over k); B = min(n_batches, number of units)

@@ -1,6 +1,6 @@
 """Exact moments of the quadratic model of d_k(theta) in the subspace: Q_k, Theorem 1's T_k and the V-bar parts.
 
-SCIENCE.md sections 4b, 5. Per sample i at w*: a_i = l_i(w*), b_i = P grad l_i(w*) (R^D), C_i = P Hess l_i(w*) P^T
+docs/specification.md 4.2, 5. Per sample i at w*: a_i = l_i(w*), b_i = P grad l_i(w*) (R^D), C_i = P Hess l_i(w*) P^T
 (D x D), with the basis P of shape (D, n_params) (rows = directions), from ``per_sample_terms`` (``lib.core.jet``,
 re-exported here with ``PerSampleTerms``). With prefix means (float64 cumulative sums),
     da_k = (a_{k+1} - a-bar_k)/(k+1),  db_k, dC_k likewise  (exactly ``montecarlo.loss_differences``),

@@ -1,4 +1,4 @@
-"""Reference numbers of the original work (SCIENCE.md section 8; k counted in batches of 64 there, MNIST, mlp2).
+"""Reference numbers of the original work (docs/specification.md 8; k counted in batches of 64 there, MNIST, mlp2).
 
 Kept in one place so notebooks and the paper compare against the same values.
 """

@@ -1,4 +1,4 @@
-"""Sampling distributions p(theta) on R^D, their estimators and exact quadrature rules (SCIENCE.md section 3).
+"""Sampling distributions p(theta) on R^D, their estimators and exact quadrature rules (docs/specification.md 3).
 
 All distributions are symmetric (odd moments vanish). ``s`` is the per-coordinate second moment E[theta_d^2];
 isotropic distributions have fourth moments E[theta_a theta_b theta_c theta_d] = m (d_ab d_cd + d_ac d_bd + d_ad d_bc).

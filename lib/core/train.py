@@ -1,4 +1,4 @@
-"""Training recipe of SCIENCE.md section 1 (Adam 1e-3, batch 64, 10 epochs, seeded shuffling) and evaluation.
+"""Training recipe of docs/specification.md section 1 (Adam 1e-3, batch 64, 10 epochs, seeded shuffling) and evaluation.
 
 ``device`` is a ``torch.device`` or a string that ``torch.device`` accepts ("cpu", "cuda", "cuda:0"); choosing a
 device from a user setting such as "auto" is the caller's job (the stages resolve it before calling).

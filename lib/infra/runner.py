@@ -32,7 +32,8 @@ from lib.infra.results import RESULTS_ROOT, RUNNER_ENV, atomic_write_json, cpu_i
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "landscape-hessian"
 #: on x86-64 CPUs with AVX2: the AVX2 code paths of ATen, MKL (conditional numerical reproducibility) and oneDNN, so
-#: that CPUs with newer instructions compute the same bits (docs/reproducibility.md); the Makefile sets the same
+#: that CPUs with newer instructions compute the same bits (docs/reproducibility.md); the Makefile sets the same.
+#: A variable already set wins; NATIVE_NUMERICS=1 turns the pins off.
 PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
@@ -94,7 +95,7 @@ def marked_as_runner(profile: str, overrides: list[str]):
     an intended change; ``lib.infra.results``), a missing upstream result names this same command
     (``lib.stages.base``), and their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them."""
     values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)})}
-    if "avx2" in cpu_info()["isa_flags"]:
+    if "avx2" in cpu_info()["isa_flags"] and not os.environ.get("NATIVE_NUMERICS"):
         values.update({k: v for k, v in PINNED_NUMERICS.items() if k not in os.environ})   # the caller's win
     previous = {k: os.environ.get(k) for k in values}
     os.environ.update(values)

@@ -1,4 +1,4 @@
-"""Every figure of the paper (SCIENCE.md section 7), drawn from saved results only.
+"""Every figure of the paper (docs/specification.md section 7), drawn from saved results only.
 
 Each function takes the profile's ``ResultStore`` (plus what selects the runs) and returns a matplotlib figure;
 notebooks 02-05 call them for previews; ``lib.outputs.registry`` says which output file each one makes.
