@@ -189,12 +189,18 @@ def claim_numbers(store, first_seed) -> dict:
             out[macro("theory", name, "bulk", "range")] = _range([r["median_mc_over_q_bulk"] for r in rows])
             out[macro("theory", name, "spikes", "range")] = _range([r["median_mc_over_q_spikes"] for r in rows])
             out[macro("theory", name, "vbar", "range")] = _range([r["vbar_q_over_mc"] for r in rows])
+            out[macro("theory", name, "surrogate", "range")] = _range([r.get("median_mc_over_surrogate")
+                                                                         for r in rows])
+            out[macro("theory", name, "surrogate", "vbar", "range")] = _range([r.get("vbar_surrogate_over_mc")
+                                                                                 for r in rows])
     sweep = [r for r in hess if r["dataset"] == (hess[0]["dataset"] if hess else None)
              and r["model"] == hess[0]["model"]]
     for r in sweep:
         tag = fmt(r["sigma"]).replace(".", "p")
         out[macro("theory", "ratio", "sigma", tag)] = fmt(r["median_mc_over_q"], 2)
         out[macro("theory", "vbar", "sigma", tag)] = fmt(r["vbar_q_over_mc"], 2)
+        out[macro("theory", "surrogate", "sigma", tag)] = fmt(r.get("median_mc_over_surrogate"), 2)
+        out[macro("theory", "surrogate", "vbar", "sigma", tag)] = fmt(r.get("vbar_surrogate_over_mc"), 2)
     slopes = [r for r in load_table(store, "slopes") if r["seed"] == first_seed]
     iqr = [r["k2_q75"] / r["k2_q25"] for r in slopes if r["subspace"] == "hessian" and r["k2_q25"] > 0]
     out[macro("k2", "iqr", "hess", "range")] = _range(iqr)
@@ -402,14 +408,27 @@ def solver_table(store) -> str:
 
 
 def theory_table(store) -> str:
-    rows = []
+    """Per curve with a quadratic prediction (gaussian, plain estimator; the first seed's main and sweep curves and
+    every seed's loss-gap curves): the run, the scale, and how Monte Carlo compares with the quadratic model (per k,
+    bulk vs top-1 % spikes, V-bar) and with the logit-space surrogate."""
+    rows, seen = [], set()
     for r in load_table(store, "theory"):
         if r["distribution"] != "gaussian" or r["estimator"] != "plain":
             continue
-        rows.append([r["subspace"], fmt(int(r["D"])), fmt(r["sigma"]), fmt(r["median_mc_over_q"]),
-                     pct(r["share_within_3se"]), fmt(r.get("median_mc_over_t"))])
-    header = ["subspace", "$D$", r"$\sigma$", r"median MC/$Q_k$", r"\% $k$ within 3 SE", r"median MC/$T_k$"]
-    return _tabular(header, rows, "lrrrrr")
+        key = (r["dataset"], r["model"], r["seed"], r["subspace"], r["D"], r["sigma"], r["scale"])
+        if key in seen:
+            continue
+        seen.add(key)
+        scale = fmt(r["sigma"], 2) + (" (gap)" if r["scale"] == "loss_gap" else "")
+        rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], str(r["seed"]),
+                     "H" if r["subspace"] == "hessian" else "R", fmt(int(r["D"])), scale,
+                     fmt(r["median_mc_over_q"], 2), fmt(r["median_mc_over_q_bulk"], 2),
+                     fmt(r["median_mc_over_q_spikes"], 2), pct(r["share_within_3se"]),
+                     fmt(r.get("vbar_q_over_mc"), 2), fmt(r.get("median_mc_over_surrogate"), 2),
+                     fmt(r.get("vbar_surrogate_over_mc"), 2), fmt(r.get("median_mc_over_t"), 2)])
+    header = ["data", "model", "seed", "sub.", "$D$", r"$\sigma$", r"MC/$Q_k$", "bulk", "spikes",
+              r"\% in 3 SE", r"$\bar V_Q/\bar V$", "MC/surr.", r"$\bar V_{s}/\bar V$", r"MC/$T_k$"]
+    return _tabular(header, rows, "llll" + "r" * 10)
 
 
 def write_table(name: str, tex: str) -> Path:

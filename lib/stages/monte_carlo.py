@@ -19,6 +19,7 @@ from lib.core.quadratic import PerSampleTerms, delta_quadratic, delta_theorem1, 
 from lib.core.sample_size import simultaneous_multiplier, solve_increasing, suffix_max
 from lib.core.sampling import Sampler, make_sampler
 from lib.core.subspace import SubspaceLosses
+from lib.core.surrogate import logit_jets, surrogate_curve
 from lib.core.tensors import n_params
 from lib.infra.config import Common, MonteCarlo
 from lib.infra.device import resolve_device
@@ -133,7 +134,7 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
     key = (spec.dataset, spec.model, spec.seed)
     if key not in context:
         context.clear()
-        context[key] = trained_run(store, *key)
+        context[key] = trained_run(store, *key)     # the run's logit jets join it under context["jets"]
     net, x, y, upstream = context[key]
     basis, eigenvalues, up_basis = basis_for(store, *key, spec.subspace, spec.D, n_params(net))
     sampler = sampler_for(spec, eigenvalues)
@@ -165,6 +166,16 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
                             "Q_curv": q.curv_part,
                             "T": delta_theorem1(terms, spec.sigma) if sampler.isotropic else None,
                             "vbar_quadratic": asdict(parts) | {"s": str(parts.s), "m": str(parts.m)}})
+            # the logit-space surrogate: logits to second order in theta, exact cross-entropy, the same thetas
+            jkey = (spec.subspace, spec.D)
+            jets = context.setdefault("jets", {})
+            if jkey not in jets:
+                jets[jkey] = logit_jets(net.to(dev), x.to(dev), y.to(dev), basis.to(dev))
+            t2 = time.perf_counter()
+            sur = surrogate_curve(jets[jkey], sampler, spec.n_samples, estimator=spec.estimator, seed=spec.seed)
+            payload.update({"surrogate": sur.delta, "surrogate_stderr": sur.stderr, "surrogate_vbar": sur.vbar,
+                            "surrogate_seconds": time.perf_counter() - t2,
+                            "jets_seconds": jets[jkey].seconds})
         summary = {"vbar": curve.vbar, "vbar_stderr": curve.vbar_stderr, "mc_seconds": mc_seconds,
                    "seconds_per_theta": mc_seconds / curve.n_forward,
                    "theory_seconds": time.perf_counter() - t1 if spec.theory else None}
