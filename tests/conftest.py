@@ -94,7 +94,6 @@ def tiny_pipeline(tmp_path_factory):
     from lib.infra.results import ResultStore
     from lib.outputs import report
     from lib.stages import REGISTRY
-    from lib.stages import figures as figures_stage
 
     base = tmp_path_factory.mktemp("pipeline")
     profile = config.validate(TINY_PROFILE, source="tests/conftest.py TINY_PROFILE")
@@ -115,7 +114,6 @@ def tiny_pipeline(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(report, "FIGURES", figures_dir)
             mp.setattr(report, "GENERATED", generated_dir)
-            mp.setattr(figures_stage, "RESULTS_ROOT", results_root)
             for stage in REGISTRY:
                 common, section = profile.stage(stage)
                 t0 = time.perf_counter()

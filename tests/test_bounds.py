@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.functional import jacobian
-from torch.func import functional_call
+from torch.func import functional_call, jacrev
 
 from lib.core import bounds, models
 from lib.core.tensors import flat_params, unflatten
@@ -114,8 +114,8 @@ def test_study_cnn_constants():
 
 def explicit_T(weight, in_shape, padding):
     """The convolution's matrix (rows: outputs, columns: inputs) as the Jacobian of x -> conv2d(x, W)."""
-    return jacobian(lambda v: F.conv2d(v.reshape(1, *in_shape), weight, padding=padding).reshape(-1),
-                    torch.zeros(math.prod(in_shape), dtype=torch.float64), create_graph=True)
+    return jacrev(lambda v: F.conv2d(v.reshape(1, *in_shape), weight, padding=padding).reshape(-1))(
+        torch.zeros(math.prod(in_shape), dtype=torch.float64))
 
 
 @pytest.mark.parametrize("explicit_limit", [bounds.EXPLICIT_MAX_ENTRIES, 0])
@@ -129,7 +129,7 @@ def test_conv_operator_norms_against_explicit_matrices(monkeypatch, explicit_lim
     weight = net[0].weight.detach()
     T = explicit_T(weight, in_shape, 1)
     assert got["layer_norms_sq"][0] == pytest.approx(float(torch.linalg.matrix_norm(T, ord=2)) ** 2, rel=1e-9)
-    Q = jacobian(lambda W: explicit_T(W, in_shape, 1).reshape(-1), weight).reshape(T.numel(), -1)
+    Q = jacrev(lambda W: explicit_T(W, in_shape, 1).reshape(-1))(weight).reshape(T.numel(), -1)
     assert torch.count_nonzero(Q.sum(1) > 1) == 0                  # each entry of T is at most one weight
     # padding 1 keeps the 3x5 size; the centre tap reaches all 15 output positions
     assert got["q_sq"] == pytest.approx(float(torch.linalg.matrix_norm(Q, ord=2)) ** 2) == 15.0
@@ -195,7 +195,7 @@ def test_cnn_bound_comparison_on_a_tiny_net(one_thread):
     outer = [float(torch.linalg.eigvalsh(explicit_outer_product(net, x[i:i + 1])).abs().max()) for i in idx]
     assert np.allclose(out["full_norms"], full, rtol=1e-6)
     assert np.allclose(out["outer_norms"], outer, rtol=1e-9)
-    assert out["full_max"] == max(out["full_norms"]) and out["outer_median"] == float(np.median(outer))
+    assert out["full_max"] == max(out["full_norms"]) and out["outer_median"] == float(np.median(out["outer_norms"]))
     assert out["outer_max"] <= out["bound_exact_norms"] <= out["bound"]
     assert set(out["seconds"]) == {"bounds", "outer", "full"}
 

@@ -588,3 +588,16 @@ def test_bad_inputs_raise_helpful_errors():
     with pytest.raises(ValueError, match="vector has 3 entries"):
         op.hvp(torch.ones(3))
     assert op.hvp_count == 2                                # only the two n_grid-check runs made products
+
+
+def test_eigenvector_signs_are_canonical():
+    """The entry of largest magnitude of every returned eigenvector is positive, whatever the start vector."""
+    model, x, y = make("tanh")
+    op = H.HessianOperator(model, x, y)
+    a = H.top_eigenpairs(op, 3, tol=1e-10, seed=0).eigenvectors
+    b = H.top_eigenpairs(op, 3, tol=1e-10, seed=7).eigenvectors
+    rows = torch.arange(3)
+    assert (a[rows, a.abs().argmax(1)] > 0).all() and (b[rows, b.abs().argmax(1)] > 0).all()
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    flipped = H.canonical_signs(-a)
+    torch.testing.assert_close(flipped, a, rtol=0, atol=0)

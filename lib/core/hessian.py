@@ -361,8 +361,19 @@ def top_eigenpairs(op: HessianOperator, k: int, method: str = "lanczos", tol: fl
         iters = POWER_MAX_ITER if max_iter is None else check_int("max_iter", max_iter, 1)
         vectors = _power_vectors(op, k, tol, iters, seed)
         values, vecs, residuals = _ritz(op, vectors)
-    return Eigenpairs(eigenvalues=values, eigenvectors=vecs.to(op.dtype), residuals=residuals,
+    return Eigenpairs(eigenvalues=values, eigenvectors=canonical_signs(vecs).to(op.dtype), residuals=residuals,
                       hvp_count=op.hvp_count - count0, seconds=time.perf_counter() - t0, method=method)
+
+
+def canonical_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Each row times the sign that makes its entry of largest magnitude positive.
+
+    An eigenvector's sign is arbitrary: the solver's start vector, thread count or BLAS build can flip it, and a flip
+    changes which perturbations w* + P^T theta a Monte-Carlo estimate draws. Fixing it makes downstream numbers
+    independent of those accidents (up to ties in the largest magnitude)."""
+    idx = vectors.abs().argmax(dim=1, keepdim=True)
+    signs = torch.sign(torch.gather(vectors, 1, idx))
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 def smallest_eigenvalue(op: HessianOperator, tol: float = 1e-4, max_iter: int | None = None, seed: int = 0,

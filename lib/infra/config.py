@@ -26,6 +26,7 @@ import yaml
 from lib import REPO_ROOT
 from lib.core import checks
 from lib.core.models import MODELS, build
+from lib.core.sampling import DEFAULT_SOBOL_REPLICATES
 from lib.core.tensors import n_params
 from lib.infra.data import DATASETS, TRAIN_SIZE
 from lib.infra.device import DEVICES, resolve_device
@@ -317,6 +318,20 @@ def check_across_sections(profile: Profile) -> list[str]:
         if D > spec.n_vectors:
             errors.append(f"{key}={D} exceeds spectrum.n_vectors={spec.n_vectors} (the Hessian eigenvectors kept "
                           "for the subspace); raise spectrum.n_vectors or lower D")
+    mc_common = profile.stage("monte_carlo")[0]
+    for key, values in (("monte_carlo.sweep_models", mc.sweep_models),
+                        ("convergence.learning_models", conv.learning_models)):
+        outside = [m for m in values if m not in mc_common.models]
+        if outside:
+            errors.append(f"{key}={values} names {outside}, which common.models={mc_common.models} does not train; "
+                          "add them to common.models or remove them here")
+    outside = [d for d in mc.sweep_datasets if d not in mc_common.datasets]
+    if outside:
+        errors.append(f"monte_carlo.sweep_datasets={mc.sweep_datasets} names {outside}, which common.datasets "
+                      f"does not train; add them to common.datasets or remove them here")
+    if "sobol" in mc.estimators and mc.sweep_samples % DEFAULT_SOBOL_REPLICATES:
+        errors.append(f"monte_carlo.sweep_samples={mc.sweep_samples} must be a multiple of "
+                      f"{DEFAULT_SOBOL_REPLICATES} (the Sobol estimator's independent blocks); or drop 'sobol'")
     n_train = profile.common.n_train
     for n0 in conv.pilot_sizes:
         if not n0 < n_train:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from lib.infra.config import Common, Figures
-from lib.infra.results import RESULTS_ROOT, ResultStore, atomic_write_json
+from lib.infra.results import ResultStore, atomic_write_json
 from lib.outputs import plotting, registry, report
 
 
@@ -20,7 +20,7 @@ def run(store: ResultStore, common: Common, section: Figures | None = None) -> d
     removed = report.prune_figures(made)
     for name, make in registry.TABLES.items():
         report.write_table(name, make(inputs))
-    timings_path = RESULTS_ROOT / store.profile / "timings.json"
+    timings_path = store.root / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     values = registry.numbers(inputs, timings=timings)
     missing = report.write_numbers(values, allow_placeholders=section.allow_placeholders if section else True)
