@@ -129,6 +129,13 @@ def cnn_hessian_norm_bound(n_conv: int, n_linear: int, C: int, k: int, w: float,
     Hessian. The printed lemma has P h^2 w~^2 / c in the last factor; its own proof (sum over the L+1 conv terms
     c^L (h^2 w~^2)^P and the P linear terms c^(L+1) (h^2 w~^2)^(P-1)) gives P c / (h^2 w~^2), which is the
     default; ``printed=True`` returns the formula as printed. With P = 0: sqrt2 ||x||^2 q^2 (L+1) c^L.
+
+    Readings of the statement: Theorem 2 assumes no padding; zero padding only deletes entries of T^(p) and
+    Q^(p), so the Frobenius bounds behind c and q^2 still hold. "Linear layers with h_i hidden units, h_p <= h"
+    is read as every width (in and out) of a head layer <= h, so that ||T||_2^2 <= ||T||_F^2 <= h^2 w~^2. Max
+    pooling enters as a Lambda of norm 1 (the proof of their Lemma 3); that lemma's factor
+    (1/k_pool^2)^(L-l+2) is not applied: it is stated for one pooling layer in a net without a head, and its
+    argument (smaller m n after the pool) supports an exponent of at most L-l+1.
     """
     L = check_int("n_conv", n_conv) - 1
     P = check_int("n_linear", n_linear, 0)

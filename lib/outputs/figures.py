@@ -385,8 +385,7 @@ def r0_curves(store):
                     label=f"784-{lab}-10 (slope {r['slope']:.2f})" if lab else f"784-10 (slope {r['slope']:.2f})")
             ax.plot(p["k"][idx], p["bound_curve"][idx], ls=":", color=plotting.PALETTE[i % 8])
         ax.set(xscale="log", yscale="log", xlabel="$k$", ylabel=r"$|L_{k+1}-L_k|(w^*)$",
-               title=f"R = 0: mean over orders (thin: raw; thick: centred {SMOOTH_WINDOW}-point average; "
-                     "dotted: bound $2M_l/(k+1)$)")
+               title=f"R = 0: raw (thin), centred {SMOOTH_WINDOW}-point mean (thick), bound (dotted)")
         ax.legend(fontsize=5)
         names = ["-".join(map(str, r["hidden"])) or "none" for r in rows]
         x = np.arange(len(rows))

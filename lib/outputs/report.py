@@ -17,6 +17,7 @@ from lib import REPO_ROOT
 from lib.core.models import MODELS, build
 from lib.core.tensors import n_params
 from lib.infra.results import atomic_write_bytes, git_commit, package_versions
+from lib.stages import REGISTRY
 from lib.stages.base import load, run_name
 from lib.stages.convergence import load_table
 from lib.stages.monte_carlo import main_curves
@@ -150,10 +151,12 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
                                                                   for r in r0))
     out.update(sample_size_numbers(store))
     out.update(claim_numbers(store, first))
-    if timings:
-        for stage, sec in timings.items():
-            out[macro("time", re.sub(r"^\d+_", "", stage))] = fmt(sec / 60, 2)
-        out[macro("time", "total")] = fmt(sum(timings.values()) / 60, 2)
+    timings = timings or {}
+    for info in REGISTRY.values():   # a stage not yet timed (06 while it runs, on a first run) prints "--"
+        out[macro("time", info.name)] = "--"
+    for stage, sec in timings.items():
+        out[macro("time", re.sub(r"^\d+_", "", stage))] = fmt(sec / 60, 2)
+    out[macro("time", "total")] = fmt(sum(timings.values()) / 60, 2) if timings else "--"
     versions = package_versions()
     out[macro("version", "torch")] = versions["torch"].split("+")[0]
     out[macro("version", "python")] = versions["python"]
