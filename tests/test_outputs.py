@@ -412,9 +412,13 @@ def test_theory_table_has_one_row_per_gaussian_plain_curve(tiny_pipeline):
     rows = _rows(report.theory_table(store))
     assert len(rows) == len(saved) == 9            # main x 2, gap, sigma sweep x 4, D sweep x 2
     for cells, r in zip(rows, saved):
-        assert cells == [r["subspace"], str(r["D"]), fmt(r["sigma"]), fmt(r["median_mc_over_q"]),
-                         f"{100 * r['share_within_3se']:.1f}", fmt(r["median_mc_over_t"])]
-        assert cells[5] != "n/a"                    # Gaussian: isotropic, Theorem 1 applies
+        scale = fmt(r["sigma"], 2) + (" (gap)" if r["scale"] == "loss_gap" else "")
+        assert cells == ["MNIST", "MLP-1", str(r["seed"]), "H" if r["subspace"] == "hessian" else "R", str(r["D"]),
+                         scale, fmt(r["median_mc_over_q"], 2), fmt(r["median_mc_over_q_bulk"], 2),
+                         fmt(r["median_mc_over_q_spikes"], 2), f"{100 * r['share_within_3se']:.1f}",
+                         fmt(r["vbar_q_over_mc"], 2), fmt(r["median_mc_over_surrogate"], 2),
+                         fmt(r["vbar_surrogate_over_mc"], 2), fmt(r["median_mc_over_t"], 2)]
+        assert cells[-1] != "n/a" and cells[-3] != "n/a"   # Gaussian: Theorem 1 applies; the surrogate ran
 
 
 def test_predictor_table_has_one_row_per_gap_of_the_largest_pilot(tiny_pipeline):

@@ -158,9 +158,11 @@ def test_tex_files_cover_the_paper_and_the_slides():
 
 
 # ------------------------------------------------------------------------------------------------- Makefile
-def _make(*args, cwd=REPO_ROOT, **kw):
+def _make(*args, cwd=REPO_ROOT, env=None, **kw):
+    """make in a clean make context (these tests also run under `make test`, whose MAKEFLAGS must not leak)."""
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(["make", "--no-print-directory", "-s", *args], cwd=cwd, capture_output=True, text=True,
-                          **kw)
+                          env=env, **kw)
 
 
 def test_make_stage_without_stage_prints_usage_before_anything():
@@ -224,7 +226,7 @@ def test_clean_results_asks_on_a_terminal(tmp_path, answer, kept):
 
 def test_make_pins_numerics_on_avx2_cpus_unless_turned_off():
     names = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
-    env = {k: v for k, v in os.environ.items() if k not in (*names, "NATIVE_NUMERICS", "MAKEFLAGS", "MFLAGS")}
+    env = {k: v for k, v in os.environ.items() if k not in (*names, "NATIVE_NUMERICS")}
 
     def exported(*args):
         out = _make("-pn", "help", *args, env=env).stdout

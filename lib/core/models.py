@@ -1,23 +1,44 @@
-"""The networks of the study (docs/specification.md section 1), built deterministically from a seed.
+"""The networks of the study (SCIENCE.md section 1), built deterministically from a seed, and their fast CPU kernels.
 
 * ``mlp1``: 784-256-10, one hidden ReLU layer (203,530 parameters);
 * ``mlp2``: 784-256-256-10, the original paper's network (269,322 parameters);
 * ``cnn``: two 3x3 conv layers (4 and 8 channels, padding 1) with ReLU and 2x2 max-pooling, linear head
-  (4,266 parameters). Small on purpose: its exact Hessian-vector product costs ~1 s over 10k images on a 2-core
-  CPU (double backward through conv and max-pooling), twice that at (8, 16) channels for +1 point test accuracy.
+  (4,266 parameters). Small on purpose: its exact Hessian-vector product costs a few forward passes over 10k
+  images on a 2-core CPU, twice that at (8, 16) channels for +1 point test accuracy.
 
 ``mlp(widths, bias)`` builds the ReLU MLPs of other widths/depths (bias-free ones for the Hessian-norm bound);
 ``preferred_chunk`` is the samples-per-chunk that suits a network. Parameter counts: ``lib.core.tensors.n_params``
 (also importable from here, as ``lib.core.models.n_params``).
+
+Fast kernels (SCIENCE.md is unchanged by them: same numbers to float rounding). ``plan(model)`` reads a
+``Sequential`` of Flatten / Linear / ReLU / Identity / Dropout and *conv-pool stages* (Conv2d 3x3, stride 1,
+padding 1, then ReLU, then MaxPool2d(2)) into ``Step``s, or returns None. A conv-pool stage runs as one matrix
+product with the pooling folded in (``conv_pool_columns``, ``phase_weights``): the padded input is split into its
+four 2x2 phases (space-to-depth), every 2x2 pooling window of conv outputs is a linear map of one 4x4 input patch,
+so ``phase_weights(W)`` (4 O x 16 C) times the patches (16 C x positions) gives the four conv outputs of every
+window and the pooling is an elementwise max over four contiguous blocks. Activations are channel-major
+(C, n, H, W) so the product is one large GEMM. torch's own Conv2d + MaxPool2d spend most of their time on
+layout reorders and a scalar max-pooling loop for these tiny channel counts.
+
+``CNN`` (what ``cnn()`` and ``build("cnn", seed)`` return) is an ``nn.Sequential`` of the usual torch layers, so its
+``state_dict``, initialisation and torch.fx graph are those of the plain Sequential; in eval mode its forward is
+``plan_forward`` (the kernels above), in train mode the layer-by-layer forward (training is bitwise unchanged).
+``lib.core.hessian`` (exact Hessian-vector products) and ``lib.core.subspace`` (many weight vectors at once) reuse
+the same steps and kernels.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from lib.core.tensors import n_params
 
-__all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "mlp", "cnn", "build", "preferred_chunk", "n_params"]
+__all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
+           "preferred_chunk", "n_params", "Step", "plan", "plan_forward", "phase_weights", "phase_weights_adjoint",
+           "conv_pool_columns", "conv_pool_columns_adjoint", "conv_pool_pre"]
 
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10
@@ -35,10 +56,26 @@ def mlp(hidden: tuple[int, ...] | list[int], bias: bool = True, n_in: int = 784,
     return nn.Sequential(*layers)
 
 
-def cnn(channels: tuple[int, int] = (4, 8)) -> nn.Sequential:
+class CNN(nn.Sequential):
+    """The study's CNN: a plain ``nn.Sequential`` of torch layers (same ``state_dict``, initialisation and torch.fx
+    graph) whose eval-mode forward is ``plan_forward`` (conv-pool stages as matrix products, same numbers to float
+    rounding). Train mode, torch.fx tracing and ``fused = False`` use the layer-by-layer forward."""
+
+    fused = True
+
+    def forward(self, x):
+        if self.training or not self.fused or isinstance(x, fx.Proxy):
+            return super().forward(x)
+        steps = plan(self)
+        if steps is None or not plan_accepts(steps, x):
+            return super().forward(x)
+        return plan_forward(steps, x)
+
+
+def cnn(channels: tuple[int, int] = (4, 8)) -> CNN:
     """The study's CNN: two 3x3 conv layers (``channels``, padding 1) with ReLU and 2x2 max-pooling, linear head."""
     c1, c2 = channels
-    return nn.Sequential(
+    return CNN(
         nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(c2 * 7 * 7, N_CLASSES),
@@ -65,6 +102,8 @@ def build(name: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module
 #: samples per chunk for forward passes and Hessian-vector products of models with convolutions: small chunks
 #: keep conv activations in cache (measured 2-3x faster than 4096 on a 2-core CPU)
 CONV_CHUNK = 500
+#: samples per block inside ``plan_forward`` when a conv-pool stage is present (its activations stay in cache)
+FUSED_CHUNK = 128
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -72,3 +111,155 @@ def preferred_chunk(model: nn.Module) -> int | None:
     """Samples per chunk that suit ``model`` (``CONV_CHUNK`` if it has a convolution), or None for the caller's
     own default."""
     return CONV_CHUNK if any(isinstance(m, _CONVOLUTIONS) for m in model.modules()) else None
+
+
+# ----------------------------------------------------------------------------------------------- steps
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One step of a ``plan``: ``kind`` is "flatten", "linear" (``module`` an nn.Linear, ``relu`` whether a ReLU
+    follows) or "conv_pool" (``module`` the Conv2d of a Conv2d 3x3 / ReLU / MaxPool2d(2) stage)."""
+    kind: str
+    module: nn.Module | None = None
+    relu: bool = False
+
+
+def _conv_pool_at(layers: list, i: int) -> bool:
+    if i + 3 > len(layers):
+        return False
+    conv, relu, pool = layers[i:i + 3]
+    if not (type(conv) is nn.Conv2d and isinstance(relu, nn.ReLU) and type(pool) is nn.MaxPool2d):
+        return False
+    ok_conv = (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+               and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+    k, s = pool.kernel_size, pool.stride
+    ok_pool = (k in (2, (2, 2)) and s in (2, (2, 2)) and pool.padding in (0, (0, 0))
+               and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
+    return ok_conv and ok_pool
+
+
+def plan(model: nn.Module) -> list[Step] | None:
+    """The ``Step``s of a Sequential made of Flatten(1, -1), Linear (optionally followed by ReLU), conv-pool stages
+    (Conv2d 3x3 / stride 1 / padding 1 / zeros, ReLU, MaxPool2d(2)), Identity and Dropout (identities in eval mode);
+    None for anything else (other layers, buffers, a ReLU that does not follow a Linear, a Linear before a conv-pool
+    stage, no Linear at the end)."""
+    if not isinstance(model, nn.Sequential) or any(True for _ in model.buffers()):
+        return None
+    layers = [m for m in model if not isinstance(m, (nn.Identity, nn.Dropout))]
+    steps: list[Step] = []
+    i = 0
+    while i < len(layers):
+        m = layers[i]
+        if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
+            steps.append(Step("flatten"))
+            i += 1
+        elif type(m) is nn.Linear:
+            relu = i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU
+            steps.append(Step("linear", m, relu))
+            i += 2 if relu else 1
+        elif _conv_pool_at(layers, i):
+            if any(s.kind != "conv_pool" for s in steps):
+                return None
+            steps.append(Step("conv_pool", m))
+            i += 3
+        else:
+            return None
+    if not steps or steps[-1].kind != "linear":
+        return None
+    if any(s.kind == "conv_pool" for s in steps) and not any(s.kind == "flatten" for s in steps):
+        return None
+    return steps
+
+
+def plan_accepts(steps: list[Step], x: torch.Tensor) -> bool:
+    """Whether ``plan_forward(steps, x)`` applies to inputs shaped like ``x``: conv-pool stages need a 4-D input
+    whose spatial sizes stay even through every stage, a float dtype matching the weights, and one device."""
+    if not x.is_floating_point():
+        return False
+    convs = [s for s in steps if s.kind == "conv_pool"]
+    if not convs:
+        return x.dim() >= 2
+    if x.dim() != 4 or x.shape[1] != convs[0].module.in_channels:
+        return False
+    h, w = x.shape[2], x.shape[3]
+    for _ in convs:
+        if h % 2 or w % 2 or h < 2 or w < 2:
+            return False
+        h, w = h // 2, w // 2
+    return True
+
+
+# ----------------------------------------------------------------------------------------------- conv-pool kernels
+def phase_weights(weight: torch.Tensor) -> torch.Tensor:
+    """(..., O, C, 3, 3) conv weights -> (..., 4 O, 16 C) matrix mapping a 4x4 input patch (columns ordered C, t_r,
+    t_c) to the conv outputs at the four positions (a, b) of its 2x2 pooling window (rows ordered a, b, O): output
+    (2i + a, 2j + b) reads patch pixels (a + di, b + dj). Differentiable and vmap-safe (pads and a stack)."""
+    *batch, O, C, _, _ = weight.shape
+    phases = torch.stack([F.pad(weight, (b, 1 - b, a, 1 - a)) for a in (0, 1) for b in (0, 1)], -5)
+    return phases.reshape(*batch, 4 * O, 16 * C)
+
+
+def phase_weights_adjoint(grad: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:
+    """Adjoint of ``phase_weights``: (..., 4 O, 16 C) -> (..., O, C, 3, 3)."""
+    *batch, _, _ = grad.shape
+    g = grad.reshape(*batch, 2, 2, out_channels, in_channels, 4, 4)
+    return sum(g[..., a, b, :, :, a:a + 3, b:b + 3] for a in (0, 1) for b in (0, 1))
+
+
+def conv_pool_columns(h: torch.Tensor) -> torch.Tensor:
+    """Patch matrix (16 C, n H/2 W/2) of channel-major activations h (C, n, H, W), H and W even: after zero padding
+    1, column (k, i, j) holds the 4x4 patch of rows 2i..2i+3 and columns 2j..2j+3 of image k (one strided copy)."""
+    C, n, H, W = h.shape
+    patches = F.pad(h, (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)      # C, n, H/2, W/2, 4, 4 (a view)
+    return patches.permute(0, 4, 5, 1, 2, 3).reshape(16 * C, n * (H // 2) * (W // 2))
+
+
+def conv_pool_columns_adjoint(cols: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+    """Adjoint of ``conv_pool_columns``: (16 C, n H/2 W/2) -> (C, n, H, W)."""
+    C = cols.shape[0] // 16
+    c = cols.view(C, 4, 4, n, height // 2, width // 2)
+    padded = cols.new_zeros(C, n, height + 2, width + 2)
+    for tr in range(4):
+        for tc in range(4):
+            padded[:, :, tr:tr + height:2, tc:tc + width:2] += c[:, tr, tc]
+    return padded[:, :, 1:height + 1, 1:width + 1]
+
+
+def conv_pool_pre(cols: torch.Tensor, phase: torch.Tensor, bias4: torch.Tensor | None) -> torch.Tensor:
+    """The conv outputs of every pooling window, (4, O, positions) = ``phase @ cols + bias4`` for ``phase =
+    phase_weights(W)`` and ``bias4 = b.repeat(4)`` (or None)."""
+    z = phase @ cols if bias4 is None else torch.addmm(bias4.unsqueeze(1), phase, cols)
+    return z.view(4, phase.shape[0] // 4, -1)
+
+
+def _conv_pool_forward(h: torch.Tensor, phase: torch.Tensor, bias4: torch.Tensor | None) -> torch.Tensor:
+    """relu(maxpool2(conv3x3(h))) of channel-major h (C, n, H, W) -> (O, n, H/2, W/2)."""
+    C, n, H, W = h.shape
+    pooled = torch.relu(conv_pool_pre(conv_pool_columns(h), phase, bias4).amax(0))
+    return pooled.view(phase.shape[0] // 4, n, H // 2, W // 2)
+
+
+def plan_forward(steps: list[Step], x: torch.Tensor) -> torch.Tensor:
+    """The network's output for inputs x by the fast kernels, in blocks of ``FUSED_CHUNK`` samples when a conv-pool
+    stage is present (autograd, forward-mode AD and vmap all apply: views, pads, stacks, matrix products, max)."""
+    weights = [(phase_weights(s.module.weight), None if s.module.bias is None else s.module.bias.repeat(4))
+               if s.kind == "conv_pool" else None for s in steps]
+    if not any(w is not None for w in weights) or len(x) <= FUSED_CHUNK:
+        return _plan_block(steps, weights, x)
+    return torch.cat([_plan_block(steps, weights, x[i:i + FUSED_CHUNK]) for i in range(0, len(x), FUSED_CHUNK)])
+
+
+def _plan_block(steps: list[Step], weights: list, x: torch.Tensor) -> torch.Tensor:
+    h, channel_major = x, False
+    for s, w in zip(steps, weights):
+        if s.kind == "conv_pool":
+            if not channel_major:
+                h, channel_major = h.transpose(0, 1), True
+            h = _conv_pool_forward(h, *w)
+        elif s.kind == "flatten":
+            h = h.transpose(0, 1).flatten(1) if channel_major else h.flatten(1)
+            channel_major = False
+        else:
+            h = F.linear(h, s.module.weight, s.module.bias)
+            if s.relu:
+                h = torch.relu(h)
+    return h

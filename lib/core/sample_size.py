@@ -16,11 +16,12 @@ All functions take arrays and return plain values:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.stats import norm as normal
 from scipy.stats import t as student_t
 
@@ -152,8 +153,10 @@ def fit_power_law(sizes, errors) -> PowerLaw:
     c0 = max(0.0, float(e.min()) * 0.5)
     b0 = 0.5
     a0 = max(float(e.max() - c0), 1e-6) * float(n.min()) ** b0
-    (log_a, b, c), _ = curve_fit(model, n, e, p0=(math.log(a0), b0, c0),
-                                 bounds=([-50.0, 1e-3, 0.0], [50.0, 3.0, 1.0]), maxfev=20000)
+    with warnings.catch_warnings():   # the parameter covariance is not used; few sizes make it singular
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (log_a, b, c), _ = curve_fit(model, n, e, p0=(math.log(a0), b0, c0),
+                                     bounds=([-50.0, 1e-3, 0.0], [50.0, 3.0, 1.0]), maxfev=20000)
     return PowerLaw(float(math.exp(log_a)), float(b), float(c), len(n), int(n.max()))
 
 

@@ -414,14 +414,10 @@ def theory_table(store) -> str:
     """Per curve with a quadratic prediction (gaussian, plain estimator; the first seed's main and sweep curves and
     every seed's loss-gap curves): the run, the scale, and how Monte Carlo compares with the quadratic model (per k,
     bulk vs top-1 % spikes, V-bar) and with the logit-space surrogate."""
-    rows, seen = [], set()
+    rows = []
     for r in load_table(store, "theory"):
         if r["distribution"] != "gaussian" or r["estimator"] != "plain":
             continue
-        key = (r["dataset"], r["model"], r["seed"], r["subspace"], r["D"], r["sigma"], r["scale"])
-        if key in seen:
-            continue
-        seen.add(key)
         scale = fmt(r["sigma"], 2) + (" (gap)" if r["scale"] == "loss_gap" else "")
         rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], str(r["seed"]),
                      "H" if r["subspace"] == "hessian" else "R", fmt(int(r["D"])), scale,
