@@ -192,6 +192,8 @@ class LandscapeReport:
                 ax.plot([value], [s.threshold], marker, color="C3" if key == "K" else "0.2", ms=6, mfc="none",
                         label=None if key in used else label)
                 used.add(key)
+        if np.any(d > 0):
+            ax.set_ylim(bottom=float(np.min(d[d > 0])) / 10)
         ax.set_xlabel("k (samples in the given insertion order)")
         ax.set_ylabel(r"$\Delta_k = E_\theta (L_{k+1} - L_k)^2$")
         ax.set_title(f"N = {self.N}, D = {self.D}, {self.settings['distribution']} sigma = {self.settings['sigma']:g}, "

@@ -112,6 +112,21 @@ def test_study_cnn_constants():
     assert consts["x_norm"] == pytest.approx(28.0)
 
 
+def test_study_cnn_outer_product_norms(one_thread):
+    """models.cnn (fused eval forward) at (1, 2) channels: measured ||H_O|| equals the explicit one, and lies under
+    both bounds (read from the weights; with biases the bound is not proved, it holds by orders of magnitude)."""
+    net = seeded_model(lambda: models.cnn((1, 2)), 0).eval()
+    x, _ = seeded_data(2, models.IMAGE_SHAPE, 10, seed=4)
+    measured = bounds.outer_product_hessian_norms(net, x, [0, 1])
+    assert net.fused                                               # the caller's model is left as it was
+    consts, exact = bounds.cnn_bound_constants(net, x, allow_bias=True), bounds.cnn_operator_norms(net, x, True)
+    assert exact["q_sq"] == 28 * 28
+    for i in range(2):
+        norm = float(torch.linalg.eigvalsh(explicit_outer_product(net, x[i:i + 1])).abs().max())
+        assert measured[i] == pytest.approx(norm, rel=1e-9)
+        assert norm <= bounds.matricized_hessian_bound(**exact) <= bounds.cnn_hessian_norm_bound(**consts)
+
+
 def explicit_T(weight, in_shape, padding):
     """The convolution's matrix (rows: outputs, columns: inputs) as the Jacobian of x -> conv2d(x, W)."""
     return jacrev(lambda v: F.conv2d(v.reshape(1, *in_shape), weight, padding=padding).reshape(-1))(

@@ -190,18 +190,13 @@ def _matricized_layers(model: nn.Module, inputs: torch.Tensor, allow_bias: bool)
     if not any(isinstance(mod, nn.Conv2d) for mod in leaves):
         raise ValueError("the CNN bound needs at least one Conv2d")
     shapes = {}
-
-    def record(mod, args, out) -> None:
-        shapes[mod] = (args[0].shape[1:], out.shape[1:])
-
-    hooks = [mod.register_forward_hook(record) for mod in leaves if isinstance(mod, nn.Conv2d)]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            p = next(model.parameters())
-            model(inputs[:1].to(device=p.device, dtype=p.dtype))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():                  # layer by layer (a Sequential subclass may fuse its own forward)
+        p = next(model.parameters())
+        act = inputs[:1].to(device=p.device, dtype=p.dtype)
+        for mod in leaves:
+            before = act.shape[1:]
+            act = mod(act)
+            shapes[mod] = (before, act.shape[1:])
     layers = []
     for mod in leaves:
         if isinstance(mod, nn.Conv2d):
@@ -295,6 +290,8 @@ def outer_product_hessian_norms(model: nn.Module, inputs: torch.Tensor, indices)
     all parameters, A = diag(p) - p p^T at p = softmax(logits); computed as the top eigenvalue of the K x K
     matrix A^(1/2) J J^T A^(1/2), which has the same nonzero spectrum. Labels do not enter H_O."""
     net = copy.deepcopy(model).double()
+    if hasattr(net, "fused"):              # models.CNN: its layer-by-layer forward (same numbers) suits jacrev
+        net.fused = False
     w0 = flat_params(net)
     norms = []
     with eval_mode(net):

@@ -53,13 +53,27 @@ import torch.nn.functional as F
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
+from torch import nn
 from torch.func import functional_call
 
-from lib.core.checks import ParameterError, check_choice, check_data, check_int, check_positive
-from lib.core.models import preferred_chunk
-from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, unflatten
+from lib.core.checks import ParameterError, check_choice, check_data, check_int, check_number, check_positive
+from lib.core.models import (
+    Step,
+    conv_pool_columns,
+    conv_pool_columns_adjoint,
+    conv_pool_pre,
+    phase_weights,
+    phase_weights_adjoint,
+    plan,
+    plan_accepts,
+    preferred_chunk,
+)
+from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 METHODS = ("lanczos", "power")
+ENGINES = ("auto", "structured", "graph", "rebuild")
+#: default bound (MiB) of the per-chunk state kept between Hessian-vector products (``HessianOperator``)
+KEEP_GRAPHS_MB = 1024
 PROBES = ("rademacher", "gaussian")
 DEFAULT_CHUNK = 4096
 POWER_MAX_ITER = 1000
@@ -135,18 +149,283 @@ def _grads_kept(model: torch.nn.Module):
             p.grad = grad
 
 
+class _SavedBytes:
+    """Bytes of the tensors autograd saves inside ``counting()`` (storages counted once; the data set's own
+    storage, which is not held for the graph, is not counted)."""
+
+    def __init__(self, data: torch.Tensor):
+        self.total = 0
+        self._seen: set = set()
+        self._data = data.untyped_storage().data_ptr() if data.device.type != "meta" else None
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self._seen and key != self._data:
+            self._seen.add(key)
+            self.total += storage.nbytes()
+        return t
+
+    def counting(self):
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+
+@dataclass(eq=False)
+class _GraphState:
+    """A chunk's gradient g(w) with its autograd graph (``create_graph=True``) and the leaf w it was taken at."""
+    w: torch.Tensor
+    g: torch.Tensor
+    nbytes: int
+
+
+@dataclass(eq=False)
+class _StructuredState:
+    """What one chunk's exact products need, per step of the plan (None where a step keeps nothing): the inputs
+    of affine steps (``inputs``: (n, F) rows or (16 C, positions) conv-pool patches), the selections (``masks``:
+    ReLU 0/1 masks (n, out) or conv-pool one-hot-argmax-times-ReLU masks (4, O, positions)), the backward deltas
+    (``deltas``: d loss / d pre-activation (n, out) of Linear steps, d loss / d pooled output (O, positions) of
+    conv-pool steps), layouts (``shapes``), the phase matrices of conv-pool weights and the softmax ``p``.
+    ``columns``: for a first Linear with input columns constant over the chunk, (kept, constant, values)."""
+    inputs: list
+    masks: list
+    deltas: list
+    shapes: list
+    phases: list
+    columns: tuple | None
+    p: torch.Tensor
+    nbytes: int = 0
+
+
+#: the first Linear drops input columns constant over a chunk when at least this fraction of them are
+CONSTANT_COLUMNS_MIN = 0.02
+
+
+def _constant_columns(x: torch.Tensor):
+    """(kept columns, constant columns, their values) of the rows x (n, F), or None when too few are constant."""
+    if x.shape[0] < 2:
+        return None
+    const = (x == x[:1]).all(0)
+    if int(const.sum()) < CONSTANT_COLUMNS_MIN * x.shape[1]:
+        return None
+    kept, fixed = torch.nonzero(~const).flatten(), torch.nonzero(const).flatten()
+    return kept, fixed, x[0, fixed]
+
+
+class _Structured:
+    """Exact Hessian-vector products of the loss sum over a chunk for networks read by ``lib.core.models.plan``,
+    from kept forward activations, selections and backward deltas (Pearlmutter's R-op: one tangent forward pass
+    and one backward pass; ReLU and max-pooling are piecewise linear, so their selections are fixed and the only
+    second-order terms are the softmax's and the products of weights of different layers)."""
+
+    def __init__(self, model: nn.Module, steps: list[Step]):
+        prefix = {id(m): name for name, m in model.named_modules()}
+        self.steps = steps
+        self.names = param_layout(model)[0]
+        self.param_names = []
+        for s in steps:
+            if s.module is None:
+                self.param_names.append(None)
+                continue
+            p = prefix[id(s.module)]
+            self.param_names.append((f"{p}.weight", f"{p}.bias" if s.module.bias is not None else None))
+        self.first = next(k for k, s in enumerate(steps) if s.module is not None)
+
+    def _weights(self, k: int):
+        m = self.steps[k].module
+        return m.weight.detach(), None if m.bias is None else m.bias.detach()
+
+    def tangents(self, model: nn.Module, v: torch.Tensor) -> list:
+        """Per step: (V, c) slices of the flat vector v (conv-pool: also V's phase matrix and c repeated 4x)."""
+        parts = unflatten(model, v)
+        out = []
+        for s, names in zip(self.steps, self.param_names):
+            if names is None:
+                out.append(None)
+                continue
+            V, c = parts[names[0]], parts[names[1]] if names[1] else None
+            if s.kind == "conv_pool":
+                out.append((V, c, phase_weights(V), None if c is None else c.repeat(4)))
+            else:
+                out.append((V, c))
+        return out
+
+    @torch.no_grad()
+    def build(self, x: torch.Tensor, y: torch.Tensor, data: torch.Tensor) -> _StructuredState:
+        """Forward and backward pass of one chunk at the model's current weights; the kept tensors."""
+        steps = self.steps
+        K = len(steps)
+        inputs, masks, deltas, shapes, phases = [None] * K, [None] * K, [None] * K, [None] * K, [None] * K
+        columns = None
+        h, channel_major = x, False
+        for k, s in enumerate(steps):
+            if s.kind == "flatten":
+                shapes[k] = (channel_major, tuple(h.shape))
+                h = h.transpose(0, 1).flatten(1) if channel_major else h.flatten(1)
+                channel_major = False
+            elif s.kind == "linear":
+                W, b = self._weights(k)
+                inputs[k] = h
+                if k == self.first:
+                    columns = _constant_columns(h)
+                    if columns is not None:
+                        inputs[k] = h[:, columns[0]]
+                z = F.linear(h, W, b)
+                if s.relu:
+                    masks[k] = (z > 0).to(z.dtype)
+                    z = z * masks[k]
+                h = z
+            else:
+                if not channel_major:
+                    h, channel_major = h.transpose(0, 1), True
+                W, b = self._weights(k)
+                C, n, H, Wd = h.shape
+                shapes[k] = (C, n, H, Wd)
+                phases[k] = phase_weights(W)
+                inputs[k] = conv_pool_columns(h)
+                z = conv_pool_pre(inputs[k], phases[k], None if b is None else b.repeat(4))
+                top, arg = z.max(0)
+                on = (top > 0).to(z.dtype)
+                masks[k] = torch.zeros_like(z).scatter_(0, arg.unsqueeze(0), on.unsqueeze(0))
+                h = (top * on).view(W.shape[0], n, H // 2, Wd // 2)
+        p = torch.softmax(h, dim=1)
+        g = p.clone()
+        g[torch.arange(len(y), device=g.device), y] -= 1.0
+        for k in range(K - 1, self.first - 1, -1):
+            s = steps[k]
+            if s.kind == "flatten":
+                cm, shape = shapes[k]
+                g = g.view(shape[1], shape[0], *shape[2:]).transpose(0, 1) if cm else g.view(shape)
+            elif s.kind == "linear":
+                gz = g * masks[k] if s.relu else g
+                deltas[k] = gz
+                if k > self.first:
+                    g = gz @ self._weights(k)[0]
+            else:
+                C, n, H, Wd = shapes[k]
+                gh = g.reshape(g.shape[0], -1)
+                deltas[k] = gh
+                if k > self.first:
+                    gz = (masks[k] * gh).view(-1, gh.shape[1])
+                    g = conv_pool_columns_adjoint(phases[k].T @ gz, n, H, Wd)
+        state = _StructuredState(inputs, masks, deltas, shapes, phases, columns, p)
+        data_ptr = data.untyped_storage().data_ptr()
+        seen = set()
+        for t in [*inputs, *masks, *deltas, *phases, p, *(columns or ())]:
+            if t is None or t.untyped_storage().data_ptr() in (data_ptr, *seen):
+                continue
+            seen.add(t.untyped_storage().data_ptr())
+            state.nbytes += t.untyped_storage().nbytes()
+        return state
+
+    @torch.no_grad()
+    def product(self, st: _StructuredState, tangents: list, model: nn.Module) -> torch.Tensor:
+        """H v of the chunk's loss sum as a flat vector (``tangents`` from ``tangents(model, v)``)."""
+        steps = self.steps
+        K = len(steps)
+        rin = [None] * K
+        Rh = None                                        # tangent of the activations (None: zero)
+        for k, s in enumerate(steps):
+            if s.kind == "flatten":
+                if Rh is not None:
+                    Rh = Rh.transpose(0, 1).flatten(1) if st.shapes[k][0] else Rh.flatten(1)
+            elif s.kind == "linear":
+                V, c = tangents[k]
+                rin[k] = Rh
+                if k == self.first and st.columns is not None:
+                    kept, fixed, values = st.columns
+                    bias = V[:, fixed] @ values if c is None else torch.addmv(c, V[:, fixed], values)
+                    Rz = torch.addmm(bias, st.inputs[k], V[:, kept].T)
+                else:
+                    Rz = F.linear(st.inputs[k], V, c)
+                if Rh is not None:
+                    Rz = Rz.addmm_(Rh, self._weights(k)[0].T)
+                Rh = Rz * st.masks[k] if s.relu else Rz
+            else:
+                V, c, PV, c4 = tangents[k]
+                C, n, H, Wd = st.shapes[k]
+                if Rh is not None:
+                    rin[k] = conv_pool_columns(Rh)
+                Rz = conv_pool_pre(st.inputs[k], PV, c4)
+                if rin[k] is not None:
+                    Rz = Rz + conv_pool_pre(rin[k], st.phases[k], None)
+                Rh = (st.masks[k] * Rz).sum(0).view(V.shape[0], n, H // 2, Wd // 2)
+        pr = st.p * Rh
+        Rg = pr - st.p * pr.sum(1, keepdim=True)         # (diag p - p p^T) R logits
+        out = {}
+        for k in range(K - 1, self.first - 1, -1):
+            s = steps[k]
+            if s.kind == "flatten":
+                cm, shape = st.shapes[k]
+                Rg = Rg.view(shape[1], shape[0], *shape[2:]).transpose(0, 1) if cm else Rg.view(shape)
+            elif s.kind == "linear":
+                V, c = tangents[k]
+                wname, bname = self.param_names[k]
+                Rgz = Rg * st.masks[k] if s.relu else Rg
+                gz = st.deltas[k]
+                if k == self.first and st.columns is not None:
+                    kept, fixed, values = st.columns
+                    HW = Rgz.new_empty(Rgz.shape[1], len(kept) + len(fixed))
+                    HW[:, kept] = Rgz.T @ st.inputs[k]
+                    HW[:, fixed] = Rgz.sum(0)[:, None] * values[None, :]
+                else:
+                    HW = Rgz.T @ st.inputs[k]
+                if rin[k] is not None:
+                    HW = HW.addmm_(gz.T, rin[k])
+                out[wname] = out[wname] + HW if wname in out else HW
+                if bname:
+                    out[bname] = out[bname] + Rgz.sum(0) if bname in out else Rgz.sum(0)
+                if k > self.first:
+                    Rg = torch.addmm(Rgz @ self._weights(k)[0], gz, V)
+            else:
+                V, c, PV, c4 = tangents[k]
+                C, n, H, Wd = st.shapes[k]
+                O = V.shape[0]
+                wname, bname = self.param_names[k]
+                Rgz = (st.masks[k] * Rg.reshape(O, -1)).view(4 * O, -1)
+                gz = (st.masks[k] * st.deltas[k]).view(4 * O, -1)
+                HP = Rgz @ st.inputs[k].T
+                if rin[k] is not None:
+                    HP = HP.addmm_(gz, rin[k].T)
+                HW = phase_weights_adjoint(HP, O, C)
+                out[wname] = out[wname] + HW if wname in out else HW
+                if bname:
+                    Hb = Rgz.view(4, O, -1).sum((0, 2))
+                    out[bname] = out[bname] + Hb if bname in out else Hb
+                if k > self.first:
+                    Rg = conv_pool_columns_adjoint(torch.addmm(st.phases[k].T @ Rgz, PV.T, gz), n, H, Wd)
+        _, shapes, _ = param_layout(model)
+        return torch.cat([(out[name] if name in out else torch.zeros(shape, dtype=Rh.dtype, device=Rh.device))
+                          .reshape(-1) for name, shape in zip(self.names, shapes)])
+
+
 class HessianOperator:
     """Exact Hessian of the mean cross-entropy over all of (inputs, targets), applied in chunks.
 
     ``hvp(v)`` returns H v for a flat v (parameters_to_vector order) and increments ``hvp_count``;
     ``gradient()`` returns the flat gradient. Chunk contributions are summed losses divided by N, so the result
-    does not depend on ``chunk_size`` (None: ``preferred_chunk(model)`` or ``DEFAULT_CHUNK``). Uses the model's
-    current weights at each call; floating inputs are cast to the parameters' dtype and every chunk is moved to
-    their device. Build it once and pass it to ``top_eigenpairs``, ``smallest_eigenvalue``, ``trace``, ``density``.
+    does not depend on ``chunk_size`` (None: ``preferred_chunk(model)`` or ``DEFAULT_CHUNK``). Floating inputs are
+    cast to the parameters' dtype and every chunk is moved to their device. Build it once and pass it to
+    ``top_eigenpairs``, ``smallest_eigenvalue``, ``trace``, ``density``.
+
+    Products reuse per-chunk state while the weights are unchanged (``engine``):
+
+    * ``"structured"`` (``"auto"`` picks it when ``lib.core.models.plan(model)`` reads the model: ReLU MLPs,
+      conv-pool CNNs): the forward activations, ReLU / max-pool selections and backward deltas of every chunk are
+      kept, and a product is one tangent (R-op) forward and one backward pass over them (Pearlmutter 1994),
+      matrix products only (the first Linear skips input columns that are constant within the chunk, e.g. MNIST's
+      border pixels: their contribution is a rank-one term);
+    * ``"graph"`` (``"auto"`` for every other model): the autograd graph of each chunk's gradient
+      (``create_graph=True``) is kept and differentiated again per product (``retain_graph=True``);
+    * ``"rebuild"``: the gradient graph is rebuilt for every product (no state kept).
+
+    Kept state is bounded by ``keep_graphs_mb`` (MiB over all chunks; bytes of the kept tensors, for ``"graph"``
+    the tensors autograd saves): chunks past the budget are rebuilt at every product. The state is dropped and
+    rebuilt whenever any parameter or buffer differs (``torch.equal``) from the values it was built with, so every
+    product uses the model's current weights. ``kept_chunks``, ``kept_bytes`` and ``state_builds`` describe it.
     """
 
     def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, keep_graphs_mb: float = KEEP_GRAPHS_MB, engine: str = "auto"):
         self.n_samples = check_data(inputs, targets)
         if chunk_size is None:
             chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
@@ -155,9 +434,22 @@ class HessianOperator:
         self.model = model
         self.inputs, self.targets = inputs, targets
         self.n_params = n_params(model)
+        self.keep_bytes = check_number("keep_graphs_mb", keep_graphs_mb, ge=0) * 2 ** 20
+        engine = check_choice("engine", engine, ENGINES)
+        steps = plan(model) if engine in ("auto", "structured") else None
+        if engine == "structured" and (steps is None or not plan_accepts(steps, inputs[:1].to(self.dtype))):
+            raise ParameterError("engine", engine, "a model that lib.core.models.plan reads (Flatten, Linear, ReLU, "
+                                 "conv-pool stages) with inputs it accepts", hint="use engine='auto' or 'graph'")
+        if steps is not None and not plan_accepts(steps, inputs[:1].to(self.dtype)):
+            steps = None
+        self._structured = _Structured(model, steps) if steps is not None else None
+        self.engine = "structured" if self._structured else ("graph" if engine in ("auto", "graph") else "rebuild")
         self.hvp_count = 0
         self.grad_count = 0
+        self.state_builds = 0
         self._records: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._snapshot: list[torch.Tensor] | None = None
+        self._states: list | None = None
 
     def _chunks(self):
         return chunks(self.inputs, self.targets, self.chunk_size, device=self.device, dtype=self.dtype)
@@ -172,18 +464,81 @@ class HessianOperator:
             raise ValueError(f"vector has {v.numel()} entries, the model has n_params={self.n_params}")
         return v
 
+    # ------------------------------------------------------------------------------------------- kept state
+    @property
+    def kept_chunks(self) -> int:
+        """Chunks whose state is kept now (0 before the first product and after a weight change)."""
+        return 0 if self._states is None else sum(s is not None for s in self._states)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the kept state (see ``keep_graphs_mb``)."""
+        return 0 if self._states is None else sum(s.nbytes for s in self._states if s is not None)
+
+    def _weights_unchanged(self) -> bool:
+        current = [t.detach() for t in (*self.model.parameters(), *self.model.buffers())]
+        return (self._snapshot is not None and len(current) == len(self._snapshot)
+                and all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+                        for a, b in zip(current, self._snapshot)))
+
+    def _current_states(self) -> list:
+        """Per-chunk kept states (None: not kept); rebuilt lazily (at the next product) after a weight change."""
+        if self.engine == "rebuild" or self.keep_bytes <= 0:
+            return [None] * ((self.n_samples + self.chunk_size - 1) // self.chunk_size)
+        if self._states is None or not self._weights_unchanged():
+            self._states = None
+            self._snapshot = [t.detach().clone() for t in (*self.model.parameters(), *self.model.buffers())]
+            self._states = []
+            self.state_builds += 1
+        return self._states
+
+    def drop_state(self) -> None:
+        """Free the kept per-chunk state now (it is rebuilt at the next product)."""
+        self._states, self._snapshot = None, None
+
+    def _chunk_product(self, i: int, x, y, w0, tangents, states: list):
+        """H v contribution (summed loss) of chunk i, keeping its state if the budget allows."""
+        building = len(states) == i
+        state = None if building else states[i]
+        if state is None:
+            state = self._build_state(x, y, w0, count=building)
+        product = self._apply(state, tangents)
+        if building:
+            fits = self.keep_bytes > 0 and self.kept_bytes + state.nbytes <= self.keep_bytes
+            states.append(state if fits else None)
+        return product
+
+    def _build_state(self, x, y, w0, count: bool = True):
+        """A chunk's state at the current weights (``count``: measure the bytes autograd saves)."""
+        if self._structured is not None:
+            return self._structured.build(x, y, self.inputs)
+        w = w0.clone().requires_grad_(True)
+        sizes = _SavedBytes(self.inputs)
+        with sizes.counting() if count else contextlib.nullcontext():
+            (g,) = torch.autograd.grad(self._loss_sum(w, x, y), w, create_graph=True)
+        return _GraphState(w, g, sizes.total + g.numel() * g.element_size())
+
+    def _apply(self, state, tangents):
+        if self._structured is not None:
+            return self._structured.product(state, tangents, self.model)
+        if not state.g.requires_grad:               # piecewise-linear in w on this chunk: zero curvature
+            return torch.zeros_like(tangents)
+        return torch.autograd.grad(state.g, state.w, grad_outputs=tangents, retain_graph=True)[0]
+
+    # ------------------------------------------------------------------------------------------- products
     def hvp(self, v) -> torch.Tensor:
-        """H v (double backward per chunk on a detached copy of the weights)."""
+        """H v, from the kept per-chunk state (built at the first product after a weight change)."""
         v = self.as_vector(v)
         w0 = flat_params(self.model)
+        states = self._current_states()
         out = torch.zeros_like(w0)
+        tangents = self._structured.tangents(self.model, v) if self._structured is not None else v
         with eval_mode(self.model), torch.enable_grad():
-            for x, y in self._chunks():
-                w = w0.clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(self._loss_sum(w, x, y), w, create_graph=True)
-                if g.requires_grad:
-                    (hv,) = torch.autograd.grad(g, w, grad_outputs=v)
-                    out += hv
+            for i, (x, y) in enumerate(self._chunks()):
+                if self.engine == "rebuild" or self.keep_bytes <= 0:
+                    out += self._apply(self._build_state(x, y, w0, count=False), tangents)
+                else:
+                    out += self._chunk_product(i, x, y, w0, tangents, states)
         self.hvp_count += 1
         out = out / self.n_samples
         if self._records is not None and len(self._records) < MAX_RECORDS:

@@ -1,0 +1,237 @@
+"""The public API on models and losses outside the paper's: the batched Hessian operator against an explicit
+Hessian, data as tensors / lists / DataLoaders, and ``analyze`` against an independent Monte-Carlo loop."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lib.api import analyze
+from lib.core import hessian
+from lib.core.batched import BatchedHessianOperator, as_batches
+from lib.core.convergence import first_k_below, k_closed_form
+from lib.core.sample_size import k_per_order, order_summary, simultaneous_multiplier
+from lib.core.sampling import make_sampler
+from tests.cases import explicit_hessian, make, seeded_model
+
+
+def mse_onehot(outputs, targets):
+    """Per-sample squared error against one-hot targets (a loss other than cross-entropy)."""
+    return ((outputs - F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)) ** 2).sum(1)
+
+
+class ResidualMLP(nn.Module):
+    """A tanh MLP with two residual blocks and biases: not one of lib.core.models."""
+
+    def __init__(self, d_in=6, width=8, n_out=3):
+        super().__init__()
+        self.inp = nn.Linear(d_in, width)
+        self.blocks = nn.ModuleList([nn.Linear(width, width) for _ in range(2)])
+        self.out = nn.Linear(width, n_out)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        for block in self.blocks:
+            h = h + torch.tanh(block(h))
+        return self.out(h)
+
+
+class HandTanh(torch.autograd.Function):
+    """tanh as a hand-written autograd.Function: backward (and double backward) work, forward-mode AD does not."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.tanh(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * (1 - torch.tanh(z) ** 2)
+
+
+class HandTanhModel(ResidualMLP):
+    """The residual MLP with a hand-written first activation (no jvp rule: Q_k cannot be computed)."""
+
+    def forward(self, x):
+        h = HandTanh.apply(self.inp(x))
+        for block in self.blocks:
+            h = h + torch.tanh(block(h))
+        return self.out(h)
+
+
+@pytest.fixture(scope="module")
+def tanh_case():
+    torch.set_num_threads(1)
+    model, x, y = make("tanh", n=40)
+    H = explicit_hessian(model, x, y, loss=lambda out, t: mse_onehot(out, t).mean())
+    return model, x, y, H
+
+
+def batch_list(x, y, size=7):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+# ----------------------------------------------------------------------------------------------- operator
+def test_batched_products_equal_explicit_hessian(tanh_case):
+    model, x, y, H = tanh_case
+    op = BatchedHessianOperator(model, batch_list(x, y), mse_onehot)
+    assert op.n_samples == 40 and op.n_params == H.shape[0] and op.dtype == torch.float64
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(op.n_params, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(op.hvp(v), H @ v, rtol=1e-12, atol=1e-12)
+    assert op.hvp_count == 3
+    # gradient and loss of the same objective
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    mean = mse_onehot(torch.func.functional_call(model, params, (x,)), y).mean()
+    grads = torch.autograd.grad(mean, list(params.values()))
+    torch.testing.assert_close(op.gradient(), torch.cat([t.reshape(-1) for t in grads]), rtol=1e-12, atol=1e-13)
+    assert op.loss() == pytest.approx(mean.item(), rel=1e-13)
+    # chunk_size splits batches without changing the result
+    split = BatchedHessianOperator(model, batch_list(x, y), mse_onehot, chunk_size=3)
+    torch.testing.assert_close(split.hvp(v), H @ v, rtol=1e-12, atol=1e-12)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_top_eigenpairs_match_eigh(tanh_case):
+    model, x, y, H = tanh_case
+    op = BatchedHessianOperator(model, batch_list(x, y), mse_onehot)
+    top = hessian.top_eigenpairs(op, 4, tol=1e-10)
+    values, vectors = np.linalg.eigh(H.numpy())
+    np.testing.assert_allclose(top.eigenvalues.numpy(), values[::-1][:4], rtol=1e-9, atol=1e-10)
+    overlap = np.abs(top.eigenvectors.numpy() @ vectors[:, ::-1][:, :4])
+    np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-6)
+    assert top.hvp_count == op.hvp_count and float(top.residuals.max()) < 1e-8
+    tr = hessian.trace(op, n_probes=6)
+    dens = hessian.density(op, n_iter=10)
+    assert tr.hvp_count == 6 and dens.hvp_count == 10 and op.hvp_count == top.hvp_count + 16
+    power = hessian.top_eigenpairs(op, 2, method="power", tol=1e-9)
+    np.testing.assert_allclose(power.eigenvalues.numpy(), values[::-1][:2], rtol=1e-6)
+
+
+def test_list_dataloader_and_tensors_give_identical_results(tanh_case):
+    model, x, y, _ = tanh_case
+    ops = [BatchedHessianOperator(model, batch_list(x, y), mse_onehot),
+           BatchedHessianOperator(model, DataLoader(TensorDataset(x, y), batch_size=7, shuffle=False), mse_onehot),
+           BatchedHessianOperator(model, (x, y), mse_onehot, batch_size=7),
+           BatchedHessianOperator(model, lambda: iter(batch_list(x, y)), mse_onehot)]
+    v = torch.randn(ops[0].n_params, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    products = [op.hvp(v) for op in ops]
+    tops = [hessian.top_eigenpairs(op, 3, tol=1e-8).eigenvalues for op in ops]
+    for p, t in zip(products[1:], tops[1:]):
+        assert torch.equal(p, products[0]) and torch.equal(t, tops[0])
+
+
+def test_refuses_data_it_cannot_read_twice_in_one_order(tanh_case):
+    model, x, y, _ = tanh_case
+    with pytest.raises(ValueError, match="shuffle=False"):
+        BatchedHessianOperator(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), mse_onehot)
+    with pytest.raises(ValueError, match="read only once"):
+        BatchedHessianOperator(model, (b for b in batch_list(x, y)), mse_onehot)
+    with pytest.raises(ValueError, match="one loss per sample"):
+        BatchedHessianOperator(model, (x, y), lambda out, t: mse_onehot(out, t).mean()).hvp(
+            torch.zeros(hessian.n_params(model), dtype=torch.float64))
+    sizes = iter([40, 39])
+
+    def shrinking():
+        n = next(sizes)
+        return iter([(x[:n], y[:n])])
+
+    unstable = BatchedHessianOperator(model, shrinking, mse_onehot)
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        unstable.hvp(torch.zeros(unstable.n_params, dtype=torch.float64))
+    with pytest.raises(ValueError, match="pair"):
+        list(as_batches([x[:5], x[5:10], x[10:15]]))
+
+
+# ----------------------------------------------------------------------------------------------- analyze
+def independent_curve(model, x, y, basis, sigma, T, seed, n_orders):
+    """Delta_k, its standard error, V-bar and the per-order curves from explicit per-sample losses at the same
+    thetas: plain forward passes of a copy of the model with the perturbed weights w* + P^T theta."""
+    thetas = make_sampler("gaussian", sigma=sigma).sample(T, basis.shape[0], seed=seed)
+    w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    N = len(x)
+    k = torch.arange(1, N + 1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed + 1)
+    perms = [torch.randperm(N, generator=g) for _ in range(n_orders)]
+    sq, var, orders = [], [], torch.zeros(n_orders, N - 1, dtype=torch.float64)
+    for th in thetas:
+        net = copy.deepcopy(model)
+        torch.nn.utils.vector_to_parameters(w0 + basis.T @ th, net.parameters())
+        net.eval()
+        with torch.no_grad():
+            losses = mse_onehot(net(x), y)
+        L = torch.cumsum(losses, 0) / k
+        sq.append((L[1:] - L[:-1]) ** 2)
+        var.append(losses.var(unbiased=False))
+        for r, p in enumerate(perms):
+            Lp = torch.cumsum(losses[p], 0) / k
+            orders[r] += (Lp[1:] - Lp[:-1]) ** 2 / T
+    sq = torch.stack(sq)
+    return (sq.mean(0).numpy(), (sq.std(0) / np.sqrt(T)).numpy(), float(torch.stack(var).mean()), orders.numpy())
+
+
+def residual_case(n=60, builder=ResidualMLP):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return seeded_model(builder, 4), x, y
+
+
+def test_analyze_equals_an_independent_monte_carlo_loop(one_thread):
+    model, x, y = residual_case()
+    before = [p.detach().clone() for p in model.parameters()]
+    thresholds = (3e-2, 3e-3, 1e-3)
+    report = analyze(model, DataLoader(TensorDataset(x, y), batch_size=16), mse_onehot, D=3, sigma=0.3,
+                     n_samples=16, n_orders=5, thresholds=thresholds, seed=2, n_batches=8)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert report.N == 60 and report.D == 3 and report.basis.shape == (3, report.n_params)
+    H = explicit_hessian(model, x, y, loss=lambda out, t: mse_onehot(out, t).mean())
+    np.testing.assert_allclose(report.eigenvalues, np.linalg.eigh(H.numpy())[0][::-1][:3], rtol=1e-6)
+
+    delta, stderr, vbar, orders = independent_curve(model, x, y, report.basis, 0.3, 16, 2, 5)
+    np.testing.assert_allclose(report.delta, delta, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(report.stderr, stderr, rtol=1e-8, atol=1e-15)
+    assert report.vbar == pytest.approx(vbar, rel=1e-12)
+    np.testing.assert_allclose(report.curve.order_curves, orders, rtol=1e-9, atol=1e-15)
+
+    k = report.k
+    c = simultaneous_multiplier(report.curve.batch_means, seed=2)
+    assert report.band_multiplier == pytest.approx(c)
+    per_order = k_per_order(k, orders, thresholds)
+    for g, (thr, s) in enumerate(zip(thresholds, report.sample_sizes)):
+        assert s.threshold == thr
+        assert s.K == first_k_below(k, delta, thr)
+        assert s.K_band == first_k_below(k, delta + c * report.band_se, thr)
+        assert s.K_closed == k_closed_form(vbar, 60, thr)
+        summary = order_summary(per_order[:, g])
+        assert (s.K_order_median, s.K_order_q05, s.K_order_q95, s.K_order_upper, s.orders_reached) == (
+            summary.median, summary.q05, summary.q95, summary.upper, summary.reached)
+    assert any(s.K is not None for s in report.sample_sizes)
+
+    assert report.Q is not None and report.Q.shape == (59,) and np.all(np.isfinite(report.Q))
+    assert report.vbar_quadratic["vbar"] > 0
+    d = report.to_dict()
+    assert json.loads(json.dumps(d))["sample_sizes"][0]["K"] == report.sample_sizes[0].K
+    fig = report.plot()
+    assert fig.axes and fig.axes[0].get_xscale() == "log"
+
+
+def test_analyze_tensors_equal_loader_and_skips_quadratic_with_a_note(one_thread):
+    model, x, y = residual_case(n=30, builder=HandTanhModel)
+    kw = {"D": 2, "sigma": 0.5, "n_samples": 8, "n_orders": 3, "n_batches": 4, "seed": 0}
+    a = analyze(model, (x, y), mse_onehot, **kw)
+    b = analyze(model, batch_list(x, y, 9), mse_onehot, quadratic=False, **kw)
+    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(a.delta, b.delta, rtol=1e-8)
+    assert a.Q is None and any(n.startswith("Q_k skipped") for n in a.notes)
+    H = explicit_hessian(model, x, y, loss=lambda out, t: mse_onehot(out, t).mean())
+    np.testing.assert_allclose(a.eigenvalues, np.linalg.eigh(H.numpy())[0][::-1][:2], rtol=1e-6)
+    assert b.Q is None and "Q_k not computed (quadratic=False)" in b.notes
+    with pytest.raises(ValueError, match="shuffle"):
+        analyze(model, DataLoader(TensorDataset(x, y), shuffle=True), mse_onehot, **kw)
