@@ -45,6 +45,7 @@ r0_architectures = [[32], [32, 32]]
 r0_orders = 4
 r0_hessian_samples = 2
 r0_epochs = 1
+cnn_bound_samples = 4
 
 # %%
 import matplotlib.pyplot as plt

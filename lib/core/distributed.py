@@ -1,4 +1,4 @@
-"""Data-parallel Hessian products and Monte-Carlo Delta_k over torch.distributed (one contiguous shard of samples per rank).
+"""Data-parallel Hessian products and Monte-Carlo Delta_k over torch.distributed, one contiguous shard per rank.
 
 Launch with ``torchrun`` (docs/distributed.md): every rank runs the same script, calls
 ``torch.distributed.init_process_group`` ("gloo" on CPU, "nccl" on GPUs), keeps only its shard of the data and

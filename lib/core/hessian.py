@@ -318,8 +318,9 @@ class _Structured:
         return state
 
     @torch.no_grad()
-    def product(self, st: _StructuredState, tangents: list, model: nn.Module) -> torch.Tensor:
-        """H v of the chunk's loss sum as a flat vector (``tangents`` from ``tangents(model, v)``)."""
+    def product(self, st: _StructuredState, tangents: list, out: dict) -> None:
+        """Add H v of the chunk's loss sum to ``out`` (parameter name -> tensor; ``tangents`` from
+        ``tangents(model, v)``)."""
         steps = self.steps
         K = len(steps)
         rin = [None] * K
@@ -339,7 +340,7 @@ class _Structured:
                     Rz = F.linear(st.inputs[k], V, c)
                 if Rh is not None:
                     Rz = Rz.addmm_(Rh, self._weights(k)[0].T)
-                Rh = Rz * st.masks[k] if s.relu else Rz
+                Rh = Rz.mul_(st.masks[k]) if s.relu else Rz
             else:
                 V, c, PV, c4 = tangents[k]
                 C, n, H, Wd = st.shapes[k]
@@ -351,7 +352,6 @@ class _Structured:
                 Rh = (st.masks[k] * Rz).sum(0).view(V.shape[0], n, H // 2, Wd // 2)
         pr = st.p * Rh
         Rg = pr - st.p * pr.sum(1, keepdim=True)         # (diag p - p p^T) R logits
-        out = {}
         for k in range(K - 1, self.first - 1, -1):
             s = steps[k]
             if s.kind == "flatten":
@@ -360,7 +360,7 @@ class _Structured:
             elif s.kind == "linear":
                 V, c = tangents[k]
                 wname, bname = self.param_names[k]
-                Rgz = Rg * st.masks[k] if s.relu else Rg
+                Rgz = Rg.mul_(st.masks[k]) if s.relu else Rg
                 gz = st.deltas[k]
                 if k == self.first and st.columns is not None:
                     kept, fixed, values = st.columns
@@ -375,7 +375,7 @@ class _Structured:
                 if bname:
                     out[bname] = out[bname] + Rgz.sum(0) if bname in out else Rgz.sum(0)
                 if k > self.first:
-                    Rg = torch.addmm(Rgz @ self._weights(k)[0], gz, V)
+                    Rg = (Rgz @ self._weights(k)[0]).addmm_(gz, V)
             else:
                 V, c, PV, c4 = tangents[k]
                 C, n, H, Wd = st.shapes[k]
@@ -393,9 +393,12 @@ class _Structured:
                     out[bname] = out[bname] + Hb if bname in out else Hb
                 if k > self.first:
                     Rg = conv_pool_columns_adjoint(torch.addmm(st.phases[k].T @ Rgz, PV.T, gz), n, H, Wd)
+
+    def flat(self, model: nn.Module, out: dict, like: torch.Tensor) -> torch.Tensor:
+        """The accumulated ``out`` as one flat vector in parameters_to_vector order."""
         _, shapes, _ = param_layout(model)
-        return torch.cat([(out[name] if name in out else torch.zeros(shape, dtype=Rh.dtype, device=Rh.device))
-                          .reshape(-1) for name, shape in zip(self.names, shapes)])
+        return torch.cat([(out[name] if name in out else like.new_zeros(shape)).reshape(-1)
+                          for name, shape in zip(self.names, shapes)])
 
 
 class HessianOperator:
@@ -496,17 +499,16 @@ class HessianOperator:
         """Free the kept per-chunk state now (it is rebuilt at the next product)."""
         self._states, self._snapshot = None, None
 
-    def _chunk_product(self, i: int, x, y, w0, tangents, states: list):
-        """H v contribution (summed loss) of chunk i, keeping its state if the budget allows."""
+    def _chunk_product(self, i: int, x, y, w0, tangents, states: list, out) -> None:
+        """Add chunk i's H v (loss sum) to ``out``, keeping the chunk's state if the budget allows."""
         building = len(states) == i
         state = None if building else states[i]
         if state is None:
             state = self._build_state(x, y, w0, count=building)
-        product = self._apply(state, tangents)
+        self._apply(state, tangents, out)
         if building:
             fits = self.keep_bytes > 0 and self.kept_bytes + state.nbytes <= self.keep_bytes
             states.append(state if fits else None)
-        return product
 
     def _build_state(self, x, y, w0, count: bool = True):
         """A chunk's state at the current weights (``count``: measure the bytes autograd saves)."""
@@ -518,12 +520,12 @@ class HessianOperator:
             (g,) = torch.autograd.grad(self._loss_sum(w, x, y), w, create_graph=True)
         return _GraphState(w, g, sizes.total + g.numel() * g.element_size())
 
-    def _apply(self, state, tangents):
+    def _apply(self, state, tangents, out):
+        """Add the chunk's H v (loss sum) to ``out``: a dict of parameter tensors (structured) or a flat vector."""
         if self._structured is not None:
-            return self._structured.product(state, tangents, self.model)
-        if not state.g.requires_grad:               # piecewise-linear in w on this chunk: zero curvature
-            return torch.zeros_like(tangents)
-        return torch.autograd.grad(state.g, state.w, grad_outputs=tangents, retain_graph=True)[0]
+            self._structured.product(state, tangents, out)
+        elif state.g.requires_grad:                 # else piecewise-linear in w on this chunk: zero curvature
+            out += torch.autograd.grad(state.g, state.w, grad_outputs=tangents, retain_graph=True)[0]
 
     # ------------------------------------------------------------------------------------------- products
     def hvp(self, v) -> torch.Tensor:
@@ -531,14 +533,17 @@ class HessianOperator:
         v = self.as_vector(v)
         w0 = flat_params(self.model)
         states = self._current_states()
-        out = torch.zeros_like(w0)
-        tangents = self._structured.tangents(self.model, v) if self._structured is not None else v
+        structured = self._structured is not None
+        out = {} if structured else torch.zeros_like(w0)
+        tangents = self._structured.tangents(self.model, v) if structured else v
         with eval_mode(self.model), torch.enable_grad():
             for i, (x, y) in enumerate(self._chunks()):
                 if self.engine == "rebuild" or self.keep_bytes <= 0:
-                    out += self._apply(self._build_state(x, y, w0, count=False), tangents)
+                    self._apply(self._build_state(x, y, w0, count=False), tangents, out)
                 else:
-                    out += self._chunk_product(i, x, y, w0, tangents, states)
+                    self._chunk_product(i, x, y, w0, tangents, states, out)
+        if structured:
+            out = self._structured.flat(self.model, out, w0)
         self.hvp_count += 1
         out = out / self.n_samples
         if self._records is not None and len(self._records) < MAX_RECORDS:

@@ -182,6 +182,8 @@ class Convergence:
     r0_orders: int = param(4, integer(2), "random orders of the R = 0 curves")
     r0_hessian_samples: int = param(2, integer(1), "samples whose per-sample Hessian norm is measured")
     r0_epochs: int = param(1, integer(1), "training epochs of the R = 0 sweep")
+    cnn_bound_samples: int = param(4, integer(1), "samples whose Gauss-Newton and full Hessian norms are compared "
+                                   "with the CNN bound (first seed of every CNN run)")
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,12 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
                 out[macro("K", "closed", r["dataset"], r["model"])] = fmt(r["K_closed"])
                 out[macro("acc", "K", r["dataset"], r["model"])] = pct(r["test_accuracy_K"])
                 out[macro("wall", "K", r["dataset"], r["model"])] = fmt(int(round(r["wall_seconds"])))
+    for r in load_table(store, "cnn_bound"):
+        out[macro("cnn", "bound", r["dataset"])] = fmt(r["bound"], 2)
+        out[macro("cnn", "bound", "exact", r["dataset"])] = fmt(r["bound_exact_norms"], 2)
+        out[macro("cnn", "outer", "max", r["dataset"])] = fmt(r["outer_norms_max"], 3)
+        out[macro("cnn", "full", "max", r["dataset"])] = fmt(r["full_norms_max"], 3)
+        out[macro("cnn", "bound", "over", "measured", r["dataset"])] = fmt(r["bound"] / r["outer_norms_max"], 2)
     r0 = load_table(store, "r0")
     if r0:
         out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))

@@ -21,7 +21,7 @@ REGISTRY: dict[str, StageInfo] = {s.name: s for s in (
     StageInfo("spectrum", "02_spectrum", ("spectrum", "solvers")),
     StageInfo("projection", "03_projection", ("projection",)),
     StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan", "scales")),
-    StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots")),
+    StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots", "cnn_bound")),
     StageInfo("figures", "06_figures", ()),
 )}
 

@@ -21,7 +21,7 @@ from lib.infra.config import Common, Convergence, MonteCarlo
 from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore, atomic_write_json
 from lib.stages import folder
-from lib.stages.base import cached, load, run_name
+from lib.stages.base import cached, load, run_name, trained_run
 from lib.stages.monte_carlo import CURVES, group, load_curve, load_plan, load_terms
 from lib.stages.spectrum import FOLDER as SPECTRA
 from lib.stages.spectrum import spectrum_seeds
@@ -32,8 +32,9 @@ ANALYSIS = folder("convergence", "analysis")
 PILOTS = folder("convergence", "pilots")
 LEARNING = folder("convergence", "learning_curve")
 R0 = folder("convergence", "r0")
+CNN_BOUND = folder("convergence", "cnn_bound")
 TABLES = ("slopes", "theory", "loss_correlation", "learning_curve", "sample_size", "pilots", "calibration",
-          "predictors", "summary", "r0")
+          "predictors", "summary", "r0", "cnn_bound")
 
 
 def slope_rows(store: ResultStore, curves) -> list[dict]:
@@ -391,6 +392,29 @@ def r0_rows(store: ResultStore, common: Common, section: Convergence) -> list[di
     return rows
 
 
+def cnn_bound_rows(store: ResultStore, common: Common, section: Convergence) -> list[dict]:
+    """The CNN bound of Meshkov, Kiselev & Grabovoy (their Lemma 5: the Gauss-Newton part of the per-sample Hessian)
+    against the measured norms of that part and of the full per-sample Hessian, for the first seed of every CNN
+    run, on ``cnn_bound_samples`` samples."""
+    rows, seed = [], common.seeds[0]
+    for ds in common.datasets:
+        for m in [m for m in common.models if m == "cnn"]:
+            net, x, y, upstream = trained_run(store, ds, m, seed)
+            params = {"dataset": ds, "model": m, "seed": seed, "n_samples": section.cnn_bound_samples,
+                      "upstream": upstream}
+
+            def compute(net=net, x=x, y=y):
+                out = bounds.cnn_bound_comparison(net, x, y, section.cnn_bound_samples, seed)
+                summary = {k: out[k] for k in ("bound", "bound_printed", "bound_exact_norms", "outer_norms_max",
+                                                "outer_norms_median", "full_norms_max", "full_norms_median",
+                                                "bias_free")}
+                return out, summary
+
+            summary, _ = cached(store, CNN_BOUND, run_name(ds, m, seed), params, compute)
+            rows.append({"dataset": ds, "model": m, "seed": seed, **summary})
+    return rows
+
+
 def run(store: ResultStore, common: Common, section: Convergence, monte_carlo: MonteCarlo | None = None
         ) -> dict[str, list[dict]]:
     """Every table of the stage, each saved in ``analysis/<table>.json``; the headline also as
@@ -419,6 +443,7 @@ def run(store: ResultStore, common: Common, section: Convergence, monte_carlo: M
     make("summary", summary_rows(store, curves, common, section, calibration, predictors, tables["pilots"]))
     atomic_write_json(store.root / "summary.json", tables["summary"])
     make("r0", r0_rows(store, common, section))
+    make("cnn_bound", cnn_bound_rows(store, common, section))
     return tables
 
 
