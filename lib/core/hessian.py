@@ -211,6 +211,13 @@ def _constant_columns(x: torch.Tensor):
     return kept, fixed, x[0, fixed]
 
 
+def _accumulate(out: dict, name: str, value: torch.Tensor) -> None:
+    if name in out:
+        out[name] += value
+    else:
+        out[name] = value
+
+
 class _Structured:
     """Exact Hessian-vector products of the loss sum over a chunk for networks read by ``lib.core.models.plan``,
     from kept forward activations, selections and backward deltas (Pearlmutter's R-op: one tangent forward pass
@@ -371,9 +378,9 @@ class _Structured:
                     HW = Rgz.T @ st.inputs[k]
                 if rin[k] is not None:
                     HW = HW.addmm_(gz.T, rin[k])
-                out[wname] = out[wname] + HW if wname in out else HW
+                _accumulate(out, wname, HW)
                 if bname:
-                    out[bname] = out[bname] + Rgz.sum(0) if bname in out else Rgz.sum(0)
+                    _accumulate(out, bname, Rgz.sum(0))
                 if k > self.first:
                     Rg = (Rgz @ self._weights(k)[0]).addmm_(gz, V)
             else:
@@ -387,10 +394,10 @@ class _Structured:
                 if rin[k] is not None:
                     HP = HP.addmm_(gz, rin[k].T)
                 HW = phase_weights_adjoint(HP, O, C)
-                out[wname] = out[wname] + HW if wname in out else HW
+                _accumulate(out, wname, HW)
                 if bname:
                     Hb = Rgz.view(4, O, -1).sum((0, 2))
-                    out[bname] = out[bname] + Hb if bname in out else Hb
+                    _accumulate(out, bname, Hb)
                 if k > self.first:
                     Rg = conv_pool_columns_adjoint(torch.addmm(st.phases[k].T @ Rgz, PV.T, gz), n, H, Wd)
 
