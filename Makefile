@@ -33,6 +33,7 @@ help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  variables: PROFILE=paper|smoke (default paper), STAGE=02_spectrum, SET='train.epochs=2',"
 	@echo "             LAB_ARGS='--no-browser --ip=0.0.0.0 --port=8888', YES=1 (clean-results without asking)"
+	@echo "             NATIVE_NUMERICS=1 (the CPU's newest instructions instead of the AVX2 paths; docs/reproducibility.md)"
 
 prereqs:  ## check (as root with apt: install) TeX, poppler, venv support, disk, chromium; rebuild a broken .venv
 	@$(PREREQS)

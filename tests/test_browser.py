@@ -119,6 +119,8 @@ def _shift_enter(driver):
 def test_make_lab_opens_a_py_notebook_and_runs_a_cell(lab, browser, tmp_path):
     base, token = lab
     paired = REPO_ROOT / "notebooks" / NOTEBOOK.replace(".py", ".ipynb")
+    checkpoints = REPO_ROOT / "notebooks" / ".ipynb_checkpoints"     # JupyterLab's checkpoint on opening (ignored)
+    cleanup = not checkpoints.exists()
     before = paired.stat().st_mtime_ns if paired.exists() else None
     source = (REPO_ROOT / "notebooks" / NOTEBOOK).read_bytes()
     wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
@@ -146,6 +148,12 @@ def test_make_lab_opens_a_py_notebook_and_runs_a_cell(lab, browser, tmp_path):
     except Exception:
         browser.save_screenshot(str(tmp_path / "failure.png"))
         raise
+    finally:
+        if cleanup and checkpoints.is_dir():
+            for made in checkpoints.glob(NOTEBOOK.replace(".py", "-checkpoint.*")):
+                made.unlink()
+            if not any(checkpoints.iterdir()):
+                checkpoints.rmdir()
     words = out[0].split()
     assert words[2:4] == ["smoke", "1000"], out
     assert Path(words[4]).resolve() == (REPO_ROOT / ".venv").resolve(), f"kernel not from .venv: {out}"

@@ -202,6 +202,23 @@ class BatchedHessianOperator(HessianOperator):
         if self.n_samples < 1:
             raise ValueError("the data has no samples")
 
+    # ------------------------------------------------------------------ kept state: none (streamed)
+    engine = "stream"
+    state_builds = 0
+
+    @property
+    def kept_chunks(self) -> int:
+        """Always 0: nothing is kept between products (every product streams the batches)."""
+        return 0
+
+    @property
+    def kept_bytes(self) -> int:
+        """Always 0 (see ``kept_chunks``)."""
+        return 0
+
+    def drop_state(self) -> None:
+        """Nothing to drop."""
+
     # ------------------------------------------------------------------ data
     def count_samples(self) -> int:
         """Samples in one pass over this process's batches."""

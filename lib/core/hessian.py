@@ -211,6 +211,37 @@ def _constant_columns(x: torch.Tensor):
     return kept, fixed, x[0, fixed]
 
 
+def _unselect(pooled: torch.Tensor, arg: torch.Tensor, on: torch.Tensor | None) -> torch.Tensor:
+    """Adjoint of a conv-pool selection: (O, ...) values at the pooled outputs (times the ReLU mask ``on``) placed
+    at the window position ``arg`` (1, O, positions) that won the max, zeros elsewhere: (4 O, positions)."""
+    values = pooled.reshape(arg.shape[1], -1)
+    if on is not None:
+        values = values * on
+    return values.new_zeros(4, *values.shape).scatter_(0, arg, values.unsqueeze(0)).view(-1, values.shape[1])
+
+
+def _buffer(work: dict, key, shape: tuple, like: torch.Tensor, zero: bool = False) -> torch.Tensor:
+    """A tensor of ``shape`` (``like``'s dtype and device) kept in ``work`` under ``key`` and reused while the shape
+    stays; a new one is zero-filled when ``zero``."""
+    t = work.get(key)
+    if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+        t = like.new_zeros(shape) if zero else like.new_empty(shape)
+        work[key] = t
+    return t
+
+
+def _winning_patches(cols: torch.Tensor, arg: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """(O, 9 C, positions): for every pooled output (o, q) the 3x3 x C input patch of the window position
+    ``arg`` (O, positions) that won its max, from the 4x4 patch matrix ``cols`` (16 C, positions); then
+    the pooled pre-activation of weights V is V[o] . patch (before bias and ReLU)."""
+    O, Q = arg.shape
+    a, b = arg // 2, arg % 2                                             # (O, Q) window row / column
+    d = torch.arange(3, device=cols.device)
+    rows = (a[:, None, None] + d[None, :, None, None]) * 4 + b[:, None, None] + d[None, None, :, None]
+    rows = rows.reshape(O, 1, 9, Q) + 16 * torch.arange(in_channels, device=cols.device).view(1, -1, 1, 1)
+    return torch.gather(cols.unsqueeze(0).expand(O, -1, -1), 1, rows.reshape(O, 9 * in_channels, Q))
+
+
 def _accumulate(out: dict, name: str, value: torch.Tensor) -> None:
     if name in out:
         out[name] += value
@@ -251,7 +282,8 @@ class _Structured:
                 continue
             V, c = parts[names[0]], parts[names[1]] if names[1] else None
             if s.kind == "conv_pool":
-                out.append((V, c, phase_weights(V), None if c is None else c.repeat(4)))
+                PV = phase_weights(V)
+                out.append((V, c, PV, PV.T.contiguous(), None if c is None else c.repeat(4)))
             else:
                 out.append((V, c))
         return out
@@ -287,12 +319,16 @@ class _Structured:
                 W, b = self._weights(k)
                 C, n, H, Wd = h.shape
                 shapes[k] = (C, n, H, Wd)
-                phases[k] = phase_weights(W)
+                P = phase_weights(W)
+                phases[k] = (P, P.T.contiguous())
                 inputs[k] = conv_pool_columns(h)
-                z = conv_pool_pre(inputs[k], phases[k], None if b is None else b.repeat(4))
+                z = conv_pool_pre(inputs[k], P, None if b is None else b.repeat(4))
                 top, arg = z.max(0)
                 on = (top > 0).to(z.dtype)
-                masks[k] = torch.zeros_like(z).scatter_(0, arg.unsqueeze(0), on.unsqueeze(0))
+                masks[k] = (arg.unsqueeze(0), on)
+                if k == self.first:          # fixed input: keep each output's winning 3x3 patch instead
+                    inputs[k] = _winning_patches(inputs[k], arg, C)
+                    masks[k] = (None, on)
                 h = (top * on).view(W.shape[0], n, H // 2, Wd // 2)
         p = torch.softmax(h, dim=1)
         g = p.clone()
@@ -307,17 +343,16 @@ class _Structured:
                 deltas[k] = gz
                 if k > self.first:
                     g = gz @ self._weights(k)[0]
-            else:
+            elif k > self.first:             # a first conv-pool stage needs no deltas (its input has no tangent)
                 C, n, H, Wd = shapes[k]
-                gh = g.reshape(g.shape[0], -1)
-                deltas[k] = gh
-                if k > self.first:
-                    gz = (masks[k] * gh).view(-1, gh.shape[1])
-                    g = conv_pool_columns_adjoint(phases[k].T @ gz, n, H, Wd)
+                deltas[k] = _unselect(g, *masks[k])
+                g = conv_pool_columns_adjoint(phases[k][1] @ deltas[k], n, H, Wd)
         state = _StructuredState(inputs, masks, deltas, shapes, phases, columns, p)
         data_ptr = data.untyped_storage().data_ptr()
         seen = set()
-        for t in [*inputs, *masks, *deltas, *phases, p, *(columns or ())]:
+        flat = [t for m in masks for t in (m if isinstance(m, tuple) else (m,))]
+        flat += [t for ph in phases if ph is not None for t in ph]
+        for t in [*inputs, *flat, *deltas, p, *(columns or ())]:
             if t is None or t.untyped_storage().data_ptr() in (data_ptr, *seen):
                 continue
             seen.add(t.untyped_storage().data_ptr())
@@ -325,9 +360,10 @@ class _Structured:
         return state
 
     @torch.no_grad()
-    def product(self, st: _StructuredState, tangents: list, out: dict) -> None:
+    def product(self, st: _StructuredState, tangents: list, out: dict, work: dict) -> None:
         """Add H v of the chunk's loss sum to ``out`` (parameter name -> tensor; ``tangents`` from
-        ``tangents(model, v)``)."""
+        ``tangents(model, v)``); ``work`` holds buffers reused from chunk to chunk (no page faults on the large
+        conv-pool temporaries)."""
         steps = self.steps
         K = len(steps)
         rin = [None] * K
@@ -349,14 +385,27 @@ class _Structured:
                     Rz = Rz.addmm_(Rh, self._weights(k)[0].T)
                 Rh = Rz.mul_(st.masks[k]) if s.relu else Rz
             else:
-                V, c, PV, c4 = tangents[k]
+                V, c, PV, PVT, c4 = tangents[k]
                 C, n, H, Wd = st.shapes[k]
+                O, Q = V.shape[0], st.inputs[k].shape[-1]
+                if k == self.first:          # Rh = on * (V . winning patch + c)
+                    Rh = torch.bmm(V.reshape(O, 1, 9 * C), st.inputs[k]).view(O, Q)
+                    if c is not None:
+                        Rh += c.unsqueeze(1)
+                    Rh = Rh.mul_(st.masks[k][1]).view(O, n, H // 2, Wd // 2)
+                    continue
+                Rz = _buffer(work, (k, "z"), (4 * O, Q), V)
+                if c4 is None:
+                    torch.mm(PV, st.inputs[k], out=Rz)
+                else:
+                    torch.addmm(c4.unsqueeze(1), PV, st.inputs[k], out=Rz)
                 if Rh is not None:
-                    rin[k] = conv_pool_columns(Rh)
-                Rz = conv_pool_pre(st.inputs[k], PV, c4)
-                if rin[k] is not None:
-                    Rz = Rz + conv_pool_pre(rin[k], st.phases[k], None)
-                Rh = (st.masks[k] * Rz).sum(0).view(V.shape[0], n, H // 2, Wd // 2)
+                    rin[k] = conv_pool_columns(Rh, out=_buffer(work, (k, "cols"), (16 * C, Q), V),
+                                               padded=_buffer(work, (k, "pad"), (C, n, H + 2, Wd + 2), V, zero=True))
+                    Rz.addmm_(st.phases[k][0], rin[k])
+                arg, on = st.masks[k]
+                Rh = torch.gather(Rz.view(4, O, Q), 0, arg, out=_buffer(work, (k, "h"), (1, O, Q), V))[0]
+                Rh = Rh.mul_(on).view(O, n, H // 2, Wd // 2)
         pr = st.p * Rh
         Rg = pr - st.p * pr.sum(1, keepdim=True)         # (diag p - p p^T) R logits
         for k in range(K - 1, self.first - 1, -1):
@@ -384,22 +433,33 @@ class _Structured:
                 if k > self.first:
                     Rg = (Rgz @ self._weights(k)[0]).addmm_(gz, V)
             else:
-                V, c, PV, c4 = tangents[k]
+                V, c, PV, PVT, c4 = tangents[k]
                 C, n, H, Wd = st.shapes[k]
                 O = V.shape[0]
                 wname, bname = self.param_names[k]
-                Rgz = (st.masks[k] * Rg.reshape(O, -1)).view(4 * O, -1)
-                gz = (st.masks[k] * st.deltas[k]).view(4 * O, -1)
+                arg, on = st.masks[k]
+                Q = on.shape[1]
+                Rgh = _buffer(work, (k, "gh"), (O, Q), V)
+                torch.mul(Rg, on.view(O, n, H // 2, Wd // 2), out=Rgh.view(O, n, H // 2, Wd // 2))
+                if k == self.first:
+                    _accumulate(out, wname, torch.bmm(st.inputs[k], Rgh.unsqueeze(2)).view(O, C, 3, 3))
+                    if bname:
+                        _accumulate(out, bname, Rgh.sum(1))
+                    continue
+                Rgz = _buffer(work, (k, "gz"), (4, O, Q), V).zero_().scatter_(0, arg, Rgh.unsqueeze(0))
+                Rgz = Rgz.view(4 * O, Q)
                 HP = Rgz @ st.inputs[k].T
                 if rin[k] is not None:
-                    HP = HP.addmm_(gz, rin[k].T)
-                HW = phase_weights_adjoint(HP, O, C)
-                _accumulate(out, wname, HW)
+                    HP.addmm_(st.deltas[k], rin[k].T)
+                _accumulate(out, wname, phase_weights_adjoint(HP, O, C))
                 if bname:
-                    Hb = Rgz.view(4, O, -1).sum((0, 2))
-                    _accumulate(out, bname, Hb)
+                    _accumulate(out, bname, Rgh.sum(1))
                 if k > self.first:
-                    Rg = conv_pool_columns_adjoint(torch.addmm(st.phases[k].T @ Rgz, PV.T, gz), n, H, Wd)
+                    Rgc = torch.mm(st.phases[k][1], Rgz, out=_buffer(work, (k, "gcols"), (16 * C, Q), V))
+                    Rg = conv_pool_columns_adjoint(
+                        Rgc.addmm_(PVT, st.deltas[k]), n, H, Wd,
+                        planes=_buffer(work, (k, "planes"), (C, 2, 2, n, H // 2 + 1, Wd // 2 + 1), V),
+                        padded=_buffer(work, (k, "gpad"), (C, n, H + 2, Wd + 2), V))
 
     def flat(self, model: nn.Module, out: dict, like: torch.Tensor) -> torch.Tensor:
         """The accumulated ``out`` as one flat vector in parameters_to_vector order."""
@@ -460,6 +520,7 @@ class HessianOperator:
         self._records: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._snapshot: list[torch.Tensor] | None = None
         self._states: list | None = None
+        self._work: dict = {}
 
     def _chunks(self):
         return chunks(self.inputs, self.targets, self.chunk_size, device=self.device, dtype=self.dtype)
@@ -504,7 +565,7 @@ class HessianOperator:
 
     def drop_state(self) -> None:
         """Free the kept per-chunk state now (it is rebuilt at the next product)."""
-        self._states, self._snapshot = None, None
+        self._states, self._snapshot, self._work = None, None, {}
 
     def _chunk_product(self, i: int, x, y, w0, tangents, states: list, out) -> None:
         """Add chunk i's H v (loss sum) to ``out``, keeping the chunk's state if the budget allows."""
@@ -530,7 +591,7 @@ class HessianOperator:
     def _apply(self, state, tangents, out):
         """Add the chunk's H v (loss sum) to ``out``: a dict of parameter tensors (structured) or a flat vector."""
         if self._structured is not None:
-            self._structured.product(state, tangents, out)
+            self._structured.product(state, tangents, out, self._work)
         elif state.g.requires_grad:                 # else piecewise-linear in w on this chunk: zero curvature
             out += torch.autograd.grad(state.g, state.w, grad_outputs=tangents, retain_graph=True)[0]
 

@@ -1,4 +1,4 @@
-"""The networks of the study (SCIENCE.md section 1), built deterministically from a seed, and their fast CPU kernels.
+"""The networks of the study (docs/specification.md 1), built deterministically from a seed, and their fast CPU kernels.
 
 * ``mlp1``: 784-256-10, one hidden ReLU layer (203,530 parameters);
 * ``mlp2``: 784-256-256-10, the original paper's network (269,322 parameters);
@@ -10,7 +10,7 @@
 ``preferred_chunk`` is the samples-per-chunk that suits a network. Parameter counts: ``lib.core.tensors.n_params``
 (also importable from here, as ``lib.core.models.n_params``).
 
-Fast kernels (SCIENCE.md is unchanged by them: same numbers to float rounding). ``plan(model)`` reads a
+Fast kernels (docs/specification.md is unchanged by them: same numbers to float rounding). ``plan(model)`` reads a
 ``Sequential`` of Flatten / Linear / ReLU / Identity / Dropout and *conv-pool stages* (Conv2d 3x3, stride 1,
 padding 1, then ReLU, then MaxPool2d(2)) into ``Step``s, or returns None. A conv-pool stage runs as one matrix
 product with the pooling folded in (``conv_pool_columns``, ``phase_weights``): the padded input is split into its
@@ -37,8 +37,9 @@ from torch import fx, nn
 from lib.core.tensors import n_params
 
 __all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
-           "preferred_chunk", "n_params", "Step", "plan", "plan_forward", "phase_weights", "phase_weights_adjoint",
-           "conv_pool_columns", "conv_pool_columns_adjoint", "conv_pool_pre"]
+           "preferred_chunk", "n_params", "Step", "plan", "plan_accepts", "plan_forward", "plan_forward_many",
+           "phase_weights", "phase_weights_adjoint", "conv_pool_columns", "conv_pool_columns_adjoint",
+           "conv_pool_pre"]
 
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10
@@ -205,22 +206,42 @@ def phase_weights_adjoint(grad: torch.Tensor, out_channels: int, in_channels: in
     return sum(g[..., a, b, :, :, a:a + 3, b:b + 3] for a in (0, 1) for b in (0, 1))
 
 
-def conv_pool_columns(h: torch.Tensor) -> torch.Tensor:
+def conv_pool_columns(h: torch.Tensor, out: torch.Tensor | None = None,
+                      padded: torch.Tensor | None = None) -> torch.Tensor:
     """Patch matrix (16 C, n H/2 W/2) of channel-major activations h (C, n, H, W), H and W even: after zero padding
-    1, column (k, i, j) holds the 4x4 patch of rows 2i..2i+3 and columns 2j..2j+3 of image k (one strided copy)."""
+    1, column (k, i, j) holds the 4x4 patch of rows 2i..2i+3 and columns 2j..2j+3 of image k (one strided copy).
+    ``out`` (16 C, n H/2 W/2) and ``padded`` (C, n, H + 2, W + 2, zero borders) are optional buffers to reuse
+    (no autograd through them)."""
     C, n, H, W = h.shape
-    patches = F.pad(h, (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)      # C, n, H/2, W/2, 4, 4 (a view)
-    return patches.permute(0, 4, 5, 1, 2, 3).reshape(16 * C, n * (H // 2) * (W // 2))
+    if padded is None:
+        padded = F.pad(h, (1, 1, 1, 1))
+    else:
+        padded[:, :, 1:H + 1, 1:W + 1] = h
+    patches = padded.unfold(2, 4, 2).unfold(3, 4, 2).permute(0, 4, 5, 1, 2, 3)   # C, 4, 4, n, H/2, W/2 (a view)
+    if out is None:
+        return patches.reshape(16 * C, n * (H // 2) * (W // 2))
+    out.view(C, 4, 4, n, H // 2, W // 2).copy_(patches)
+    return out
 
 
-def conv_pool_columns_adjoint(cols: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
-    """Adjoint of ``conv_pool_columns``: (16 C, n H/2 W/2) -> (C, n, H, W)."""
-    C = cols.shape[0] // 16
-    c = cols.view(C, 4, 4, n, height // 2, width // 2)
-    padded = cols.new_zeros(C, n, height + 2, width + 2)
-    for tr in range(4):
-        for tc in range(4):
-            padded[:, :, tr:tr + height:2, tc:tc + width:2] += c[:, tr, tc]
+def conv_pool_columns_adjoint(cols: torch.Tensor, n: int, height: int, width: int,
+                              planes: torch.Tensor | None = None,
+                              padded: torch.Tensor | None = None) -> torch.Tensor:
+    """Adjoint of ``conv_pool_columns``: (16 C, n H/2 W/2) -> (C, n, H, W). Patch pixel (2u + s_r, 2v + s_c) of
+    window (i, j) lands on phase plane (s_r, s_c) at (i + u, j + v): four shifted additions, then depth-to-space.
+    ``planes`` (C, 2, 2, n, H/2 + 1, W/2 + 1) and ``padded`` (C, n, H + 2, W + 2) are optional buffers to reuse;
+    the result is then a view of ``padded``."""
+    C, Hq, Wq = cols.shape[0] // 16, height // 2, width // 2
+    c = cols.view(C, 2, 2, 2, 2, n, Hq, Wq)                         # C, u, s_r, v, s_c, n, i, j
+    planes = cols.new_zeros(C, 2, 2, n, Hq + 1, Wq + 1) if planes is None else planes.zero_()
+    for u in (0, 1):
+        for v in (0, 1):
+            planes[:, :, :, :, u:u + Hq, v:v + Wq] += c[:, u, :, v]
+    depth = planes.permute(0, 3, 4, 1, 5, 2)                         # C, n, I, s_r, J, s_c
+    if padded is None:
+        padded = depth.reshape(C, n, height + 2, width + 2)
+    else:
+        padded.view(C, n, Hq + 1, 2, Wq + 1, 2).copy_(depth)
     return padded[:, :, 1:height + 1, 1:width + 1]
 
 
@@ -262,4 +283,57 @@ def _plan_block(steps: list[Step], weights: list, x: torch.Tensor) -> torch.Tens
             h = F.linear(h, s.module.weight, s.module.bias)
             if s.relu:
                 h = torch.relu(h)
+    return h
+
+
+def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: int = 0,
+                      batched: bool = False) -> torch.Tensor:
+    """Outputs (B, n, K) of the network for B weight sets at once, one batched matrix product per layer.
+
+    ``weights[k]`` = (W (B, ...), b (B, ...) or None) for every affine step k >= ``start`` (other entries unused);
+    ``h``: the input of step ``start``, shared by all weight sets (``batched=False``: (n, ...) as the model takes
+    it) or per weight set (``batched=True``: (B, n, F) rows, or (B, C, n, H, W) channel-major images before a
+    conv-pool step). Conv-pool stages on a shared input run as one product with the B phase matrices stacked.
+    No autograd needed (plain tensor operations); inputs are not chunked here."""
+    B = next(w[0].shape[0] for w in weights[start:] if w is not None)
+    layout = ("batched_" if batched else "shared_") + ("image" if batched and h.dim() == 5 else
+                                                       "rows" if batched else "input")
+    for s, w in zip(steps[start:], weights[start:]):
+        if s.kind == "flatten":
+            if layout == "batched_image":
+                h = h.permute(0, 2, 1, 3, 4).flatten(2)
+            elif layout == "batched_rows":
+                h = h.flatten(2)
+            else:
+                h = h.flatten(1)
+            layout = "batched_rows" if layout.startswith("batched") else "shared_input"
+        elif s.kind == "linear":
+            W, b = w
+            if layout == "batched_rows":
+                h = torch.bmm(h, W.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h,
+                                                                                     W.transpose(1, 2))
+            else:
+                out = W.shape[1]
+                h = (h @ W.reshape(B * out, -1).T).view(len(h), B, out).transpose(0, 1)
+                if b is not None:
+                    h = h + b.unsqueeze(1)
+            layout = "batched_rows"
+            if s.relu:
+                h = torch.relu(h)
+        else:
+            W, b = w
+            O, C = W.shape[1], W.shape[2]
+            P = phase_weights(W)                                                  # B, 4 O, 16 C
+            if layout == "batched_image":
+                _, _, n, H, Wd = h.shape
+                cols = conv_pool_columns(h.reshape(B * C, n, H, Wd)).view(B, 16 * C, -1)
+                z = torch.bmm(P, cols) if b is None else torch.baddbmm(b.repeat(1, 4).unsqueeze(2), P, cols)
+            else:
+                x = h.transpose(0, 1) if layout == "shared_input" else h
+                _, n, H, Wd = x.shape
+                cols = conv_pool_columns(x)
+                P = P.reshape(B * 4 * O, 16 * C)
+                z = P @ cols if b is None else torch.addmm(b.repeat(1, 4).reshape(-1, 1), P, cols)
+            h = torch.relu(z.view(B, 4, O, -1).amax(1)).view(B, O, n, H // 2, Wd // 2)
+            layout = "batched_image"
     return h

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lib.core.checks import check_data, check_int
 from lib.core.hessian import HessianOperator, top_eigenpairs
-from lib.core.models import preferred_chunk
+from lib.core.models import plan, plan_accepts, plan_forward_many, preferred_chunk
 from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 __all__ = [
@@ -38,8 +38,11 @@ __all__ = [
 
 #: default number of samples per forward chunk (bounded memory, large enough for efficient matmuls)
 DEFAULT_CHUNK = 16384
-#: thetas whose flat weight vectors are built together (memory: WEIGHT_BLOCK x n_params)
+#: thetas whose flat weight vectors are built together (memory: WEIGHT_BLOCK x n_params) and, on the batched
+#: path, evaluated together
 WEIGHT_BLOCK = 16
+#: activations per tensor on the batched path (thetas x samples x width); sets its block of samples
+BATCH_ELEMENTS = 2 ** 23
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -191,12 +194,22 @@ def _first_linear(model: torch.nn.Module):
 class SubspaceLosses:
     """Per-sample losses ``l_i(w* + P^T theta)`` for many thetas over fixed data and basis.
 
-    Generic path: one forward pass per theta (weights ``w* + P^T theta`` split into views, ``functional_call``).
-    Shortcut for ``Sequential(Flatten, Linear, ...)`` (the MLPs): the first layer's pre-activation is affine in theta,
-    ``z(theta) = z* + sum_d theta_d z_d`` with ``z* = X W*^T + b*`` and ``z_d = X V_d^T + c_d`` (``V_d, c_d`` the
-    basis row's slices for that layer). ``z*`` and the ``z_d`` are computed once (D + 1 first-layer passes, memory
-    (D + 1) N h), so a theta costs D N h multiply-adds in that layer instead of N 784 h, plus the rest of the
-    network. Both paths give the same losses up to floating-point rounding (tested).
+    Three paths, the same losses up to floating-point rounding (tested):
+
+    * batched (``path == "batched"``; models that ``lib.core.models.plan`` reads: ReLU MLPs, conv-pool CNNs):
+      ``WEIGHT_BLOCK`` thetas at a time, every layer one batched matrix product over all of them
+      (``plan_forward_many``; a conv-pool stage on the shared input is one product with the thetas' phase matrices
+      stacked). When the first affine layer is a Linear after an optional Flatten (``shortcut``, the MLPs), its
+      pre-activation is affine in theta, ``z(theta) = z* + sum_d theta_d z_d`` with ``z* = X W*^T + b*`` and
+      ``z_d = X V_d^T + c_d`` (``V_d, c_d`` the basis row's slices for that layer): ``z*`` and the ``z_d`` are
+      computed once (D + 1 first-layer passes, memory (D + 1) N h), so a theta costs D N h multiply-adds there
+      instead of N 784 h. (The CNN's first conv is affine in theta too, but its D + 1 precomputed outputs would
+      take (D + 1) 16 x 196 floats per image, 1.4 GB for D = 10 and N = 10,000, and combining them costs about
+      what the conv itself costs: the stacked product is used instead.)
+    * first-layer shortcut (``path == "shortcut"``): other ``Sequential(Flatten, Linear, ...)`` models (tanh
+      layers, ...): the precomputed first layer, then the rest of the network per theta (``functional_call``).
+    * generic (``path == "generic"``, or ``shortcut=False``): one forward pass per theta (weights
+      ``w* + P^T theta`` split into views, ``functional_call``).
     """
 
     def __init__(self, model, inputs, targets, basis: torch.Tensor, chunk_size: int | None = None,
@@ -209,29 +222,63 @@ class SubspaceLosses:
         self.device, self.dtype = device_dtype(model)
         self.w0 = flat_params(model)
         self.P = basis.to(device=self.device, dtype=self.dtype)
-        split = _first_linear(model) if shortcut else None
-        self.shortcut = split is not None
-        if self.shortcut:
-            self._prepare_shortcut(*split)
+        self.steps = plan(model) if shortcut else None
+        if self.steps is not None and not plan_accepts(self.steps, inputs[:1].to(self.dtype)):
+            self.steps = None
+        split = _first_linear(model) if shortcut and self.steps is None else None
+        if self.steps is not None:
+            self.path = "batched"
+            first = next(k for k, st in enumerate(self.steps) if st.module is not None)
+            self.first = first
+            self.shortcut = self.steps[first].kind == "linear" and all(
+                st.kind == "flatten" for st in self.steps[:first])
+            prefix = {id(m): name for name, m in model.named_modules()}
+            self._names = [None if st.module is None else
+                           (f"{prefix[id(st.module)]}.weight",
+                            None if st.module.bias is None else f"{prefix[id(st.module)]}.bias")
+                           for st in self.steps]
+            if self.shortcut:
+                lin = self.steps[first].module
+                n_first = lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
+                names = [n for n, _ in model.named_parameters()]
+                if names[:1 + (lin.bias is not None)] != [n for n in self._names[first] if n]:
+                    self.shortcut = False
+                else:
+                    self._precompute_first(lin, n_first)
+        else:
+            self.path = "shortcut" if split is not None else "generic"
+            self.shortcut = split is not None
+            if self.shortcut:
+                self._prepare_shortcut(*split)
+
+    def _first_layer(self, W: torch.Tensor, b: torch.Tensor | None, h: int, d_in: int) -> torch.Tensor:
+        """(D + 1, N, h) first-layer pre-activations of the rows of W (weights) and b (biases), all samples."""
+        weights = W[:, :h * d_in].reshape(-1, h, d_in)
+        N = len(self.inputs)
+        Z = torch.empty(W.shape[0], N, h, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            s = 0
+            for x, _ in chunks(self.inputs, self.targets, self.chunk, self.device, self.dtype):
+                Z[:, s:s + len(x)] = torch.einsum("ni,dhi->dnh", x.flatten(1), weights)   # x: (n, d_in)
+                s += len(x)
+            if b is not None:
+                Z += b[:, None, :]
+        return Z
+
+    def _precompute_first(self, lin: torch.nn.Linear, n_first: int):
+        h, d_in = lin.out_features, lin.in_features
+        W = torch.cat([self.w0[:n_first].unsqueeze(0), self.P[:, :n_first]], 0)          # (D + 1, n_first)
+        Z = self._first_layer(W, W[:, h * d_in:] if lin.bias is not None else None, h, d_in)
+        self.z0, self.zd = Z[0], Z[1:]                                                   # (N, h), (D, N, h)
+        self.n_first = n_first
 
     def _prepare_shortcut(self, first: list, rest: torch.nn.Module):
         names, _, numels = param_layout(self.model)
         n_first = sum(numels[:len(first)])
         lin = self.model[1]
         h, d_in = lin.out_features, lin.in_features
-        W0, P = self.w0[:n_first], self.P[:, :n_first]          # (n_first,), (D, n_first)
-        W = torch.cat([W0.unsqueeze(0), P], 0)                   # (D + 1, n_first)
-        weights = W[:, :h * d_in].reshape(-1, h, d_in)
-        biases = W[:, h * d_in:] if lin.bias is not None else None
-        N = len(self.inputs)
-        Z = torch.empty(self.D + 1, N, h, dtype=self.dtype, device=self.device)
-        with torch.no_grad():
-            s = 0
-            for x, _ in chunks(self.inputs, self.targets, self.chunk, self.device, self.dtype):
-                Z[:, s:s + len(x)] = torch.einsum("ni,dhi->dnh", x.flatten(1), weights)   # x: (n, d_in)
-                s += len(x)
-            if biases is not None:
-                Z += biases[:, None, :]
+        W = torch.cat([self.w0[:n_first].unsqueeze(0), self.P[:, :n_first]], 0)          # (D + 1, n_first)
+        Z = self._first_layer(W, W[:, h * d_in:] if lin.bias is not None else None, h, d_in)
         self.z0, self.zd = Z[0], Z[1:].reshape(self.D, -1)      # (N, h), (D, N h)
         self.rest = rest
         self.rest_names = names[len(first):]
@@ -243,8 +290,51 @@ class SubspaceLosses:
         if th.dim() != 2 or th.shape[1] != self.D:
             raise ValueError(f"thetas must have shape (T, D={self.D}) to match the basis; got {tuple(thetas.shape)}")
         th = th.to(device=self.device, dtype=self.dtype)
-        out = self._shortcut(th, progress) if self.shortcut else self._generic(th, progress)
+        if self.path == "batched":
+            out = self._batched(th, progress)
+        else:
+            out = self._shortcut(th, progress) if self.shortcut else self._generic(th, progress)
         return out[0] if single else out
+
+    def _block_samples(self, B: int) -> int:
+        """Samples per block of the batched path: at most ``BATCH_ELEMENTS`` activations per tensor."""
+        widest = 1
+        for st in self.steps:
+            if st.kind == "linear":
+                widest = max(widest, st.module.out_features, st.module.in_features)
+            elif st.kind == "conv_pool":
+                widest = max(widest, 16 * max(st.module.in_channels, st.module.out_channels) * 196)
+        return max(1, min(self.chunk, BATCH_ELEMENTS // (B * widest)))
+
+    def _batched(self, th, progress):
+        T = th.shape[0]
+        N = len(self.inputs)
+        out = torch.empty(T, N, dtype=self.dtype, device=self.device)
+        y_all = self.targets.to(self.device)
+        start = self.first + 1 if self.shortcut else 0
+        with torch.no_grad():
+            for t0 in tqdm(range(0, T, WEIGHT_BLOCK), disable=not progress, desc="thetas", leave=False):
+                tb = th[t0:t0 + WEIGHT_BLOCK]
+                B = tb.shape[0]
+                params = unflatten(self.model, torch.addmm(self.w0.unsqueeze(0), tb, self.P))
+                weights = [None if names is None else (params[names[0]], params[names[1]] if names[1] else None)
+                           for names in self._names]
+                block = self._block_samples(B)
+                for s in range(0, N, block):
+                    e = min(N, s + block)
+                    if self.shortcut:
+                        zd = self.zd[:, s:e].reshape(self.D, -1)
+                        h = torch.addmm(self.z0[s:e].reshape(1, -1), tb, zd).view(B, e - s, -1)
+                        if self.steps[self.first].relu:
+                            h = torch.relu_(h)
+                        logits = plan_forward_many(self.steps, weights, h, start=start, batched=True)
+                    else:
+                        x = self.inputs[s:e].to(device=self.device, dtype=self.dtype)
+                        logits = plan_forward_many(self.steps, weights, x)
+                    y = y_all[s:e]
+                    out[t0:t0 + B, s:e] = self.loss_fn(logits.reshape(B * (e - s), -1),
+                                                       y.repeat(B)).view(B, e - s)
+        return out
 
     def _generic(self, th, progress):
         block = {"start": -1, "W": None}

@@ -294,10 +294,12 @@ class ResultStore:
             where = self.root / stage / name
         rerun = (f"make stage STAGE={notebook} PROFILE={self.profile} SET='section.key=value ...'" if notebook
                  else f"make reproduce PROFILE={self.profile}")
+        why = (f"The results of profile {self.profile!r} (configs/{self.profile}.yaml) are replaced only by the "
+               f"runner. To recompute them with other values, change configs/{self.profile}.yaml or run `{rerun}`; "
+               if (CONFIG_DIR / f"{self.profile}.yaml").is_file() else
+               "This store was created with overwrite=False. ")
         raise ResultConflictError(
-            f"not overwriting {where}: it was computed with other parameters than this run's ({shown}). "
-            f"The results of profile {self.profile!r} (configs/{self.profile}.yaml) are replaced only by the "
-            f"runner. To recompute them with other values, change configs/{self.profile}.yaml or run `{rerun}`; "
+            f"not overwriting {where}: it was computed with other parameters than this run's ({shown}). {why}"
             f"to experiment, give this run another profile name (e.g. profile = 'scratch' in the notebook's "
             f"parameters cell; its results go to results/scratch/); to replace them anyway, use "
             f"ResultStore({self.profile!r}, overwrite=True).")

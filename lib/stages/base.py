@@ -23,12 +23,19 @@ def cached(store: ResultStore, folder: str, name: str, params: dict, compute: Ca
     if not force and store.is_done(folder, name, params):
         return store.meta(folder, name)["summary"], True
     # a result with other parameters is replaced only where the store allows it: stop before computing
-    store.check_replace(folder, name, params, notebook=writer_of(folder).notebook)
+    store.check_replace(folder, name, params, notebook=_notebook_of(folder))
     t0 = time.perf_counter()
     payload, summary = compute()
     seconds = time.perf_counter() - t0
     store.save(folder, name, payload, params, ext=ext, seconds=seconds, summary={**summary, "seconds": seconds})
     return {**summary, "seconds": seconds}, False
+
+
+def _notebook_of(folder: str) -> str | None:
+    try:
+        return writer_of(folder).notebook
+    except ValueError:      # a folder no stage declares (ad-hoc use of cached)
+        return None
 
 
 def rerun_command(notebook: str, profile: str) -> str:
