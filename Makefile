@@ -25,7 +25,7 @@ endif
 PREREQS = $(PYTHON) -m lib.infra.prereqs --venv $(VENV) --goals "$(or $(MAKECMDGOALS),prereqs)"
 
 .DEFAULT_GOAL := help
-.PHONY: help prereqs setup data test pytest lint update-reference notebooks-smoke reproduce notebooks stage \
+.PHONY: help prereqs setup data test pytest lint readme-results update-reference notebooks-smoke reproduce notebooks stage \
         stage-args lab bench clean-results paper slides check-tex paper-test
 LATEXMK := latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error
 
@@ -70,15 +70,18 @@ paper-test: prereqs  ## check the built PDFs: key numbers equal the results, no 
 
 test: prereqs setup data lint notebooks-smoke  ## lint, every notebook (smoke), unit tests, paper + slides + PDF checks
 	SMOKE_RUN_A=results $(PY) -m pytest -q -m "not paper"
-	$(MAKE) paper slides
+	$(MAKE) paper slides REGEN=0
 	$(MAKE) paper-test
+
+readme-results: setup  ## rewrite the README's results block from results/paper (after make reproduce)
+	$(PY) -m lib.outputs.readme --profile paper --write
 
 update-reference: setup  ## rewrite tests/reference/smoke.json from results/smoke (after an intended change)
 	$(PY) tests/key_numbers.py --update
 
 reproduce: prereqs setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
 	$(PY) -m lib --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
-	$(MAKE) paper slides
+	$(MAKE) paper slides REGEN=0
 
 check-tex:
 	@$(PYTHON) -m lib.infra.prereqs --goals check-tex
@@ -86,7 +89,8 @@ check-tex:
 # PROFILE given on the command line: regenerate figures/numbers from that profile first (notebook 06);
 # otherwise build from whatever profile was reproduced last (paper/generated/source.json says which).
 define build_tex
-	@if [ "$(origin PROFILE)" = "command line" ]; then $(PY) -m lib --profile $(PROFILE) --only 06_figures; fi
+	@if [ "$(origin PROFILE)" = "command line" ] && [ "$(REGEN)" != 0 ]; then \
+	  $(PY) -m lib --profile $(PROFILE) --only 06_figures; fi
 	@test -f paper/generated/numbers.tex || { echo "error: paper/generated/numbers.tex is missing: run 'make reproduce PROFILE=smoke' (or paper) first"; exit 2; }
 	@$(PY) -m lib.outputs.registry --check >/dev/null
 	cd $(1) && $(LATEXMK) main.tex >/dev/null || { tail -40 $(1)/main.log; exit 1; }
