@@ -252,18 +252,20 @@ def conv_pool_pre(cols: torch.Tensor, phase: torch.Tensor, bias4: torch.Tensor |
     return z.view(4, phase.shape[0] // 4, -1)
 
 
-def _conv_pool_forward(h: torch.Tensor, phase: torch.Tensor, bias4: torch.Tensor | None) -> torch.Tensor:
-    """relu(maxpool2(conv3x3(h))) of channel-major h (C, n, H, W) -> (O, n, H/2, W/2)."""
+def _conv_pool_forward(h: torch.Tensor, phase: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """relu(maxpool2(conv3x3(h))) of channel-major h (C, n, H, W) -> (O, n, H/2, W/2); the bias is added after
+    the max (it is the same at the four window positions)."""
     C, n, H, W = h.shape
-    pooled = torch.relu(conv_pool_pre(conv_pool_columns(h), phase, bias4).amax(0))
-    return pooled.view(phase.shape[0] // 4, n, H // 2, W // 2)
+    pooled = conv_pool_pre(conv_pool_columns(h), phase, None).amax(0)
+    if bias is not None:
+        pooled = pooled + bias.unsqueeze(1)
+    return torch.relu(pooled).view(phase.shape[0] // 4, n, H // 2, W // 2)
 
 
 def plan_forward(steps: list[Step], x: torch.Tensor) -> torch.Tensor:
     """The network's output for inputs x by the fast kernels, in blocks of ``FUSED_CHUNK`` samples when a conv-pool
     stage is present (autograd, forward-mode AD and vmap all apply: views, pads, stacks, matrix products, max)."""
-    weights = [(phase_weights(s.module.weight), None if s.module.bias is None else s.module.bias.repeat(4))
-               if s.kind == "conv_pool" else None for s in steps]
+    weights = [(phase_weights(s.module.weight), s.module.bias) if s.kind == "conv_pool" else None for s in steps]
     if not any(w is not None for w in weights) or len(x) <= FUSED_CHUNK:
         return _plan_block(steps, weights, x)
     return torch.cat([_plan_block(steps, weights, x[i:i + FUSED_CHUNK]) for i in range(0, len(x), FUSED_CHUNK)])
@@ -287,8 +289,9 @@ def _plan_block(steps: list[Step], weights: list, x: torch.Tensor) -> torch.Tens
 
 
 def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: int = 0,
-                      batched: bool = False) -> torch.Tensor:
-    """Outputs (B, n, K) of the network for B weight sets at once, one batched matrix product per layer.
+                      batched: bool = False, classes_first: bool = False) -> torch.Tensor:
+    """Outputs (B, n, K) (``classes_first``: (B, K, n), the layout in which a softmax over K is fast) of the
+    network for B weight sets at once, one batched matrix product per layer.
 
     ``weights[k]`` = (W (B, ...), b (B, ...) or None) for every affine step k >= ``start`` (other entries unused);
     ``h``: the input of step ``start``, shared by all weight sets (``batched=False``: (n, ...) as the model takes
@@ -298,7 +301,8 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
     B = next(w[0].shape[0] for w in weights[start:] if w is not None)
     layout = ("batched_" if batched else "shared_") + ("image" if batched and h.dim() == 5 else
                                                        "rows" if batched else "input")
-    for s, w in zip(steps[start:], weights[start:]):
+    last = len(steps) - 1
+    for k, (s, w) in enumerate(zip(steps[start:], weights[start:]), start):
         if s.kind == "flatten":
             if layout == "batched_image":
                 h = h.permute(0, 2, 1, 3, 4).flatten(2)
@@ -307,6 +311,12 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
             else:
                 h = h.flatten(1)
             layout = "batched_rows" if layout.startswith("batched") else "shared_input"
+        elif s.kind == "linear" and classes_first and k == last:
+            W, b = w
+            h = torch.matmul(W, h.transpose(-1, -2))                               # B, K, n
+            if b is not None:
+                h = h + b.unsqueeze(2)
+            return torch.relu(h) if s.relu else h
         elif s.kind == "linear":
             W, b = w
             if layout == "batched_rows":
@@ -326,14 +336,14 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
             P = phase_weights(W)                                                  # B, 4 O, 16 C
             if layout == "batched_image":
                 _, _, n, H, Wd = h.shape
-                cols = conv_pool_columns(h.reshape(B * C, n, H, Wd)).view(B, 16 * C, -1)
-                z = torch.bmm(P, cols) if b is None else torch.baddbmm(b.repeat(1, 4).unsqueeze(2), P, cols)
+                z = torch.bmm(P, conv_pool_columns(h.reshape(B * C, n, H, Wd)).view(B, 16 * C, -1))
             else:
                 x = h.transpose(0, 1) if layout == "shared_input" else h
                 _, n, H, Wd = x.shape
-                cols = conv_pool_columns(x)
-                P = P.reshape(B * 4 * O, 16 * C)
-                z = P @ cols if b is None else torch.addmm(b.repeat(1, 4).reshape(-1, 1), P, cols)
-            h = torch.relu(z.view(B, 4, O, -1).amax(1)).view(B, O, n, H // 2, Wd // 2)
+                z = P.reshape(B * 4 * O, 16 * C) @ conv_pool_columns(x)
+            pooled = z.view(B, 4, O, -1).amax(1)
+            if b is not None:
+                pooled += b.unsqueeze(2)
+            h = torch.relu_(pooled).view(B, O, n, H // 2, Wd // 2)
             layout = "batched_image"
     return h

@@ -12,6 +12,7 @@ Conventions (shared by ``sampling``, ``montecarlo`` and ``quadratic``):
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -42,7 +43,7 @@ DEFAULT_CHUNK = 16384
 #: path, evaluated together
 WEIGHT_BLOCK = 16
 #: activations per tensor on the batched path (thetas x samples x width); sets its block of samples
-BATCH_ELEMENTS = 2 ** 23
+BATCH_ELEMENTS = 2 ** 22
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -268,8 +269,7 @@ class SubspaceLosses:
     def _precompute_first(self, lin: torch.nn.Linear, n_first: int):
         h, d_in = lin.out_features, lin.in_features
         W = torch.cat([self.w0[:n_first].unsqueeze(0), self.P[:, :n_first]], 0)          # (D + 1, n_first)
-        Z = self._first_layer(W, W[:, h * d_in:] if lin.bias is not None else None, h, d_in)
-        self.z0, self.zd = Z[0], Z[1:]                                                   # (N, h), (D, N, h)
+        self.z = self._first_layer(W, W[:, h * d_in:] if lin.bias is not None else None, h, d_in)  # (D+1, N, h)
         self.n_first = n_first
 
     def _prepare_shortcut(self, first: list, rest: torch.nn.Module):
@@ -297,13 +297,20 @@ class SubspaceLosses:
         return out[0] if single else out
 
     def _block_samples(self, B: int) -> int:
-        """Samples per block of the batched path: at most ``BATCH_ELEMENTS`` activations per tensor."""
-        widest = 1
+        """Samples per block of the batched path: at most ``BATCH_ELEMENTS`` activations per tensor (per sample
+        and theta: a Linear's output, a conv-pool stage's patches and its four conv outputs per window)."""
+        shape, widest = tuple(self.inputs.shape[1:]), 1
         for st in self.steps:
-            if st.kind == "linear":
-                widest = max(widest, st.module.out_features, st.module.in_features)
-            elif st.kind == "conv_pool":
-                widest = max(widest, 16 * max(st.module.in_channels, st.module.out_channels) * 196)
+            if st.kind == "flatten":
+                shape = (math.prod(shape),)
+            elif st.kind == "linear":
+                shape = (st.module.out_features,)
+                widest = max(widest, shape[0])
+            else:
+                C, H, W = shape
+                O = st.module.out_channels
+                widest = max(widest, 4 * max(4 * C, O) * (H // 2) * (W // 2))
+                shape = (O, H // 2, W // 2)
         return max(1, min(self.chunk, BATCH_ELEMENTS // (B * widest)))
 
     def _batched(self, th, progress):
@@ -312,6 +319,7 @@ class SubspaceLosses:
         out = torch.empty(T, N, dtype=self.dtype, device=self.device)
         y_all = self.targets.to(self.device)
         start = self.first + 1 if self.shortcut else 0
+        fast_loss = self.loss_fn is cross_entropy_per_sample
         with torch.no_grad():
             for t0 in tqdm(range(0, T, WEIGHT_BLOCK), disable=not progress, desc="thetas", leave=False):
                 tb = th[t0:t0 + WEIGHT_BLOCK]
@@ -320,20 +328,24 @@ class SubspaceLosses:
                 weights = [None if names is None else (params[names[0]], params[names[1]] if names[1] else None)
                            for names in self._names]
                 block = self._block_samples(B)
+                ext = torch.cat([tb.new_ones(B, 1), tb], 1)
                 for s in range(0, N, block):
                     e = min(N, s + block)
-                    if self.shortcut:
-                        zd = self.zd[:, s:e].reshape(self.D, -1)
-                        h = torch.addmm(self.z0[s:e].reshape(1, -1), tb, zd).view(B, e - s, -1)
+                    if self.shortcut:                    # z* + theta . z_d as one product: [1, theta] . [z*, z_d]
+                        h = (ext @ self.z[:, s:e].reshape(self.D + 1, -1)).view(B, e - s, -1)
                         if self.steps[self.first].relu:
                             h = torch.relu_(h)
-                        logits = plan_forward_many(self.steps, weights, h, start=start, batched=True)
+                        logits = plan_forward_many(self.steps, weights, h, start=start, batched=True,
+                                                   classes_first=fast_loss)
                     else:
                         x = self.inputs[s:e].to(device=self.device, dtype=self.dtype)
-                        logits = plan_forward_many(self.steps, weights, x)
+                        logits = plan_forward_many(self.steps, weights, x, classes_first=fast_loss)
                     y = y_all[s:e]
-                    out[t0:t0 + B, s:e] = self.loss_fn(logits.reshape(B * (e - s), -1),
-                                                       y.repeat(B)).view(B, e - s)
+                    if fast_loss:                        # (B, K, n): the softmax runs along contiguous samples
+                        out[t0:t0 + B, s:e] = F.cross_entropy(logits, y.expand(B, -1), reduction="none")
+                    else:
+                        out[t0:t0 + B, s:e] = self.loss_fn(logits.reshape(B * (e - s), -1),
+                                                           y.repeat(B)).view(B, e - s)
         return out
 
     def _generic(self, th, progress):
