@@ -43,7 +43,7 @@ DEFAULT_CHUNK = 16384
 #: path, evaluated together
 WEIGHT_BLOCK = 16
 #: activations per tensor on the batched path (thetas x samples x width); sets its block of samples
-BATCH_ELEMENTS = 2 ** 22
+BATCH_ELEMENTS = 2 ** 20
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

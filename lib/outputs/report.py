@@ -149,6 +149,17 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("cnn", "outer", "max", r["dataset"])] = fmt(r["outer_norms_max"], 3)
         out[macro("cnn", "full", "max", r["dataset"])] = fmt(r["full_norms_max"], 3)
         out[macro("cnn", "bound", "over", "measured", r["dataset"])] = fmt(r["bound"] / r["outer_norms_max"], 2)
+    for ds, m, seed in solver_runs(store):
+        for r in load_solvers(store, ds, m, seed)["rows"]:
+            tag = {"lanczos (ours)": "Lanczos", "power (ours)": "Power", "PyHessian 0.1": "PyHessian"}[r["method"]]
+            out[macro("solver", "res", tag, ds, m)] = fmt(r["max_residual"], 2)
+            out[macro("solver", "hvp", tag, ds, m)] = fmt(int(r["hvp_count"]))
+    for ds in datasets:
+        for m in models:
+            p = load_spectrum(store, ds, m, seeds[0])
+            if p.get("pyhessian"):
+                out[macro("pyhessian", "density", "l1", ds, m)] = fmt(p["pyhessian"]["l1_difference"], 2)
+                out[macro("pyhessian", "trace", ds, m)] = fmt(p["pyhessian"]["trace"]["estimate"])
     r0 = load_table(store, "r0")
     if r0:
         out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))
