@@ -601,3 +601,132 @@ def test_eigenvector_signs_are_canonical():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     flipped = H.canonical_signs(-a)
     torch.testing.assert_close(flipped, a, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------- kept state
+def _study_cnn_case(n=6, seed=0):
+    """The study CNN's class at small channel counts, on 28 x 28 images: its exact Hessian is affordable."""
+    from lib.core.models import cnn
+    from tests.cases import seeded_data, seeded_model
+    net = seeded_model(lambda: cnn((2, 3)), seed)
+    x, y = seeded_data(n, (1, 28, 28), 10, seed=5)
+    return net, x, y
+
+
+def _mlp_with_constant_columns():
+    """Sequential(Flatten, Linear, ReLU, Linear, ReLU, Linear) on inputs with constant columns (the first Linear
+    then skips them, their contribution is a rank-one term)."""
+    from tests.cases import seeded_data, seeded_model
+    net = seeded_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                                             nn.Linear(8, 3)), 0)
+    x, y = seeded_data(30, (1, 3, 4), 3)
+    x[:, 0, 0, :3] = 0.7
+    return net, x, y
+
+
+@pytest.mark.parametrize("build, engine", [(lambda: make("relu"), "structured"), (lambda: make("nobias"), "structured"),
+                                           (lambda: make("pooled_cnn"), "structured"),
+                                           (_mlp_with_constant_columns, "structured"),
+                                           (_study_cnn_case, "structured"), (lambda: make("tanh"), "graph"),
+                                           (lambda: make("cnn"), "graph"), (lambda: make("dropout"), "graph")])
+def test_every_engine_matches_the_explicit_hessian(build, engine):
+    """'auto' picks the structured R-op for ReLU MLPs and conv-pool CNNs, the kept graph otherwise; every engine
+    gives the explicit Hessian's products, whatever the chunking."""
+    model, x, y = build()
+    hess = explicit_hessian(model, x, y)
+    vs = torch.randn(3, hess.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert H.HessianOperator(model, x, y).engine == engine
+    for eng in ("auto", "graph", "rebuild"):
+        for chunk in (4, len(x)):
+            op = H.HessianOperator(model, x, y, chunk_size=chunk, engine=eng)
+            for v in vs:
+                torch.testing.assert_close(op.hvp(v), hess @ v, rtol=1e-9, atol=1e-12 * float(hess.abs().max()))
+            assert op.hvp_count == 3
+            kept = 0 if eng == "rebuild" else -(-len(x) // chunk)
+            assert op.kept_chunks == kept and (op.kept_bytes > 0) == (kept > 0)
+            assert op.state_builds == (0 if eng == "rebuild" else 1)
+
+
+def test_kept_state_equals_rebuilt_products_on_the_study_models():
+    """Float32 study networks: the kept-state products equal the products rebuilt from scratch to float tolerance
+    (structured R-op for mlp1 and the CNN, kept autograd graph, rebuild)."""
+    from lib.core import models
+    g = torch.Generator().manual_seed(0)
+    for name in ("mlp1", "cnn"):
+        net = models.build(name, 0)
+        x = torch.randn(300, 1, 28, 28, generator=g)
+        x[:, :, :3] = -0.42                                  # constant border rows, as in MNIST
+        y = torch.randint(0, 10, (300,), generator=g)
+        v = torch.randn(models.n_params(net), generator=g)
+        products = {eng: H.HessianOperator(net, x, y, chunk_size=128, engine=eng).hvp(v)
+                    for eng in ("structured", "graph", "rebuild")}
+        scale = float(products["rebuild"].abs().max())
+        for eng in ("structured", "graph"):
+            torch.testing.assert_close(products[eng], products["rebuild"], rtol=0, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("engine", ["structured", "graph"])
+def test_a_weight_change_invalidates_the_kept_state(engine):
+    """In-place edits, edits through .data (no version bump), load_state_dict and vector_to_parameters all rebuild
+    the state at the next product; products are always those of the current weights."""
+    model, x, y = make("relu")
+    op = H.HessianOperator(model, x, y, chunk_size=20, engine=engine)
+    v = torch.randn(op.n_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    original = {k: t.clone() for k, t in model.state_dict().items()}
+
+    def check(builds):
+        torch.testing.assert_close(op.hvp(v), explicit_hessian(model, x, y) @ v, rtol=1e-9, atol=1e-12)
+        assert op.state_builds == builds and op.kept_chunks == 3
+
+    try:
+        check(1)
+        op.hvp(v)
+        assert op.state_builds == 1                               # unchanged weights: state reused
+        with torch.no_grad():
+            model[0].weight.mul_(1.5)
+        check(2)
+        model[2].bias.data.add_(0.25)                             # .data: the version counter does not move
+        check(3)
+        model.load_state_dict(original)
+        check(4)
+        flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        torch.nn.utils.vector_to_parameters(flat * 0.5, model.parameters())
+        check(5)
+        op.drop_state()
+        assert op.kept_chunks == 0 and op.kept_bytes == 0
+        check(6)
+    finally:
+        model.load_state_dict(original)
+
+
+@pytest.mark.parametrize("engine", ["structured", "graph"])
+def test_memory_bound_keeps_what_fits_and_rebuilds_the_rest(engine):
+    model, x, y = make("pooled_cnn" if engine == "structured" else "tanh")
+    hess = explicit_hessian(model, x, y)
+    v = torch.randn(hess.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    full = H.HessianOperator(model, x, y, chunk_size=12, engine=engine)
+    full.hvp(v)
+    assert full.kept_chunks == 4
+    per_chunk = full.kept_bytes / 4
+    for budget_chunks in (0, 1, 2.5):
+        mb = budget_chunks * per_chunk * 1.01 / 2 ** 20
+        op = H.HessianOperator(model, x, y, chunk_size=12, engine=engine, keep_graphs_mb=mb)
+        for _ in range(2):
+            torch.testing.assert_close(op.hvp(v), hess @ v, rtol=1e-9, atol=1e-12)
+        assert op.kept_chunks == int(budget_chunks)
+        assert op.kept_bytes <= mb * 2 ** 20
+    assert op.hvp_count == 2
+
+
+def test_engine_choice_is_checked():
+    model, x, y = make("tanh")
+    with pytest.raises(ParameterError, match="engine='structured' is not allowed"):
+        H.HessianOperator(model, x, y, engine="structured")
+    with pytest.raises(ParameterError, match="engine='fast' is not allowed"):
+        H.HessianOperator(model, x, y, engine="fast")
+    with pytest.raises(ParameterError, match="keep_graphs_mb=-1 is not allowed"):
+        H.HessianOperator(model, x, y, keep_graphs_mb=-1)
+    # odd image sizes: the CNN's conv-pool stages do not apply, the kept graph does
+    net, _, _ = _study_cnn_case()
+    xo = torch.randn(3, 1, 26, 26, dtype=torch.float64)
+    assert H.HessianOperator(net, xo, torch.zeros(3, dtype=torch.long)).engine == "graph"

@@ -208,3 +208,26 @@ def test_order_curves_and_batch_means_are_consistent():
     c2 = delta_curve(model, x, y, P, make_sampler("gaussian", sigma=0.5), 10, n_batches=4, progress=False)
     sizes = np.array([3, 2, 3, 2])                                                  # unit u -> batch u*4//10
     np.testing.assert_allclose((c2.batch_means * sizes[:, None]).sum(0) / 10, c2.delta, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlp2", "cnn"])
+def test_delta_curve_on_the_batched_paths_equals_the_generic_forward(name, monkeypatch):
+    """The study networks' Monte-Carlo curves from the batched loss paths (MLP first layer precomputed, CNN
+    conv-pool stages stacked over thetas) equal those from one plain forward pass per theta."""
+    import functools
+
+    from lib.core import models
+    from lib.core import montecarlo as mc
+    from lib.core.subspace import SubspaceLosses
+    net = models.build(name, 0, dtype=torch.float64).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (60,), generator=g)
+    P = random_basis(n_params(net), 3, seed=2, dtype=torch.float64)
+    kw = dict(n_samples=20, seed=3, n_orders=2, batch_thetas=8, progress=False)
+    fast = delta_curve(net, x, y, P, Gaussian(0.3), **kw)
+    monkeypatch.setattr(mc, "SubspaceLosses", functools.partial(SubspaceLosses, shortcut=False))
+    slow = delta_curve(net, x, y, P, Gaussian(0.3), **kw)
+    for field in ("delta", "stderr", "centred", "order_mean", "losses0"):
+        np.testing.assert_allclose(getattr(fast, field), getattr(slow, field), rtol=1e-9, atol=1e-15)
+    assert fast.vbar == pytest.approx(slow.vbar, rel=1e-10) and fast.n_forward == slow.n_forward == 21

@@ -463,8 +463,9 @@ def test_convergence_saves_every_table_as_returned(tiny_pipeline):
     out = tiny_pipeline.out["convergence"]
     assert list(out) == list(convergence_stage.TABLES)
     assert store.names("analysis") == sorted(convergence_stage.TABLES)
+    has_cnn = "cnn" in tiny_pipeline.profile.common.models
     for table, rows in out.items():
-        assert rows, f"table {table} is empty"
+        assert bool(rows) == (table != "cnn_bound" or has_cnn), f"table {table}: {len(rows)} rows"
         assert convergence_stage.load_table(store, table) == json.loads(json_bytes(rows))
     assert json.loads((store.root / "summary.json").read_text()) == json.loads(json_bytes(out["summary"]))
 

@@ -185,12 +185,59 @@ def test_first_layer_shortcut_equals_generic_forward(bias):
     assert torch.allclose(fast(thetas), direct, rtol=1e-12, atol=1e-12)
 
 
-def test_shortcut_not_used_for_cnn():
+def test_cnn_takes_the_batched_path_and_equals_explicit_losses():
     net = seeded_model(lambda: cnn((2, 2)), 0, torch.float32)
     x, y = seeded_data(3, (1, 28, 28), 10, dtype=torch.float32)
     P = random_basis(n_params(net), 2, seed=0)
     losses = SubspaceLosses(net, x, y, P)
-    assert not losses.shortcut
+    assert losses.path == "batched" and not losses.shortcut
     theta = torch.tensor([0.5, -0.25])
     torch.testing.assert_close(losses(theta), explicit_losses(net, x, y, flat_params(net) + P.T @ theta),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "mlp_nobias", "cnn", "cnn_nobias", "relu_2d"])
+def test_batched_paths_equal_the_generic_forward(kind, monkeypatch):
+    """Many thetas per matrix product (MLP first layer precomputed; CNN conv-pool stages stacked) give the generic
+    one-forward-per-theta losses: several theta blocks, several sample blocks, a custom loss function."""
+    from lib.core import subspace
+    torch.manual_seed(0)
+    shape = (1, 28, 28)
+    if kind.startswith("mlp"):
+        net = mlp((16, 8), bias=kind == "mlp").double()
+    elif kind.startswith("cnn"):
+        net = cnn((2, 3)).double()
+        if kind == "cnn_nobias":
+            for m in net:
+                if hasattr(m, "bias") and m.bias is not None:
+                    m.bias = None
+    else:
+        net = seeded_model(lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), 0)
+        shape = (6,)
+    x = torch.randn(45, *shape, dtype=torch.float64)
+    y = torch.randint(0, 3, (45,))
+    P = random_basis(n_params(net), 3, seed=1, dtype=torch.float64)
+    thetas = torch.randn(subspace.WEIGHT_BLOCK + 5, 3, dtype=torch.float64)
+    monkeypatch.setattr(subspace, "BATCH_ELEMENTS", 1000)            # several blocks of samples
+    fast = SubspaceLosses(net, x, y, P)
+    slow = SubspaceLosses(net, x, y, P, shortcut=False)
+    assert fast.path == "batched" and slow.path == "generic"
+    assert fast.shortcut == kind.startswith("mlp") or kind == "relu_2d"
+    assert fast._block_samples(subspace.WEIGHT_BLOCK) < len(x)
+    torch.testing.assert_close(fast(thetas), slow(thetas), rtol=1e-12, atol=1e-12)
+
+    def squared_margin(out, t):                                       # a custom per-sample loss: rows layout
+        return (out - out.gather(1, t[:, None])).pow(2).sum(1)
+    torch.testing.assert_close(SubspaceLosses(net, x, y, P, loss_fn=squared_margin)(thetas),
+                               SubspaceLosses(net, x, y, P, loss_fn=squared_margin, shortcut=False)(thetas),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_tanh_mlp_keeps_the_per_theta_first_layer_shortcut():
+    net = seeded_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3)), 0)
+    x, y = data()
+    P = random_basis(n_params(net), 2, seed=0, dtype=torch.float64)
+    fast, slow = SubspaceLosses(net, x, y, P), SubspaceLosses(net, x, y, P, shortcut=False)
+    assert fast.path == "shortcut" and fast.shortcut
+    thetas = gaussian(4, 2, seed=5)
+    torch.testing.assert_close(fast(thetas), slow(thetas), rtol=1e-12, atol=1e-12)

@@ -74,7 +74,7 @@ def theory_rows(store: ResultStore, curves) -> list[dict]:
             sur_ratio = c["delta"] / np.maximum(c["surrogate"], 1e-300)
             row.update({"median_mc_over_surrogate": float(np.median(sur_ratio)),
                         "vbar_surrogate_over_mc": float(c["surrogate_vbar"] / c["vbar"]) if c["vbar"] > 0 else None,
-                        "surrogate_seconds": float(c["surrogate_seconds"] + c["jets_seconds"])})
+                        "surrogate_seconds": load(store, CURVES, s.name).meta["summary"].get("surrogate_seconds")})
         if c.get("T") is not None:
             row["median_mc_over_t"] = float(np.median(c["delta"] / np.maximum(c["T"], 1e-300)))
         rows.append(row)
