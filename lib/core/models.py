@@ -298,7 +298,8 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
     it) or per weight set (``batched=True``: (B, n, F) rows, or (B, C, n, H, W) channel-major images before a
     conv-pool step). Conv-pool stages on a shared input run as one product with the B phase matrices stacked.
     No autograd needed (plain tensor operations); inputs are not chunked here."""
-    B = next(w[0].shape[0] for w in weights[start:] if w is not None)
+    # B weight sets; with no affine step left (the first-layer shortcut took the only layer) h carries them
+    B = next((w[0].shape[0] for w in weights[start:] if w is not None), h.shape[0] if batched else 1)
     layout = ("batched_" if batched else "shared_") + ("image" if batched and h.dim() == 5 else
                                                        "rows" if batched else "input")
     last = len(steps) - 1

@@ -226,6 +226,8 @@ class SubspaceLosses:
         self.steps = plan(model) if shortcut else None
         if self.steps is not None and not plan_accepts(self.steps, inputs[:1].to(self.dtype)):
             self.steps = None
+        if self.steps is not None and sum(st.module is not None for st in self.steps) < 2:
+            self.steps = None          # a single affine layer: nothing to batch after it; the plain paths serve
         split = _first_linear(model) if shortcut and self.steps is None else None
         if self.steps is not None:
             self.path = "batched"
