@@ -46,7 +46,7 @@ def residuals(model, x, y, values, vectors) -> torch.Tensor:
 
 def run_pyhessian(model, x, y, k: int, tol: float, seed: int = 0) -> dict:
     """PyHessian 0.1 as users call it; model mode and .grad fields restored afterwards."""
-    from pyhessian import hessian as pyhessian_hessian   # optional dependency, imported where it is needed
+    from pyhessian import hessian as pyhessian_hessian  # optional dependency, imported where it is needed
 
     grads = [p.grad for p in model.parameters()]
     try:

@@ -16,8 +16,11 @@ number of products that call made and ``seconds`` its wall time::
     assert op.hvp_count == top.hvp_count + low.hvp_count + tr.hvp_count + dens.hvp_count
 
 The model is evaluated in eval mode and its train/eval flags are restored afterwards; parameters' ``.grad``
-fields are never read or written (products use ``torch.func.functional_call`` on detached copies of the weights),
-and the operator reads the model's current weights at each product, so no call depends on an earlier one.
+fields are never read or written (products use detached copies of the weights). Products reuse per-chunk state
+kept while the weights are unchanged (``engine``: an exact R-op over kept activations for ReLU MLPs and conv-pool
+CNNs, else the kept autograd graph of each chunk's gradient; bounded by ``keep_graphs_mb``); any change of a
+parameter or buffer rebuilds it, so every product uses the model's current weights and no result depends on an
+earlier call.
 
 Solvers (docs/specification.md section 2):
 

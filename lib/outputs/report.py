@@ -417,12 +417,15 @@ def solver_table(store) -> str:
             hvp = p["hvp_counts"]
             ours_s = load(store, SPECTRA, run_name(ds, m, seed)).meta["summary"]["solver_seconds"]
             for label, ours_n, ours_t, theirs in (
-                    ("trace", hvp["trace"], ours_s.get("trace"), p["pyhessian"]["trace"]),
-                    ("density", hvp["density"], ours_s.get("density"), p["pyhessian"]["density"])):
+                    ("trace", hvp["trace"], ours_s.get("trace"),
+                     {**p["pyhessian"]["trace"], "seconds": ours_s.get("pyhessian_trace")}),
+                    ("density", hvp["density"], ours_s.get("density"),
+                     {**p["pyhessian"]["density"], "seconds": ours_s.get("pyhessian_density")})):
                 rows.append([TEX_LABELS[ds], TEX_LABELS[m], f"{label} (ours)", "--", "--", fmt(int(ours_n)),
                              fmt(ours_t, 2) if ours_t else "--", "--"])
                 rows.append([TEX_LABELS[ds], TEX_LABELS[m], f"{label} (PyHessian)", "--", "--",
-                             fmt(int(theirs["products"])), fmt(theirs["seconds"], 2), "--"])
+                             fmt(int(theirs["products"])),
+                             fmt(theirs["seconds"], 2) if theirs["seconds"] is not None else "--", "--"])
     header = ["data", "model", "solver", "$k$", "$N$", "products", "time (s)", "max residual"]
     return _tabular(header, rows, "lllrrrrr")
 
