@@ -71,7 +71,7 @@ def lab(tmp_path):
              f"LAB_ARGS=--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token}"],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     try:
         while True:
             try:
@@ -123,7 +123,7 @@ def test_make_lab_opens_a_py_notebook_and_runs_a_cell(lab, browser, tmp_path):
     cleanup = not checkpoints.exists()
     before = paired.stat().st_mtime_ns if paired.exists() else None
     source = (REPO_ROOT / "notebooks" / NOTEBOOK).read_bytes()
-    wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
+    wait = WebDriverWait(browser, 90, ignored_exceptions=[StaleElementReferenceException])
     try:
         browser.get(f"{base}/lab/tree/notebooks?token={token}")
         item = wait.until(EC.element_to_be_clickable(
@@ -143,7 +143,7 @@ def test_make_lab_opens_a_py_notebook_and_runs_a_cell(lab, browser, tmp_path):
         ActionChains(browser).send_keys(Keys.ESCAPE).send_keys("a").send_keys(Keys.ENTER).perform()
         ActionChains(browser).send_keys("import sys; print('browser test:', profile, n_train, sys.prefix)").perform()
         _shift_enter(browser)
-        out = WebDriverWait(browser, 60).until(lambda d: [
+        out = WebDriverWait(browser, 180).until(lambda d: [
             e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output") if "browser test:" in e.text])
     except Exception:
         browser.save_screenshot(str(tmp_path / "failure.png"))
