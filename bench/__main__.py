@@ -1,7 +1,8 @@
 """All benchmarks in one run, ending with one table of measured ratios against their targets.
 
-    python -m bench            # N = 10,000 MNIST images (make bench); about 35 min on this 2-core CPU under load
-    python -m bench --quick    # N = 1,000, k = 1 and 4, small memory run: a smoke run of the code, ~4 min
+    python -m bench            # N = 10,000 MNIST images (make bench): 7 min on this 2-core CPU, 12 min under load
+    python -m bench --quick    # N = 1,000, k = 1 and 4, small memory run: a smoke run of the code, 30 s (6 min
+                               # under load); its ratios are printed but not judged (small N: overheads dominate)
     python -m bench --threads 1 --skip solvers,memory    # what to leave out; torch intra-op threads
 
 Rows (one table, ``measured / target`` and whether it is met; ``target`` is an upper bound for costs and a lower
@@ -16,10 +17,14 @@ bound for speed-ups):
 
 mlp2 is the paper's trained network (``results/paper/train/mnist_mlp2_s0`` when present with the same N, else
 trained here with the paper recipe, 10 epochs; 1 epoch with ``--quick``); mlp1 and the CNN are seed-0
-initialisations (costs do not depend on training). Every ratio is measured within this run (interleaved repeats,
-medians), so a busy machine slows both sides alike; the load average before and after is recorded. The rows,
-their details and the run's parameters go to ``results/bench/bench/{full,quick}.json`` (``ResultStore("bench")``,
-with provenance) for the paper to read.
+initialisations (training barely moves their costs; mlp2's product skips the trained network's ReLU units that are
+inactive on a whole chunk). Every ratio is measured within this run (interleaved repeats,
+medians), so a busy machine slows both sides alike; the load average before and after is recorded. On a shared
+machine 2-thread timings of many small operations (the CNN) are erratic: idle OpenMP threads spin and take the core
+the other thread needs (load average 5: CNN forward 10x mlp2's instead of 3x); ``OMP_WAIT_POLICY=PASSIVE`` cures
+that under load but costs ~2x on a quiet machine (thread wake-ups), so the bench leaves torch's defaults alone.
+The rows, their details and the run's parameters go to ``results/bench/bench/{full,quick}.json``
+(``ResultStore("bench")``, with provenance) for the paper to read.
 """
 from __future__ import annotations
 
@@ -31,10 +36,8 @@ import time
 import torch
 
 from bench import cost_bench, hessian_bench, montecarlo_bench, pyhessian_bench
-from lib.core import models, train
 from lib.infra import data
 from lib.infra.results import ResultStore
-from lib.stages.base import load_trained
 
 SECTIONS = ("costs", "pyhessian", "solvers", "montecarlo", "memory")
 
@@ -50,7 +53,17 @@ def _row(measure: str, value, target, kind: str | None, details: dict | None = N
             **(details or {})}
 
 
-def summary_rows(costs: list[dict], pyh: dict | None, hess: list[dict], mc: list[dict]) -> list[dict]:
+def summary_rows(costs: list[dict], pyh: dict | None, hess: list[dict], mc: list[dict],
+                 judged: bool = True) -> list[dict]:
+    """The summary table's rows; ``judged=False`` (quick runs) keeps measured / target but leaves "met" empty."""
+    rows = _summary_rows(costs, pyh, hess, mc)
+    if not judged:
+        for r in rows:
+            r["ok"] = None
+    return rows
+
+
+def _summary_rows(costs, pyh, hess, mc) -> list[dict]:
     rows = [_row(r["measure"], r["value"], r["target"], r["kind"]) for r in costs]
     if pyh is not None:
         rows.append(_row(pyh["measure"], pyh["value"], pyh["target"], "min" if pyh["ok_residuals"] else None))
@@ -87,26 +100,9 @@ def format_summary(rows: list[dict], header: str = "") -> str:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         met = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
         lines.append(f"{r['measure']:<{width}}  {value:>9}  {target:>10}  {ratio:>15}  {met}")
-    lines.append("measured/target: <= 1 meets an upper bound (costs), >= 1 a lower bound (speed-ups)")
+    lines.append("measured/target: <= 1 meets an upper bound (costs), >= 1 a lower bound (speed-ups); met '-': not "
+                 "judged (no target, or a --quick run)")
     return "\n".join(lines)
-
-
-def trained_mlp2(x, y, n: int, quick: bool, log):
-    """The paper's trained mlp2 (MNIST, seed 0) when saved with the same N, else mlp2 trained here (paper recipe)."""
-    if not quick:
-        try:
-            net, meta = load_trained(ResultStore("paper"), "mnist", "mlp2", 0)
-            if meta.get("params", {}).get("n_train") == n:
-                log("mlp2: the paper's trained network (results/paper/train/mnist_mlp2_s0)")
-                return net, "results/paper/train/mnist_mlp2_s0"
-        except Exception as e:  # noqa: BLE001 - a missing or unreadable result: train one here
-            log(f"mlp2: no usable paper result ({type(e).__name__}); training one")
-    model = models.build("mlp2", 0)
-    t0 = time.perf_counter()
-    epochs = 1 if quick else 10
-    train.train(model, x, y, epochs=epochs, seed=0, progress=False)
-    log(f"mlp2 trained {epochs} epoch(s) on {n} MNIST images in {time.perf_counter() - t0:.0f} s")
-    return model.eval(), f"trained here, {epochs} epochs"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (1000 if args.quick else 10_000)
     x, y = data.training_subset("mnist", n, 0)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    model, source = trained_mlp2(x, y, n, args.quick, log)
+    model, source = pyhessian_bench.trained_mlp2(x, y, n, args.quick, log)
     print(f"N = {n} MNIST images; mlp2: {source}; torch threads {torch.get_num_threads()}; load average "
           f"{load_before[0]:.1f}", flush=True)
     costs = [] if "costs" in skip else cost_bench.run(model, x, y, args.quick, log=log)
@@ -149,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         mc.append(montecarlo_bench.memory_scaling(log=log, **memory))
     if mc:
         print(montecarlo_bench.format_table(mc), flush=True)
-    rows = summary_rows(costs, pyh, hess, mc)
+    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick)
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - t_start) / 60
-    print(format_summary(rows, f"N = {n}, {torch.get_num_threads()} torch threads, load average "
-                               f"{load_before[0]:.1f} -> {load_after[0]:.1f}, {minutes:.1f} min"))
+    print(format_summary(rows, f"N = {n}, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY="
+                               f"{os.environ.get('OMP_WAIT_POLICY')}, load average {load_before[0]:.1f} -> "
+                               f"{load_after[0]:.1f}, {minutes:.1f} min"))
     params = {"n": n, "quick": args.quick, "threads": torch.get_num_threads(), "skip": sorted(skip),
-              "mlp2": source}
+              "mlp2": source, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     ResultStore("bench").save("bench", "quick" if args.quick else "full",
                               {"summary": rows, "costs": costs, "pyhessian": pyh, "hessian": hess, "mc": mc,
                                "load_average": [load_before, load_after], "minutes": minutes},

@@ -71,6 +71,8 @@ def test_default_chunk_size_comes_from_the_model():
     assert operator("relu").chunk_size == H.DEFAULT_CHUNK
     cnn = operator("cnn")
     assert cnn.chunk_size == H.preferred_chunk(cnn.model) and cnn.chunk_size != H.DEFAULT_CHUNK
+    pooled = operator("pooled_cnn")
+    assert pooled.engine == "structured" and pooled.chunk_size == H.preferred_chunk(pooled.model)
 
 
 def test_gradient_and_loss_match_autograd():
@@ -613,6 +615,16 @@ def _study_cnn_case(n=6, seed=0):
     return net, x, y
 
 
+def _two_channel_cnn():
+    """Conv-pool stages on two-channel 8 x 8 images (a first stage with C > 1), bias-free second stage."""
+    from tests.cases import seeded_data, seeded_model
+    net = seeded_model(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                             nn.Conv2d(3, 2, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                                             nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), 0)
+    x, y = seeded_data(20, (2, 8, 8), 3, seed=6)
+    return net, x, y
+
+
 def _mlp_with_constant_columns():
     """Sequential(Flatten, Linear, ReLU, Linear, ReLU, Linear) on inputs with constant columns (the first Linear
     then skips them, their contribution is a rank-one term)."""
@@ -627,7 +639,8 @@ def _mlp_with_constant_columns():
 @pytest.mark.parametrize("build, engine", [(lambda: make("relu"), "structured"), (lambda: make("nobias"), "structured"),
                                            (lambda: make("pooled_cnn"), "structured"),
                                            (_mlp_with_constant_columns, "structured"),
-                                           (_study_cnn_case, "structured"), (lambda: make("tanh"), "graph"),
+                                           (_study_cnn_case, "structured"), (_two_channel_cnn, "structured"),
+                                           (lambda: make("tanh"), "graph"),
                                            (lambda: make("cnn"), "graph"), (lambda: make("dropout"), "graph")])
 def test_every_engine_matches_the_explicit_hessian(build, engine):
     """'auto' picks the structured R-op for ReLU MLPs and conv-pool CNNs, the kept graph otherwise; every engine
@@ -726,7 +739,34 @@ def test_engine_choice_is_checked():
         H.HessianOperator(model, x, y, engine="fast")
     with pytest.raises(ParameterError, match="keep_graphs_mb=-1 is not allowed"):
         H.HessianOperator(model, x, y, keep_graphs_mb=-1)
+    # class probabilities as targets: the structured R-op (class-index cross-entropy) does not apply
+    relu, xr, yr = make("relu")
+    soft = torch.nn.functional.one_hot(yr, 3).double() * 0.8 + 0.2 / 3
+    op = H.HessianOperator(relu, xr, soft)
+    assert op.engine == "graph"
+    v = torch.randn(op.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = explicit_hessian(relu, xr, soft, loss=lambda out, t: torch.nn.functional.cross_entropy(out, t)) @ v
+    torch.testing.assert_close(op.hvp(v), expected, rtol=1e-9, atol=1e-12)
     # odd image sizes: the CNN's conv-pool stages do not apply, the kept graph does
     net, _, _ = _study_cnn_case()
     xo = torch.randn(3, 1, 26, 26, dtype=torch.float64)
     assert H.HessianOperator(net, xo, torch.zeros(3, dtype=torch.long)).engine == "graph"
+
+
+def test_relu_units_inactive_on_a_chunk_are_dropped_exactly():
+    """Units inactive on every sample of a chunk contribute zero rows and columns: the structured engine drops
+    them (compacted state, smaller products) and still gives the explicit Hessian's products."""
+    from tests.cases import seeded_data, seeded_model
+    net = seeded_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 7), nn.ReLU(),
+                                             nn.Linear(7, 3)), 1)
+    with torch.no_grad():
+        net[1].bias[:3] = -100.0                     # dead on every input
+        net[3].bias[5:] = -100.0
+    x, y = seeded_data(24, (6,), 3, seed=2)
+    hess = explicit_hessian(net, x, y)
+    op = H.HessianOperator(net, x, y, chunk_size=10)
+    v = torch.randn(op.n_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(op.hvp(v), hess @ v, rtol=1e-9, atol=1e-12)
+    units = [u for u in op._states[0].units if u is not None]
+    assert [(None if i is None else len(i), None if o is None else len(o)) for i, o in units] == \
+        [(None, 5), (5, 5), (5, None)]                # 8 - 3 and 7 - 2 units kept; the head keeps its outputs

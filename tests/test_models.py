@@ -71,11 +71,15 @@ def test_cnn_parameters_and_state_dict_layout_unchanged():
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("n", [1, 7, models.FUSED_CHUNK + 3])
-def test_cnn_eval_forward_equals_layer_by_layer(dtype, tol, n):
+def test_cnn_eval_forward_equals_layer_by_layer(dtype, tol, n, monkeypatch):
     net = models.build("cnn", 1, dtype=dtype).eval()
     x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(n), dtype=dtype)
+    calls = []
+    real = models.plan_forward
+    monkeypatch.setattr(models, "plan_forward", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         fast, slow = net(x), nn.Sequential.forward(net, x)
+    assert calls == [1]                                   # the eval forward ran the conv-pool kernels
     torch.testing.assert_close(fast, slow, rtol=tol, atol=tol)
     net.fused = False
     with torch.no_grad():
@@ -157,6 +161,13 @@ def test_plan_reads_the_study_models_and_refuses_others():
         nn.Sequential(nn.Flatten(), nn.Linear(8, 3), nn.Conv2d(1, 1, 3, padding=1)),
         nn.Linear(3, 2),
     ]
+    class OwnForward(nn.Sequential):
+        def forward(self, x):
+            return super().forward(2 * x)
+
+    with_scale = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    with_scale.scale = nn.Parameter(torch.ones(1))
+    refused += [OwnForward(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), with_scale]
     for net in refused:
         assert models.plan(net) is None, net
     # odd image sizes are refused at call time: the CNN then runs its layers

@@ -71,7 +71,7 @@ from lib.core.models import (
     plan_accepts,
     preferred_chunk,
 )
-from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
+from lib.core.tensors import device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 METHODS = ("lanczos", "power")
 ENGINES = ("auto", "structured", "graph", "rebuild")
@@ -184,11 +184,16 @@ class _GraphState:
 @dataclass(eq=False)
 class _StructuredState:
     """What one chunk's exact products need, per step of the plan (None where a step keeps nothing): the inputs
-    of affine steps (``inputs``: (n, F) rows or (16 C, positions) conv-pool patches), the selections (``masks``:
-    ReLU 0/1 masks (n, out) or conv-pool one-hot-argmax-times-ReLU masks (4, O, positions)), the backward deltas
-    (``deltas``: d loss / d pre-activation (n, out) of Linear steps, d loss / d pooled output (O, positions) of
-    conv-pool steps), layouts (``shapes``), the phase matrices of conv-pool weights and the softmax ``p``.
-    ``columns``: for a first Linear with input columns constant over the chunk, (kept, constant, values)."""
+    of affine steps (``inputs``: (n, F) rows of a Linear; the 4x4 patch matrix (16 C, positions) of a conv-pool
+    stage, or for a first stage, whose input has no tangent, each output's winning 3x3 patch (O, 9 C, positions)),
+    the selections (``masks``: ReLU 0/1 masks (n, out); for conv-pool stages (argmax over the 4 window positions
+    (1, O, positions) or None, ReLU mask (O, positions))), the backward deltas (``deltas``: d loss / d pre-activation
+    (n, out) of Linear steps, and of non-first conv-pool stages at the winning positions (4 O, positions)), layouts
+    (``shapes``), the phase matrices of conv-pool weights and their transposes, and the softmax ``p``.
+    ``columns``: for a first Linear with input columns constant over the chunk, (kept, constant, values);
+    ``units``: per Linear step (input units, output units) kept, or None for all: ReLU units inactive on every
+    sample of the chunk are dropped (their activations, tangents and deltas are zero, so are their products'
+    rows and columns), and the Linear steps' rows, masks and deltas are stored compacted."""
     inputs: list
     masks: list
     deltas: list
@@ -196,10 +201,12 @@ class _StructuredState:
     phases: list
     columns: tuple | None
     p: torch.Tensor
+    units: list = None
     nbytes: int = 0
 
 
-#: the first Linear drops input columns constant over a chunk when at least this fraction of them are
+#: the first Linear drops input columns constant over a chunk when at least this fraction of them are, and a
+#: Linear + ReLU step drops its units inactive on the whole chunk when at least this fraction of them are
 CONSTANT_COLUMNS_MIN = 0.02
 
 
@@ -243,6 +250,28 @@ def _winning_patches(cols: torch.Tensor, arg: torch.Tensor, in_channels: int) ->
     rows = (a[:, None, None] + d[None, :, None, None]) * 4 + b[:, None, None] + d[None, None, :, None]
     rows = rows.reshape(O, 1, 9, Q) + 16 * torch.arange(in_channels, device=cols.device).view(1, -1, 1, 1)
     return torch.gather(cols.unsqueeze(0).expand(O, -1, -1), 1, rows.reshape(O, 9 * in_channels, Q))
+
+
+def _take(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """matrix[rows][:, cols], None standing for all."""
+    if rows is not None:
+        matrix = matrix.index_select(0, rows)
+    return matrix if cols is None else matrix.index_select(1, cols)
+
+
+def _place(compact: torch.Tensor, shape, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """The full tensor of ``shape`` with ``compact`` at [rows][:, cols] (None: all) and zeros elsewhere."""
+    if rows is None and cols is None:
+        return compact
+    if cols is not None:
+        full = compact.new_zeros(compact.shape[0], shape[1])
+        full[:, cols] = compact
+        compact = full
+    if rows is not None:
+        full = compact.new_zeros(shape)
+        full[rows] = compact
+        compact = full
+    return compact
 
 
 def _accumulate(out: dict, name: str, value: torch.Tensor) -> None:
@@ -297,7 +326,8 @@ class _Structured:
         steps = self.steps
         K = len(steps)
         inputs, masks, deltas, shapes, phases = [None] * K, [None] * K, [None] * K, [None] * K, [None] * K
-        columns = None
+        units = [None] * K
+        columns, alive = None, None                     # alive: the units of h kept (None: all)
         h, channel_major = x, False
         for k, s in enumerate(steps):
             if s.kind == "flatten":
@@ -311,10 +341,18 @@ class _Structured:
                     columns = _constant_columns(h)
                     if columns is not None:
                         inputs[k] = h[:, columns[0]]
-                z = F.linear(h, W, b)
+                z = F.linear(h, _take(W, None, alive), b)
+                out_units = None
                 if s.relu:
-                    masks[k] = (z > 0).to(z.dtype)
+                    on = z > 0
+                    live = on.any(0)
+                    if int((~live).sum()) >= CONSTANT_COLUMNS_MIN * len(live):
+                        out_units = torch.nonzero(live).flatten()
+                        z, on = z[:, out_units], on[:, out_units]
+                    masks[k] = on.to(z.dtype)
                     z = z * masks[k]
+                units[k] = (alive, out_units)
+                alive = out_units
                 h = z
             else:
                 if not channel_major:
@@ -345,16 +383,17 @@ class _Structured:
                 gz = g * masks[k] if s.relu else g
                 deltas[k] = gz
                 if k > self.first:
-                    g = gz @ self._weights(k)[0]
+                    g = gz @ _take(self._weights(k)[0], *reversed(units[k]))
             elif k > self.first:             # a first conv-pool stage needs no deltas (its input has no tangent)
                 C, n, H, Wd = shapes[k]
                 deltas[k] = _unselect(g, *masks[k])
                 g = conv_pool_columns_adjoint(phases[k][1] @ deltas[k], n, H, Wd)
-        state = _StructuredState(inputs, masks, deltas, shapes, phases, columns, p)
+        state = _StructuredState(inputs, masks, deltas, shapes, phases, columns, p, units)
         data_ptr = data.untyped_storage().data_ptr()
         seen = set()
         flat = [t for m in masks for t in (m if isinstance(m, tuple) else (m,))]
         flat += [t for ph in phases if ph is not None for t in ph]
+        flat += [t for u in units if u is not None for t in u if t is not None]
         for t in [*inputs, *flat, *deltas, p, *(columns or ())]:
             if t is None or t.untyped_storage().data_ptr() in (data_ptr, *seen):
                 continue
@@ -376,7 +415,11 @@ class _Structured:
                 if Rh is not None:
                     Rh = Rh.transpose(0, 1).flatten(1) if st.shapes[k][0] else Rh.flatten(1)
             elif s.kind == "linear":
+                ins, outs = st.units[k]
                 V, c = tangents[k]
+                V = _take(V, outs, ins)
+                if c is not None and outs is not None:
+                    c = c[outs]
                 rin[k] = Rh
                 if k == self.first and st.columns is not None:
                     kept, fixed, values = st.columns
@@ -385,7 +428,7 @@ class _Structured:
                 else:
                     Rz = F.linear(st.inputs[k], V, c)
                 if Rh is not None:
-                    Rz = Rz.addmm_(Rh, self._weights(k)[0].T)
+                    Rz = Rz.addmm_(Rh, _take(self._weights(k)[0], outs, ins).T)
                 Rh = Rz.mul_(st.masks[k]) if s.relu else Rz
             else:
                 V, c, PV, PVT, c4 = tangents[k]
@@ -417,7 +460,8 @@ class _Structured:
                 cm, shape = st.shapes[k]
                 Rg = Rg.view(shape[1], shape[0], *shape[2:]).transpose(0, 1) if cm else Rg.view(shape)
             elif s.kind == "linear":
-                V, c = tangents[k]
+                ins, outs = st.units[k]
+                V = tangents[k][0]
                 wname, bname = self.param_names[k]
                 Rgz = Rg.mul_(st.masks[k]) if s.relu else Rg
                 gz = st.deltas[k]
@@ -430,11 +474,11 @@ class _Structured:
                     HW = Rgz.T @ st.inputs[k]
                 if rin[k] is not None:
                     HW = HW.addmm_(gz.T, rin[k])
-                _accumulate(out, wname, HW)
+                _accumulate(out, wname, _place(HW, V.shape, outs, ins))
                 if bname:
-                    _accumulate(out, bname, Rgz.sum(0))
+                    _accumulate(out, bname, _place(Rgz.sum(0), V.shape[:1], outs, None))
                 if k > self.first:
-                    Rg = (Rgz @ self._weights(k)[0]).addmm_(gz, V)
+                    Rg = (Rgz @ _take(self._weights(k)[0], outs, ins)).addmm_(gz, _take(V, outs, ins))
             else:
                 V, c, PV, PVT, c4 = tangents[k]
                 C, n, H, Wd = st.shapes[k]
@@ -444,8 +488,9 @@ class _Structured:
                 Q = on.shape[1]
                 Rgh = _buffer(work, (k, "gh"), (O, Q), V)
                 torch.mul(Rg, on.view(O, n, H // 2, Wd // 2), out=Rgh.view(O, n, H // 2, Wd // 2))
-                if k == self.first:
-                    _accumulate(out, wname, torch.bmm(st.inputs[k], Rgh.unsqueeze(2)).view(O, C, 3, 3))
+                if k == self.first:          # one matrix-vector product per channel (batched GEMV is slower)
+                    HW = torch.stack([torch.mv(st.inputs[k][o], Rgh[o]) for o in range(O)])
+                    _accumulate(out, wname, HW.view(O, C, 3, 3))
                     if bname:
                         _accumulate(out, bname, Rgh.sum(1))
                     continue
@@ -486,7 +531,7 @@ class HessianOperator:
       conv-pool CNNs): the forward activations, ReLU / max-pool selections and backward deltas of every chunk are
       kept, and a product is one tangent (R-op) forward and one backward pass over them (Pearlmutter 1994),
       matrix products only (the first Linear skips input columns that are constant within the chunk, e.g. MNIST's
-      border pixels: their contribution is a rank-one term);
+      border pixels: their contribution is a rank-one term; ReLU units inactive on the whole chunk are dropped);
     * ``"graph"`` (``"auto"`` for every other model): the autograd graph of each chunk's gradient
       (``create_graph=True``) is kept and differentiated again per product (``retain_graph=True``);
     * ``"rebuild"``: the gradient graph is rebuilt for every product (no state kept).
@@ -500,22 +545,23 @@ class HessianOperator:
     def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                  chunk_size: int | None = None, keep_graphs_mb: float = KEEP_GRAPHS_MB, engine: str = "auto"):
         self.n_samples = check_data(inputs, targets)
-        if chunk_size is None:
-            chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
-        self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.device, self.dtype = device_dtype(model)
         self.model = model
         self.inputs, self.targets = inputs, targets
         self.n_params = n_params(model)
         self.keep_bytes = check_number("keep_graphs_mb", keep_graphs_mb, ge=0) * 2 ** 20
         engine = check_choice("engine", engine, ENGINES)
-        steps = plan(model) if engine in ("auto", "structured") else None
-        if engine == "structured" and (steps is None or not plan_accepts(steps, inputs[:1].to(self.dtype))):
-            raise ParameterError("engine", engine, "a model that lib.core.models.plan reads (Flatten, Linear, ReLU, "
-                                 "conv-pool stages) with inputs it accepts", hint="use engine='auto' or 'graph'")
+        steps = plan(model) if engine in ("auto", "structured") and not targets.is_floating_point() else None
         if steps is not None and not plan_accepts(steps, inputs[:1].to(self.dtype)):
             steps = None
+        if engine == "structured" and steps is None:
+            raise ParameterError("engine", engine, "a model that lib.core.models.plan reads (Flatten, Linear, ReLU, "
+                                 "conv-pool stages) with inputs it accepts and class-index targets",
+                                 hint="use engine='auto' or 'graph'")
         self._structured = _Structured(model, steps) if steps is not None else None
+        if chunk_size is None:
+            chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
+        self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.engine = "structured" if self._structured else ("graph" if engine in ("auto", "graph") else "rebuild")
         self.hvp_count = 0
         self.grad_count = 0
@@ -526,7 +572,14 @@ class HessianOperator:
         self._work: dict = {}
 
     def _chunks(self):
-        return chunks(self.inputs, self.targets, self.chunk_size, device=self.device, dtype=self.dtype)
+        for start in range(0, self.n_samples, self.chunk_size):
+            yield self._chunk(start)
+
+    def _chunk(self, start: int):
+        """Samples start .. start + chunk_size on the operator's device (floating inputs in its dtype)."""
+        x = self.inputs[start:start + self.chunk_size].to(self.device)
+        y = self.targets[start:start + self.chunk_size].to(self.device)
+        return (x.to(self.dtype) if x.is_floating_point() else x), y
 
     def _loss_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.model, unflatten(self.model, w), (x,)), y, reduction="sum")
@@ -570,12 +623,13 @@ class HessianOperator:
         """Free the kept per-chunk state now (it is rebuilt at the next product)."""
         self._states, self._snapshot, self._work = None, None, {}
 
-    def _chunk_product(self, i: int, x, y, w0, tangents, states: list, out) -> None:
-        """Add chunk i's H v (loss sum) to ``out``, keeping the chunk's state if the budget allows."""
+    def _chunk_product(self, i: int, start: int, w0, tangents, states: list, out) -> None:
+        """Add chunk i's H v (loss sum) to ``out``, keeping the chunk's state if the budget allows (the samples
+        are read only to build a state)."""
         building = len(states) == i
         state = None if building else states[i]
         if state is None:
-            state = self._build_state(x, y, w0, count=building)
+            state = self._build_state(*self._chunk(start), w0, count=building)
         self._apply(state, tangents, out)
         if building:
             fits = self.keep_bytes > 0 and self.kept_bytes + state.nbytes <= self.keep_bytes
@@ -608,11 +662,11 @@ class HessianOperator:
         out = {} if structured else torch.zeros_like(w0)
         tangents = self._structured.tangents(self.model, v) if structured else v
         with eval_mode(self.model), torch.enable_grad():
-            for i, (x, y) in enumerate(self._chunks()):
+            for i, start in enumerate(range(0, self.n_samples, self.chunk_size)):
                 if self.engine == "rebuild" or self.keep_bytes <= 0:
-                    self._apply(self._build_state(x, y, w0, count=False), tangents, out)
+                    self._apply(self._build_state(*self._chunk(start), w0, count=False), tangents, out)
                 else:
-                    self._chunk_product(i, x, y, w0, tangents, states, out)
+                    self._chunk_product(i, start, w0, tangents, states, out)
         if structured:
             out = self._structured.flat(self.model, out, w0)
         self.hvp_count += 1
