@@ -3,6 +3,7 @@
     python -m lib.infra.runner --profile smoke                      # every notebook
     python -m lib.infra.runner --profile paper --only 02_spectrum   # one stage
     python -m lib.infra.runner --profile smoke --set train.epochs=2 # override a parameter (YAML value)
+    python -m lib.infra.runner --write-parameter-cells              # after adding or changing a parameter
 
 The profile is validated before anything runs. Executed notebooks are saved under
 ``results/<profile>/notebooks/``; per-stage wall times go to ``results/<profile>/timings.json``.
@@ -26,7 +27,16 @@ import papermill
 import yaml
 
 from lib import REPO_ROOT
-from lib.infra.config import STAGES, ProfileError, load_profile, parse_yaml, stage_parameters
+from lib.infra.config import (
+    COMMON_KEYS,
+    STAGES,
+    ProfileError,
+    defaults,
+    fields_of,
+    load_profile,
+    parse_yaml,
+    stage_parameters,
+)
 from lib.infra.results import RESULTS_ROOT, RUNNER_ENV, atomic_write_json, cpu_info
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -67,6 +77,30 @@ def declared_parameters(nb) -> set[str]:
             return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
                     if isinstance(t, ast.Name)}
     raise ValueError("the notebook has no cell tagged 'parameters'")
+
+
+PARAMETERS_MARK = '# %% tags=["parameters"]\n'
+
+
+def parameters_cell(stage: str) -> str:
+    """The parameters cell a notebook of ``stage`` ships: its `common` keys and its whole section, smoke defaults."""
+    values = {**defaults("common"), **defaults(stage)}
+    keys = list(COMMON_KEYS[stage]) + list(fields_of(stage))
+    return (PARAMETERS_MARK + "# Defaults = the smoke profile (lib/infra/config.py); papermill replaces them with the "
+            "profile's values.\n" + "".join(f"{k} = {values[k]!r}\n" for k in keys))
+
+
+def write_parameter_cells() -> list[Path]:
+    """Rewrite every notebook's parameters cell from the config (the one source of truth); returns those changed."""
+    changed = []
+    for path in notebooks():
+        text = path.read_text()
+        head, rest = text.split(PARAMETERS_MARK, 1)
+        new = head + parameters_cell(stage_of(path)) + rest[rest.index("\n# %%"):]
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
 
 
 def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_NAME) -> float:
@@ -147,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--kernel", default=KERNEL_NAME)
     parser.add_argument("--show", action="store_true", help="print the resolved profile and exit")
+    parser.add_argument("--write-parameter-cells", action="store_true",
+                        help="rewrite each notebook's parameters cell from lib/infra/config.py and exit")
     args = parser.parse_args(argv)
+    if args.write_parameter_cells:
+        for path in write_parameter_cells():
+            print(f"rewrote the parameters cell of {path.relative_to(REPO_ROOT)}")
+        return 0
 
     try:
         cfg = load_profile(args.profile, parse_overrides(args.overrides))
