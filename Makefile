@@ -26,7 +26,7 @@ PREREQS = $(PYTHON) -m lib.infra.prereqs --venv $(VENV) --goals "$(or $(MAKECMDG
 
 .DEFAULT_GOAL := help
 .PHONY: help prereqs setup data test pytest lint readme-results update-reference notebooks-smoke reproduce notebooks stage \
-        stage-args lab bench clean-results paper slides check-tex paper-test
+        stage-args lab bench clean-results paper slides check-tex paper-test nbval report
 LATEXMK := latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error
 
 help:  ## list the targets
@@ -53,7 +53,7 @@ $(DATA_STAMP): $(STAMP) data/SHA256SUMS lib/infra/data.py
 	$(PY) -m lib.infra.data
 	@touch $@
 
-data: $(DATA_STAMP)  ## download or rebuild MNIST + Fashion-MNIST under data/ and verify sha256
+data: $(DATA_STAMP)  ## download or rebuild MNIST + Fashion-MNIST under data/, verify sha256 (and of the sklearn digits)
 	@$(PY) -c "import lib.infra.data as d; [d.verify(n) for n in d.DATASETS]" && echo "data verified"
 
 pytest: setup data  ## run the unit tests only (makes its own smoke runs)
@@ -65,13 +65,21 @@ lint: setup  ## ruff check of lib, tests, bench and notebooks
 notebooks-smoke: setup data  ## run every notebook under the smoke profile
 	$(PY) -m lib --profile smoke
 
-paper-test: prereqs  ## check the built PDFs: key numbers equal the results, no "??"
-	$(PY) -m pytest -q -m paper
+paper-test: prereqs  ## check the built PDFs of PROFILE: key numbers equal the results, no "??"
+	PAPER_PROFILE=$(PROFILE) $(PY) -m pytest -q -m paper
 
-test: prereqs setup data lint notebooks-smoke  ## lint, every notebook (smoke), unit tests, paper + slides + PDF checks
+# nbval re-executes each executed smoke notebook (results cached: ~45 s for all six) and compares the outputs of
+# the cells tagged nbval-check-output (each notebook's last cell: its key numbers, fixed format)
+nbval: setup  ## re-run the executed smoke notebooks and compare their key-number cells (nbval)
+	@ls results/smoke/notebooks/[0-9][0-9]_*.ipynb >/dev/null 2>&1 || { echo "error: no executed smoke notebooks: run make notebooks-smoke first"; exit 2; }
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	  results/smoke/notebooks/[0-9][0-9]_*.ipynb
+
+test: prereqs setup data lint notebooks-smoke  ## lint, every notebook (smoke), nbval, unit tests, paper + slides + PDF checks
+	$(MAKE) nbval
 	SMOKE_RUN_A=results $(PY) -m pytest -q -m "not paper"
-	$(MAKE) paper slides REGEN=0
-	$(MAKE) paper-test
+	$(MAKE) paper slides report PROFILE=smoke REGEN=0
+	$(MAKE) paper-test PROFILE=smoke
 
 readme-results: setup  ## rewrite the README's results block from results/paper (after make reproduce)
 	$(PY) -m lib.outputs.readme --profile paper --write
@@ -81,29 +89,37 @@ update-reference: setup  ## rewrite tests/reference/smoke.json from results/smok
 
 reproduce: prereqs setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
 	$(PY) -m lib --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
-	$(MAKE) paper slides REGEN=0
+	$(MAKE) paper slides report PROFILE=$(PROFILE) REGEN=0
 
 check-tex:
 	@$(PYTHON) -m lib.infra.prereqs --goals check-tex
 
-# PROFILE given on the command line: regenerate figures/numbers from that profile first (notebook 06);
-# otherwise build from whatever profile was reproduced last (paper/generated/source.json says which).
+# Each profile has its own outputs: paper/generated/<profile>/, paper/figures/<profile>/ (notebook 06) and
+# paper/build/<profile>/main.pdf, slides/build/<profile>/main.pdf (latexmk -outdir; main.tex reads the profile's
+# folders through \outputprofile, default paper). PROFILE on the command line (or its outputs missing): regenerate
+# them from its saved results first (notebook 06 only); REGEN=0 never does.
 define build_tex
-	@if [ "$(origin PROFILE)" = "command line" ] && [ "$(REGEN)" != 0 ]; then \
-	  $(PY) -m lib --profile $(PROFILE) --only 06_figures; fi
-	@test -f paper/generated/numbers.tex || { echo "error: paper/generated/numbers.tex is missing: run 'make reproduce PROFILE=smoke' (or paper) first"; exit 2; }
-	@$(PY) -m lib.outputs.registry --check >/dev/null
-	cd $(1) && $(LATEXMK) main.tex >/dev/null || { tail -40 $(1)/main.log; exit 1; }
-	@if grep -E "(Citation|Reference).*undefined|undefined references|Undefined control" $(1)/main.log; then \
-	  echo "error: undefined references, citations or macros in $(1)/main.tex (see $(1)/main.log)"; exit 1; fi
-	@echo "built $(1)/main.pdf from profile $$($(PY) -c "import json;print(json.load(open('paper/generated/source.json'))['profile'])")"
+	@if [ "$(REGEN)" != 0 ] && { [ "$(origin PROFILE)" = "command line" ] || [ ! -f paper/generated/$(PROFILE)/numbers.tex ]; } \
+	  && [ -d results/$(PROFILE) ]; then $(PY) -m lib --profile $(PROFILE) --only 06_figures; fi
+	@test -f paper/generated/$(PROFILE)/numbers.tex || { echo "error: paper/generated/$(PROFILE)/numbers.tex is missing: run 'make reproduce PROFILE=$(PROFILE)' first"; exit 2; }
+	@$(PY) -m lib.outputs.registry --check --profile $(PROFILE) >/dev/null
+	@# auxiliary files of an in-place build (the layout before build/<profile>/) would shadow the outdir's main.bbl
+	@cd $(1) && rm -f main.aux main.bbl main.blg main.out main.toc main.nav main.snm main.vrb main.fls main.fdb_latexmk
+	cd $(1) && $(LATEXMK) -outdir=build/$(PROFILE) -usepretex='\def\outputprofile{$(PROFILE)}' main.tex >/dev/null \
+	  || { tail -40 build/$(PROFILE)/main.log; exit 1; }
+	@if grep -E "(Citation|Reference).*undefined|undefined references|Undefined control" $(1)/build/$(PROFILE)/main.log; then \
+	  echo "error: undefined references, citations or macros in $(1)/main.tex (see $(1)/build/$(PROFILE)/main.log)"; exit 1; fi
+	@echo "built $(1)/build/$(PROFILE)/main.pdf from profile $(PROFILE)"
 endef
 
-paper: check-tex  ## build paper/main.pdf from the last reproduced profile (or PROFILE=...)
+paper: check-tex  ## build paper/build/PROFILE/main.pdf (default paper; PROFILE=... regenerates its outputs first)
 	$(call build_tex,paper)
 
-slides: check-tex  ## build slides/main.pdf (Beamer) from the same figures and numbers
+slides: check-tex  ## build slides/build/PROFILE/main.pdf (Beamer) from the same figures and numbers
 	$(call build_tex,slides)
+
+report: setup  ## one HTML page of PROFILE's figures, tables and notebooks: paper/build/PROFILE/report.html
+	$(PY) -m lib.outputs.html --profile $(PROFILE)
 
 stage-args:
 	@test -n "$(STAGE)" || { echo "usage: make stage STAGE=01_train [PROFILE=smoke] [SET='train.epochs=2']"; \

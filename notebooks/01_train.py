@@ -51,3 +51,14 @@ rows = train.run(store, common, section)
 # %%
 print(format_table(rows, ["dataset", "model", "seed", "n_params", "n_train", "train_loss", "train_accuracy",
                           "test_accuracy", "train_seconds", "skipped"]))
+
+
+# %% [markdown]
+# ## Key numbers
+# From the saved results, fixed format. `make nbval` (a step of `make test`) re-executes this notebook and compares
+# this cell's output with the saved one (tag `nbval-check-output`): a changed number fails.
+
+# %% tags=["nbval-check-output"]
+from lib.outputs import key_numbers
+
+print(key_numbers.text("train", store, common))

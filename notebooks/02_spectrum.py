@@ -82,3 +82,14 @@ if "mnist" in common.datasets and "mlp2" in common.models:
 # %%
 fig = figures.spectrum(store, common.datasets, common.models, common.seeds, common.spectrum_max_seeds)
 plt.show()
+
+
+# %% [markdown]
+# ## Key numbers
+# From the saved results, fixed format. `make nbval` (a step of `make test`) re-executes this notebook and compares
+# this cell's output with the saved one (tag `nbval-check-output`): a changed number fails.
+
+# %% tags=["nbval-check-output"]
+from lib.outputs import key_numbers
+
+print(key_numbers.text("spectrum", store, common))

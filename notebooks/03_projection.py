@@ -56,3 +56,14 @@ for ds in common.datasets:
     for m in common.models:
         fig = figures.surfaces(store, ds, m, common.seeds[0])
         plt.show()
+
+
+# %% [markdown]
+# ## Key numbers
+# From the saved results, fixed format. `make nbval` (a step of `make test`) re-executes this notebook and compares
+# this cell's output with the saved one (tag `nbval-check-output`): a changed number fails.
+
+# %% tags=["nbval-check-output"]
+from lib.outputs import key_numbers
+
+print(key_numbers.text("projection", store, common))

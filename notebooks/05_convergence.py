@@ -131,3 +131,14 @@ for make in (figures.order_average, figures.vbar_parts, figures.theory_vs_mc, fi
 for make in (figures.learning_curve, figures.r0_curves):
     make(store)
     plt.show()
+
+
+# %% [markdown]
+# ## Key numbers
+# From the saved results, fixed format. `make nbval` (a step of `make test`) re-executes this notebook and compares
+# this cell's output with the saved one (tag `nbval-check-output`): a changed number fails.
+
+# %% tags=["nbval-check-output"]
+from lib.outputs import key_numbers
+
+print(key_numbers.text("convergence", store, common))

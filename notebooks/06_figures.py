@@ -15,8 +15,9 @@
 # # 06 - Every figure, table and number of the paper
 #
 # Reads saved results only (no recomputation) and writes the figures as PDF and PNG into
-# `paper/figures/`, the tables as `.tex` into `paper/generated/` and `paper/generated/numbers.tex` with one
-# `\newcommand` per number the paper quotes. A missing result stops with a message naming the notebook to run.
+# `paper/figures/<profile>/`, the tables as `.tex` into `paper/generated/<profile>/` and
+# `paper/generated/<profile>/numbers.tex` with one `\newcommand` per number the paper quotes (each profile has its
+# own folders: building one never touches another's). A missing result stops with a message naming the notebook to run.
 
 # %% tags=["parameters"]
 # Defaults = the smoke profile (lib/infra/config.py); papermill replaces them with the profile's values.
@@ -38,8 +39,19 @@ store = ResultStore(common.profile)
 
 # %%
 made = figures.run(store, common, section)
-print(f"{len(made['figures'])} figures written to {report.FIGURES} (PDF + PNG); removed {len(made['removed'])} "
+figs, gen = report.figures_dir(store.profile), report.generated_dir(store.profile)
+print(f"{len(made['figures'])} figures written to {figs} (PDF + PNG); removed {len(made['removed'])} "
       f"stale file(s) {made['removed']}")
-print(f"{len(made['tables'])} tables and {len(made['numbers'])} numbers written to {report.GENERATED}")
+print(f"{len(made['tables'])} tables and {len(made['numbers'])} numbers written to {gen}")
 for k in sorted(made["numbers"])[:20]:
     print(f"  \\{k} = {made['numbers'][k]}")
+
+# %% [markdown]
+# ## Key numbers
+# From the saved results, fixed format. `make nbval` (a step of `make test`) re-executes this notebook and compares
+# this cell's output with the saved one (tag `nbval-check-output`): a changed number fails.
+
+# %% tags=["nbval-check-output"]
+from lib.outputs import key_numbers
+
+print(key_numbers.text("figures", store, common))

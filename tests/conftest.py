@@ -38,7 +38,7 @@ TINY_PROFILE = {
     "projection": {"grid_points": 3, "k_small": 10},
     "monte_carlo": {"D": 2, "n_samples": 8, "n_orders": 2, "sweep_datasets": ["mnist"], "sweep_models": ["mlp1"],
                     "sigmas": [0.1, 1.0], "dims": [1, 2], "sweep_samples": 8, "theory_max_D": 2,
-                    "gap_thetas": 4},
+                    "gap_thetas": 4, "full_space_models": ["mlp1"], "full_space_samples": 4},
     "convergence": {"delta_grid": [0.01, 0.001], "pilot_sizes": [50, 100], "pilot_samples": 4,
                     "learning_sizes": [25, 50, 100, 200], "learning_models": ["mlp1"], "r0_n_train": 100,
                     "r0_architectures": [[8]], "r0_orders": 2, "r0_hessian_samples": 1},
@@ -65,8 +65,8 @@ class Pipeline:
     profile: object                    # lib.infra.config.Profile
     store: object                      # lib.infra.results.ResultStore (root = results_root / profile)
     results_root: Path                 # what lib.stages.figures.RESULTS_ROOT pointed to during 06
-    figures_dir: Path                  # what lib.outputs.report.FIGURES pointed to during 06
-    generated_dir: Path                # what lib.outputs.report.GENERATED pointed to during 06
+    figures_dir: Path                  # where 06 wrote the figures: report.FIGURES (patched) / profile
+    generated_dir: Path                # where 06 wrote numbers and tables: report.GENERATED (patched) / profile
     out: dict                          # stage name -> the value its run() returned
     seconds: dict                      # stage name -> wall seconds
     repo_before: dict = field(default_factory=dict)   # snapshot of paper/{figures,generated}, results/
@@ -102,7 +102,8 @@ def tiny_pipeline(tmp_path_factory):
     store = ResultStore(name, root=results_root / name)
     (results_root / name).mkdir(parents=True)
     (results_root / name / "timings.json").write_text(json.dumps(TINY_TIMINGS))
-    figures_dir, generated_dir = base / "paper" / "figures", base / "paper" / "generated"
+    figures_root, generated_root = base / "paper" / "figures", base / "paper" / "generated"
+    figures_dir, generated_dir = figures_root / name, generated_root / name
     # where notebook 06 writes by default and the results root; paper/'s LaTeX sources are edited by hand
     repo_folders = (REPO_ROOT / "paper" / "figures", REPO_ROOT / "paper" / "generated",
                     Path(results_module.RESULTS_ROOT))
@@ -112,8 +113,8 @@ def tiny_pipeline(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(report, "FIGURES", figures_dir)
-            mp.setattr(report, "GENERATED", generated_dir)
+            mp.setattr(report, "FIGURES", figures_root)
+            mp.setattr(report, "GENERATED", generated_root)
             for stage in REGISTRY:
                 common, section = profile.stage(stage)
                 t0 = time.perf_counter()

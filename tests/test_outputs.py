@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from lib.core.convergence import fit_slope
+from lib.core.convergence import first_k_below, fit_slope
 from lib.infra.results import ResultStore
 from lib.outputs import figures, registry, report
 from lib.outputs.report import fmt, macro, pct
@@ -27,10 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 DS, MODEL, SEED, N = "mnist", "mlp1", 0, 200
 RUN = run_name(DS, MODEL, SEED)
 FIGURE_FUNCTIONS = ["spectrum", "surfaces", "delta_main", "sweep", "estimator_efficiency", "theory_vs_mc",
-                    "order_average", "vbar_parts", "delta_vs_loss", "learning_curve", "k_vs_scale", "r0_curves"]
+                    "order_average", "vbar_parts", "delta_vs_loss", "learning_curve", "k_vs_scale", "r0_curves",
+                    "full_space_ratio", "your_model"]          # your_model: tests/test_your_model.py
 REGISTERED = ["spectrum", "surfaces", "delta_main", "k2_delta_main", "sweep_sigma", "sweep_dim", "sweep_distribution",
               "sweep_estimator", "estimator_efficiency", "theory_vs_mc", "order_average", "vbar_parts",
-              "delta_vs_loss", "learning_curve", "k_vs_scale", "r0_curves"]
+              "delta_vs_loss", "learning_curve", "k_vs_scale", "r0_curves", "full_space_ratio", "your_model"]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -138,20 +139,30 @@ def test_surfaces_figure_plots_the_saved_grids(made, tiny_pipeline):
     p = projection_stage.load_projection(tiny_pipeline.store, DS, MODEL, SEED)
     panels = _panels(fig)
     assert len(panels) == 6 and len(fig.axes) == 12      # 6 surfaces, each with its colour bar
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     expected = []
-    for plane, label in (("hessian", "top-2 Hessian eigenvectors"), ("filter_normalized", "filter-normalised random")):
+    for plane, label, axis in (("hessian", "Hessian plane (top-2 eigenvectors)",
+                                (r"$\theta_1$ (along $v_1$)", r"$\theta_2$ (along $v_2$)")),
+                               ("filter_normalized", "random plane (filter-normalised)",
+                                (r"$\theta_1$ (random direction 1)", r"$\theta_2$ (random direction 2)"))):
         g = p[plane]
-        expected += [(g["L_10"], f"$L_{{10}}$, {label}"), (g["L_199"], f"$L_{{199}}$, {label}"),
-                     ((g["L_11"] - g["L_10"]) ** 2, f"$(L_{{11}} - L_{{10}})^2$, {label}")]
-    for ax, (z, title) in zip(panels, expected):
+        expected += [(g["L_10"], f"$L_{{10}}$\n{label}", axis, r"$\log_{10} L_{10}$ (nats)"),
+                     (g["L_199"], f"$L_{{199}}$\n{label}", axis, r"$\log_{10} L_{199}$ (nats)"),
+                     ((g["L_11"] - g["L_10"]) ** 2, f"$(L_{{11}} - L_{{10}})^2$\n{label}", axis,
+                      r"$\log_{10} (L_{11} - L_{10})^2$ (nats$^2$)")]
+    for ax, bar, (z, title, axis, unit) in zip(panels, bars, expected):
         assert ax.get_title() == title
         (cs,) = ax.collections
         logz = np.log10(np.maximum(z, 1e-12))
         assert cs.zmin == pytest.approx(logz.min()) and cs.zmax == pytest.approx(logz.max())
         (marker,) = ax.get_lines()                            # w* at the origin
         assert list(marker.get_xdata()) == [0] and list(marker.get_ydata()) == [0]
-        assert (ax.get_xlabel(), ax.get_ylabel()) == (r"$\theta_1$", r"$\theta_2$")
-    assert fig._suptitle.get_text() == "MNIST, MLP-1 (N = 200)"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == axis
+        assert bar.get_ylabel() == unit                       # each colour bar names its quantity and unit
+    assert fig._suptitle.get_text() == ("MNIST, MLP-1, seed 0, N = 200: training loss (cross-entropy) on two planes "
+                                        "through $w^*$ (+)")
+    w, h = fig.get_size_inches()                              # full text width, panels about as tall as wide
+    assert w == pytest.approx(7.0) and h > 0.6 * w
 
 
 @pytest.mark.parametrize("k2", [False, True], ids=["delta", "k2_delta"])
@@ -352,6 +363,26 @@ def test_r0_curves_figure_plots_the_mean_and_its_bound(made, tiny_pipeline):
     assert [t.get_text() for t in ax2.get_xticklabels()] == ["8"] and ax2.get_yscale() == "log"
 
 
+def test_full_space_ratio_figure_plots_subspace_over_full_space(made, tiny_pipeline):
+    """One row per full-space run, the sigma line and the D line; each line is Delta^(D)_k / Delta^(full)_k of the
+    saved curves (solid: equal-norm scale, labelled; dashed: per-coordinate scale)."""
+    store = tiny_pipeline.store
+    pairs = mc_stage.load_full_space_plan(store)
+    ax_sigma, ax_dim = _panels(made["full_space_ratio"])
+    assert "D = 2" in ax_sigma.get_title() and r"$\sigma$ = 0.3" in ax_dim.get_title()
+    for ax, line in ((ax_sigma, "sigma"), (ax_dim, "dim")):
+        mine = [p for p in pairs if p["line"] == line]
+        curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2]
+        assert len(curves) == len(mine) == 4
+        for ln, p in zip(curves, mine):
+            a, b = (mc_stage.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
+            _check_line(ln, a["k"], a["delta"] / b["delta"])
+            assert ln.get_linestyle() == ("-" if p["scale"] == "norm" else "--")
+        want = [f"$\\sigma$ = {p['sigma']:g}" if line == "sigma" else f"D = {p['D']}" for p in mine
+                if p["scale"] == "norm"]
+        assert _legend(ax) == want
+
+
 def test_centred_moving_average_edge_values():
     np.testing.assert_allclose(figures.centred_moving_average([1.0, 2.0, 3.0, 4.0], 3), [1.5, 2.0, 3.0, 3.5])
     np.testing.assert_allclose(figures.centred_moving_average([5.0, -1.0, 2.0], 1), [5.0, -1.0, 2.0])
@@ -432,6 +463,49 @@ def test_predictor_table_has_one_row_per_gap_of_the_largest_pilot(tiny_pipeline)
                          "--", "--", f"{lc['trainings']} / {fmt(int(round(lc['seconds'])))}",
                          f"{ls['trainings']} / {fmt(int(round(ls['seconds'])))}"]
         assert cells[3] == "200" and cells[4] != "--"
+
+
+def test_speed_table_has_one_row_per_saved_speed_row(tiny_pipeline):
+    saved = mc_stage.load_speed(tiny_pipeline.store)
+    rows = _rows(report.speed_table(tiny_pipeline.store))
+    assert len(rows) == len(saved) == 3                         # the main Hessian curve and the sigma sweep x 2
+    for cells, r in zip(rows, saved):
+        assert cells == ["MNIST", "MLP-1", "2", fmt(r["sigma"], 2), "8", f"{100 * r['relative_se']:.1f}",
+                         fmt(int(round(r["T_target"]))), fmt(r["mc_seconds"], 2), fmt(r["mc_seconds_target"], 2),
+                         fmt(r["closed_seconds"], 2), fmt(r["jet_seconds"], 2), fmt(r["speedup"], 2),
+                         fmt(r["speedup_with_jet"], 2), fmt(r["median_mc_over_q"], 2)]
+
+
+def test_full_space_and_speed_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
+    store = tiny_pipeline.store
+    values = registry.numbers(inputs, timings=TINY_TIMINGS)
+    pairs = mc_stage.load_full_space_plan(store)
+
+    def ratio(p):
+        a, b = (mc_stage.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
+        return float(np.median(a["delta"] / b["delta"]))
+
+    (main,) = [p for p in pairs if (p["D"], p["sigma"], p["scale"]) == (2, 0.3, "norm")]
+    assert values["FullRuns"] == "MNIST, MLP-1, seed 0" and values["FullT"] == "4"
+    assert (values["FullD"], values["FullSigma"]) == ("2", "0.3")
+    assert values["FullRatioMain"] == fmt(ratio(main), 2)
+    (hi,) = [p for p in pairs if (p["line"], p["sigma"], p["scale"]) == ("sigma", 1.0, "coordinate")]
+    assert values["FullRatioCoordSigmaHigh"] == fmt(ratio(hi), 2) and values["FullSigmaHigh"] == "1"
+    (lo,) = [p for p in pairs if (p["line"], p["D"], p["scale"]) == ("dim", 1, "norm")]
+    assert values["FullRatioDimLow"] == fmt(ratio(lo), 2) and values["FullDimLow"] == "1"
+    sub = mc_stage.load_full_space_curve(store, main["subspace"])
+    thr = 0.01                                                  # the middle of the sorted grid [0.001, 0.01]
+    k = first_k_below(sub["k"], sub["delta"], thr)
+    assert values["FullKSub"] == (fmt(k) if k else "not reached")
+    kp = first_k_below(sub["k"], sub["abs_mean"], np.sqrt(thr))
+    assert values["FullKPointwise"] == (fmt(kp) if kp else "not reached")
+    if k is not None:                   # Jensen per k: Delta_k < thr for k >= K gives E|d_k| < sqrt(thr) there
+        assert kp is not None and kp <= k
+    speed = mc_stage.load_speed(store)
+    assert values["SpeedRatioMnistMlpOne"] == fmt(speed[0]["speedup"], 2)
+    assert values["SpeedMcMnistMlpOne"] == fmt(speed[0]["mc_seconds_target"], 2)
+    assert values["SpeedAccuracySigmaHigh"] == fmt(speed[-1]["median_mc_over_q"], 2)
+    assert values["SpeedSigma"] == "0.3" and values["SpeedRuns"] == "1"
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -536,37 +610,51 @@ def test_prune_figures_removes_only_files_not_made(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ missing
+P = "pipeline_test"      # the tiny pipeline's profile
+
+
 @pytest.fixture
 def outputs_copy(tiny_pipeline, tmp_path, monkeypatch):
-    """A copy of what notebook 06 wrote, as report.FIGURES / GENERATED."""
-    figs, gen = tmp_path / "figures", tmp_path / "generated"
+    """A copy of what notebook 06 wrote, under report.FIGURES / GENERATED (patched roots) / profile."""
+    figs, gen = tmp_path / "figures" / P, tmp_path / "generated" / P
     shutil.copytree(tiny_pipeline.figures_dir, figs)
     shutil.copytree(tiny_pipeline.generated_dir, gen)
-    monkeypatch.setattr(report, "FIGURES", figs)
-    monkeypatch.setattr(report, "GENERATED", gen)
+    monkeypatch.setattr(report, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(report, "GENERATED", tmp_path / "generated")
     return figs, gen
 
 
 def test_missing_lists_exactly_the_removed_outputs(outputs_copy, capsys):
     figs, gen = outputs_copy
-    assert registry.missing() == []
-    assert registry.main(["--check"]) == 0
-    assert f"all {len(registry.TABLES)} tables, numbers.tex and the recorded figures are present" in \
-        capsys.readouterr().out
+    assert registry.missing(P) == []
+    assert registry.main(["--check", "--profile", P]) == 0
+    assert f"all {len(registry.TABLES)} tables, numbers.tex and the recorded figures of profile {P} are present" \
+        in capsys.readouterr().out
+    assert len(registry.missing("other")) == len(registry.TABLES) + 2      # another profile: nothing there yet
     for path in (gen / "solvers.tex", gen / "numbers.tex", figs / "r0_curves.png", figs / "spectrum.pdf"):
         path.unlink()
-    assert registry.missing() == ["paper/generated/solvers.tex", "paper/generated/numbers.tex",
-                                  "paper/figures/r0_curves.png", "paper/figures/spectrum.pdf"]   # sorted figures
-    assert registry.main([]) == 1
+    assert registry.missing(P) == [f"paper/generated/{P}/solvers.tex", f"paper/generated/{P}/numbers.tex",
+                                   f"paper/figures/{P}/r0_curves.png", f"paper/figures/{P}/spectrum.pdf"]   # sorted
+    assert registry.main(["--profile", P]) == 1
     err = capsys.readouterr().err
-    assert "missing output: paper/figures/r0_curves.png" in err and "make reproduce" in err
-    assert registry.missing(["r0_curves", "never_made"]) == [
-        "paper/generated/solvers.tex", "paper/generated/numbers.tex", "paper/figures/r0_curves.png",
-        "paper/figures/never_made.pdf", "paper/figures/never_made.png"]
+    assert f"missing output: paper/figures/{P}/r0_curves.png" in err and f"make reproduce PROFILE={P}" in err
+    assert registry.missing(P, ["r0_curves", "never_made"]) == [
+        f"paper/generated/{P}/solvers.tex", f"paper/generated/{P}/numbers.tex", f"paper/figures/{P}/r0_curves.png",
+        f"paper/figures/{P}/never_made.pdf", f"paper/figures/{P}/never_made.png"]
 
 
 def test_missing_without_source_json_checks_tables_only(outputs_copy):
     figs, gen = outputs_copy
     (gen / "source.json").unlink()
     (figs / "delta_main.pdf").unlink()
-    assert registry.missing() == ["paper/generated/source.json"]
+    assert registry.missing(P) == [f"paper/generated/{P}/source.json"]
+
+
+def test_profile_folders_are_plain_names_under_the_roots(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "FIGURES", tmp_path / "f")
+    monkeypatch.setattr(report, "GENERATED", tmp_path / "g")
+    assert report.figures_dir("smoke") == tmp_path / "f" / "smoke"
+    assert report.generated_dir("paper") == tmp_path / "g" / "paper"
+    for bad in ("", "../paper", "a/b", ".hidden"):
+        with pytest.raises(ValueError, match="not a plain folder name"):
+            report.figures_dir(bad)

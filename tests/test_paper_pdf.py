@@ -1,5 +1,8 @@
-"""The built paper and slides quote the numbers of the results they were built from (run after `make paper`)."""
+"""The built paper and slides of one profile quote the numbers of that profile's results (run after `make paper`;
+``make paper-test PROFILE=smoke`` sets ``PAPER_PROFILE``, default paper): ``paper/build/<profile>/main.pdf``,
+``slides/build/<profile>/main.pdf`` and ``paper/generated/<profile>/``."""
 import json
+import os
 import re
 import subprocess
 
@@ -14,20 +17,24 @@ from lib.stages.convergence import load_table as load_analysis
 from lib.stages.spectrum import load_spectrum
 
 pytestmark = pytest.mark.paper
-PAPER, SLIDES = REPO_ROOT / "paper" / "main.pdf", REPO_ROOT / "slides" / "main.pdf"
+PROFILE = os.environ.get("PAPER_PROFILE", "paper")
+PAPER = REPO_ROOT / "paper" / "build" / PROFILE / "main.pdf"
+SLIDES = REPO_ROOT / "slides" / "build" / PROFILE / "main.pdf"
+GENERATED = REPO_ROOT / "paper" / "generated" / PROFILE
 
 
 def _text(pdf):
     if not pdf.is_file():
-        pytest.fail(f"{pdf.relative_to(REPO_ROOT)} is missing: run `make paper slides` first")
+        pytest.fail(f"{pdf.relative_to(REPO_ROOT)} is missing: run `make paper slides PROFILE={PROFILE}` first")
     out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     return out.replace("\u2212", "-").replace("\ufb01", "fi")
 
 
 @pytest.fixture(scope="module")
 def source():
-    meta = json.loads((REPO_ROOT / "paper" / "generated" / "source.json").read_text())
-    return ResultStore(meta["profile"])
+    meta = json.loads((GENERATED / "source.json").read_text())
+    assert meta["profile"] == PROFILE, f"{GENERATED}/source.json was written by profile {meta['profile']}"
+    return ResultStore(PROFILE)
 
 
 @pytest.mark.parametrize("pdf", [PAPER, SLIDES], ids=["paper", "slides"])
@@ -55,11 +62,11 @@ def test_key_numbers_in_the_paper_equal_the_results(source):
     slope = next(r["slope"] for r in load_analysis(source, "slopes")
                  if (r["dataset"], r["model"], r["subspace"], r["seed"]) == (ds, m, "hessian", seeds[0]))
     for label, value in [("test accuracy", pct(acc)), ("lambda_1", fmt(lam1)), ("slope", fmt(slope))]:
-        assert value in text, f"{label} {value} (from results/{source.profile}) not found in paper/main.pdf"
+        assert value in text, f"{label} {value} (from results/{source.profile}) not found in {PAPER}"
 
 
 def test_numbers_tex_matches_results(source):
-    numbers = json.loads((REPO_ROOT / "paper" / "generated" / "numbers.json").read_text())
+    numbers = json.loads((GENERATED / "numbers.json").read_text())
     acc = source.meta("train", run_name("mnist", "mlp2", 0))["summary"]["test_accuracy"]
     if numbers["NSeeds"] == "1":
         assert numbers["AccMnistMlpTwo"] == pct(acc)

@@ -145,12 +145,13 @@ def test_train_second_run_skips_and_changes_nothing(tiny_pipeline, capsys):
 
 def test_spectrum_projection_and_curves_skip_on_a_second_run(tiny_pipeline):
     store = tiny_pipeline.store
-    kept = {f: _files(store.root / f) for f in ("spectrum", "solvers", "projection", "curves", "terms", "scales")}
+    kept = {f: _files(store.root / f) for f in ("spectrum", "solvers", "projection", "curves", "terms", "scales",
+                                                "full_space", "speed")}
     plan_payload = (store.root / "plan" / "monte_carlo.json").read_bytes()
     rows = [*spectrum_stage.run(store, *tiny_pipeline.stage("spectrum")),
             *projection_stage.run(store, *tiny_pipeline.stage("projection")),
             *mc_stage.run(store, *tiny_pipeline.stage("monte_carlo"))]
-    assert len(rows) == 1 + 1 + 16 and all(r["skipped"] for r in rows)
+    assert len(rows) == 1 + 1 + 16 + 8 and all(r["skipped"] for r in rows)     # 8: the full_space comparisons
     assert {f: _files(store.root / f) for f in kept} == kept
     assert (store.root / "plan" / "monte_carlo.json").read_bytes() == plan_payload
 
@@ -274,7 +275,7 @@ def _gap_sigma(store):
 def test_monte_carlo_plan_groups_counts_and_saved_curves(tiny_pipeline):
     store = tiny_pipeline.store
     common, section = tiny_pipeline.stage("monte_carlo")
-    rows = tiny_pipeline.out["monte_carlo"]
+    rows = [r for r in tiny_pipeline.out["monte_carlo"] if r["group"] != "full_space"]
     plan = mc_stage.load_plan(store)
     assert plan == mc_stage.plan(common, section, {(DS, MODEL, SEED): _gap_sigma(store)})
     counts = {g: len(mc_stage.group(plan, g)) for g in mc_stage.GROUPS}
@@ -435,6 +436,76 @@ def test_monte_carlo_quadratic_prediction_equals_the_closed_form(tiny_pipeline):
 
 
 # ------------------------------------------------------------------------------------------------ convergence
+def test_monte_carlo_full_space_group_equals_plain_forward_passes(tiny_pipeline):
+    """The full_space comparisons: the sigma sweep at D and the D sweep at sigma, both scales; each saved curve
+    recomputed from plain forward passes (subspace: the sampler's thetas in the top-D Hessian subspace; full: the
+    perturbations eps_t ~ N(0, s^2 I_n) with s = sigma sqrt(D/n) or sigma); Jensen per k on every saved curve."""
+    from lib.core.montecarlo import full_space_perturbations
+
+    store = tiny_pipeline.store
+    _, section = tiny_pipeline.stage("monte_carlo")
+    pairs = mc_stage.load_full_space_plan(store)
+    net, x, y = _net64(store)
+    n_par = sum(q.numel() for q in net.parameters())
+    assert sorted((p["line"], p["D"], p["sigma"], p["scale"]) for p in pairs) == sorted(
+        [(line, D, s, scale) for line, D, s in (("sigma", 2, 0.1), ("sigma", 2, 1.0), ("dim", 1, 0.3), ("dim", 2, 0.3))
+         for scale in ("norm", "coordinate")])
+    for p in pairs:
+        want = p["sigma"] * np.sqrt(p["D"] / n_par) if p["scale"] == "norm" else p["sigma"]
+        assert p["s"] == pytest.approx(want, rel=1e-5) and p["full"]["sigma"] == p["s"]
+        assert p["subspace"]["n_samples"] == p["full"]["n_samples"] == section.full_space_samples
+    names = {mc_stage.FullSpaceSpec(**p[k]).name for p in pairs for k in ("subspace", "full")}
+    assert store.names("full_space") == sorted(names)
+    assert len(names) == 4 + 4 + 3          # 4 (D, sigma) pairs; full: 4 distinct s (norm) + 3 sigmas (coordinate)
+    w0 = _flat(net)
+    spectrum = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    T = section.full_space_samples
+    main = next(p for p in pairs if (p["line"], p["D"], p["scale"]) == ("dim", 2, "norm"))
+    sub = mc_stage.load_full_space_curve(store, main["subspace"])
+    thetas = make_sampler("gaussian", sigma=0.3).sample(T, 2, seed=SEED)
+    basis = spectrum["eigenvectors"][:2].double()
+    L = np.stack([explicit_losses(net, x, y, w0 + th @ basis).numpy() for th in thetas])
+    eps = full_space_perturbations(n_par, range(T), main["s"], seed=SEED)
+    F_ = np.stack([explicit_losses(net, x, y, w0 + e.float().double()).numpy() for e in eps])
+    for c, losses in ((sub, L), (mc_stage.load_full_space_curve(store, main["full"]), F_)):
+        d = _differences(losses)
+        np.testing.assert_allclose(c["delta"], (d ** 2).mean(0), rtol=1e-3, atol=1e-12)
+        np.testing.assert_allclose(c["abs_mean"], np.abs(d).mean(0), rtol=1e-3, atol=1e-12)
+        np.testing.assert_allclose(c["stderr"], (d ** 2).std(0, ddof=1) / np.sqrt(T), rtol=1e-2, atol=1e-12)
+        assert c["n_forward"] == T + 1 and c["N"] == N
+    assert mc_stage.load_full_space_curve(store, main["full"])["D"] == n_par
+    for name in names:
+        c = store.load("full_space", name).payload
+        assert np.all(c["abs_mean"] <= np.sqrt(c["delta"]) * (1 + 1e-9))        # Jensen, every k, real curves
+    rows = [r for r in tiny_pipeline.out["monte_carlo"] if r["group"] == "full_space"]
+    assert len(rows) == len(pairs)
+    for r, p in zip(rows, pairs):
+        a, b = (mc_stage.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
+        assert r["median_ratio"] == pytest.approx(float(np.median(a["delta"] / b["delta"])), rel=1e-12)
+
+
+def test_monte_carlo_closed_form_speed_rows_from_the_saved_curves(tiny_pipeline):
+    store = tiny_pipeline.store
+    plan = mc_stage.load_plan(store)
+    rows = mc_stage.load_speed(store)
+    want = [("main", _spec(plan, "main", subspace="hessian"))] + [
+        ("sigma", s) for s in mc_stage.group(plan, "sigma") if s.subspace == "hessian"]
+    assert [(r["group"], r["name"]) for r in rows] == [(g, s.name) for g, s in want]
+    for r, (_, spec) in zip(rows, want):
+        c = mc_stage.load_curve(store, spec)
+        summary = store.meta("curves", spec.name)["summary"]
+        rel = float(np.median(c["stderr"] / c["delta"]))
+        assert r["relative_se"] == pytest.approx(rel, rel=1e-12)
+        assert r["T_target"] == pytest.approx(spec.n_samples * (rel / 0.01) ** 2, rel=1e-12)
+        assert r["mc_seconds"] == summary["mc_seconds"]
+        assert r["mc_seconds_target"] == pytest.approx(summary["mc_seconds"] / c["n_forward"] * (r["T_target"] + 1))
+        assert r["jet_seconds"] == store.meta("terms", spec.terms_name)["summary"]["seconds"]
+        assert 0 < r["closed_seconds"] < 5
+        assert r["speedup"] == pytest.approx(r["mc_seconds_target"] / r["closed_seconds"])
+        assert r["speedup_with_jet"] == pytest.approx(r["mc_seconds_target"] / (r["closed_seconds"] + r["jet_seconds"]))
+        assert r["median_mc_over_q"] == pytest.approx(float(np.median(c["delta"] / c["Q"])), rel=1e-12)
+
+
 def _hessian_curves(plan):
     return [s for g, s in plan if g in ("main", "gap") and s.subspace == "hessian"]
 

@@ -6,7 +6,12 @@ for all k at once (``loss_differences``). ``delta_curve`` draws T thetas (common
 every k; the insertion order is the given order of ``inputs``, identical for every theta), and accumulates the mean
 and variance of d_k(theta)^2 online (Welford, float64) over i.i.d. *units* of the estimator (plain: one theta,
 antithetic: a pair (theta, -theta), Sobol: one independently scrambled block), so memory is O(N) (+ O(R N) for R
-random insertion orders) whatever T is.
+random insertion orders) whatever T is. Next to d_k^2 the same passes accumulate |d_k(theta)| (the pointwise
+criterion E_theta |L_{k+1} - L_k|, with |d_k(0)| at w* itself).
+
+``full_space_curve`` is the full-space isotropic criterion of Kiselev & Grabovoy (2026): the same curve for
+w = w* + eps, eps ~ N(0, s^2 I_n) in all n parameters (``full_space_scale``: s = sigma sqrt(D/n) gives the subspace
+curve's expected squared perturbation norm), with the same running sums, so the two are directly comparable.
 """
 from __future__ import annotations
 
@@ -18,10 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.core.checks import check_choice, check_data, check_int
+from lib.core.checks import check_choice, check_data, check_int, check_positive
 from lib.core.sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
-from lib.core.subspace import SubspaceLosses, check_basis
-from lib.core.tensors import device_dtype
+from lib.core.subspace import SubspaceLosses, check_basis, losses_at_weights
+from lib.core.tensors import device_dtype, flat_params
 
 __all__ = [
     "DeltaCurve",
@@ -30,6 +35,11 @@ __all__ = [
     "loss_variance",
     "order_average_formula",
     "delta_curve",
+    "FULL_SPACE_ESTIMATORS",
+    "FULL_SPACE_SCALES",
+    "full_space_scale",
+    "full_space_perturbations",
+    "full_space_curve",
 ]
 
 
@@ -147,6 +157,74 @@ class _UnitAccumulator:
         return self.welford.mean.cpu().numpy(), self.welford.stderr().cpu().numpy()
 
 
+class _CurveSums:
+    """Every running sum of one Delta_k curve, fed with consecutive per-theta rows of per-sample losses (the
+    subspace curve and the full-space curve share it, so their estimators are the same): d_k^2, (d_k - d_k(0))^2,
+    |d_k| (the pointwise criterion), V(w), the batch means of d_k^2 and the R random orders."""
+
+    def __init__(self, l0: torch.Tensor, n_samples: int, unit: int, device, n_orders: int, order_seed: int,
+                 n_batches: int):
+        N = l0.shape[-1]
+        self.l0, self.N, self.n_samples, self.n_orders = l0, N, n_samples, n_orders
+        self.d0 = loss_differences(l0)
+        self.acc_delta = _UnitAccumulator(N - 1, device, unit)
+        self.acc_centred = _UnitAccumulator(N - 1, device, unit)
+        self.acc_abs = _UnitAccumulator(N - 1, device, unit)
+        self.acc_v = _UnitAccumulator((), device, unit)
+        n_units = n_samples // unit
+        self.n_batches = min(check_int("n_batches", n_batches, 1), n_units)
+        self.batch_of = (torch.arange(n_samples) // unit) * self.n_batches // n_units          # batch of each theta
+        self.batch_sum = torch.zeros(self.n_batches, N - 1, dtype=torch.float64, device=device)
+        if n_orders:
+            g = torch.Generator().manual_seed(int(order_seed))
+            self.perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
+            self.order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
+
+    def add(self, L: torch.Tensor, start: int):
+        """Add the per-sample losses L (B, N) float64 of thetas start..start+B-1."""
+        d = loss_differences(L)             # (B, N-1)
+        dsq = d * d
+        csq = (d - self.d0) ** 2
+        v = loss_variance(L)                # (B,)
+        self.acc_delta.add_batch(dsq)
+        self.acc_centred.add_batch(csq)
+        self.acc_abs.add_batch(d.abs())
+        self.acc_v.add_batch(v)
+        self.batch_sum.index_add_(0, self.batch_of[start:start + L.shape[0]].to(self.batch_sum.device), dsq)
+        if self.n_orders:
+            for b in range(L.shape[0]):
+                dp = loss_differences(L[b][self.perms])   # (R, N-1)
+                self.order_sum += dp * dp
+        del d, dsq, csq, v                 # free this batch before the next one is computed (peak memory)
+
+    def curve(self, **fields) -> DeltaCurve:
+        """The DeltaCurve of the sums (``fields``: estimator, sampler, D, n_forward, meta)."""
+        N, d0 = self.N, self.d0
+        delta, stderr = self.acc_delta.result()
+        centred, centred_stderr = self.acc_centred.result()
+        abs_mean, abs_stderr = self.acc_abs.result()
+        vbar, vbar_se = self.acc_v.result()
+        k = np.arange(1, N)
+        out = DeltaCurve(
+            k=k, delta=delta, stderr=stderr, centred=centred, centred_stderr=centred_stderr,
+            d0sq=(d0 * d0).cpu().numpy(), losses0=self.l0.cpu().numpy(), v0=float(loss_variance(self.l0)),
+            vbar=float(vbar), vbar_stderr=float(vbar_se), n_samples=self.n_samples,
+            n_units=self.acc_delta.welford.n, N=N, seconds=0.0, n_orders=self.n_orders,
+            abs_mean=abs_mean, abs_stderr=abs_stderr, abs0=d0.abs().cpu().numpy(), **fields)
+        if self.n_orders:
+            n_orders = self.n_orders
+            curves = (self.order_sum / self.n_samples).cpu().numpy()      # (R, N-1): mean over thetas, per order
+            out.order_mean = curves.mean(axis=0)
+            out.order_median = np.median(curves, axis=0)
+            out.order_stderr = (curves.std(axis=0, ddof=1) / math.sqrt(n_orders) if n_orders > 1
+                                else np.full(N - 1, np.nan))
+            out.order_formula = order_average_formula(out.vbar, N, k)
+            out.order_curves = curves
+        counts = torch.bincount(self.batch_of, minlength=self.n_batches).to(torch.float64).to(self.batch_sum.device)
+        out.batch_means = (self.batch_sum / counts[:, None]).cpu().numpy()
+        return out
+
+
 # ----------------------------------------------------------------------------------------------- result
 @dataclass
 class DeltaCurve:
@@ -165,6 +243,9 @@ class DeltaCurve:
     order_curves           (R, N-1) the per-order curves themselves (for K of each order)
     batch_means            (B, N-1) mean of d_k^2 over each of B disjoint consecutive batches of estimator units
                            (for a simultaneous band over k); B = min(n_batches, number of units)
+    abs_mean, abs_stderr   the pointwise criterion E_theta |d_k(theta)| and its standard error (same units; by
+                           Jensen abs_mean <= sqrt(delta) for every k, exactly so for the sample means too)
+    abs0                   |d_k(0)|, the increment at w* itself
     """
 
     k: np.ndarray
@@ -192,6 +273,9 @@ class DeltaCurve:
     order_formula: np.ndarray | None = None
     order_curves: np.ndarray | None = None
     batch_means: np.ndarray | None = None
+    abs_mean: np.ndarray | None = None
+    abs_stderr: np.ndarray | None = None
+    abs0: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -244,65 +328,109 @@ def delta_curve(model, inputs, targets, basis: torch.Tensor, sampler: Sampler, n
         return evaluate(th).to(torch.float64)
 
     l0 = losses(torch.zeros(1, D, dtype=torch.float64))[0]
-    d0 = loss_differences(l0)
+    sums = _CurveSums(l0, n_samples, unit, device, n_orders, seed + 1 if order_seed is None else order_seed,
+                      n_batches)
     n_forward = 1
-
-    acc_delta = _UnitAccumulator(N - 1, device, unit)
-    acc_centred = _UnitAccumulator(N - 1, device, unit)
-    acc_v = _UnitAccumulator((), device, unit)
-    n_units = n_samples // unit
-    n_batches = min(check_int("n_batches", n_batches, 1), n_units)
-    batch_of = (torch.arange(n_samples) // unit) * n_batches // n_units          # batch of each theta
-    batch_sum = torch.zeros(n_batches, N - 1, dtype=torch.float64, device=device)
-    if n_orders:
-        g = torch.Generator().manual_seed(int(seed + 1 if order_seed is None else order_seed))
-        perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
-        order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
-
     with tqdm(total=n_samples, disable=not progress, desc=f"delta_curve {sampler.name}/{estimator}",
               leave=False) as bar:
         for start in range(0, n_samples, batch_thetas):
             th = thetas[start:start + batch_thetas]
-            L = losses(th)                      # (B, N) float64
+            sums.add(losses(th), start)          # (B, N) float64
             n_forward += th.shape[0]
-            d = loss_differences(L)             # (B, N-1)
-            dsq = d * d
-            csq = (d - d0) ** 2
-            v = loss_variance(L)                # (B,)
-            acc_delta.add_batch(dsq)
-            acc_centred.add_batch(csq)
-            acc_v.add_batch(v)
-            batch_sum.index_add_(0, batch_of[start:start + th.shape[0]].to(device), dsq)
-            if n_orders:
-                for b in range(th.shape[0]):
-                    dp = loss_differences(L[b][perms])   # (R, N-1)
-                    order_sum += dp * dp
-            del L, d, dsq, csq, v              # free this batch before the next one is computed (peak memory)
             bar.update(th.shape[0])
+    out = sums.curve(estimator=estimator, sampler=sampler.name, D=D, n_forward=n_forward,
+                     meta={"seed": seed, "sampler_params": sampler.params(), "batch_thetas": batch_thetas,
+                           "n_replicates": n_replicates if estimator == "sobol" else None,
+                           "order_seed": (seed + 1 if order_seed is None else order_seed) if n_orders else None})
+    out.seconds = time.perf_counter() - t_start
+    return out
 
-    delta, stderr = acc_delta.result()
-    centred, centred_stderr = acc_centred.result()
-    vbar, vbar_se = acc_v.result()
-    k = np.arange(1, N)
-    out = DeltaCurve(
-        k=k, delta=delta, stderr=stderr, centred=centred, centred_stderr=centred_stderr,
-        d0sq=(d0 * d0).cpu().numpy(), losses0=l0.cpu().numpy(), v0=float(loss_variance(l0)),
-        vbar=float(vbar), vbar_stderr=float(vbar_se), n_samples=n_samples, n_units=acc_delta.welford.n,
-        estimator=estimator, sampler=sampler.name, D=D, N=N, seconds=0.0, n_forward=n_forward,
-        n_orders=n_orders,
-        meta={"seed": seed, "sampler_params": sampler.params(), "batch_thetas": batch_thetas,
-              "n_replicates": n_replicates if estimator == "sobol" else None,
-              "order_seed": (seed + 1 if order_seed is None else order_seed) if n_orders else None},
-    )
-    if n_orders:
-        curves = (order_sum / n_samples).cpu().numpy()      # (R, N-1): mean over thetas, per order
-        out.order_mean = curves.mean(axis=0)
-        out.order_median = np.median(curves, axis=0)
-        out.order_stderr = (curves.std(axis=0, ddof=1) / math.sqrt(n_orders) if n_orders > 1
-                            else np.full(N - 1, np.nan))
-        out.order_formula = order_average_formula(out.vbar, N, k)
-        out.order_curves = curves
-    counts = torch.bincount(batch_of, minlength=n_batches).to(torch.float64).to(device)
-    out.batch_means = (batch_sum / counts[:, None]).cpu().numpy()
+
+# ----------------------------------------------------------------------------------------------- full space
+#: estimators of the full-space curve (a Sobol sequence in n ~ 10^5 dimensions is not available)
+FULL_SPACE_ESTIMATORS = ("plain", "antithetic")
+#: how the per-parameter scale s of the full-space perturbation follows from the subspace's (sigma, D)
+FULL_SPACE_SCALES = ("norm", "coordinate")
+
+
+def full_space_scale(sigma: float, D: int, n_params: int, scale: str = "norm") -> float:
+    """The per-parameter standard deviation s of eps ~ N(0, s^2 I_n) compared with theta ~ N(0, sigma^2 I_D).
+
+    ``"norm"`` (the default): s = sigma sqrt(D / n), the same expected squared perturbation norm,
+    E||P^T theta||^2 = sigma^2 D = n s^2 = E||eps||^2, so both criteria move the weights equally far and differ only
+    in the directions (top-D Hessian subspace vs every direction); ``"coordinate"``: s = sigma, the same scale per
+    coordinate (the full-space perturbation is then sqrt(n / D) times longer)."""
+    sigma = check_positive("sigma", sigma)
+    D, n_params = check_int("D", D), check_int("n_params", n_params)
+    check_choice("scale", scale, FULL_SPACE_SCALES)
+    return float(sigma * math.sqrt(D / n_params)) if scale == "norm" else float(sigma)
+
+
+def full_space_perturbations(n_params: int, rows, scale: float, seed: int = 0, estimator: str = "plain",
+                             dtype=torch.float64) -> torch.Tensor:
+    """Rows ``rows`` (an iterable of indices t) of the full-space perturbations eps_t ~ N(0, scale^2 I_n), (len, n).
+
+    Row t depends only on (seed, t) (plain: its own numpy stream ``default_rng([seed, t])``; antithetic: rows 2j and
+    2j+1 are +z_j and -z_j with z_j from ``default_rng([seed, j])``), so any block of rows is the same whatever
+    blocks the caller draws them in."""
+    n_params = check_int("n_params", n_params)
+    scale = check_positive("scale", scale)
+    check_choice("estimator", estimator, FULL_SPACE_ESTIMATORS)
+    out = []
+    for t in rows:
+        j, sign = (t, 1.0) if estimator == "plain" else (t // 2, 1.0 - 2.0 * (t % 2))
+        out.append(sign * scale * np.random.default_rng([int(seed), int(j)]).standard_normal(n_params))
+    return torch.as_tensor(np.stack(out) if out else np.zeros((0, n_params))).to(dtype)
+
+
+def full_space_curve(model, inputs, targets, scale: float, n_samples: int, estimator: str = "plain", seed: int = 0,
+                     n_orders: int = 0, order_seed: int | None = None, batch_thetas: int = 16,
+                     chunk_size: int | None = None, loss_fn=None, progress: bool = True,
+                     n_batches: int = 32) -> DeltaCurve:
+    """The full-space isotropic criterion: Delta_k = E_eps[(L_{k+1} - L_k)^2 (w* + eps)], eps ~ N(0, scale^2 I_n) in
+    all n parameters (Kiselev & Grabovoy 2026), with the same running sums, standard errors, orders, V-bar and
+    pointwise criterion as ``delta_curve`` (so the two curves are directly comparable).
+
+    ``scale`` is the per-parameter standard deviation s (``full_space_scale`` turns a subspace's (sigma, D) into it);
+    eps_t are ``full_space_perturbations`` rows (``estimator`` "plain" or "antithetic"). There is no subspace
+    shortcut: every eps costs one forward pass over the N samples at the weights w* + eps
+    (``subspace.losses_at_weights``; ``batch_thetas`` perturbations are drawn and post-processed together). Costs
+    T + 1 forward passes (eps = 0 included); ``D`` of the result is n and ``meta["scale"]`` is s."""
+    t_start = time.perf_counter()
+    scale = check_positive("scale", scale)
+    check_choice("estimator", estimator, FULL_SPACE_ESTIMATORS)
+    n_samples = check_int("n_samples", n_samples, 2)
+    n_orders = check_int("n_orders", n_orders, 0)
+    batch_thetas = check_int("batch_thetas", batch_thetas)
+    if estimator == "antithetic" and (n_samples % 2 or n_samples < 4):
+        raise ValueError(f"antithetic estimator needs an even n_samples >= 4 (pairs eps, -eps); got {n_samples}")
+    N = check_data(inputs, targets)
+    if N < 2:
+        raise ValueError(f"need at least 2 samples (inputs) for L_{{k+1}} - L_k; got {N}")
+    w0 = flat_params(model)
+    n = w0.numel()
+    device, dtype = device_dtype(model)
+    unit = estimator_units(n_samples, estimator)
+    order_seed = seed + 1 if order_seed is None else order_seed
+    sums = None
+    with tqdm(total=n_samples, disable=not progress, desc=f"full_space_curve {estimator}", leave=False) as bar:
+        for start in range(0, n_samples, batch_thetas):
+            rows = range(start, min(n_samples, start + batch_thetas))
+            eps = full_space_perturbations(n, rows, scale, seed, estimator).to(device=device, dtype=dtype)
+            B = eps.shape[0]
+            if sums is None:                   # eps = 0 on the same path, with the first block
+                eps = torch.cat([torch.zeros_like(eps[:1]), eps])
+            L = losses_at_weights(model, inputs, targets, w0 + eps, chunk_size=chunk_size,
+                                  loss_fn=loss_fn).to(torch.float64)
+            if sums is None:
+                sums = _CurveSums(L[0], n_samples, unit, device, n_orders, order_seed, n_batches)
+                L = L[1:]
+            sums.add(L, start)
+            del L, eps
+            bar.update(B)
+    out = sums.curve(estimator=estimator, sampler="full_space_gaussian", D=n, n_forward=n_samples + 1,
+                     meta={"seed": seed, "scale": scale, "batch_thetas": batch_thetas,
+                           "sampler_params": {"name": "full_space_gaussian", "scale": scale},
+                           "order_seed": order_seed if n_orders else None})
     out.seconds = time.perf_counter() - t_start
     return out

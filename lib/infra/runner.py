@@ -5,6 +5,7 @@
     python -m lib.infra.runner --profile smoke --set train.epochs=2 # override a parameter (YAML value)
     python -m lib.infra.runner --write-parameter-cells              # after adding or changing a parameter
 
+Notebooks run in number order, except ``06_figures`` (it reads every other stage's results), which runs last.
 The profile is validated before anything runs. Executed notebooks are saved under
 ``results/<profile>/notebooks/``; per-stage wall times go to ``results/<profile>/timings.json``.
 A failing cell stops the run with a non-zero exit and the cell's error.
@@ -47,8 +48,14 @@ KERNEL_NAME = "landscape-hessian"
 PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
+#: the stage whose notebook reads every other stage's results (figures, tables, numbers of the paper): it runs last,
+#: whatever its number, so that a later-numbered stage (07_your_model) has saved its results before it
+REPORT_STAGE = "figures"
+
+
 def notebooks() -> list[Path]:
-    return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    """The numbered notebooks in run order: by number, the ``REPORT_STAGE`` notebook (06_figures) last."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"), key=lambda p: (stage_of(p) == REPORT_STAGE, p.name))
 
 
 def stage_of(path: Path) -> str:
@@ -66,7 +73,7 @@ def select(only: list[str] | None) -> list[Path]:
         if not match:
             raise ValueError(f"--only {item!r} matches no notebook; choose from {[p.stem for p in books]}")
         chosen += match
-    return sorted(set(chosen))
+    return [p for p in books if p in chosen]      # run order, each once
 
 
 def declared_parameters(nb) -> set[str]:

@@ -6,13 +6,22 @@ notebooks 02-05 call them for previews; ``lib.outputs.registry`` says which outp
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from lib.core.convergence import first_k_below, k_closed_form, spearman
 from lib.outputs import plotting
 from lib.stages.convergence import load_r0_curve, load_table
-from lib.stages.monte_carlo import CurveSpec, group, load_curve, main_curves
+from lib.stages.monte_carlo import (
+    CurveSpec,
+    group,
+    load_curve,
+    load_full_space_curve,
+    load_full_space_plan,
+    main_curves,
+)
 from lib.stages.projection import load_projection
 from lib.stages.spectrum import load_spectrum, spectrum_seeds
+from lib.stages.your_model import load_your_model, your_model_runs
 
 LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN",
           "hessian": "Hessian subspace", "random": "random subspace"}
@@ -82,27 +91,42 @@ def spectrum(store, datasets, models, seeds, max_seeds: dict | None = None):
 
 
 # -------------------------------------------------------------------------------------------- surfaces
+#: the two planes of the surfaces figure: (result key, panel-title label, axis labels)
+SURFACE_PLANES = [("hessian", "Hessian plane (top-2 eigenvectors)",
+                   (r"$\theta_1$ (along $v_1$)", r"$\theta_2$ (along $v_2$)")),
+                  ("filter_normalized", "random plane (filter-normalised)",
+                   (r"$\theta_1$ (random direction 1)", r"$\theta_2$ (random direction 2)"))]
+
+
 def surfaces(store, dataset, model, seed):
+    """The loss of one run (dataset, model, seed) on two planes through w*: the top-2 Hessian eigenvectors (upper
+    row) and two filter-normalised random directions (lower row); columns L_k at a small k, L_{N-1} and the squared
+    increment (L_{k+1} - L_k)^2, each on a log10 colour scale with its own labelled colour bar."""
     p = load_projection(store, dataset, model, seed)
     k_small, N = p["k"][0], p["N"]
     with plotting.style():
-        fig, axes = plotting.figure(3, 2, width=plotting.FULL_WIDTH, aspect=0.85)
-        for r, (plane, label) in enumerate([("hessian", "top-2 Hessian eigenvectors"),
-                                            ("filter_normalized", "filter-normalised random")]):
+        fig, axes = plotting.figure(3, 2, width=plotting.FULL_WIDTH, aspect=1.05)
+        for r, (plane, label, (xlabel, ylabel)) in enumerate(SURFACE_PLANES):
             g = p[plane]
             a = g["axis"]
-            panels = [(g[f"L_{k_small}"], f"$L_{{{k_small}}}$"), (g[f"L_{N - 1}"], f"$L_{{{N - 1}}}$"),
+            panels = [(g[f"L_{k_small}"], f"$L_{{{k_small}}}$", f"$\\log_{{10}} L_{{{k_small}}}$ (nats)"),
+                      (g[f"L_{N - 1}"], f"$L_{{{N - 1}}}$", f"$\\log_{{10}} L_{{{N - 1}}}$ (nats)"),
                       ((g[f"L_{k_small + 1}"] - g[f"L_{k_small}"]) ** 2,
-                       f"$(L_{{{k_small + 1}}} - L_{{{k_small}}})^2$")]
-            for c, (z, title) in enumerate(panels):
+                       f"$(L_{{{k_small + 1}}} - L_{{{k_small}}})^2$",
+                       f"$\\log_{{10}} (L_{{{k_small + 1}}} - L_{{{k_small}}})^2$ (nats$^2$)")]
+            for c, (z, title, unit) in enumerate(panels):
                 ax = axes[r, c]
                 cs = ax.contourf(a, a, np.log10(np.maximum(z.T, 1e-12)), levels=20)
-                ax.plot(0, 0, "w+", ms=6)
-                cb = fig.colorbar(cs, ax=ax, shrink=0.9)
-                cb.set_label(r"$\log_{10}$ value", fontsize=6)
-                ax.set(xlabel=r"$\theta_1$", ylabel=r"$\theta_2$", title=f"{title}, {label}")
+                ax.plot(0, 0, "w+", ms=8, mew=1.5)
+                cb = fig.colorbar(cs, ax=ax, shrink=0.95)
+                cb.set_label(unit, fontsize=7)
+                cb.ax.tick_params(labelsize=6.5)
+                cb.locator = MaxNLocator(6)
+                cb.update_ticks()
+                ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title}\n{label}")
                 ax.grid(False)
-        fig.suptitle(f"{LABELS[dataset]}, {LABELS[model]} (N = {N})", fontsize=8)
+        fig.suptitle(f"{LABELS[dataset]}, {LABELS[model]}, seed {seed}, N = {N}: training loss (cross-entropy) on "
+                     "two planes through $w^*$ (+)", fontsize=9)
         fig.tight_layout()
     return fig
 
@@ -395,5 +419,110 @@ def r0_curves(store):
         ax2.set_xticks(x, names)
         ax2.set(yscale="log", xlabel="hidden widths", ylabel="spectral norm", title="Hessian-norm bound vs measured")
         ax2.legend(fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- full space
+def full_space_ratio(store):
+    """Delta^(D)_k / Delta^(full)_k against k (top-D Hessian subspace over the full-space isotropic criterion):
+    one row per run of the ``full_space`` group, the sigma sweep at D (left) and the D sweep at sigma (right);
+    solid: equal expected squared perturbation norm (s = sigma sqrt(D/n)), dashed: s = sigma per coordinate; bands
+    +-2 SE of the ratio (the two curves' relative standard errors added in quadrature over the thetas)."""
+    pairs = load_full_space_plan(store)
+    runs = list(dict.fromkeys((p["dataset"], p["model"]) for p in pairs))
+    with plotting.style():
+        fig, axes = plotting.figure(2, max(1, len(runs)), width=plotting.FULL_WIDTH, aspect=0.6)
+        if not runs:
+            for ax in axes.flat:
+                ax.set(xlabel="sample size $k$", title="no full-space runs in this profile")
+                ax.text(0.5, 0.5, "monte_carlo.full_space_models = []", ha="center", transform=ax.transAxes)
+        for r, (ds, m) in enumerate(runs):
+            for c_, line in enumerate(("sigma", "dim")):
+                ax = axes[r, c_]
+                mine = [p for p in pairs if (p["dataset"], p["model"], p["line"]) == (ds, m, line)]
+                values = sorted({p["sigma"] if line == "sigma" else p["D"] for p in mine})
+                for p in mine:
+                    a, b = load_full_space_curve(store, p["subspace"]), load_full_space_curve(store, p["full"])
+                    idx = _log_index(len(a["k"]))
+                    ratio = a["delta"][idx] / b["delta"][idx]
+                    rel = np.sqrt((a["stderr"][idx] / a["delta"][idx]) ** 2 + (b["stderr"][idx] / b["delta"][idx]) ** 2)
+                    v = p["sigma"] if line == "sigma" else p["D"]
+                    color = plotting.PALETTE[values.index(v) % len(plotting.PALETTE)]
+                    norm = p["scale"] == "norm"
+                    label = (f"$\\sigma$ = {v:g}" if line == "sigma" else f"D = {v}") if norm else None
+                    ax.set_xscale("log")
+                    ax.set_yscale("log")
+                    plotting.band(ax, a["k"][idx], ratio, 2 * rel * ratio, label=label, color=color,
+                                  ls="-" if norm else "--", lw=1.0 if norm else 0.8)
+                ax.axhline(1.0, color="0.4", lw=0.6, ls=":")
+                ax.text(0.99, 0.02, r"solid: $s=\sigma\sqrt{D/n}$ (equal norm); dashed: $s=\sigma$ per coordinate",
+                        fontsize=5, ha="right", va="bottom", transform=ax.transAxes)
+                fixed = f"D = {mine[0]['D']}" if line == "sigma" else f"$\\sigma$ = {mine[0]['sigma']:g}"
+                varies = r"$\sigma$" if line == "sigma" else "D"
+                ax.set(xlabel="sample size $k$", ylabel=r"$\Delta^{(D)}_k / \Delta^{(\mathrm{full})}_k$",
+                       title=f"{LABELS[ds]}, {LABELS[m]}: {fixed}, {varies} varies")
+                ax.legend(fontsize=5, ncol=2)
+        fig.tight_layout()
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- your model (07)
+def your_model(store):
+    """Notebook 07's runs (residual CNN on scikit-learn's digits, through ``lib.api.analyze``). Left: Delta_k of the
+    first seed with +-2 SE, the 5-95 % range over random insertion orders, the closed form V-bar N / ((N-1) k (k+1)),
+    Q_k, the thresholds and K (given order: circles; conformal upper bound over orders: triangles); the other seeds
+    as thin lines. Right: k (k+1) Delta_k (first seed's given order; every seed's median over random orders) against
+    V-bar N / (N-1) (dashed, the exact order average), flat for a k^-2 law."""
+    seeds = your_model_runs(store)
+    runs = [load_your_model(store, s) for s in seeds]
+    first = runs[0]["report"]
+    with plotting.style():
+        fig, axes = plotting.figure(2, 1, width=plotting.FULL_WIDTH, aspect=0.75)
+        ax, ax2 = axes[0]
+        k = np.asarray(first["k"], dtype=np.float64)
+        idx = _log_index(len(k))
+        d = np.asarray(first["delta"])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plotting.band(ax, k[idx], d[idx], 2 * np.asarray(first["stderr"])[idx], color=plotting.PALETTE[0],
+                      label=f"$\\Delta_k$, seed {seeds[0]} ($\\pm 2$ SE)")
+        if runs[0].get("order_q05") is not None:
+            lo, hi = np.asarray(runs[0]["order_q05"]), np.asarray(runs[0]["order_q95"])
+            ax.fill_between(k[idx], np.where(lo[idx] > 0, lo[idx], np.nan), hi[idx], color="0.5", alpha=0.25, lw=0,
+                            label=f"5-95 % over {first['settings']['n_orders']} random orders")
+        ax.plot(k[idx], np.asarray(first["order_formula"])[idx], "k--", lw=0.8,
+                label=r"$\bar V N / ((N-1) k (k+1))$")
+        if first["Q"] is not None:
+            ax.plot(k[idx], np.maximum(np.asarray(first["Q"])[idx], 1e-300), ":", color=plotting.PALETTE[1], lw=1.0,
+                    label="$Q_k$ (quadratic model)")
+        for j, r in enumerate(runs[1:], 1):
+            ax.plot(k[idx], np.asarray(r["report"]["delta"])[idx], lw=0.6, alpha=0.8,
+                    color=plotting.PALETTE[(j + 1) % len(plotting.PALETTE)], label=f"seed {seeds[j]}")
+        for z in first["sample_sizes"]:
+            ax.axhline(z["threshold"], color="0.6", lw=0.5, ls=":")
+            if z["K"] is not None:
+                ax.plot([z["K"]], [z["threshold"]], "o", ms=4, mfc="none", color="C3")
+            if z["K_order_upper"] is not None:
+                ax.plot([z["K_order_upper"]], [z["threshold"]], "^", ms=4, mfc="none", color="0.2")
+        ax.set(xlabel="sample size $k$ (insertion order)", ylabel=r"$\Delta_k = E_\theta (L_{k+1} - L_k)^2$",
+               title=f"digits, residual CNN ({first['n_params']:,} parameters), N = {first['N']}: "
+                     f"D = {first['D']}, $\\sigma$ = {first['settings']['sigma']:g}")
+        ax.legend(fontsize=5.5, loc="upper right")
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        ax2.plot(k[idx], (k * (k + 1) * d)[idx], lw=0.5, alpha=0.5, color=plotting.PALETTE[0],
+                 label=f"seed {seeds[0]}, given order")
+        for j, r in enumerate(runs):
+            rep = r["report"]
+            kk = np.asarray(rep["k"], dtype=np.float64)
+            color = plotting.PALETTE[0] if j == 0 else plotting.PALETTE[(j + 1) % len(plotting.PALETTE)]
+            if rep["order_median"] is not None:
+                ax2.plot(kk[idx], (kk * (kk + 1) * np.asarray(rep["order_median"]))[idx], lw=1.0, color=color,
+                         label=f"seed {seeds[j]}, median over orders")
+            ax2.axhline(rep["vbar"] * rep["N"] / (rep["N"] - 1), color=color, lw=0.7, ls="--")
+        ax2.set(xlabel="sample size $k$ (insertion order)", ylabel=r"$k (k+1) \Delta_k$",
+                title=r"$k(k+1)\Delta_k$ against $\bar V N/(N-1)$ (dashed), per seed")
+        ax2.legend(fontsize=5.5)
         fig.tight_layout()
     return fig

@@ -1,9 +1,9 @@
 """The paper's outputs, registered once: output file -> the function that makes it.
 
 Notebook 06 (``lib.stages.figures``) iterates ``FIGURES``, ``TABLES`` and writes ``numbers.tex``; the paper build
-checks with ``missing()`` that every registered output exists before LaTeX runs.
+checks with ``missing(profile)`` that every registered output of that profile exists before LaTeX runs.
 
-    python -m lib.outputs.registry --check     # exit 1 listing the outputs that are missing
+    python -m lib.outputs.registry --check --profile smoke   # exit 1 listing the outputs that are missing
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _one(name: str, make: Callable[[Inputs], object]) -> Callable[[Inputs], dict
     return lambda i: {name: make(i)}
 
 
-#: figure groups: each returns {file stem under paper/figures/: matplotlib figure}
+#: figure groups: each returns {file stem under paper/figures/<profile>/: matplotlib figure}
 FIGURES: dict[str, Callable[[Inputs], dict]] = {
     "spectrum": _one("spectrum", lambda i: figures.spectrum(i.store, i.common.datasets, i.common.models,
                                                            i.common.seeds, i.common.spectrum_max_seeds)),
@@ -62,54 +62,62 @@ FIGURES: dict[str, Callable[[Inputs], dict]] = {
     "learning_curve": _one("learning_curve", lambda i: figures.learning_curve(i.store)),
     "k_vs_scale": _one("k_vs_scale", lambda i: figures.k_vs_scale(i.store, i.plan, _thresholds(i))),
     "r0_curves": _one("r0_curves", lambda i: figures.r0_curves(i.store)),
+    "full_space_ratio": _one("full_space_ratio", lambda i: figures.full_space_ratio(i.store)),
+    # notebook 07's runs (residual CNN on digits through lib.api): the runner runs 06 after 07
+    "your_model": _one("your_model", lambda i: figures.your_model(i.store)),
 }
 
-#: tables: file stem under paper/generated/ -> LaTeX tabular
+#: tables: file stem under paper/generated/<profile>/ -> LaTeX tabular
 TABLES: dict[str, Callable[[Inputs], str]] = {
     "sample_size": lambda i: report.sample_size_table(i.store),
     "solvers": lambda i: report.solver_table(i.store),
     "theory": lambda i: report.theory_table(i.store),
     "predictors": lambda i: report.predictor_table(i.store),
+    "speed": lambda i: report.speed_table(i.store),
 }
 
 
 def numbers(i: Inputs, timings: dict | None = None) -> dict:
-    """Every number the paper quotes, keyed by macro name (``paper/generated/numbers.tex``)."""
+    """Every number the paper quotes, keyed by macro name (``paper/generated/<profile>/numbers.tex``)."""
     c = i.common
     return report.numbers(i.store, c.datasets, c.models, c.seeds, i.plan, timings=timings,
                           spectrum_max_seeds=c.spectrum_max_seeds)
 
 
-def missing(figure_names: list[str] | None = None) -> list[str]:
-    """Registered outputs without their file: every table, ``numbers.tex``, and the figures recorded by the last
-    06 run in ``paper/generated/source.json`` (PDF and PNG)."""
-    out = [f"paper/generated/{t}.tex" for t in TABLES if not (report.GENERATED / f"{t}.tex").is_file()]
-    if not (report.GENERATED / "numbers.tex").is_file():
-        out.append("paper/generated/numbers.tex")
-    source = report.GENERATED / "source.json"
+def missing(profile: str, figure_names: list[str] | None = None) -> list[str]:
+    """Registered outputs of ``profile`` without their file: every table, ``numbers.tex``, and the figures recorded
+    by its last 06 run in ``paper/generated/<profile>/source.json`` (PDF and PNG)."""
+    gen, figs = report.generated_dir(profile), report.figures_dir(profile)
+    out = [f"paper/generated/{profile}/{t}.tex" for t in TABLES if not (gen / f"{t}.tex").is_file()]
+    if not (gen / "numbers.tex").is_file():
+        out.append(f"paper/generated/{profile}/numbers.tex")
+    source = gen / "source.json"
     if figure_names is None:
         figure_names = json.loads(source.read_text())["figures"] if source.is_file() else []
         if not source.is_file():
-            out.append("paper/generated/source.json")
+            out.append(f"paper/generated/{profile}/source.json")
     for name in figure_names:
         for ext in ("pdf", "png"):
-            if not (report.FIGURES / f"{name}.{ext}").is_file():
-                out.append(f"paper/figures/{name}.{ext}")
+            if not (figs / f"{name}.{ext}").is_file():
+                out.append(f"paper/figures/{profile}/{name}.{ext}")
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="list missing outputs; exit 1 if any")
+    parser.add_argument("--profile", default="paper", help="whose outputs (paper/generated/<profile>/)")
     args = parser.parse_args(argv)
-    gone = missing()
+    gone = missing(args.profile)
     for path in gone:
         print(f"missing output: {path}", file=sys.stderr)
     if gone:
-        print("error: run 'make reproduce PROFILE=smoke' (or paper) to make them", file=sys.stderr)
+        print(f"error: run 'make reproduce PROFILE={args.profile}' (or 'make paper PROFILE={args.profile}' when its "
+              "results exist) to make them", file=sys.stderr)
         return 1
     if args.check:
-        print(f"all {len(TABLES)} tables, numbers.tex and the recorded figures are present")
+        print(f"all {len(TABLES)} tables, numbers.tex and the recorded figures of profile {args.profile} are "
+              "present")
     return 0
 
 

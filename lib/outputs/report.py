@@ -1,7 +1,8 @@
 """Numbers and tables of the paper, generated from saved results only (notebook 06).
 
 ``numbers(store, ...)`` returns ``{macro: value string}``; ``write_numbers`` writes one ``\\newcommand`` per number
-into ``paper/generated/numbers.tex``; ``*_table`` functions return LaTeX tables (booktabs).
+into ``paper/generated/<profile>/numbers.tex``; ``*_table`` functions return LaTeX tables (booktabs). Each profile
+has its own folders (``generated_dir``, ``figures_dir``), so that building one profile never touches another's.
 """
 from __future__ import annotations
 
@@ -14,17 +15,28 @@ import numpy as np
 import torch
 
 from lib import REPO_ROOT
+from lib.core.convergence import first_k_below
 from lib.core.models import MODELS, build
 from lib.core.tensors import n_params
 from lib.infra.results import atomic_write_bytes, git_commit, package_versions
 from lib.stages import REGISTRY
 from lib.stages.base import load, run_name
 from lib.stages.convergence import load_table
-from lib.stages.monte_carlo import main_curves
+from lib.stages.monte_carlo import (
+    FULL_SPACE,
+    FullSpaceSpec,
+    load_full_space_curve,
+    load_full_space_plan,
+    load_speed,
+    main_curves,
+)
 from lib.stages.spectrum import FOLDER as SPECTRA
 from lib.stages.spectrum import load_solvers, load_spectrum, solver_runs, spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
+from lib.stages.your_model import FOLDER as YOUR_MODEL
+from lib.stages.your_model import load_your_model, your_model_runs
 
+#: roots of the generated LaTeX inputs and of the figures; each profile writes only into ``<root>/<profile>/``
 GENERATED = REPO_ROOT / "paper" / "generated"
 FIGURES = REPO_ROOT / "paper" / "figures"
 _DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
@@ -66,10 +78,27 @@ def pct(x) -> str:
     return "n/a" if x is None else f"{100 * float(x):.1f}"
 
 
-def prune_figures(made, folder: Path | None = None) -> list[str]:
-    """Delete figure files (PDF/PNG) in ``folder`` (default ``FIGURES``) that this run did not write, so that every
-    file there traces back to the results of the last 06 run; returns the removed names."""
-    folder = FIGURES if folder is None else Path(folder)
+def generated_dir(profile: str) -> Path:
+    """``paper/generated/<profile>/``: the numbers, tables and ``source.json`` of one profile."""
+    return GENERATED / _plain(profile)
+
+
+def figures_dir(profile: str) -> Path:
+    """``paper/figures/<profile>/``: the figures (PDF + PNG) of one profile."""
+    return FIGURES / _plain(profile)
+
+
+def _plain(profile: str) -> str:
+    if not profile or "/" in profile or "\\" in profile or profile.startswith("."):
+        raise ValueError(f"profile={profile!r} is not a plain folder name; use a profile name such as 'smoke'")
+    return profile
+
+
+def prune_figures(made, folder: Path) -> list[str]:
+    """Delete figure files (PDF/PNG) directly in ``folder`` (one profile's ``figures_dir``) that this run did not
+    write, so that every file there traces back to the results of the last 06 run; nothing outside ``folder``
+    (another profile's folder) is looked at. Returns the removed names."""
+    folder = Path(folder)
     removed = []
     for path in sorted(folder.glob("*")):
         if path.suffix in (".pdf", ".png") and path.stem not in made:
@@ -167,6 +196,9 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("bound", "over", "measured", "min")] = fmt(min(r["hessian_bound"] / r["max_measured_norm"]
                                                                   for r in r0))
     out.update(sample_size_numbers(store))
+    out.update(full_space_numbers(store))
+    out.update(speed_numbers(store))
+    out.update(your_model_numbers(store))
     out.update(claim_numbers(store, first))
     timings = timings or {}
     for info in REGISTRY.values():   # a stage not yet timed (06 while it runs, on a first run) prints "--"
@@ -246,6 +278,77 @@ def _factor(pred, true) -> float | None:
     if not pred or not true:
         return None
     return float(max(pred / true, true / pred))
+
+
+def _k_or(value, missing: str = "not reached") -> str:
+    return fmt(int(round(value))) if value is not None else missing
+
+
+def your_model_numbers(store) -> dict:
+    """Macros of notebook 07 (residual CNN on scikit-learn's digits through ``lib.api.analyze``, every saved seed
+    with the same settings): the setup, test accuracy, Delta_k slope, V-bar, the top eigenvalue, and K(Delta) with
+    its uncertainty at the middle threshold (first seed; the range of K over seeds), and the cost. Nothing when
+    notebook 07 has not run (the paper's macros then become placeholders)."""
+    out: dict[str, str] = {}
+    if not store.names(YOUR_MODEL):
+        return out
+    seeds = your_model_runs(store)
+    runs = [load_your_model(store, s) for s in seeds]
+    summaries = [r["meta"]["summary"] for r in runs]
+    first, params, rep = summaries[0], runs[0]["meta"]["params"], runs[0]["report"]
+    ym = ("your", "model")
+    out[macro(*ym, "seeds")] = fmt(len(seeds))
+    out[macro(*ym, "seed", "list")] = ", ".join(str(s) for s in seeds)
+    out[macro(*ym, "first", "seed")] = str(seeds[0])
+    out[macro(*ym, "params")] = fmt(int(first["n_params"]))
+    out[macro(*ym, "channels")] = fmt(int(params["channels"]))
+    out[macro(*ym, "n", "train")] = fmt(int(first["n_train"]))
+    out[macro(*ym, "n", "test")] = fmt(int(first["n_test"]))
+    out[macro(*ym, "epochs")] = fmt(int(params["epochs"]))
+    out[macro(*ym, "D")] = fmt(int(params["D"]))
+    out[macro(*ym, "sigma")] = fmt(params["sigma"])
+    out[macro(*ym, "T")] = fmt(int(params["n_samples"]))
+    out[macro(*ym, "orders")] = fmt(int(params["n_orders"]))
+    acc = [x["test_accuracy"] for x in summaries]
+    out[macro(*ym, "acc")] = pct(np.mean(acc))
+    out[macro(*ym, "acc", "range")] = (pct(acc[0]) if len(acc) == 1 else f"{pct(min(acc))}--{pct(max(acc))}")
+    out[macro(*ym, "loss", "star")] = fmt(np.mean([x["loss_star"] for x in summaries]))
+    out[macro(*ym, "loss", "theta")] = fmt(np.mean([x["loss_theta"] for x in summaries]))
+    out[macro(*ym, "test", "loss")] = fmt(np.mean([x["test_loss"] for x in summaries]))
+    out[macro(*ym, "lambda", "one")] = fmt(first["lambda_1"])
+    out[macro(*ym, "slope")] = fmt(first["slope"])
+    out[macro(*ym, "slope", "se")] = fmt(first["slope_se"], 2)
+    out[macro(*ym, "slope", "range")] = _range([x["slope"] for x in summaries], 3)
+    out[macro(*ym, "vbar")] = fmt(first["vbar"])
+    out[macro(*ym, "vbar", "se")] = fmt(first["vbar_stderr"], 2)
+    out[macro(*ym, "vbar", "range")] = _range([x["vbar"] for x in summaries], 3)
+    thresholds = [z["threshold"] for z in first["sample_sizes"]]
+    mid = len(thresholds) // 2
+    out[macro(*ym, "delta")] = fmt(thresholds[mid])
+    z = first["sample_sizes"][mid]
+    out[macro(*ym, "K")] = _k_or(z["K"])
+    out[macro(*ym, "K", "band")] = _k_or(z["K_band"])
+    out[macro(*ym, "K", "median")] = _k_or(z["K_order_median"])
+    out[macro(*ym, "K", "low")] = _k_or(z["K_order_q05"])
+    out[macro(*ym, "K", "high")] = _k_or(z["K_order_q95"])
+    out[macro(*ym, "K", "upper")] = _k_or(z["K_order_upper"])
+    out[macro(*ym, "K", "closed")] = _k_or(z["K_closed"])
+    median = z["K_order_median"]
+    out[macro(*ym, "closed", "vs", "median")] = (
+        "the median over orders is not reached" if median is None else
+        f"{'below' if z['K_closed'] < median else 'above' if z['K_closed'] > median else 'equal to'} the median "
+        "over orders")
+    ks = [x["sample_sizes"][mid]["K"] for x in summaries]
+    reached = [k for k in ks if k is not None]
+    span = ("not reached" if not reached else _k_or(min(reached)) if min(reached) == max(reached)
+            else f"{_k_or(min(reached))}--{_k_or(max(reached))}")
+    out[macro(*ym, "K", "seed", "range")] = span + (f" ({len(ks) - len(reached)} of {len(ks)} seeds not reached)"
+                                                    if reached and len(reached) < len(ks) else "")
+    out[macro(*ym, "hvp")] = fmt(int(first["hvp_count"]))
+    out[macro(*ym, "seconds")] = fmt(float(np.mean([x["analyze_seconds"] for x in summaries])), 2)
+    out[macro(*ym, "train", "seconds")] = fmt(float(np.mean([x["train_seconds"] for x in summaries])), 2)
+    out[macro(*ym, "quadratic")] = ("computed" if rep["Q"] is not None else "skipped")
+    return out
 
 
 def sample_size_numbers(store) -> dict:
@@ -345,11 +448,12 @@ def placeholders(values: dict, sources=TEX_SOURCES) -> list[str]:
     return sorted(m for m in required_macros(sources) if values.get(m, "n/a") == "n/a")
 
 
-def write_numbers(values: dict, path: Path | None = None, allow_placeholders: bool = True) -> list[str]:
-    """Write one \\newcommand per value to ``numbers.tex`` (and ``numbers.json``); every macro the paper or
-    slides use but the results do not give is a placeholder "n/a", listed in ``placeholders.txt``. With
-    ``allow_placeholders=False`` a placeholder is an error naming them. Returns the placeholders."""
-    path = path or GENERATED / "numbers.tex"
+def write_numbers(values: dict, path: Path, allow_placeholders: bool = True) -> list[str]:
+    """Write one \\newcommand per value to ``path`` (``generated_dir(profile) / "numbers.tex"``, and
+    ``numbers.json`` next to it); every macro the paper or slides use but the results do not give is a placeholder
+    "n/a", listed in ``placeholders.txt``. With ``allow_placeholders=False`` a placeholder is an error naming them.
+    Returns the placeholders."""
+    path = Path(path)
     missing = placeholders(values)
     if missing and not allow_placeholders:
         raise ValueError(f"{len(missing)} number(s) the paper or slides use have no result: {missing}; run the "
@@ -450,7 +554,128 @@ def theory_table(store) -> str:
     return _tabular(header, rows, "llll" + "r" * 10)
 
 
-def write_table(name: str, tex: str) -> Path:
-    path = GENERATED / f"{name}.tex"
+def speed_table(store) -> str:
+    """Closed form against Monte Carlo per Hessian curve with a quadratic prediction (main curves of the first seed
+    and the sigma sweep): the Monte-Carlo time of the saved T and its relative SE, the T and time that give 1 %
+    relative SE (SE ~ T^-1/2), the time of Q_k for every k, of the per-sample terms (jet, once per run and D), the two
+    speed ratios and the median MC/Q_k (1 where the closed form is accurate)."""
+    rows = []
+    for r in load_speed(store):
+        rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], fmt(int(r["D"])), fmt(r["sigma"], 2),
+                     fmt(int(r["n_samples"])), pct(r["relative_se"]), fmt(int(round(r["T_target"]))),
+                     fmt(r["mc_seconds"], 2), fmt(r["mc_seconds_target"], 2), fmt(r["closed_seconds"], 2),
+                     fmt(r["jet_seconds"], 2), fmt(r["speedup"], 2), fmt(r["speedup_with_jet"], 2),
+                     fmt(r["median_mc_over_q"], 2)])
+    header = ["data", "model", "$D$", r"$\sigma$", "$T$", r"rel.\ SE (\%)", r"$T_{1\%}$", "MC (s)",
+              r"MC$_{1\%}$ (s)", "$Q_k$ (s)", "jet (s)", r"MC$_{1\%}/Q_k$", r"MC$_{1\%}$/($Q_k$+jet)", r"MC/$Q_k$"]
+    return _tabular(header, rows, "ll" + "r" * 12)
+
+
+def _median_ratio(store, pair) -> float:
+    a, b = load_full_space_curve(store, pair["subspace"]), load_full_space_curve(store, pair["full"])
+    return float(np.median(a["delta"] / b["delta"]))
+
+
+def full_space_numbers(store) -> dict:
+    """Macros of the full-space comparison (``full_space`` group): the median over k of Delta^(D)_k /
+    Delta^(full)_k at the main (D, sigma) and at the ends of both sweeps (ranges over the runs), the per-coordinate
+    scale, the cost per theta, the pointwise criterion against sqrt(Delta_k) (Jensen) and K(Delta) against
+    K_pointwise(sqrt(Delta)) at the headline Delta of the sample-size table."""
+    out: dict[str, str] = {}
+    pairs = load_full_space_plan(store)
+    if not pairs:
+        return out
+    runs = list(dict.fromkeys((p["dataset"], p["model"]) for p in pairs))
+    datasets = list(dict.fromkeys(TEX_LABELS[d] for d, _ in runs))
+    models = list(dict.fromkeys(TEX_LABELS[m] for _, m in runs))
+    out[macro("full", "runs")] = (f"{' and '.join(datasets)}, {' and '.join(models)}, seed {pairs[0]['seed']}")
+    out[macro("full", "T")] = fmt(int(pairs[0]["subspace"]["n_samples"]))
+    sig_line = [p for p in pairs if p["line"] == "sigma"]
+    dim_line = [p for p in pairs if p["line"] == "dim"]
+    D, sigma = (sig_line or dim_line)[0]["D"], (dim_line or sig_line)[0]["sigma"]
+    out[macro("full", "D")] = fmt(int(D))
+    out[macro("full", "sigma")] = fmt(sigma)
+    norm = [p for p in pairs if p["scale"] == "norm"]
+    main = [p for p in norm if p["D"] == D and p["sigma"] == sigma]
+    out[macro("full", "ratio", "main")] = _range([_median_ratio(store, p) for p in main], 2)
+    for line, key, tag in ((sig_line, "sigma", "Sigma"), (dim_line, "D", "Dim")):
+        values = sorted({p[key] for p in line})
+        if not values:
+            continue
+        for end, v in (("low", values[0]), ("high", values[-1])):
+            at = [p for p in line if p[key] == v]
+            out[macro("full", tag, end)] = fmt(v)
+            out[macro("full", "ratio", tag, end)] = _range([_median_ratio(store, p) for p in at
+                                                            if p["scale"] == "norm"], 2)
+            out[macro("full", "ratio", "coord", tag, end)] = _range([_median_ratio(store, p) for p in at
+                                                                     if p["scale"] == "coordinate"], 2)
+    seconds = {kind: [load(store, FULL_SPACE, FullSpaceSpec(**p[kind]).name).meta["summary"]["seconds_per_theta"]
+                      for p in pairs] for kind in ("subspace", "full")}
+    out[macro("full", "seconds", "per", "theta")] = _range(seconds["full"], 2)
+    out[macro("full", "sub", "seconds", "per", "theta")] = _range(seconds["subspace"], 2)
+    jensen = {kind: [float(np.median(c["abs_mean"] / np.sqrt(c["delta"])))
+                     for c in (load_full_space_curve(store, p[kind]) for p in norm)] for kind in ("subspace", "full")}
+    out[macro("pointwise", "jensen", "range")] = _range(jensen["subspace"], 2)
+    out[macro("pointwise", "jensen", "full", "range")] = _range(jensen["full"], 2)
+    zero = [float(np.median(c["abs0"] / c["abs_mean"])) for c in (load_full_space_curve(store, p["subspace"])
+                                                                  for p in main)]
+    out[macro("pointwise", "zero", "range")] = _range(zero, 2)
+    table = load_table(store, "sample_size")
+    grid = sorted({r["delta"] for r in table})
+    if grid and main:
+        thr = grid[len(grid) // 2]
+        out[macro("full", "delta", "thr")] = fmt(thr)
+        ks = {"sub": [], "full": [], "pointwise": [], "pointwise_full": []}
+        for p in main:
+            a, b = load_full_space_curve(store, p["subspace"]), load_full_space_curve(store, p["full"])
+            ks["sub"].append(first_k_below(a["k"], a["delta"], thr))
+            ks["full"].append(first_k_below(b["k"], b["delta"], thr))
+            ks["pointwise"].append(first_k_below(a["k"], a["abs_mean"], float(np.sqrt(thr))))
+            ks["pointwise_full"].append(first_k_below(b["k"], b["abs_mean"], float(np.sqrt(thr))))
+        for key, values in ks.items():
+            reached = [v for v in values if v is not None]
+            text = _range(reached, 3) if reached else "not reached"
+            if reached and len(reached) < len(values):
+                text += f" ({len(values) - len(reached)} not reached)"
+            out[macro("full", "K", key)] = text
+    return out
+
+
+def speed_numbers(store) -> dict:
+    """Macros of the closed-form vs Monte-Carlo comparison: per run (main curve, first seed) the Monte-Carlo time to
+    1 % relative SE, the closed-form time and the jet time; ranges over the runs; MC/Q_k at the main sigma and at
+    the ends of the sigma sweep."""
+    out: dict[str, str] = {}
+    rows = load_speed(store)
+    if not rows:
+        return out
+    main = [r for r in rows if r["group"] == "main"]
+    if not main:
+        return out
+    sigma_main = main[0]["sigma"]
+    for r in main:
+        key = (r["dataset"], r["model"])
+        out[macro("speed", "mc", *key)] = fmt(r["mc_seconds_target"], 2)
+        out[macro("speed", "closed", *key)] = fmt(r["closed_seconds"], 2)
+        out[macro("speed", "jet", *key)] = fmt(r["jet_seconds"], 2)
+        out[macro("speed", "ratio", *key)] = fmt(r["speedup"], 2)
+    out[macro("speed", "sigma")] = fmt(sigma_main)
+    out[macro("speed", "runs")] = fmt(len(main))
+    for parts, key in ((("mc",), "mc_seconds_target"), (("closed",), "closed_seconds"), (("jet",), "jet_seconds"),
+                       (("ratio",), "speedup"), (("ratio", "jet"), "speedup_with_jet"),
+                       (("accuracy",), "median_mc_over_q"), (("T", "target"), "T_target")):
+        out[macro("speed", *parts, "range")] = _range([r[key] for r in main], 2)
+    out[macro("speed", "rel", "se", "range")] = _range([100 * r["relative_se"] for r in main], 2)
+    sweep = sorted([r for r in rows if r["group"] == "sigma"], key=lambda r: r["sigma"])
+    if sweep:
+        for end, r in (("low", sweep[0]), ("high", sweep[-1])):
+            out[macro("speed", "sigma", end)] = fmt(r["sigma"])
+            out[macro("speed", "accuracy", "sigma", end)] = fmt(r["median_mc_over_q"], 2)
+    return out
+
+
+def write_table(name: str, tex: str, folder: Path) -> Path:
+    """Write one table as ``<folder>/<name>.tex`` (``folder``: one profile's ``generated_dir``)."""
+    path = Path(folder) / f"{name}.tex"
     atomic_write_bytes(path, tex.encode())
     return path

@@ -2,7 +2,8 @@
 
 Each stage module has one entry point ``run(store, common, section)`` that loops over the profile's runs, skips
 what is already computed with identical parameters and saves with provenance; it also has the loaders later
-stages use. ``REGISTRY`` says which notebook runs a stage and which result folders it writes.
+stages use. ``REGISTRY`` says which notebook runs a stage and which result folders it writes, in the order the
+runner runs them (06_figures, which reads every other stage's results, last: after 07_your_model).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ REGISTRY: dict[str, StageInfo] = {s.name: s for s in (
     StageInfo("train", "01_train", ("train",)),
     StageInfo("spectrum", "02_spectrum", ("spectrum", "solvers")),
     StageInfo("projection", "03_projection", ("projection",)),
-    StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan", "scales")),
+    StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan", "scales", "full_space", "speed")),
     StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots", "cnn_bound")),
-    StageInfo("figures", "06_figures", ()),
+    StageInfo("your_model", "07_your_model", ("your_model",)),
+    StageInfo("figures", "06_figures", ()),   # reads every stage's results: the runner runs it last
 )}
 
 

@@ -1,4 +1,5 @@
-"""Stage of notebook 06: write every registered figure (PDF + PNG), table and number of the paper from results."""
+"""Stage of notebook 06: write every registered figure (PDF + PNG), table and number of the paper from results,
+into the profile's own folders ``paper/figures/<profile>/`` and ``paper/generated/<profile>/``."""
 from __future__ import annotations
 
 import json
@@ -12,21 +13,23 @@ def run(store: ResultStore, common: Common, section: Figures | None = None) -> d
     """Make every output of ``lib.outputs.registry``; remove figure files this run did not write. Returns
     ``{"figures": [...], "tables": [...], "numbers": {...}, "removed": [...]}``."""
     inputs = registry.Inputs.of(store, common)
+    figs, gen = report.figures_dir(store.profile), report.generated_dir(store.profile)
     made = []
     for make in registry.FIGURES.values():
         for name, fig in make(inputs).items():
-            plotting.save(fig, report.FIGURES / name)
+            plotting.save(fig, figs / name)
             made.append(name)
-    removed = report.prune_figures(made)
+    removed = report.prune_figures(made, figs)
     for name, make in registry.TABLES.items():
-        report.write_table(name, make(inputs))
+        report.write_table(name, make(inputs), gen)
     timings_path = store.root / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     values = registry.numbers(inputs, timings=timings)
-    missing = report.write_numbers(values, allow_placeholders=section.allow_placeholders if section else True)
+    missing = report.write_numbers(values, gen / "numbers.tex",
+                                   allow_placeholders=section.allow_placeholders if section else True)
     if missing:
-        print(f"{len(missing)} placeholder(s) 'n/a' in numbers.tex (paper/generated/placeholders.txt): {missing}")
-    atomic_write_json(report.GENERATED / "source.json", {"profile": store.profile, "figures": sorted(made),
-                                                         "n_numbers": len(values)})
+        print(f"{len(missing)} placeholder(s) 'n/a' in numbers.tex ({gen / 'placeholders.txt'}): {missing}")
+    atomic_write_json(gen / "source.json", {"profile": store.profile, "figures": sorted(made),
+                                            "n_numbers": len(values)})
     return {"figures": made, "tables": list(registry.TABLES), "numbers": values, "removed": removed,
             "placeholders": missing}

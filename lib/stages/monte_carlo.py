@@ -2,7 +2,9 @@
 
 Every curve is one ``CurveSpec``; ``plan`` expands the profile into specs (main comparison, sigma sweep, D sweep,
 distributions, estimators), ``run_curve`` computes one (skipping it when an identical result exists) and
-``load_curve`` reads it back for later stages.
+``load_curve`` reads it back for later stages. The ``full_space`` group (``FullSpaceSpec``, ``full_space``) sets the
+full-space isotropic criterion against the top-D subspace one, with the pointwise criterion E|L_{k+1} - L_k| from the
+same passes; ``closed_form_speed`` times the closed form Q_k against Monte Carlo at equal standard error.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from lib.core.montecarlo import delta_curve
+from lib.core import models
+from lib.core.montecarlo import delta_curve, full_space_curve, full_space_scale
 from lib.core.quadratic import PerSampleTerms, delta_quadratic, delta_theorem1, per_sample_terms, variance_quadratic
 from lib.core.sample_size import simultaneous_multiplier, solve_increasing, suffix_max
 from lib.core.sampling import Sampler, make_sampler
@@ -33,7 +36,9 @@ CURVES = folder("monte_carlo", "curves")
 TERMS = folder("monte_carlo", "terms")
 PLAN = folder("monte_carlo", "plan")
 SCALES = folder("monte_carlo", "scales")
-GROUPS = ("main", "gap", "sigma", "dim", "distribution", "estimator")
+FULL_SPACE = folder("monte_carlo", "full_space")
+SPEED = folder("monte_carlo", "speed")
+GROUPS = ("main", "gap", "sigma", "dim", "distribution", "estimator")   # of the curve plan; + the full_space group
 CURVE_FIELDS = ("k", "delta", "stderr", "centred", "centred_stderr", "d0sq", "losses0", "v0", "vbar", "vbar_stderr",
                 "n_samples", "n_units", "n_forward", "N", "D", "order_mean", "order_median", "order_stderr",
                 "order_formula")
@@ -246,7 +251,196 @@ def run(store: ResultStore, common: Common, section: MonteCarlo) -> list[dict]:
             done[spec] = run_curve(store, spec, device=common.device, progress=common.progress, context=context)
         rows.append({"group": grp, **done[spec]})
     save_plan(store, curves)
+    rows += full_space(store, common, section)
+    closed_form_speed(store, curves)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ full space
+@dataclass(frozen=True)
+class FullSpaceSpec:
+    """One curve of the ``full_space`` group: ``kind`` "subspace" (theta ~ N(0, sigma^2 I_D) in the top-D Hessian
+    subspace, with the pointwise criterion) or "full" (eps ~ N(0, s^2 I_n) in all n parameters; ``D`` = 0 and
+    ``sigma`` = the per-parameter s)."""
+    dataset: str
+    model: str
+    seed: int
+    kind: str
+    D: int
+    sigma: float
+    n_samples: int
+
+    @property
+    def name(self) -> str:
+        key = json.dumps(asdict(self), sort_keys=True)
+        return (f"{run_name(self.dataset, self.model, self.seed)}_{self.kind}_D{self.D}_s{self.sigma:.4g}"
+                f"_T{self.n_samples}_" + hashlib.sha1(key.encode()).hexdigest()[:8])
+
+
+FULL_FIELDS = ("k", "delta", "stderr", "centred", "centred_stderr", "abs_mean", "abs_stderr", "abs0", "d0sq", "vbar",
+               "vbar_stderr", "n_samples", "n_units", "n_forward", "N", "D")
+
+
+def full_space_plan(common: Common, section: MonteCarlo, n_of: dict) -> list[dict]:
+    """The comparisons of the ``full_space`` group: for every dataset x ``full_space_models`` (first seed), the
+    sigma sweep at D (``line`` "sigma") and the D sweep at sigma (``line`` "dim"), once per ``full_space_scales``
+    entry; each names its subspace curve and its full-space curve (``n_of[model]`` = n parameters)."""
+    mc, seed, T = section, common.seeds[0], section.full_space_samples
+    pairs = [("sigma", mc.D, float(s)) for s in mc.sigmas] + [("dim", int(d), float(mc.sigma)) for d in mc.dims]
+    out = []
+    for ds in common.datasets:
+        for m in mc.full_space_models:
+            if m not in common.models:
+                raise ValueError(f"monte_carlo.full_space_models={mc.full_space_models} names {m!r}, which "
+                                 f"common.models={common.models} does not train; add it there or remove it here")
+            for line, D, sigma in pairs:
+                sub = FullSpaceSpec(ds, m, seed, "subspace", D, sigma, T)
+                for scale in mc.full_space_scales:
+                    s = float(f"{full_space_scale(sigma, D, n_of[m], scale):.6g}")
+                    out.append({"dataset": ds, "model": m, "seed": seed, "line": line, "D": D, "sigma": sigma,
+                                "scale": scale, "s": s, "subspace": asdict(sub),
+                                "full": asdict(FullSpaceSpec(ds, m, seed, "full", 0, s, T))})
+    return out
+
+
+def run_full_space_curve(store: ResultStore, spec: FullSpaceSpec, *, device: str = "cpu", progress: bool = False,
+                         context: dict | None = None) -> dict:
+    """One curve of the ``full_space`` group (subspace or full), cached in ``full_space/``."""
+    context = context if context is not None else {}
+    key = (spec.dataset, spec.model, spec.seed)
+    if key not in context:
+        context.clear()
+        context[key] = trained_run(store, *key)
+    net, x, y, upstream = context[key]
+    if spec.kind == "subspace":
+        basis, _, up_basis = basis_for(store, *key, "hessian", spec.D, n_params(net))
+        upstream = {**upstream, **up_basis}
+    params = {**asdict(spec), "upstream": upstream}
+
+    def compute():
+        dev = resolve_device(device)
+        if spec.kind == "subspace":
+            sampler = make_sampler("gaussian", sigma=spec.sigma)
+            c = delta_curve(net.to(dev), x.to(dev), y.to(dev), basis.to(dev), sampler, spec.n_samples,
+                            seed=spec.seed, progress=progress)
+        else:
+            c = full_space_curve(net.to(dev), x.to(dev), y.to(dev), spec.sigma, spec.n_samples, seed=spec.seed,
+                                 progress=progress)
+        payload = {f: getattr(c, f) for f in FULL_FIELDS}
+        return payload, {"vbar": c.vbar, "mc_seconds": c.seconds, "seconds_per_theta": c.seconds / c.n_forward,
+                         "median_abs_over_root_delta": float(np.median(c.abs_mean / np.sqrt(c.delta)))}
+
+    summary, skipped = cached(store, FULL_SPACE, spec.name, params, compute)
+    return {**asdict(spec), **summary, "name": spec.name, "skipped": skipped}
+
+
+def full_space(store: ResultStore, common: Common, section: MonteCarlo) -> list[dict]:
+    """Every curve of the ``full_space`` group (each distinct one once), then its plan (``plan/full_space.json``);
+    one row per comparison: the median over k of Delta^(D)_k / Delta^(full)_k and the cost per theta of both."""
+    n_of = {m: n_params(models.build(m, 0)) for m in section.full_space_models}
+    pairs = full_space_plan(common, section, n_of)
+    done, context = {}, {}
+    for p in pairs:
+        for kind in ("subspace", "full"):
+            spec = FullSpaceSpec(**p[kind])
+            if spec not in done:
+                done[spec] = run_full_space_curve(store, spec, device=common.device, progress=common.progress,
+                                                  context=context)
+    rows = []
+    for p in pairs:
+        sub, full = (done[FullSpaceSpec(**p[kind])] for kind in ("subspace", "full"))
+        a = load(store, FULL_SPACE, sub["name"]).payload
+        b = load(store, FULL_SPACE, full["name"]).payload
+        ratio = a["delta"] / b["delta"]
+        rows.append({"group": "full_space", **{k: p[k] for k in ("dataset", "model", "seed", "line", "D", "sigma",
+                                                                    "scale", "s")},
+                     "n_samples": section.full_space_samples, "median_ratio": float(np.median(ratio)),
+                     "vbar_ratio": sub["vbar"] / full["vbar"] if full["vbar"] > 0 else None,
+                     "seconds_per_theta": full["seconds_per_theta"],
+                     "subspace_seconds_per_theta": sub["seconds_per_theta"],
+                     "skipped": sub["skipped"] and full["skipped"]})
+    store.save(PLAN, "full_space", {"pairs": pairs}, {"pairs": [[p["subspace"], p["full"]] for p in pairs]},
+               ext="json")
+    return rows
+
+
+def load_full_space_plan(store: ResultStore) -> list[dict]:
+    """The comparisons the ``full_space`` group computed ([] for a store without them)."""
+    if store.meta(PLAN, "full_space") is None:
+        return []
+    return load(store, PLAN, "full_space").payload["pairs"]
+
+
+def load_full_space_curve(store: ResultStore, spec: dict | FullSpaceSpec) -> dict:
+    spec = spec if isinstance(spec, FullSpaceSpec) else FullSpaceSpec(**spec)
+    return load(store, FULL_SPACE, spec.name).payload
+
+
+# ------------------------------------------------------------------------------------- closed form vs MC
+#: the relative standard error at which Monte Carlo is compared with the closed form
+TARGET_RELATIVE_SE = 0.01
+
+
+def speed_row(store: ResultStore, spec: CurveSpec, group_name: str, repeats: int = 5) -> dict:
+    """Closed form against Monte Carlo for one curve with a quadratic prediction: the wall time of Q_k for every k
+    from the saved per-sample terms (best of ``repeats``), the one-off time of those terms (jet), the Monte-Carlo
+    time of the saved curve and its relative standard error median_k SE_k / Delta_k, extrapolated as SE ~ T^-1/2 to
+    the T (and time) that give ``TARGET_RELATIVE_SE``; and the median MC/Q_k (where the closed form is accurate)."""
+    c = load_curve(store, spec)
+    curve_meta = load(store, CURVES, spec.name).meta
+    terms = load_terms(store, spec)
+    sampler = sampler_for(spec, c.get("eigenvalues"))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        delta_quadratic(terms, sampler)
+        times.append(time.perf_counter() - t0)
+    summary = curve_meta["summary"]
+    rel = float(np.median(c["stderr"] / c["delta"]))
+    rel_vbar = float(c["vbar_stderr"] / c["vbar"])
+    per_theta = summary["mc_seconds"] / int(c["n_forward"])
+    T = int(c["n_samples"])
+    T_target = T * (rel / TARGET_RELATIVE_SE) ** 2
+    closed, jet = min(times), load(store, TERMS, spec.terms_name).meta["summary"]["seconds"]
+    mc_target = per_theta * (T_target + 1)
+    return {"group": group_name, "dataset": spec.dataset, "model": spec.model, "seed": spec.seed, "D": spec.D,
+            "sigma": spec.sigma, "name": spec.name, "n_samples": T, "mc_seconds": summary["mc_seconds"],
+            "seconds_per_theta": per_theta,
+            "relative_se": rel, "relative_se_vbar": rel_vbar, "T_target": T_target,
+            "T_target_vbar": T * (rel_vbar / TARGET_RELATIVE_SE) ** 2, "mc_seconds_target": mc_target,
+            "closed_seconds": closed, "jet_seconds": jet, "speedup": mc_target / closed,
+            "speedup_with_jet": mc_target / (closed + jet),
+            "median_mc_over_q": float(np.median(c["delta"] / c["Q"]))}
+
+
+def speed_specs(curves: list[tuple[str, CurveSpec]]) -> list[tuple[str, CurveSpec]]:
+    """(group, curve) of the speed comparison: the main Hessian curves with a quadratic prediction (first seed, the
+    profile's sigma) and the Hessian curves of the sigma sweep (the accuracy of Q_k across sigma)."""
+    main = [("main", s) for s in main_curves(curves) if s.subspace == "hessian" and s.theory and s.scale == "sigma"]
+    sweep = [("sigma", s) for s in group(curves, "sigma") if s.subspace == "hessian" and s.theory]
+    return main + sweep
+
+
+def closed_form_speed(store: ResultStore, curves: list[tuple[str, CurveSpec]]) -> list[dict]:
+    """``speed_row`` of every ``speed_specs`` curve, cached in ``speed/closed_form.json`` (remeasured only when a
+    curve or its terms change)."""
+    specs = speed_specs(curves)
+    params = {"curves": [[g, s.name, store.meta(CURVES, s.name)["sha256"]] for g, s in specs],
+              "terms": {s.terms_name: store.meta(TERMS, s.terms_name)["sha256"] for _, s in specs}}
+
+    def compute():
+        rows = [speed_row(store, s, g) for g, s in specs]
+        return {"rows": rows}, {"n": len(rows)}
+
+    cached(store, SPEED, "closed_form", params, compute, ext="json")
+    return load_speed(store)
+
+
+def load_speed(store: ResultStore) -> list[dict]:
+    """The rows of the closed-form vs Monte-Carlo speed comparison ([] for a store without them)."""
+    if store.meta(SPEED, "closed_form") is None:
+        return []
+    return load(store, SPEED, "closed_form").payload["rows"]
 
 
 def load_curve(store: ResultStore, spec: CurveSpec) -> dict:

@@ -1,0 +1,172 @@
+"""Stage of notebook 07: the method through the public API on a model and a dataset the main pipeline never sees.
+
+The model family is defined here, not in ``lib.core.models``, so that nothing in the pipeline knows it: a small
+residual CNN with tanh activations and biases (``ResidualCNN``: 3x3 convolution 1 -> c, two residual blocks
+h -> tanh(h + conv(tanh(conv(h)))) with identity skips, global average pool, linear c -> 10; 36 c^2 + 24 c + 10
+parameters). The data are scikit-learn's 8x8 digits (``lib.infra.data.digits``: the first ``n_train`` of a fixed
+1,500-image training split, in that order; 297 test images). For every seed the stage trains the model (Adam,
+``lib.core.train``), calls ``lib.api.analyze`` on it with the training tensors in insertion order, and saves the
+report's plain values (``LandscapeReport.to_dict()``) with the training record, the 5-95 % range over random orders,
+the Delta_k slope and the mean loss over the thetas (one JSON result per seed in ``results/<profile>/your_model/``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.api import analyze
+from lib.core.convergence import fit_slope
+from lib.core.sampling import make_sampler
+from lib.core.subspace import per_sample_losses
+from lib.core.tensors import n_params, torch_threads
+from lib.core.train import evaluate, train
+from lib.infra import data
+from lib.infra.config import Common, YourModel
+from lib.infra.device import resolve_device
+from lib.infra.results import ResultStore
+from lib.stages import folder
+from lib.stages.base import cached, load, run_name
+
+FOLDER = folder("your_model", "your_model")
+DATASET, MODEL = "digits", "rescnn"
+#: the smallest k of the Delta_k slope fit (as the main pipeline's slopes)
+SLOPE_K_MIN = 10
+
+
+class ResidualBlock(nn.Module):
+    """h -> tanh(h + conv2(tanh(conv1(h)))): two 3x3 convolutions (c -> c, padding 1, biases), identity skip."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act1 = nn.Tanh()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act2 = nn.Tanh()
+
+    def forward(self, h):
+        return self.act2(h + self.conv2(self.act1(self.conv1(h))))
+
+
+class ResidualCNN(nn.Module):
+    """(n, 1, 8, 8) -> logits (n, 10): conv 3x3 (1 -> c) + tanh, two ``ResidualBlock``s, global average pool,
+    linear c -> 10."""
+
+    def __init__(self, channels: int, n_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, channels, 3, padding=1)
+        self.act = nn.Tanh()
+        self.block1 = ResidualBlock(channels)
+        self.block2 = ResidualBlock(channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(channels, n_classes)
+
+    def forward(self, x):
+        return self.head(self.flatten(self.pool(self.block2(self.block1(self.act(self.stem(x)))))))
+
+
+def build_model(channels: int, seed: int) -> ResidualCNN:
+    """The residual CNN with PyTorch's default initialisation drawn from ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return ResidualCNN(int(channels))
+
+
+def parameter_count(channels: int) -> int:
+    """36 c^2 + 24 c + 10: stem 9c + c, four block convolutions 9c^2 + c each, head 10c + 10."""
+    c = int(channels)
+    return 36 * c * c + 24 * c + 10
+
+
+def run_params(seed: int, section: YourModel) -> dict:
+    """The parameters that define one run (its identity in the result store)."""
+    return {"dataset": DATASET, "model": MODEL, "seed": int(seed), "data_sha256": data.DIGITS_SHA256,
+            "split_seed": data.DIGITS_SPLIT_SEED, **dataclasses.asdict(section)}
+
+
+def your_model_one(store: ResultStore, seed: int, section: YourModel, *, device: str = "cpu",
+                   progress: bool = False) -> dict:
+    """Train the residual CNN of ``seed`` on the first ``n_train`` digits, run ``lib.api.analyze`` on it, save."""
+    s = section
+    if s.D >= parameter_count(s.channels):
+        raise ValueError(f"your_model.D={s.D} must be smaller than the parameter count of the residual CNN with "
+                         f"channels={s.channels} ({parameter_count(s.channels)}); lower D or raise channels")
+    params = run_params(seed, s)
+
+    def compute():
+        dev = resolve_device(device)
+        with torch_threads(1 if dev.type == "cpu" else torch.get_num_threads()):
+            return _compute(dev)
+
+    def _compute(dev):
+        x, y = data.digits("train", s.n_train)
+        xt, yt = data.digits("test")
+        net = build_model(s.channels, seed)
+        hist = train(net, x, y, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=seed, device=dev,
+                     progress=progress)
+        on_train, on_test = evaluate(net, x, y, device=dev), evaluate(net, xt, yt, device=dev)
+        t0 = time.perf_counter()
+        rep = analyze(net, (x, y), D=s.D, sigma=s.sigma, n_samples=s.n_samples, n_orders=s.n_orders,
+                      thresholds=s.thresholds, seed=seed, device=dev, tol=s.tol, batch_size=len(x),
+                      quadratic=s.quadratic, progress=progress)
+        analyze_seconds = time.perf_counter() - t0
+        # the mean loss over the same thetas as the curve (how far the neighbourhood climbs above L_N(w*))
+        thetas = make_sampler("gaussian", sigma=s.sigma).sample(s.n_samples, s.D, seed=seed)
+        losses = per_sample_losses(net, x.to(dev), y.to(dev), rep.basis.to(dev), thetas.to(dev, torch.float32))
+        loss_theta = losses.double().mean(1).cpu().numpy()                  # L_N(w* + P^T theta_t), t = 1..T
+        fit = fit_slope(rep.k, rep.delta, k_min=SLOPE_K_MIN)
+        q05 = q95 = None
+        if rep.curve.order_curves is not None:
+            q05, q95 = np.quantile(rep.curve.order_curves, [0.05, 0.95], axis=0)
+        payload = {"report": rep.to_dict(), "order_q05": q05, "order_q95": q95,
+                   "loss_theta": loss_theta, "epoch_loss": hist.epoch_loss}
+        summary = {
+            "dataset": DATASET, "model": MODEL, "seed": int(seed), "n_params": n_params(net), "n_train": len(x),
+            "n_test": len(xt), "train_loss": on_train["loss"], "train_accuracy": on_train["accuracy"],
+            "test_loss": on_test["loss"], "test_accuracy": on_test["accuracy"], "train_seconds": hist.seconds,
+            "analyze_seconds": analyze_seconds, "hvp_count": rep.hvp_count, "lambda_1": float(rep.eigenvalues[0]),
+            "lambda_D": float(rep.eigenvalues[-1]), "vbar": rep.vbar, "vbar_stderr": rep.vbar_stderr,
+            "slope": fit.slope, "slope_se": fit.slope_stderr, "loss_star": float(rep.curve.losses0.mean()),
+            "loss_theta": float(loss_theta.mean()), "notes": list(rep.notes),
+            "sample_sizes": [dataclasses.asdict(z) for z in rep.sample_sizes],
+        }
+        return payload, summary
+
+    name = run_name(DATASET, MODEL, seed)
+    summary, skipped = cached(store, FOLDER, name, params, compute, ext="json")
+    return {**summary, "name": name, "skipped": skipped}
+
+
+def run(store: ResultStore, common: Common, section: YourModel) -> list[dict]:
+    """Every seed of the stage: one summary row each (printed as it goes)."""
+    rows = []
+    for seed in common.seeds:
+        t0 = time.perf_counter()
+        row = your_model_one(store, seed, section, device=common.device, progress=common.progress)
+        row["wall_seconds"] = time.perf_counter() - t0
+        state = "skipped (identical parameters)" if row["skipped"] else f"computed in {row['seconds']:.1f} s"
+        print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def load_your_model(store: ResultStore, seed: int) -> dict:
+    """The saved payload of one seed plus its ``meta`` record (params, summary)."""
+    res = load(store, FOLDER, run_name(DATASET, MODEL, seed))
+    return {**res.payload, "meta": res.meta}
+
+
+def your_model_runs(store: ResultStore) -> list[int]:
+    """Seeds of the saved runs that share the parameters of the lowest seed's run (a run left over from other
+    settings is not mixed in); raises MissingResultError naming notebook 07 when there is none."""
+    metas = {int(store.meta(FOLDER, n)["params"]["seed"]): store.meta(FOLDER, n)["params"]
+             for n in store.names(FOLDER)}
+    if not metas:
+        load(store, FOLDER, run_name(DATASET, MODEL, 0))     # raises, naming the notebook and the command
+    first = metas[min(metas)]
+    same = {k: v for k, v in first.items() if k != "seed"}
+    return sorted(seed for seed, p in metas.items() if {k: v for k, v in p.items() if k != "seed"} == same)
