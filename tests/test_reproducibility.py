@@ -72,8 +72,9 @@ def _markers(root: Path) -> dict[Path, int]:
 
 
 def _strip_timing(obj):
+    """Drop wall-clock values: keys with "seconds" and the speed ratios computed from them ("speedup...")."""
     if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if "seconds" not in k}
+        return {k: _strip_timing(v) for k, v in obj.items() if "seconds" not in k and not k.startswith("speedup")}
     if isinstance(obj, list):
         return [_strip_timing(v) for v in obj]
     return obj

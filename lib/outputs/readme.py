@@ -41,13 +41,24 @@ def _where(store: ResultStore) -> str:
     return f"commit {commit}, {prov['written_at'][:10]}, {model}, {prov['torch_threads']} threads"
 
 
+def _stage_times(profile: str) -> str:
+    """``; stage wall times 01_train 12 s, ...`` from results/<profile>/timings.json (empty when absent)."""
+    path = RESULTS_ROOT / profile / "timings.json"
+    if not path.is_file():
+        return ""
+    times = json.loads(path.read_text())
+    total = sum(times.values())
+    return ("; stage wall times " + ", ".join(f"{k} {v:,.0f} s" for k, v in sorted(times.items()))
+            + f" (total {total / 60:.0f} min, each as last run; a cached stage counts its reuse only)")
+
+
 def block(profile: str = "paper") -> str:
     """The markdown block for ``profile`` (raises MissingResultError when its results are absent)."""
     store = ResultStore(profile)
     summary = load_table(store, "summary")
     predictors = load_table(store, "predictors")
     lines = [BEGIN.format(profile=profile), "",
-             f"Measured with `make reproduce PROFILE={profile}` ({_where(store)}).", "",
+             f"Measured with `make reproduce PROFILE={profile}` ({_where(store)}){_stage_times(profile)}.", "",
              "| data | model | scale | Delta | K median (5-95 %) over orders x seeds | pilot K | "
              "n within 1 pt (measured) | power law | landscape |",
              "|---|---|---|---|---|---|---|---|---|"]
