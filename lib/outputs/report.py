@@ -371,6 +371,9 @@ def sample_size_numbers(store) -> dict:
     grid = sorted({r["delta"] for r in summary})
     thr = grid[len(grid) // 2]
     out[macro("delta", "headline")] = fmt(thr)
+    learning = load_table(store, "learning_curve")
+    out[macro("learning", "max", "n")] = fmt(int(max(r["n"] for r in learning))) if learning else "--"
+    out[macro("learning", "seeds")] = fmt(len({r["seed"] for r in learning})) if learning else "--"
     scales = {"sigma": "Fixed", "loss_gap": "Gap"}
     for r in [r for r in summary if r["delta"] == thr]:
         tag = scales[r["scale"]]
