@@ -73,8 +73,11 @@ def block(profile: str = "paper") -> str:
         lines.append(f"| {TEX_LABELS[r['dataset']]} | {TEX_LABELS[r['model']]} | {scale} | {r['delta']:g} | "
                      f"{_n(r['K_median'])} ({_n(r['K_q05'])}-{_n(r['K_q95'])}) | {_n(r['K_pilot'])} | "
                      f"{_n(r['n_within_1pt'])} | {_n(p.get('n_learning_curve'))} | {_n(land)} |")
+    n_max = max((r["n"] for r in load_table(store, "learning_curve")), default=None)
     lines += ["", f"Pilots and power-law fits use the first n0 = {_n(n0)} samples; 'landscape' is K(Delta*) of the "
-              "pilot with Delta* calibrated on the other (dataset, model) runs. Full tables: "
+              f"pilot with Delta* calibrated on the other (dataset, model) runs. A measured n of {_n(n_max)} is the "
+              "largest learning-curve size: censored there (the curve has not flattened within 1 point before it). "
+              "Full tables: "
               f"`results/{profile}/summary.json`, `results/{profile}/analysis/*.json`, the paper's Section 5.", "",
               END]
     return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ from lib.stages.convergence import load_table
 from lib.stages.monte_carlo import (
     FULL_SPACE,
     FullSpaceSpec,
+    group,
     load_full_space_curve,
     load_full_space_plan,
     load_speed,
@@ -149,8 +150,11 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("vbar", *key)] = fmt(row["vbar"])
     for row in [r for r in load_table(store, "loss_correlation") if r["seed"] == first]:
         out[macro("rho", row["dataset"], row["model"], row["subspace"])] = fmt(row["rho"], 2)
+    # the sigma sweep's run (dataset, model, seed), Hessian subspace: the low/high sigma numbers of the abstract
+    sweep = {(c.dataset, c.model, c.seed, c.D) for c in group(plan, "sigma") if c.subspace == "hessian"}
     theory = [r for r in load_table(store, "theory")
-              if r["subspace"] == "hessian" and r["distribution"] == "gaussian" and r["estimator"] == "plain"]
+              if r["subspace"] == "hessian" and r["distribution"] == "gaussian" and r["estimator"] == "plain"
+              and (r["dataset"], r["model"], r["seed"], r["D"]) in sweep]
     if theory:
         sig = sorted({r["sigma"] for r in theory})
         lo = next(r for r in theory if r["sigma"] == sig[0])
@@ -245,6 +249,26 @@ def claim_numbers(store, first_seed) -> dict:
                                                                          for r in rows])
             out[macro("theory", name, "surrogate", "vbar", "range")] = _range([r.get("vbar_surrogate_over_mc")
                                                                                  for r in rows])
+    # the Hessian curves at each run's loss-gap sigma (every seed): where the quadratic model and the surrogate
+    # stand at the scale the sample-size study uses
+    gap = [r for r in load_table(store, "theory") if r["distribution"] == "gaussian" and r["estimator"] == "plain"
+           and r["scale"] == "loss_gap" and r["subspace"] == "hessian"]
+    if gap:
+        out[macro("theory", "gap", "runs")] = fmt(len(gap))
+        for key, col in (("ratio", "median_mc_over_q"), ("bulk", "median_mc_over_q_bulk"),
+                         ("spikes", "median_mc_over_q_spikes"), ("vbar", "vbar_q_over_mc"),
+                         ("surrogate", "median_mc_over_surrogate"), ("surrogate vbar", "vbar_surrogate_over_mc")):
+            out[macro("theory", "gap", *key.split(), "range")] = _range([r.get(col) for r in gap])
+        mnist_mlp = [r for r in gap if r["dataset"] == "mnist" and r["model"] != "cnn"]
+        rest = [r for r in gap if not (r["dataset"] == "mnist" and r["model"] != "cnn")]
+        for tag, rows in (("mnist mlp", mnist_mlp), ("rest", rest)):
+            if rows:
+                out[macro("theory", "gap", *tag.split(), "ratio", "range")] = _range(
+                    [r["median_mc_over_q"] for r in rows])
+                out[macro("theory", "gap", *tag.split(), "spikes", "range")] = _range(
+                    [r["median_mc_over_q_spikes"] for r in rows])
+                out[macro("theory", "gap", *tag.split(), "vbar", "range")] = _range(
+                    [r["vbar_q_over_mc"] for r in rows])
     sweep = [r for r in hess if r["dataset"] == (hess[0]["dataset"] if hess else None)
              and r["model"] == hess[0]["model"]]
     for r in sweep:
@@ -374,6 +398,11 @@ def sample_size_numbers(store) -> dict:
     learning = load_table(store, "learning_curve")
     out[macro("learning", "max", "n")] = fmt(int(max(r["n"] for r in learning))) if learning else "--"
     out[macro("learning", "seeds")] = fmt(len({r["seed"] for r in learning})) if learning else "--"
+    # runs whose measured n within 1 point is the largest learning-curve size: the target is censored there
+    firsts = {(r["dataset"], r["model"]): r["n_within_1pt"] for r in summary}
+    n_max = max((r["n"] for r in learning), default=None)
+    out[macro("n", "within", "at", "max")] = fmt(sum(v == n_max for v in firsts.values() if v is not None))
+    out[macro("n", "within", "runs")] = fmt(sum(v is not None for v in firsts.values()))
     scales = {"sigma": "Fixed", "loss_gap": "Gap"}
     for r in [r for r in summary if r["delta"] == thr]:
         tag = scales[r["scale"]]
@@ -479,6 +508,13 @@ def _k(value) -> str:
     return fmt(int(round(value))) if value is not None else "--"
 
 
+def _k_range(lo, hi) -> str:
+    """The 5-95 % range of K over orders: ``lo--hi``, ``lo--$>N$`` when the upper end is not reached, ``--``."""
+    if lo is None:
+        return "--"
+    return f"{_k(lo)}--{_k(hi) if hi is not None else '$>N$'}"
+
+
 def sample_size_table(store) -> str:
     """K(Delta) per run (dataset, model, seed) and scale: the given order, the simultaneous-band K, the median and
     5-95 % range over random orders, the conformal upper K, and the closed form."""
@@ -487,8 +523,8 @@ def sample_size_table(store) -> str:
         scale = r"$\sigma=" + fmt(r["sigma"], 2) + "$" + (" (gap)" if r["scale"] == "loss_gap" else "")
         rows.append([TEX_LABELS[r["dataset"]], TEX_LABELS[r["model"]], str(r["seed"]), scale,
                      f"${fmt(r['delta'], 2)}$", _k(r["K_fixed"]), _k(r["K_band"]), _k(r["K_order_median"]),
-                     f"{_k(r['K_order_q05'])}--{_k(r['K_order_q95'])}", _k(r["K_order_upper"]), _k(r["K_closed"]),
-                     pct(r["test_accuracy_K"]), pct(r["test_accuracy_N"])])
+                     _k_range(r["K_order_q05"], r["K_order_q95"]), _k(r["K_order_upper"]), _k(r["K_closed"]),
+                     "--" if r["test_accuracy_K"] is None else pct(r["test_accuracy_K"]), pct(r["test_accuracy_N"])])
     header = ["data", "model", "seed", "scale", r"$\Delta$", r"$K$", r"$K$ band", r"$K$ orders", "5--95\\%",
               r"upper", r"$K$ $\bar V$", r"acc.\ $K$", r"acc.\ $N$"]
     return _tabular(header, rows, "lllll" + "r" * 8)
