@@ -406,11 +406,14 @@ def test_sample_size_table_has_one_row_per_saved_row(tiny_pipeline):
         assert cells[4] == f"${fmt(r['delta'], 2)}$" and cells[4] in ("$0.01$", "$0.001$")
         assert cells[5] == str(r["K_fixed"]) and cells[6] == str(r["K_band"])
         assert cells[7] == _k(r["K_order_median"])
-        assert cells[8] == f"{_k(r['K_order_q05'])}--{_k(r['K_order_q95'])}"
+        lo, hi = r["K_order_q05"], r["K_order_q95"]
+        assert cells[8] == ("--" if lo is None else f"{_k(lo)}--{_k(hi) if hi is not None else '$>N$'}")
         assert cells[9] == "--" and r["K_order_upper"] is None
         assert cells[10] == str(r["K_closed"])
-        assert cells[11] == pct(r["test_accuracy_K"]) and cells[12] == f"{100 * r['test_accuracy_N']:.1f}"
-    assert [c[11] for c in rows].count("n/a") == sum(r["test_accuracy_K"] is None for r in saved)
+        acc_k = "--" if r["test_accuracy_K"] is None else pct(r["test_accuracy_K"])
+        assert cells[11] == acc_k and cells[12] == f"{100 * r['test_accuracy_N']:.1f}"
+    assert [c[11] for c in rows].count("--") == sum(r["test_accuracy_K"] is None for r in saved)
+    assert not any("n/a" in c for row in rows for c in row)
 
 
 def test_solver_table_has_one_row_per_solver_and_pyhessian_pass(tiny_pipeline):
