@@ -555,9 +555,10 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
 def test_write_numbers_one_sorted_newcommand_per_value_and_placeholders(tmp_path):
     values = {"Beta": "2", "Alpha": "1{,}000", "Epsilon": r"\ensuremath{x}"}
     missing = report.write_numbers(values, tmp_path / "n.tex")
-    assert missing == report.placeholders(values) and "Alpha" not in missing
+    assert missing == [m for m in report.placeholders(values) if m != "PlaceholderNote"] and "Alpha" not in missing
     assert missing, "the paper uses numbers these three values do not give"
-    full = {**values, **{m: "n/a" for m in missing}}
+    # the setup sentence explaining "n/a" is there exactly when placeholders are
+    full = {**values, **{m: "n/a" for m in missing}, "PlaceholderNote": "; entries ``n/a'' are not run in it"}
     assert (tmp_path / "n.tex").read_text().splitlines()[1:] == [f"\\newcommand{{\\{k}}}{{{v}}}"
                                                                 for k, v in sorted(full.items())]
     assert json.loads((tmp_path / "n.json").read_text()) == full
@@ -565,6 +566,9 @@ def test_write_numbers_one_sorted_newcommand_per_value_and_placeholders(tmp_path
     with pytest.raises(ValueError, match=f"{len(missing)} number\\(s\\) the paper or slides use have no result"):
         report.write_numbers(values, tmp_path / "m.tex", allow_placeholders=False)
     assert not (tmp_path / "m.tex").exists()
+    complete = {m: "1" for m in report.required_macros()}
+    assert report.write_numbers(complete, tmp_path / "c.tex", allow_placeholders=False) == []
+    assert json.loads((tmp_path / "c.json").read_text())["PlaceholderNote"] == ""
 
 
 def test_placeholders_are_the_macros_a_source_uses_without_a_value(tmp_path):

@@ -486,7 +486,11 @@ def write_numbers(values: dict, path: Path, allow_placeholders: bool = True) -> 
     "n/a", listed in ``placeholders.txt``. With ``allow_placeholders=False`` a placeholder is an error naming them.
     Returns the placeholders."""
     path = Path(path)
+    # the sentence of the setup paragraph that explains "n/a" entries: only in a build that has them
+    values = {**values, macro("placeholder", "note"): ""}
     missing = placeholders(values)
+    if missing:
+        values[macro("placeholder", "note")] = "; entries ``n/a'' are not run in it"
     if missing and not allow_placeholders:
         raise ValueError(f"{len(missing)} number(s) the paper or slides use have no result: {missing}; run the "
                          "stages that make them, or set figures.allow_placeholders=true for a draft build")
