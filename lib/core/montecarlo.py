@@ -212,17 +212,28 @@ class _CurveSums:
             n_units=self.acc_delta.welford.n, N=N, seconds=0.0, n_orders=self.n_orders,
             abs_mean=abs_mean, abs_stderr=abs_stderr, abs0=d0.abs().cpu().numpy(), **fields)
         if self.n_orders:
-            n_orders = self.n_orders
-            curves = (self.order_sum / self.n_samples).cpu().numpy()      # (R, N-1): mean over thetas, per order
-            out.order_mean = curves.mean(axis=0)
-            out.order_median = np.median(curves, axis=0)
-            out.order_stderr = (curves.std(axis=0, ddof=1) / math.sqrt(n_orders) if n_orders > 1
-                                else np.full(N - 1, np.nan))
-            out.order_formula = order_average_formula(out.vbar, N, k)
-            out.order_curves = curves
-        counts = torch.bincount(self.batch_of, minlength=self.n_batches).to(torch.float64).to(self.batch_sum.device)
-        out.batch_means = (self.batch_sum / counts[:, None]).cpu().numpy()
+            set_order_statistics(out, self.order_sum)
+        set_batch_means(out, self.batch_sum, self.batch_of)
         return out
+
+
+def set_order_statistics(curve: "DeltaCurve", order_sum: torch.Tensor) -> None:
+    """Fill the order fields of ``curve`` from ``order_sum`` (R, N-1), the sum over its thetas of d_k^{pi_r}^2:
+    per-order curves, their mean, median and standard error, and the exact order average of ``curve.vbar``."""
+    R, N = order_sum.shape[0], curve.N
+    curves = (order_sum / curve.n_samples).cpu().numpy()           # (R, N-1): mean over thetas, per order
+    curve.order_mean = curves.mean(axis=0)
+    curve.order_median = np.median(curves, axis=0)
+    curve.order_stderr = curves.std(axis=0, ddof=1) / math.sqrt(R) if R > 1 else np.full(N - 1, np.nan)
+    curve.order_formula = order_average_formula(curve.vbar, N, curve.k)
+    curve.order_curves = curves
+
+
+def set_batch_means(curve: "DeltaCurve", batch_sum: torch.Tensor, batch_of: torch.Tensor) -> None:
+    """``curve.batch_means``: ``batch_sum`` (B, N-1) over the thetas of each batch, divided by their count
+    (``batch_of``: the batch of each theta)."""
+    counts = torch.bincount(batch_of, minlength=batch_sum.shape[0]).to(torch.float64).to(batch_sum.device)
+    curve.batch_means = (batch_sum / counts[:, None]).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------- result

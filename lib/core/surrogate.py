@@ -20,7 +20,6 @@ J_i + sum_c r_ic Z_ic (p_i = softmax z_i, r_i = p_i - onehot y_i). Three steps:
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,7 +32,13 @@ from torch.func import functional_call, jvp, vmap
 from lib.core.checks import check_choice, check_data, check_int
 from lib.core.jet import METHODS, Jet, JetInterpreter, Unsupported
 from lib.core.models import preferred_chunk
-from lib.core.montecarlo import DeltaCurve, loss_differences, loss_variance, order_average_formula
+from lib.core.montecarlo import (
+    DeltaCurve,
+    loss_differences,
+    loss_variance,
+    set_batch_means,
+    set_order_statistics,
+)
 from lib.core.sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
 from lib.core.subspace import check_basis
 from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, unflatten
@@ -344,14 +349,7 @@ def surrogate_curve(jets: LogitJets, sampler: Sampler, n_samples: int, estimator
               "jets_seconds": jets.seconds},
     )
     if n_orders:
-        curves = (order_sum / n_samples).cpu().numpy()
-        out.order_mean = curves.mean(axis=0)
-        out.order_median = np.median(curves, axis=0)
-        out.order_stderr = (curves.std(axis=0, ddof=1) / math.sqrt(n_orders) if n_orders > 1
-                            else np.full(N - 1, np.nan))
-        out.order_formula = order_average_formula(out.vbar, N, k)
-        out.order_curves = curves
-    counts = torch.bincount(batch_of, minlength=n_batches).to(torch.float64)
-    out.batch_means = (batch_sum / counts[:, None]).cpu().numpy()
+        set_order_statistics(out, order_sum)
+    set_batch_means(out, batch_sum, batch_of)
     out.seconds = time.perf_counter() - t_start
     return out
