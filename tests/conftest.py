@@ -17,12 +17,10 @@ def tmp_store(tmp_path):
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one intra-op thread is faster and immune to a busy second core."""
-    import torch
+    from lib.core.tensors import torch_threads
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 # ------------------------------------------------------------------------------------------ tiny pipeline
@@ -86,9 +84,8 @@ def tiny_pipeline(tmp_path_factory):
     import json
     import time
 
-    import torch
-
     from lib import REPO_ROOT
+    from lib.core.tensors import torch_threads
     from lib.infra import config
     from lib.infra import results as results_module
     from lib.infra.results import ResultStore
@@ -109,18 +106,13 @@ def tiny_pipeline(tmp_path_factory):
                     Path(results_module.RESULTS_ROOT))
     pipe = Pipeline(profile, store, results_root, figures_dir, generated_dir, {}, {}, repo_folders=repo_folders)
     pipe.repo_before = snapshot(*repo_folders)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(report, "FIGURES", figures_root)
-            mp.setattr(report, "GENERATED", generated_root)
-            for stage in REGISTRY:
-                common, section = profile.stage(stage)
-                t0 = time.perf_counter()
-                pipe.out[stage] = importlib.import_module(f"lib.stages.{stage}").run(store, common, section)
-                pipe.seconds[stage] = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "FIGURES", figures_root)
+        mp.setattr(report, "GENERATED", generated_root)
+        for stage in REGISTRY:
+            common, section = profile.stage(stage)
+            t0 = time.perf_counter()
+            pipe.out[stage] = importlib.import_module(f"lib.stages.{stage}").run(store, common, section)
+            pipe.seconds[stage] = time.perf_counter() - t0
     pipe.repo_after = snapshot(*repo_folders)
     return pipe

@@ -15,7 +15,7 @@ from torch.func import functional_call
 from lib.api import analyze
 from lib.core.convergence import fit_slope
 from lib.core.sampling import make_sampler
-from lib.core.tensors import n_params
+from lib.core.tensors import n_params, torch_threads
 from lib.core.train import train
 from lib.infra import config, data, runner
 from lib.infra.config import Common, YourModel
@@ -145,13 +145,9 @@ SEEDS = [0, 1]
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("your_model")
     store = ResultStore("ym_test", root=root / "ym_test")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         rows = ym.run(store, Common(profile="ym_test", seeds=SEEDS), TINY)
         again = ym.run(store, Common(profile="ym_test", seeds=SEEDS), TINY)
-    finally:
-        torch.set_num_threads(threads)
     return store, rows, again
 
 
