@@ -128,7 +128,8 @@ def test_venv_without_pip_is_removed_for_a_rebuild(tmp_path):
     folder = _bin(tmp_path)
     out = _run(tmp_path, "lab", folder, "--dry-run", venv=venv)
     assert out.returncode == 2 and "is broken" in out.stderr and venv.exists()    # dry run: reported, kept
-    out = _run(tmp_path, "lab", folder, venv=venv)
+    # the rebuild's disk check is tested on its own below: this one must not depend on the disk it runs on
+    out = _run(tmp_path, "lab", folder, "--min-free-gb", "0", venv=venv)
     assert out.returncode == 0, out.stderr
     assert "removed it" in out.stdout and not venv.exists()
 
@@ -149,6 +150,14 @@ def test_building_a_venv_needs_ensurepip_and_disk(tmp_path, monkeypatch):
     report = prereqs.Report()
     prereqs.check_venv(tmp_path / "new", report, fix=True, min_gb=0)
     assert report.packages and report.packages[0].endswith("-venv") and "ensurepip" in report.missing[0]
+
+
+def test_free_disk_threshold_reaches_the_check_from_the_command_line(tmp_path):
+    folder = _bin(tmp_path)
+    out = _run(tmp_path, "lab", folder, "--dry-run", "--min-free-gb", "1e9", venv=tmp_path / "new")
+    assert out.returncode == 2 and "GB of free disk" in out.stderr
+    out = _run(tmp_path, "lab", folder, "--dry-run", "--min-free-gb", "-1", venv=tmp_path / "new")
+    assert out.returncode == 2 and "--min-free-gb must be >= 0 (read -1)" in out.stderr
 
 
 def test_tex_files_cover_the_paper_and_the_slides():

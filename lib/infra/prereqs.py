@@ -254,12 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goals", default="prereqs", help="the make goals, space-separated (default: all checks)")
     parser.add_argument("--venv", default=str(REPO_ROOT / ".venv"))
     parser.add_argument("--dry-run", action="store_true", help="report only: install and remove nothing")
+    parser.add_argument("--min-free-gb", type=float, default=VENV_GB,
+                        help=f"free disk that building .venv needs (default {VENV_GB:g} GB: torch is a 5.7 GB build)")
     args = parser.parse_args(argv)
     goals = args.goals.split() or ["help"]
     venv = Path(args.venv) if Path(args.venv).is_absolute() else Path.cwd() / args.venv
     install = can_install() and not args.dry_run
     browser_required = install or os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    report = check(goals, venv, fix_venv=not args.dry_run, browser_required=browser_required)
+    if args.min_free_gb < 0:
+        parser.error(f"--min-free-gb must be >= 0 (read {args.min_free_gb:g}); the default is {VENV_GB:g}")
+    report = check(goals, venv, fix_venv=not args.dry_run, browser_required=browser_required,
+                   min_gb=args.min_free_gb)
     for note in report.notes:
         print(f"[prereqs] {note}", flush=True)
     if report.fatal:
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             packages.append(DATA_PACKAGE)
         if apt_install(packages):
             return 2
-        report = check(goals, venv, fix_venv=False, browser_required=browser_required)
+        report = check(goals, venv, fix_venv=False, browser_required=browser_required, min_gb=args.min_free_gb)
         if report.missing or report.fatal:
             for line in report.missing + report.fatal:
                 print(f"error: still missing after apt-get install: {line}", file=sys.stderr)
