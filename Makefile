@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 KERNEL := landscape-hessian
 PROFILE ?= paper
+# FULL=1: the full specification of docs/specification.md section 7 (lib.infra.config.FULL_SPECIFICATION)
+FULL ?= 0
+RUN_ARGS = --profile $(PROFILE) $(if $(filter 1,$(FULL)),--full-specification) $(foreach s,$(SET),--set $(s))
 DATA_STAMP := data/.verified
 # extra flags of `make lab`, e.g. on a remote machine: make lab LAB_ARGS='--no-browser --ip=0.0.0.0 --port=8888'
 LAB_ARGS ?=
@@ -32,6 +35,7 @@ LATEXMK := latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  variables: PROFILE=paper|smoke (default paper), STAGE=02_spectrum, SET='train.epochs=2',"
+	@echo "             FULL=1 (reproduce/stage at the full specification of docs/specification.md section 7)"
 	@echo "             LAB_ARGS='--no-browser --ip=0.0.0.0 --port=8888', YES=1 (clean-results without asking)"
 	@echo "             NATIVE_NUMERICS=1 (the CPU's newest instructions instead of the AVX2 paths; docs/reproducibility.md)"
 
@@ -88,7 +92,7 @@ update-reference: setup  ## rewrite tests/reference/smoke.json from results/smok
 	$(PY) tests/key_numbers.py --update
 
 reproduce: prereqs setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
-	$(PY) -m lib --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib $(RUN_ARGS)
 	$(MAKE) paper slides report PROFILE=$(PROFILE) REGEN=0
 
 check-tex:
@@ -126,7 +130,7 @@ stage-args:
 	  echo "  STAGE: one of $(NOTEBOOKS) (or its number or stage name, e.g. 01 or train)"; exit 2; }
 
 stage: stage-args prereqs setup data  ## run one notebook: make stage STAGE=02_spectrum PROFILE=smoke [SET='key=value ...']
-	$(PY) -m lib --profile $(PROFILE) --only $(STAGE) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib $(RUN_ARGS) --only $(STAGE)
 
 lab: prereqs setup  ## start JupyterLab (.py notebooks open as notebooks, .venv kernel); remote: LAB_ARGS='...'
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --MappingKernelManager.default_kernel_name=$(KERNEL) \

@@ -160,3 +160,14 @@ def test_stage_parameters_carry_only_what_the_stage_reads():
     params = config.stage_parameters(config.load_profile("paper"), "projection")
     assert params["models"] == ["mlp2"] and "n_train" not in params and "spectrum_max_seeds" not in params
     assert set(params) == set(config.COMMON_KEYS["projection"]) | set(config.fields_of("projection"))
+
+
+def test_full_specification_flag_overrides_what_the_profile_trims(capsys):
+    assert runner_main(["--profile", "paper", "--full-specification", "--show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    for dotted, value in config.FULL_SPECIFICATION.items():
+        section, key = dotted.split(".")
+        assert shown[section][key] == value, dotted
+    assert runner_main(["--profile", "paper", "--full-specification", "--set", "monte_carlo.n_samples=512",
+                        "--show"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["monte_carlo"]["n_samples"] == 512       # --set wins

@@ -885,3 +885,24 @@ def test_cnn_bound_rows_save_the_measured_norms_of_a_cnn_run(tmp_path, monkeypat
     assert row["full_norms_max"] == pytest.approx(ref["full_max"], rel=1e-6)
     assert row["outer_norms_median"] == pytest.approx(ref["outer_median"], rel=1e-6)
     assert row["bound"] == pytest.approx(ref["bound"], rel=1e-9) and row["bound"] >= row["outer_norms_max"]
+
+
+def test_specification_note_names_each_trimmed_value_read_from_the_results(tiny_pipeline, monkeypatch):
+    store, common = tiny_pipeline.store, tiny_pipeline.stage("figures")[0]
+    plan = registry.Inputs.of(store, common).plan
+    args = (store, common.datasets, common.models, common.seeds, plan)
+    assert tiny_pipeline.out["figures"]["numbers"]["SpecificationNote"] == report.specification_note(*args)
+    # the tiny profile: T = 8, 4 probes, 8 SLQ steps, 3 x 3 surfaces against the specification's values
+    assert report.specification_note(*args, {"mlp1": 1, "cnn": 1}) == (
+        "The profile trims the specification to fit a 2-core CPU: the main curves use $T=8$ draws rather than "
+        "1{,}024, the trace 4 Hutchinson probes rather than 30, the density 8 Lanczos steps rather than 80, "
+        "the surfaces a $3\\times3$ grid rather than $21\\times21$")     # one seed of one: nothing capped
+    three = [0, 1, 2]
+    assert report.specification_note(store, common.datasets, common.models, three, plan, {"mlp1": 1}).endswith(
+        ", the MLP-1 spectrum 1 seed of 3")
+    # a build at (or above) every value of the specification says so
+    monkeypatch.setattr(report, "FULL_SPECIFICATION", {"monte_carlo.n_samples": 8, "spectrum.trace_probes": 4,
+                                                       "spectrum.slq_iter": 8, "projection.grid_points": 3,
+                                                       "common.spectrum_max_seeds": {}})
+    assert report.specification_note(*args).startswith("The profile runs the specification in full ($T=8$")
+

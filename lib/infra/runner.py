@@ -3,6 +3,7 @@
     python -m lib.infra.runner --profile smoke                      # every notebook
     python -m lib.infra.runner --profile paper --only 02_spectrum   # one stage
     python -m lib.infra.runner --profile smoke --set train.epochs=2 # override a parameter (YAML value)
+    python -m lib.infra.runner --profile paper --full-specification # T = 1,024, 30 probes, 80 SLQ steps, ...
     python -m lib.infra.runner --write-parameter-cells              # after adding or changing a parameter
 
 Notebooks run in number order, except ``06_figures`` (it reads every other stage's results), which runs last.
@@ -30,6 +31,7 @@ import yaml
 from lib import REPO_ROOT
 from lib.infra.config import (
     COMMON_KEYS,
+    FULL_SPECIFICATION,
     STAGES,
     ProfileError,
     defaults,
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="paper", help="configs/<profile>.yaml (default: paper)")
     parser.add_argument("--only", action="append", help="notebook stem or stage name; repeatable")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--full-specification", action="store_true",
+                        help="override what the profile trims of docs/specification.md section 7 "
+                             f"({', '.join(f'{k}={json.dumps(v)}' for k, v in FULL_SPECIFICATION.items())}); "
+                             "--set still wins")
     parser.add_argument("--kernel", default=KERNEL_NAME)
     parser.add_argument("--show", action="store_true", help="print the resolved profile and exit")
     parser.add_argument("--write-parameter-cells", action="store_true",
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rewrote the parameters cell of {path.relative_to(REPO_ROOT)}")
         return 0
 
+    if args.full_specification:
+        args.overrides = [f"{k}={json.dumps(v)}" for k, v in FULL_SPECIFICATION.items()] + args.overrides
     try:
         cfg = load_profile(args.profile, parse_overrides(args.overrides))
         books = select(args.only)

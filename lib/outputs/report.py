@@ -18,6 +18,7 @@ from lib import REPO_ROOT
 from lib.core.convergence import first_k_below
 from lib.core.models import MODELS, build
 from lib.core.tensors import n_params
+from lib.infra.config import FULL_SPECIFICATION
 from lib.infra.results import atomic_write_bytes, git_commit, package_versions
 from lib.stages import REGISTRY
 from lib.stages.base import load, run_name
@@ -31,6 +32,7 @@ from lib.stages.monte_carlo import (
     load_speed,
     main_curves,
 )
+from lib.stages.projection import FOLDER as PROJECTED
 from lib.stages.spectrum import FOLDER as SPECTRA
 from lib.stages.spectrum import load_solvers, load_spectrum, solver_runs, spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
@@ -141,6 +143,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("mc", "sigma")] = fmt(main[0].sigma)
         out[macro("mc", "T")] = fmt(int(main[0].n_samples))
         out[macro("mc", "orders")] = fmt(int(main[0].n_orders))
+    out[macro("specification", "note")] = specification_note(store, datasets, models, seeds, plan,
+                                                             spectrum_max_seeds)
     first = main[0].seed if main else None
     for row in [r for r in load_table(store, "slopes") if r["seed"] == first]:
         key = (row["dataset"], row["model"], row["subspace"])
@@ -478,6 +482,39 @@ def required_macros(sources=TEX_SOURCES) -> set[str]:
 def placeholders(values: dict, sources=TEX_SOURCES) -> list[str]:
     """Macros the sources need that ``values`` lacks or holds only as "n/a"."""
     return sorted(m for m in required_macros(sources) if values.get(m, "n/a") == "n/a")
+
+
+def specification_note(store, datasets, models, seeds, plan, spectrum_max_seeds: dict | None = None) -> str:
+    """One sentence: which values of ``FULL_SPECIFICATION`` (docs/specification.md section 7) this build trimmed,
+    read from the saved results (main curves, first spectrum with extras, first surface), or that it trimmed none."""
+    full = FULL_SPECIFICATION
+    trims = []
+    main = main_curves(plan)
+    if main and int(main[0].n_samples) < full["monte_carlo.n_samples"]:
+        trims.append(f"the main curves use $T={fmt(int(main[0].n_samples))}$ draws rather than "
+                     f"{fmt(full['monte_carlo.n_samples'])}")
+    spec = store.meta(SPECTRA, run_name(datasets[0], models[0], seeds[0]))
+    if spec is not None:
+        probes, steps = int(spec["params"]["trace_probes"]), int(spec["params"]["slq_iter"])
+        if probes < full["spectrum.trace_probes"]:
+            trims.append(f"the trace {probes} Hutchinson probes rather than {full['spectrum.trace_probes']}")
+        if steps < full["spectrum.slq_iter"]:
+            trims.append(f"the density {steps} Lanczos steps rather than {full['spectrum.slq_iter']}")
+    surfaces = sorted(store.root.joinpath(PROJECTED).glob("*.meta.json"))
+    if surfaces:
+        g = int(json.loads(surfaces[0].read_text())["params"]["grid_points"])
+        if g < full["projection.grid_points"]:
+            f = full["projection.grid_points"]
+            trims.append(f"the surfaces a ${g}\\times{g}$ grid rather than ${f}\\times{f}$")
+    capped = [f"the {TEX_LABELS[m]} spectrum {n} seed{'s' * (n > 1)} of {len(seeds)}"
+              for m, n in sorted((spectrum_max_seeds or {}).items()) if m in models and n < len(seeds)]
+    trims += capped
+    if not trims:
+        return ("The profile runs the specification in full ($T=" + fmt(full["monte_carlo.n_samples"])
+                + f"$ main-curve draws, {full['spectrum.trace_probes']} trace probes, {full['spectrum.slq_iter']} "
+                f"SLQ steps, ${full['projection.grid_points']}\\times{full['projection.grid_points']}$ surfaces, "
+                "every spectrum seed)")
+    return "The profile trims the specification to fit a 2-core CPU: " + ", ".join(trims)
 
 
 def write_numbers(values: dict, path: Path, allow_placeholders: bool = True) -> list[str]:
