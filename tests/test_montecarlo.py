@@ -94,6 +94,8 @@ def test_delta_curve_fixed_order_common_thetas_and_plain_stderr():
     V = [float(np.var(explicit_losses(model, x, y, w0 + P.T @ th).numpy())) for th in thetas]
     assert res.vbar == pytest.approx(np.mean(V), rel=1e-10)
     assert res.vbar_stderr == pytest.approx(np.std(V, ddof=1) / math.sqrt(T), rel=1e-7)
+    L = [float(np.mean(explicit_losses(model, x, y, w0 + P.T @ th).numpy())) for th in thetas]
+    np.testing.assert_allclose(res.loss_theta, L, rtol=1e-10)      # in draw order, across the batches of 5
     np.testing.assert_allclose(res.k, np.arange(1, 25))
     assert res.n_forward == T + 1 and res.n_samples == T and res.n_units == T and res.N == 25 and res.D == D
     assert res.order_mean is None

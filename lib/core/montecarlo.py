@@ -175,6 +175,7 @@ class _CurveSums:
         self.n_batches = min(check_int("n_batches", n_batches, 1), n_units)
         self.batch_of = (torch.arange(n_samples) // unit) * self.n_batches // n_units          # batch of each theta
         self.batch_sum = torch.zeros(self.n_batches, N - 1, dtype=torch.float64, device=device)
+        self.loss_theta = torch.zeros(n_samples, dtype=torch.float64, device=device)
         if n_orders:
             g = torch.Generator().manual_seed(int(order_seed))
             self.perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
@@ -191,6 +192,7 @@ class _CurveSums:
         self.acc_abs.add_batch(d.abs())
         self.acc_v.add_batch(v)
         self.batch_sum.index_add_(0, self.batch_of[start:start + L.shape[0]].to(self.batch_sum.device), dsq)
+        self.loss_theta[start:start + L.shape[0]] = L.mean(1)
         if self.n_orders:
             for b in range(L.shape[0]):
                 dp = loss_differences(L[b][self.perms])   # (R, N-1)
@@ -210,7 +212,8 @@ class _CurveSums:
             d0sq=(d0 * d0).cpu().numpy(), losses0=self.l0.cpu().numpy(), v0=float(loss_variance(self.l0)),
             vbar=float(vbar), vbar_stderr=float(vbar_se), n_samples=self.n_samples,
             n_units=self.acc_delta.welford.n, N=N, seconds=0.0, n_orders=self.n_orders,
-            abs_mean=abs_mean, abs_stderr=abs_stderr, abs0=d0.abs().cpu().numpy(), **fields)
+            abs_mean=abs_mean, abs_stderr=abs_stderr, abs0=d0.abs().cpu().numpy(),
+            loss_theta=self.loss_theta.cpu().numpy(), **fields)
         if self.n_orders:
             set_order_statistics(out, self.order_sum)
         set_batch_means(out, self.batch_sum, self.batch_of)
@@ -257,6 +260,8 @@ class DeltaCurve:
     abs_mean, abs_stderr   the pointwise criterion E_theta |d_k(theta)| and its standard error (same units; by
                            Jensen abs_mean <= sqrt(delta) for every k, exactly so for the sample means too)
     abs0                   |d_k(0)|, the increment at w* itself
+    loss_theta             (T,) L_N(w* + P^T theta_t) of each theta, in draw order (how far the neighbourhood
+                           climbs above L_N(w*); the same forward passes)
     """
 
     k: np.ndarray
@@ -287,6 +292,7 @@ class DeltaCurve:
     abs_mean: np.ndarray | None = None
     abs_stderr: np.ndarray | None = None
     abs0: np.ndarray | None = None
+    loss_theta: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
 

@@ -20,8 +20,6 @@ from torch import nn
 
 from lib.api import analyze
 from lib.core.convergence import fit_slope
-from lib.core.sampling import make_sampler
-from lib.core.subspace import per_sample_losses
 from lib.core.tensors import n_params, torch_threads
 from lib.core.train import evaluate, train
 from lib.infra import data
@@ -114,10 +112,7 @@ def your_model_one(store: ResultStore, seed: int, section: YourModel, *, device:
                       thresholds=s.thresholds, seed=seed, device=dev, tol=s.tol, batch_size=len(x),
                       quadratic=s.quadratic, progress=progress)
         analyze_seconds = time.perf_counter() - t0
-        # the mean loss over the same thetas as the curve (how far the neighbourhood climbs above L_N(w*))
-        thetas = make_sampler("gaussian", sigma=s.sigma).sample(s.n_samples, s.D, seed=seed)
-        losses = per_sample_losses(net, x.to(dev), y.to(dev), rep.basis.to(dev), thetas.to(dev, torch.float32))
-        loss_theta = losses.double().mean(1).cpu().numpy()                  # L_N(w* + P^T theta_t), t = 1..T
+        loss_theta = rep.curve.loss_theta                 # L_N(w* + P^T theta_t) over the curve's own thetas
         fit = fit_slope(rep.k, rep.delta, k_min=SLOPE_K_MIN)
         q05 = q95 = None
         if rep.curve.order_curves is not None:
