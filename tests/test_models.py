@@ -208,3 +208,23 @@ def test_plan_forward_many_equals_one_forward_per_weight_vector(name):
     torch.testing.assert_close(models.plan_forward_many(steps, weights, x), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(models.plan_forward_many(steps, weights, x, classes_first=True),
                                expected.transpose(1, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_plan_forward_many_three_conv_pool_stages_on_16x16_images():
+    """The shared first stage, then two grouped-convolution stages in a row (channels-last between them)."""
+    torch.manual_seed(4)
+    layers = []
+    for c_in, c_out in ((1, 3), (3, 5), (5, 2)):
+        layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(2 * 2 * 2, 4)).double().eval()
+    steps = models.plan(net)
+    assert [s.kind for s in steps] == ["conv_pool"] * 3 + ["flatten", "linear"]
+    x = torch.randn(7, 1, 16, 16, dtype=torch.float64)
+    w0 = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+    W = w0 + 0.2 * torch.randn(4, w0.numel(), dtype=torch.float64)
+    params = unflatten(net, W)
+    prefix = {id(m): n for n, m in net.named_modules()}
+    weights = [None if s.module is None else (params[f"{prefix[id(s.module)]}.weight"],
+                                              params[f"{prefix[id(s.module)]}.bias"]) for s in steps]
+    expected = torch.stack([torch.func.functional_call(net, unflatten(net, w), (x,)) for w in W])
+    torch.testing.assert_close(models.plan_forward_many(steps, weights, x), expected, rtol=1e-12, atol=1e-12)

@@ -219,6 +219,7 @@ def test_batched_paths_equal_the_generic_forward(kind, monkeypatch):
     P = random_basis(n_params(net), 3, seed=1, dtype=torch.float64)
     thetas = torch.randn(subspace.WEIGHT_BLOCK + 5, 3, dtype=torch.float64)
     monkeypatch.setattr(subspace, "BATCH_ELEMENTS", 1000)            # several blocks of samples
+    monkeypatch.setattr(subspace, "CONV_BATCH_ELEMENTS", 1000)
     fast = SubspaceLosses(net, x, y, P)
     slow = SubspaceLosses(net, x, y, P, shortcut=False)
     assert fast.path == "batched" and slow.path == "generic"

@@ -303,8 +303,11 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
     ``weights[k]`` = (W (B, ...), b (B, ...) or None) for every affine step k >= ``start`` (other entries unused);
     ``h``: the input of step ``start``, shared by all weight sets (``batched=False``: (n, ...) as the model takes
     it) or per weight set (``batched=True``: (B, n, F) rows, or (B, C, n, H, W) channel-major images before a
-    conv-pool step). Conv-pool stages on a shared input run as one product with the B phase matrices stacked.
-    No autograd needed (plain tensor operations); inputs are not chunked here."""
+    conv-pool step). A conv-pool stage on a shared input runs as one product with the B phase matrices stacked;
+    a conv-pool stage on per-weight-set images runs as one grouped convolution (``groups=B``, channels-last
+    (n, B C, H, W): the B convolutions of the block in one library call, without the 16x patch matrix) followed by
+    the 2x2 max as three elementwise maxima of strided views. No autograd needed (plain tensor operations); inputs
+    are not chunked here."""
     # B weight sets; with no affine step left (the first-layer shortcut took the only layer) h carries them
     B = next((w[0].shape[0] for w in weights[start:] if w is not None), h.shape[0] if batched else 1)
     layout = ("batched_" if batched else "shared_") + ("image" if batched and h.dim() == 5 else
@@ -312,13 +315,16 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
     last = len(steps) - 1
     for k, (s, w) in enumerate(zip(steps[start:], weights[start:]), start):
         if s.kind == "flatten":
-            if layout == "batched_image":
+            if layout == "grouped_image":                  # (n, B C, H, W) -> (B, n, C H W), the model's order
+                n, _, H, Wd = h.shape
+                h = h.view(n, B, -1, H, Wd).transpose(0, 1).flatten(2)
+            elif layout == "batched_image":
                 h = h.permute(0, 2, 1, 3, 4).flatten(2)
             elif layout == "batched_rows":
                 h = h.flatten(2)
             else:
                 h = h.flatten(1)
-            layout = "batched_rows" if layout.startswith("batched") else "shared_input"
+            layout = "shared_input" if layout == "shared_input" else "batched_rows"
         elif s.kind == "linear" and classes_first and k == last:
             W, b = w
             h = torch.matmul(W, h.transpose(-1, -2))                               # B, K, n
@@ -341,17 +347,38 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
         else:
             W, b = w
             O, C = W.shape[1], W.shape[2]
-            P = phase_weights(W)                                                  # B, 4 O, 16 C
             if layout == "batched_image":
-                _, _, n, H, Wd = h.shape
-                z = torch.bmm(P, conv_pool_columns(h.reshape(B * C, n, H, Wd)).view(B, 16 * C, -1))
-            else:
-                x = h.transpose(0, 1) if layout == "shared_input" else h
-                _, n, H, Wd = x.shape
-                z = P.reshape(B * 4 * O, 16 * C) @ conv_pool_columns(x)
+                h = _grouped_conv_pool(_grouped_channels_last(h), W, b)
+                layout = "grouped_image"
+                continue
+            if layout == "grouped_image":
+                h = _grouped_conv_pool(h, W, b)
+                continue
+            P = phase_weights(W)                                                  # B, 4 O, 16 C
+            x = h.transpose(0, 1)
+            _, n, H, Wd = x.shape
+            z = P.reshape(B * 4 * O, 16 * C) @ conv_pool_columns(x)
             pooled = z.view(B, 4, O, -1).amax(1)
             if b is not None:
                 pooled += b.unsqueeze(2)
             h = torch.relu_(pooled).view(B, O, n, H // 2, Wd // 2)
             layout = "batched_image"
     return h
+
+
+def _grouped_channels_last(h: torch.Tensor) -> torch.Tensor:
+    """(B, C, n, H, W) channel-major images of B weight sets -> (n, B C, H, W) in channels-last memory (one copy)."""
+    B, C, n, H, W = h.shape
+    return h.permute(2, 0, 1, 3, 4).reshape(n, B * C, H, W).contiguous(memory_format=torch.channels_last)
+
+
+def _grouped_conv_pool(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """relu(maxpool2(conv3x3(h_t, W_t)) + b_t) for the B weight sets t at once: h (n, B C, H, W) channels-last,
+    W (B, O, C, 3, 3), b (B, O) or None -> (n, B O, H/2, W/2), channels-last."""
+    B, O, C = W.shape[:3]
+    z = F.conv2d(h, W.reshape(B * O, C, 3, 3), None, padding=1, groups=B)
+    pooled = torch.maximum(torch.maximum(z[:, :, 0::2, 0::2], z[:, :, 0::2, 1::2]),
+                           torch.maximum(z[:, :, 1::2, 0::2], z[:, :, 1::2, 1::2]))
+    if b is not None:
+        pooled += b.reshape(1, B * O, 1, 1)
+    return torch.relu_(pooled)
