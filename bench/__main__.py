@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                                f"{load_after[0]:.1f}, {minutes:.1f} min"))
     params = {"n": n, "quick": args.quick, "threads": torch.get_num_threads(), "skip": sorted(skip),
               "mlp2": source, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    ResultStore("bench").save("bench", "quick" if args.quick else "full",
+    # a run that skipped sections is kept apart: it must not replace the one-run table of a complete run
+    name = ("quick" if args.quick else "full") + ("_skip_" + "_".join(sorted(skip)) if skip else "")
+    ResultStore("bench").save("bench", name,
                               {"summary": rows, "costs": costs, "pyhessian": pyh, "hessian": hess, "mc": mc,
                                "load_average": [load_before, load_after], "minutes": minutes},
                               params, ext="json", seconds=minutes * 60, overwrite=True)
