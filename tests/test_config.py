@@ -171,3 +171,8 @@ def test_full_specification_flag_overrides_what_the_profile_trims(capsys):
     assert runner_main(["--profile", "paper", "--full-specification", "--set", "monte_carlo.n_samples=512",
                         "--show"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["monte_carlo"]["n_samples"] == 512       # --set wins
+
+
+def test_the_paper_profile_is_the_full_specification():
+    """configs/paper.yaml runs docs/specification.md section 7 in full: --full-specification changes nothing."""
+    assert config.load_profile("paper") == config.load_profile("paper", dict(config.FULL_SPECIFICATION))

@@ -896,10 +896,11 @@ def test_specification_note_names_each_trimmed_value_read_from_the_results(tiny_
     assert report.specification_note(*args, {"mlp1": 1, "cnn": 1}) == (
         "The profile trims the specification to fit a 2-core CPU: the main curves use $T=8$ draws rather than "
         "1{,}024, the trace 4 Hutchinson probes rather than 30, the density 8 Lanczos steps rather than 80, "
-        "the surfaces a $3\\times3$ grid rather than $21\\times21$")     # one seed of one: nothing capped
+        "the surfaces a $3\\times3$ grid rather than $21\\times21$ (\\texttt{make reproduce FULL=1} runs it in "
+        "full)")                                                          # one seed of one: nothing capped
     three = [0, 1, 2]
-    assert report.specification_note(store, common.datasets, common.models, three, plan, {"mlp1": 1}).endswith(
-        ", the MLP-1 spectrum 1 seed of 3")
+    assert ", the MLP-1 spectrum 1 seed of 3 (" in report.specification_note(
+        store, common.datasets, common.models, three, plan, {"mlp1": 1})
     # a build at (or above) every value of the specification says so
     monkeypatch.setattr(report, "FULL_SPECIFICATION", {"monte_carlo.n_samples": 8, "spectrum.trace_probes": 4,
                                                        "spectrum.slq_iter": 8, "projection.grid_points": 3,

@@ -514,7 +514,8 @@ def specification_note(store, datasets, models, seeds, plan, spectrum_max_seeds:
                 + f"$ main-curve draws, {full['spectrum.trace_probes']} trace probes, {full['spectrum.slq_iter']} "
                 f"SLQ steps, ${full['projection.grid_points']}\\times{full['projection.grid_points']}$ surfaces, "
                 "every spectrum seed)")
-    return "The profile trims the specification to fit a 2-core CPU: " + ", ".join(trims)
+    return ("The profile trims the specification to fit a 2-core CPU: " + ", ".join(trims)
+            + r" (\texttt{make reproduce FULL=1} runs it in full)")
 
 
 def write_numbers(values: dict, path: Path, allow_placeholders: bool = True) -> list[str]:
