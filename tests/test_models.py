@@ -193,6 +193,16 @@ def test_conv_pool_kernels_are_adjoint_pairs():
     torch.testing.assert_close(models.conv_pool_columns_adjoint(G, 5, 6, 8, planes=planes, padded=pad2), expected)
 
 
+def _step_weights_and_outputs(net, steps, W, x):
+    """Per step, the (B, ...) weights and biases of the flat weight vectors W (B, n_params), and the network's output
+    for each of them by one plain forward pass (torch.func.functional_call): (B, n, K)."""
+    params = unflatten(net, W)
+    prefix = {id(m): n for n, m in net.named_modules()}
+    weights = [None if s.module is None else (params[f"{prefix[id(s.module)]}.weight"],
+                                              params[f"{prefix[id(s.module)]}.bias"]) for s in steps]
+    return weights, torch.stack([torch.func.functional_call(net, unflatten(net, w), (x,)) for w in W])
+
+
 @pytest.mark.parametrize("name", ["mlp1", "cnn"])
 def test_plan_forward_many_equals_one_forward_per_weight_vector(name):
     net = models.build(name, 0, dtype=torch.float64).eval()
@@ -200,11 +210,7 @@ def test_plan_forward_many_equals_one_forward_per_weight_vector(name):
     x = torch.randn(9, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     w0 = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
     W = w0 + 0.1 * torch.randn(3, w0.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    params = unflatten(net, W)
-    prefix = {id(m): n for n, m in net.named_modules()}
-    weights = [None if s.module is None else (params[f"{prefix[id(s.module)]}.weight"],
-                                              params[f"{prefix[id(s.module)]}.bias"]) for s in steps]
-    expected = torch.stack([torch.func.functional_call(net, unflatten(net, w), (x,)) for w in W])
+    weights, expected = _step_weights_and_outputs(net, steps, W, x)
     torch.testing.assert_close(models.plan_forward_many(steps, weights, x), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(models.plan_forward_many(steps, weights, x, classes_first=True),
                                expected.transpose(1, 2), rtol=1e-12, atol=1e-12)
@@ -222,9 +228,5 @@ def test_plan_forward_many_three_conv_pool_stages_on_16x16_images():
     x = torch.randn(7, 1, 16, 16, dtype=torch.float64)
     w0 = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
     W = w0 + 0.2 * torch.randn(4, w0.numel(), dtype=torch.float64)
-    params = unflatten(net, W)
-    prefix = {id(m): n for n, m in net.named_modules()}
-    weights = [None if s.module is None else (params[f"{prefix[id(s.module)]}.weight"],
-                                              params[f"{prefix[id(s.module)]}.bias"]) for s in steps]
-    expected = torch.stack([torch.func.functional_call(net, unflatten(net, w), (x,)) for w in W])
+    weights, expected = _step_weights_and_outputs(net, steps, W, x)
     torch.testing.assert_close(models.plan_forward_many(steps, weights, x), expected, rtol=1e-12, atol=1e-12)

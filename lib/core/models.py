@@ -347,10 +347,8 @@ def plan_forward_many(steps: list[Step], weights: list, h: torch.Tensor, start: 
         else:
             W, b = w
             O, C = W.shape[1], W.shape[2]
-            if layout == "batched_image":
-                h = _grouped_conv_pool(_grouped_channels_last(h), W, b)
-                layout = "grouped_image"
-                continue
+            if layout == "batched_image":                 # per-weight-set images: grouped from here on
+                h, layout = _grouped_channels_last(h), "grouped_image"
             if layout == "grouped_image":
                 h = _grouped_conv_pool(h, W, b)
                 continue

@@ -400,11 +400,11 @@ def sample_size_numbers(store) -> dict:
     thr = grid[len(grid) // 2]
     out[macro("delta", "headline")] = fmt(thr)
     learning = load_table(store, "learning_curve")
-    out[macro("learning", "max", "n")] = fmt(int(max(r["n"] for r in learning))) if learning else "--"
+    n_max = max((int(r["n"]) for r in learning), default=None)
+    out[macro("learning", "max", "n")] = fmt(n_max) if learning else "--"
     out[macro("learning", "seeds")] = fmt(len({r["seed"] for r in learning})) if learning else "--"
     # runs whose measured n within 1 point is the largest learning-curve size: the target is censored there
     firsts = {(r["dataset"], r["model"]): r["n_within_1pt"] for r in summary}
-    n_max = max((r["n"] for r in learning), default=None)
     out[macro("n", "within", "at", "max")] = fmt(sum(v == n_max for v in firsts.values() if v is not None))
     out[macro("n", "within", "runs")] = fmt(sum(v is not None for v in firsts.values()))
     scales = {"sigma": "Fixed", "loss_gap": "Gap"}
