@@ -29,9 +29,11 @@ seeds = [0, 1]
 progress = False
 n_train = 1000
 data_seed = 0
+workers = 1
 epochs = 1
 batch_size = 64
 lr = 0.001
+threads = 1
 
 # %%
 from lib.infra.config import from_namespace

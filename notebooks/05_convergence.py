@@ -33,6 +33,7 @@ progress = False
 n_train = 1000
 data_seed = 0
 spectrum_max_seeds = {}
+workers = 1
 delta_grid = [0.01, 0.001, 0.0001]
 pilot_sizes = [200, 400]
 pilot_samples = 32

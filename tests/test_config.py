@@ -145,11 +145,11 @@ def test_spectrum_max_seeds_is_validated_and_applied():
 
 def test_from_namespace_reads_a_notebook():
     ns = {"profile": "x", "device": "cpu", "datasets": ["mnist"], "models": ["mlp2"], "seeds": [3],
-          "progress": False, "n_train": 500, "data_seed": 1, "epochs": 2, "batch_size": 8, "lr": 0.1,
-          "np": object(), "__name__": "m"}
+          "progress": False, "n_train": 500, "data_seed": 1, "workers": 3, "epochs": 2, "batch_size": 8, "lr": 0.1,
+          "threads": 2, "np": object(), "__name__": "m"}
     common, train = config.from_namespace("train", ns)
-    assert (common.profile, common.seeds, common.n_train) == ("x", [3], 500)
-    assert train == config.Train(epochs=2, batch_size=8, lr=0.1)
+    assert (common.profile, common.seeds, common.n_train, common.workers) == ("x", [3], 500, 3)
+    assert train == config.Train(epochs=2, batch_size=8, lr=0.1, threads=2)
     with pytest.raises(config.ProfileError, match=r"does not define parameter\(s\) \['lr'\]"):
         config.from_namespace("train", {k: v for k, v in ns.items() if k != "lr"})
     with pytest.raises(config.ProfileError, match=r"train.epochs=0"):

@@ -5,6 +5,7 @@ import torch
 
 from lib.core import models
 from lib.core.checks import ParameterError
+from lib.core.tensors import torch_threads
 from lib.core.train import check_recipe, evaluate, train
 from lib.infra import data
 from lib.infra.config import Train
@@ -114,3 +115,66 @@ def test_missing_trained_model_names_the_notebook(tmp_store):
 
     with pytest.raises(MissingResultError, match="run notebook notebooks/01_train.py"):
         load_trained(tmp_store, "mnist", "mlp2", 0)
+
+
+def _textbook_adam(model, x, y, epochs, batch_size, lr, seed):
+    """The recipe as the textbook loop: torch's default (for-each) Adam, default memory format."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=False)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for s in range(0, len(x), batch_size):
+            idx = order[s:s + batch_size]
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(torch.nn.Sequential.forward(model, x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp1"])
+def test_fused_channels_last_training_equals_the_textbook_loop(name):
+    """``train`` (fused Adam; channels-last convolutions) gives the weights of the plain loop to float rounding,
+    and hands them back in the default memory format."""
+    x, y = _small()
+    fast, plain = models.build(name, 3), models.build(name, 3)
+    train(fast, x, y, epochs=2, batch_size=32, lr=1e-3, seed=5, progress=False)
+    _textbook_adam(plain, x, y, 2, 32, 1e-3, 5)
+    for (k, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        assert a.is_contiguous(), k
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (k, (a - b).abs().max().item())
+    assert not torch.equal(fast.state_dict()["0.weight"] if name == "cnn" else fast.state_dict()["1.weight"],
+                           models.build(name, 3).state_dict()["0.weight" if name == "cnn" else "1.weight"])
+
+
+def test_trainings_in_worker_processes_equal_those_in_this_process(tmp_path):
+    """``train_many`` with two worker processes writes the same weights, bit for bit, as one process: each
+    training fixes its own thread count (``Train.threads``), so the results do not depend on ``workers``."""
+    from lib.infra.results import ResultStore
+    recipe = Train(epochs=1, batch_size=64, lr=1e-3, threads=1)
+    runs = [{"params": train_stage.training_params("mnist", m, s, 256, 0, recipe)} for m in ("mlp1", "cnn")
+            for s in (0, 1)]
+    one, two = ResultStore("w1", root=tmp_path / "w1"), ResultStore("w2", root=tmp_path / "w2")
+    with torch_threads(2):                                      # the parent's own count must not leak in
+        done1 = train_stage.train_many(one, runs, workers=1)
+    done2 = train_stage.train_many(two, runs, workers=2)
+    assert sorted(done1) == sorted(done2) == ["mnist_cnn_s0", "mnist_cnn_s1", "mnist_mlp1_s0", "mnist_mlp1_s1"]
+    for name in done1:
+        a, b = one.load("train", name).payload, two.load("train", name).payload
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), name
+        assert done1[name]["test_accuracy"] == done2[name]["test_accuracy"]
+    assert train_stage.train_many(two, runs, workers=2) == {}              # all cached now: nothing recomputed
+
+
+def _fails(value):
+    if value == 2:
+        raise ValueError(f"task value={value} is bad")
+    return value * 10
+
+
+def test_run_tasks_returns_in_order_and_raises_a_worker_error():
+    from lib.infra.parallel import run_tasks
+    assert run_tasks(_fails, [{"value": v} for v in (0, 1, 3)], workers=2) == [0, 10, 30]
+    assert run_tasks(_fails, [{"value": 4}], workers=2) == [40]
+    with pytest.raises(ValueError, match="task value=2 is bad"):
+        run_tasks(_fails, [{"value": v} for v in (0, 2, 3)], workers=2)

@@ -16,7 +16,7 @@ from lib.api import analyze
 from lib.core.convergence import fit_slope
 from lib.core.sampling import make_sampler
 from lib.core.tensors import n_params, torch_threads
-from lib.core.train import train
+from lib.core.train import TRAINER, train
 from lib.infra import config, data, runner
 from lib.infra.config import Common, YourModel
 from lib.infra.results import MissingResultError, ResultStore
@@ -165,7 +165,7 @@ def test_stage_saves_one_result_per_seed_and_skips_identical_work(tiny):
     assert not any(r["skipped"] for r in rows) and all(r["skipped"] for r in again)
     meta = ym.load_your_model(store, 0)["meta"]
     assert meta["params"] == {"dataset": "digits", "model": "rescnn", "seed": 0, "data_sha256": data.DIGITS_SHA256,
-                              "split_seed": 0, **json.loads(json.dumps(dataclasses.asdict(TINY)))}
+                              "split_seed": 0, "trainer": TRAINER, **json.loads(json.dumps(dataclasses.asdict(TINY)))}
     assert rows[0]["n_params"] == ym.parameter_count(2) and rows[0]["n_train"] == 60 and rows[0]["n_test"] == 297
 
 

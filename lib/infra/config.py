@@ -112,6 +112,8 @@ class Common:
     n_train: int = param(1000, integer(2, TRAIN_SIZE), "N: training samples (first N of the insertion order)")
     data_seed: int = param(0, integer(0), "seed of the insertion order of the training split")
     progress: bool = param(False, boolean, "progress bars in long loops")
+    workers: int = param(1, integer(1, 64), "processes that run independent trainings and pilots side by side "
+                         "(results do not depend on it: each task fixes its own threads)")
     spectrum_max_seeds: dict = param({}, mapping_of(choice(MODELS), integer(1)),
                                      "per model, how many of the first seeds get a spectrum (others: all)")
 
@@ -121,6 +123,8 @@ class Train:
     epochs: int = param(1, integer(1), "training epochs")
     batch_size: int = param(64, integer(1), "minibatch size")
     lr: float = param(0.001, number(gt=0), "Adam learning rate")
+    threads: int = param(1, integer(1, 256), "intra-op CPU threads of each training (part of the result: float "
+                         "rounding depends on it; one thread lets common.workers trainings run side by side)")
 
 
 @dataclass(frozen=True)
@@ -242,11 +246,11 @@ STAGE_OVERRIDABLE = ("datasets", "models", "seeds", "device", "progress")
 #: the keys of ``common`` each stage reads (its notebook declares exactly these, plus its own section)
 _RUNS = ("profile", "device", "datasets", "models", "seeds", "progress")
 COMMON_KEYS: dict[str, tuple[str, ...]] = {
-    "train": (*_RUNS, "n_train", "data_seed"),
+    "train": (*_RUNS, "n_train", "data_seed", "workers"),
     "spectrum": (*_RUNS, "spectrum_max_seeds"),
     "projection": _RUNS,
     "monte_carlo": (*_RUNS, "spectrum_max_seeds"),
-    "convergence": (*_RUNS, "n_train", "data_seed", "spectrum_max_seeds"),
+    "convergence": (*_RUNS, "n_train", "data_seed", "spectrum_max_seeds", "workers"),
     "your_model": ("profile", "device", "seeds", "progress"),
     "figures": ("profile", "datasets", "models", "seeds", "spectrum_max_seeds"),
 }

@@ -14,11 +14,12 @@ from lib.core import convergence as cv
 from lib.core import sample_size as ss
 from lib.core.sampling import make_sampler
 from lib.core.subspace import SubspaceLosses
-from lib.core.tensors import n_params
-from lib.core.train import evaluate, train
+from lib.core.tensors import n_params, torch_threads
+from lib.core.train import TRAINER, evaluate, train
 from lib.infra import data
-from lib.infra.config import Common, Convergence, MonteCarlo
+from lib.infra.config import Common, Convergence, MonteCarlo, Train
 from lib.infra.device import resolve_device
+from lib.infra.parallel import run_tasks
 from lib.infra.results import ResultStore, atomic_write_json
 from lib.stages import folder
 from lib.stages.base import cached, load, run_name, trained_run
@@ -26,7 +27,7 @@ from lib.stages.monte_carlo import CURVES, group, load_curve, load_plan, load_te
 from lib.stages.spectrum import FOLDER as SPECTRA
 from lib.stages.spectrum import spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
-from lib.stages.train import recipe_of, train_one, training_params
+from lib.stages.train import recipe_of, train_many, train_one, training_params
 
 ANALYSIS = folder("convergence", "analysis")
 PILOTS = folder("convergence", "pilots")
@@ -158,23 +159,34 @@ def pooled_k(store: ResultStore, curves, dataset: str, model: str, scale: str, t
 
 def learning_curve_rows(store: ResultStore, common: Common, section: Convergence) -> list[dict]:
     """Test accuracy and loss of the recipe trained on the first n samples, for every n of ``learning_sizes`` and
-    every seed (the main trained model is reused where n = n_train)."""
-    rows = []
+    every seed (the main trained model is reused where n = n_train). Missing trainings run ``common.workers`` at
+    a time, the largest first."""
+    points = []
     for ds in common.datasets:
         for m in section.learning_models:
             for seed in common.seeds:
                 run, recipe = recipe_of(store, ds, m, common.seeds[0])
+                main = store.meta(TRAINED, run_name(ds, m, seed))
                 for n in section.learning_sizes:
                     params = training_params(ds, m, seed, int(n), run["data_seed"], recipe)
-                    main = store.meta(TRAINED, run_name(ds, m, seed))
-                    if main is not None and main["params"] == params:
-                        res = {**main["summary"], "seconds": main["seconds"]}
-                    else:
-                        res = train_one(store, params, device=common.device, progress=common.progress,
-                                        result_folder=LEARNING, name=f"{run_name(ds, m, seed)}_n{n}")
-                    rows.append({"dataset": ds, "model": m, "seed": seed, "n": n,
-                                 "test_accuracy": res["test_accuracy"], "test_loss": res["test_loss"],
-                                 "train_loss": res["train_loss"], "seconds": res["seconds"]})
+                    reuse = main if main is not None and main["params"] == params else None
+                    points.append(((ds, m, seed, n), params, reuse))
+    runs = [{"params": p, "result_folder": LEARNING, "name": f"{run_name(*key[:3])}_n{key[3]}"}
+            for key, p, reuse in points if reuse is None]
+    runs.sort(key=lambda r: -r["params"]["n_train"])
+    done = (train_many(store, runs, workers=common.workers, device=common.device, progress=common.progress,
+                       desc="learning-curve trainings") if common.workers > 1 else {})
+    rows = []
+    for (ds, m, seed, n), params, main in points:
+        if main is not None:
+            res = {**main["summary"], "seconds": main["seconds"]}
+        else:
+            name = f"{run_name(ds, m, seed)}_n{n}"
+            res = done.get(name) or train_one(store, params, device=common.device, progress=common.progress,
+                                              result_folder=LEARNING, name=name)
+        rows.append({"dataset": ds, "model": m, "seed": seed, "n": n,
+                     "test_accuracy": res["test_accuracy"], "test_loss": res["test_loss"],
+                     "train_loss": res["train_loss"], "seconds": res["seconds"]})
     return rows
 
 
@@ -228,26 +240,48 @@ def pilot_estimate(x: torch.Tensor, y: torch.Tensor, n0: int, model_name: str, s
     return payload, summary
 
 
+def pilot_params(dataset: str, model: str, seed: int, n0: int, data_seed: int, recipe, D: int, sigma: float,
+                 n_thetas: int) -> dict:
+    """The parameters that define a pilot (its identity in the result store)."""
+    return {"dataset": dataset, "model": model, "seed": seed, "n0": n0, "data_seed": data_seed,
+            "recipe": dataclasses.asdict(recipe), "trainer": TRAINER, "D": D, "sigma": sigma, "n_thetas": n_thetas}
+
+
+def pilot_one(store: ResultStore, params: dict, *, device: str = "cpu") -> dict:
+    """One cached pilot (``pilot_estimate`` on the first n0 samples of the insertion order), computed with the
+    recipe's intra-op threads; returns its summary."""
+    p = params
+    recipe = Train(**p["recipe"])
+
+    def compute():
+        with torch_threads(recipe.threads):
+            x, y = data.training_subset(p["dataset"], p["n0"], p["data_seed"])
+            xt, yt = data.load(p["dataset"], "test")
+            return pilot_estimate(x, y, p["n0"], p["model"], p["seed"], recipe, p["D"], p["sigma"],
+                                  p["n_thetas"], xt, yt, device=device)
+
+    summary, _ = cached(store, PILOTS, f"{run_name(p['dataset'], p['model'], p['seed'])}_n{p['n0']}", p, compute)
+    return summary
+
+
 def pilot_rows(store: ResultStore, common: Common, section: Convergence, mc_section_D: int,
                mc_sigma: float) -> list[dict]:
-    """Pilots for every (dataset, model, seed) with a spectrum and every n0 of ``pilot_sizes``; cached."""
-    rows = []
+    """Pilots for every (dataset, model, seed) with a spectrum and every n0 of ``pilot_sizes``; cached, computed
+    ``common.workers`` at a time (the largest n0 first)."""
+    specs = []
     for ds in common.datasets:
         for m in common.models:
             run, recipe = recipe_of(store, ds, m, common.seeds[0])
-            x, y = data.training_subset(ds, max(section.pilot_sizes), run["data_seed"])
-            xt, yt = data.load(ds, "test")
             for seed in spectrum_seeds(m, common.seeds, common.spectrum_max_seeds):
                 for n0 in section.pilot_sizes:
-                    params = {"dataset": ds, "model": m, "seed": seed, "n0": n0, "data_seed": run["data_seed"],
-                              "recipe": dataclasses.asdict(recipe), "D": mc_section_D, "sigma": mc_sigma,
-                              "n_thetas": section.pilot_samples}
-                    summary, _ = cached(store, PILOTS, f"{run_name(ds, m, seed)}_n{n0}", params,
-                                        lambda n0=n0, seed=seed: pilot_estimate(
-                                            x, y, n0, m, seed, recipe, mc_section_D, mc_sigma,
-                                            section.pilot_samples, xt, yt, device=common.device))
-                    rows.append({"dataset": ds, "model": m, **summary})
-    return rows
+                    specs.append(pilot_params(ds, m, seed, n0, run["data_seed"], recipe, mc_section_D, mc_sigma,
+                                              section.pilot_samples))
+    order = sorted(range(len(specs)), key=lambda i: -specs[i]["n0"])
+    summaries = run_tasks(pilot_one, [{"store": store, "params": specs[i], "device": common.device}
+                                      for i in order], workers=common.workers, progress=common.progress,
+                          desc="pilots")
+    by_index = dict(zip(order, summaries))
+    return [{"dataset": p["dataset"], "model": p["model"], **by_index[i]} for i, p in enumerate(specs)]
 
 
 def predictor_rows(store: ResultStore, curves, common: Common, section: Convergence, learning: list[dict],
@@ -362,7 +396,8 @@ def r0_rows(store: ResultStore, common: Common, section: Convergence) -> list[di
         name = f"{sec.r0_dataset}_mlp{'-'.join(map(str, hidden))}_nobias_s{seed}"
         params = {"dataset": sec.r0_dataset, "hidden": hidden, "n_train": sec.r0_n_train,
                   "data_seed": common.data_seed, "n_orders": sec.r0_orders, "n_hessian": sec.r0_hessian_samples,
-                  "epochs": sec.r0_epochs, "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": seed}
+                  "epochs": sec.r0_epochs, "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": seed,
+                  "trainer": TRAINER}
 
         def compute(hidden=hidden):
             with torch.random.fork_rng(devices=[]):

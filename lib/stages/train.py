@@ -5,11 +5,12 @@ import itertools
 import time
 
 from lib.core import models
-from lib.core.tensors import n_params
-from lib.core.train import evaluate, train
+from lib.core.tensors import n_params, torch_threads
+from lib.core.train import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, Train
 from lib.infra.device import resolve_device
+from lib.infra.parallel import run_tasks
 from lib.infra.results import ResultStore
 from lib.stages import folder
 from lib.stages.base import cached, load, run_name
@@ -20,17 +21,23 @@ FOLDER = folder("train", "train")
 def training_params(dataset: str, model: str, seed: int, n_train: int, data_seed: int, recipe: Train) -> dict:
     """The parameters that define a trained model (its identity in the result store)."""
     return {"dataset": dataset, "model": model, "seed": seed, "n_train": n_train, "data_seed": data_seed,
-            "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr}
+            "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr, "threads": recipe.threads,
+            "trainer": TRAINER}
 
 
 def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress: bool = True,
               force: bool = False, result_folder: str = FOLDER, name: str | None = None) -> dict:
     """Train one (dataset, model, seed) on the first ``n_train`` samples of the insertion order unless an
     identical result exists; return its summary row. ``result_folder``/``name`` place extra runs (learning
-    curves, validation at K) apart from the main trained models."""
+    curves, validation at K) apart from the main trained models. Training and evaluation run with
+    ``params["threads"]`` intra-op threads."""
     name = name or run_name(params["dataset"], params["model"], params["seed"])
 
     def compute():
+        with torch_threads(params["threads"]):
+            return _compute()
+
+    def _compute():
         dev = resolve_device(device)
         x, y = data.training_subset(params["dataset"], params["n_train"], params["data_seed"])
         net = models.build(params["model"], params["seed"])
@@ -56,17 +63,39 @@ def recipe_of(store: ResultStore, dataset: str, model: str, seed: int) -> tuple[
     """(n_train and data_seed, the training recipe) of a trained main run."""
     p = load(store, FOLDER, run_name(dataset, model, seed)).meta["params"]
     return ({"n_train": p["n_train"], "data_seed": p["data_seed"]},
-            Train(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"]))
+            Train(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], threads=p["threads"]))
+
+
+def train_many(store: ResultStore, runs: list[dict], *, workers: int = 1, device: str = "cpu",
+               progress: bool = False, desc: str = "trainings") -> dict[str, dict]:
+    """Compute the missing results of ``runs`` (``train_one`` keyword arguments: params, and result_folder and
+    name where not the main folder and run name), ``workers`` at a time (``lib.infra.parallel``). Returns
+    ``train_one``'s rows of the runs computed now, by name; the others are read with ``train_one`` (cached)."""
+    def name_of(r):
+        p = r["params"]
+        return r.get("name") or run_name(p["dataset"], p["model"], p["seed"])
+
+    todo = [r for r in runs if not store.is_done(r.get("result_folder", FOLDER), name_of(r), r["params"])]
+    if todo:
+        print(f"{desc}: {len(todo)} to compute, {min(workers, len(todo))} at a time", flush=True)
+    rows = run_tasks(train_one, [{"store": store, "device": device, "progress": False, **r} for r in todo],
+                     workers=workers, progress=progress, desc=desc)
+    return {name_of(r): row for r, row in zip(todo, rows)}
 
 
 def run(store: ResultStore, common: Common, section: Train) -> list[dict]:
     """Train every (dataset, model, seed) of the profile; one summary row each (printed as it goes)."""
     rows = []
-    for ds, m, s in itertools.product(common.datasets, common.models, common.seeds):
+    runs = [{"params": training_params(ds, m, s, common.n_train, common.data_seed, section)}
+            for ds, m, s in itertools.product(common.datasets, common.models, common.seeds)]
+    done = (train_many(store, runs, workers=common.workers, device=common.device, progress=common.progress)
+            if common.workers > 1 else {})
+    for r in runs:
         t0 = time.perf_counter()
-        row = train_one(store, training_params(ds, m, s, common.n_train, common.data_seed, section),
-                        device=common.device, progress=common.progress)
-        row["wall_seconds"] = time.perf_counter() - t0
+        p = r["params"]
+        name = run_name(p["dataset"], p["model"], p["seed"])
+        row = done.get(name) or train_one(store, p, device=common.device, progress=common.progress)
+        row["wall_seconds"] = row["seconds"] if name in done else time.perf_counter() - t0
         rows.append(row)
         state = "skipped (already trained with identical parameters)" if row["skipped"] else "trained"
         print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
