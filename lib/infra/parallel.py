@@ -13,8 +13,9 @@ stay in the parent process.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
