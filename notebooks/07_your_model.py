@@ -36,6 +36,7 @@ profile = 'smoke'
 device = 'cpu'
 seeds = [0, 1]
 progress = False
+workers = 1
 n_train = 500
 channels = 8
 epochs = 20

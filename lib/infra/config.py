@@ -251,7 +251,7 @@ COMMON_KEYS: dict[str, tuple[str, ...]] = {
     "projection": _RUNS,
     "monte_carlo": (*_RUNS, "spectrum_max_seeds"),
     "convergence": (*_RUNS, "n_train", "data_seed", "spectrum_max_seeds", "workers"),
-    "your_model": ("profile", "device", "seeds", "progress"),
+    "your_model": ("profile", "device", "seeds", "progress", "workers"),
     "figures": ("profile", "datasets", "models", "seeds", "spectrum_max_seeds"),
 }
 
