@@ -13,7 +13,10 @@ bound for speed-ups):
   forward passes (mlp1, mlp2, CNN; <= 1), PyHessian 0.1's wall time over ours for the top-10 eigenpairs at max
   residual <= 1e-3 (>= 10);
 * the solver comparison (``bench.hessian_bench``: power / Lanczos products at equal residual, one product in
-  gradients) and the Monte-Carlo memory and closed-form rows (``bench.montecarlo_bench``).
+  gradients) and the Monte-Carlo memory and closed-form rows (``bench.montecarlo_bench``);
+* training (``bench.train_bench``, informational: no target): ``lib.core.train``'s fused-Adam, channels-last
+  trainer over the textbook loop, and two one-thread trainings side by side (``common.workers = 2``) over one
+  two-thread training, for the CNN and mlp2.
 
 mlp2 is the paper's trained network (``results/paper/train/mnist_mlp2_s0`` when present with the same N, else
 trained here with the paper recipe, 10 epochs; 1 epoch with ``--quick``); mlp1 and the CNN are seed-0
@@ -35,11 +38,11 @@ import time
 
 import torch
 
-from bench import cost_bench, hessian_bench, montecarlo_bench, pyhessian_bench
+from bench import cost_bench, hessian_bench, montecarlo_bench, pyhessian_bench, train_bench
 from lib.infra import data
 from lib.infra.results import ResultStore
 
-SECTIONS = ("costs", "pyhessian", "solvers", "montecarlo", "memory")
+SECTIONS = ("costs", "pyhessian", "solvers", "montecarlo", "memory", "training")
 
 
 def _row(measure: str, value, target, kind: str | None, details: dict | None = None) -> dict:
@@ -54,9 +57,10 @@ def _row(measure: str, value, target, kind: str | None, details: dict | None = N
 
 
 def summary_rows(costs: list[dict], pyh: dict | None, hess: list[dict], mc: list[dict],
-                 judged: bool = True) -> list[dict]:
+                 judged: bool = True, training: list[dict] | None = None) -> list[dict]:
     """The summary table's rows; ``judged=False`` (quick runs) keeps measured / target but leaves "met" empty."""
-    rows = _summary_rows(costs, pyh, hess, mc)
+    rows = _summary_rows(costs, pyh, hess, mc) + [_row(r["measure"], r["value"], None, None)
+                                                  for r in training or []]
     if not judged:
         for r in rows:
             r["ok"] = None
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         mc.append(montecarlo_bench.memory_scaling(log=log, **memory))
     if mc:
         print(montecarlo_bench.format_table(mc), flush=True)
-    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick)
+    training = [] if "training" in skip else train_bench.run(args.quick, log=log)
+    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick, training=training)
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - t_start) / 60
     print(format_summary(rows, f"N = {n}, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY="
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     name = ("quick" if args.quick else "full") + ("_skip_" + "_".join(sorted(skip)) if skip else "")
     ResultStore("bench").save("bench", name,
                               {"summary": rows, "costs": costs, "pyhessian": pyh, "hessian": hess, "mc": mc,
+                               "training": training,
                                "load_average": [load_before, load_after], "minutes": minutes},
                               params, ext="json", seconds=minutes * 60, overwrite=True)
     return 0

@@ -6,7 +6,7 @@ import torch
 from lib.core import models
 from lib.core.checks import ParameterError
 from lib.core.tensors import torch_threads
-from lib.core.train import check_recipe, evaluate, train
+from lib.core.train import check_recipe, evaluate, textbook_train, train
 from lib.infra import data
 from lib.infra.config import Train
 from lib.stages import train as train_stage
@@ -117,21 +117,6 @@ def test_missing_trained_model_names_the_notebook(tmp_store):
         load_trained(tmp_store, "mnist", "mlp2", 0)
 
 
-def _textbook_adam(model, x, y, epochs, batch_size, lr, seed):
-    """The recipe as the textbook loop: torch's default (for-each) Adam, default memory format."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=False)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for s in range(0, len(x), batch_size):
-            idx = order[s:s + batch_size]
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(torch.nn.Sequential.forward(model, x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-
-
 @pytest.mark.parametrize("name", ["cnn", "mlp1"])
 def test_fused_channels_last_training_equals_the_textbook_loop(name):
     """``train`` (fused Adam; channels-last convolutions) gives the weights of the plain loop to float rounding,
@@ -139,7 +124,7 @@ def test_fused_channels_last_training_equals_the_textbook_loop(name):
     x, y = _small()
     fast, plain = models.build(name, 3), models.build(name, 3)
     train(fast, x, y, epochs=2, batch_size=32, lr=1e-3, seed=5, progress=False)
-    _textbook_adam(plain, x, y, 2, 32, 1e-3, 5)
+    textbook_train(plain, x, y, epochs=2, batch_size=32, lr=1e-3, seed=5)
     for (k, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
         assert a.is_contiguous(), k
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (k, (a - b).abs().max().item())

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lib.core.checks import ParameterError, check_data, check_int, check_positive
 from lib.core.tensors import chunks, eval_mode
 
-__all__ = ["TRAINER", "TrainHistory", "check_recipe", "train", "evaluate"]
+__all__ = ["TRAINER", "TrainHistory", "check_recipe", "train", "textbook_train", "evaluate"]
 
 #: how ``train`` runs the recipe (saved with trained results so that a change of implementation is a new result)
 TRAINER = "adam-fused/channels-last-conv"
@@ -91,6 +91,26 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
         model.to(memory_format=torch.contiguous_format)
     model.to(home).eval()
     return hist
+
+
+def textbook_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                   seed: int) -> None:
+    """The recipe as the plain loop (torch's single-tensor Adam, default memory format, the model's train-mode
+    forward, CPU): the reference that the tests and ``make bench`` compare ``train`` with. Same minibatches as
+    ``train`` for the same seed; leaves the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=False)
+    gen = torch.Generator().manual_seed(int(seed))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            loss.item()                  # as train's loop does, so that both synchronise alike
+    model.eval()
 
 
 def _fused_ok(model: nn.Module) -> bool:
