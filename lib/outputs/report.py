@@ -118,6 +118,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     first = load(store, TRAINED, run_name(datasets[0], models[0], seeds[0])).meta["params"]
     out[macro("n", "train")] = fmt(int(first["n_train"]))
     out[macro("epochs")] = fmt(int(first["epochs"]))
+    out[macro("train", "threads")] = fmt(int(first["threads"]))
     out[macro("n", "seeds")] = fmt(len(seeds))
     capped = [f"{TEX_LABELS[m]}: {n} seed{'s' * (n > 1)}" for m, n in sorted((spectrum_max_seeds or {}).items())
               if m in models and n < len(seeds)]
