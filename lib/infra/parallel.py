@@ -17,13 +17,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 __all__ = ["run_tasks"]
 
 
 def _start_worker() -> None:
-    import torch
     torch.set_num_threads(1)          # a task sets its own count; this keeps an idle worker from spinning two
 
 
