@@ -3,7 +3,8 @@
 How it runs (``TRAINER``, part of every trained result's parameters): torch's fused Adam kernel (one kernel for
 every parameter instead of a loop of small ones: 1.3x faster steps for mlp2 at batch 64), and models with a 2-D
 convolution train in channels-last memory (the input batch and the 4-D weights; torch's oneDNN convolution and
-max-pooling run 1.8x faster there at the study CNN's 4 and 8 channels). The numbers are those of the textbook
+max-pooling run 1.8x faster there at the study CNN's 4 and 8 channels; ``make bench``, whole trainings: 1.39x for
+the CNN, 1.22x for mlp2, docs/benchmarks.md). The numbers are those of the textbook
 Adam to float rounding; the weights are returned in the default memory format.
 
 ``device`` is a ``torch.device`` or a string that ``torch.device`` accepts ("cpu", "cuda", "cuda:0"); choosing a

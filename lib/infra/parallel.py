@@ -4,7 +4,7 @@
 process when ``workers`` is 1 (or there is at most one task), else in ``workers`` spawned processes. The tasks of
 the pipeline are cached result writers (a training, a pilot): each fixes its own intra-op thread count from its
 parameters, so a result does not depend on ``workers``, and each writes its result atomically under its own name.
-On the 2-core machine two one-thread trainings side by side ran 1.4-1.7x the steps per second of one two-thread
+On the 2-core machine two one-thread trainings side by side ran 1.3-1.7x the steps per second of one two-thread
 training (docs/benchmarks.md); Hessian-vector products and Monte-Carlo forward passes use both threads well and
 stay in the parent process.
 
