@@ -133,22 +133,31 @@ def test_fused_channels_last_training_equals_the_textbook_loop(name):
 
 
 def test_trainings_in_worker_processes_equal_those_in_this_process(tmp_path):
-    """``train_many`` with two worker processes writes the same weights, bit for bit, as one process: each
+    """``run_missing`` with two worker processes writes the same weights, bit for bit, as one process: each
     training fixes its own thread count (``Train.threads``), so the results do not depend on ``workers``."""
     from lib.infra.results import ResultStore
+    from lib.stages.base import run_missing
     recipe = Train(epochs=1, batch_size=64, lr=1e-3, threads=1)
-    runs = [{"params": train_stage.training_params("mnist", m, s, 256, 0, recipe)} for m in ("mlp1", "cnn")
-            for s in (0, 1)]
+    params = [train_stage.training_params("mnist", m, s, 256, 0, recipe) for m in ("mlp1", "cnn") for s in (0, 1)]
     one, two = ResultStore("w1", root=tmp_path / "w1"), ResultStore("w2", root=tmp_path / "w2")
+
+    def rows(store, workers):
+        tasks = [train_stage.training_task(store, p) for p in params]
+        return run_missing(store, tasks, train_stage.train_one, workers, cost=lambda p: p["n_train"])
+
     with torch_threads(2):                                      # the parent's own count must not leak in
-        done1 = train_stage.train_many(one, runs, workers=1)
-    done2 = train_stage.train_many(two, runs, workers=2)
-    assert sorted(done1) == sorted(done2) == ["mnist_cnn_s0", "mnist_cnn_s1", "mnist_mlp1_s0", "mnist_mlp1_s1"]
-    for name in done1:
-        a, b = one.load("train", name).payload, two.load("train", name).payload
-        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), name
-        assert done1[name]["test_accuracy"] == done2[name]["test_accuracy"]
-    assert train_stage.train_many(two, runs, workers=2) == {}              # all cached now: nothing recomputed
+        rows1 = rows(one, 1)
+    rows2 = rows(two, 2)
+    names = ["mnist_mlp1_s0", "mnist_mlp1_s1", "mnist_cnn_s0", "mnist_cnn_s1"]
+    assert [r["name"] for r in rows1] == [r["name"] for r in rows2] == names
+    assert not any(r["skipped"] for r in rows1 + rows2)
+    for r1, r2 in zip(rows1, rows2):
+        a, b = one.load("train", r1["name"]).payload, two.load("train", r2["name"]).payload
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), r1["name"]
+        assert r1["test_accuracy"] == r2["test_accuracy"]
+    again = rows(two, 2)                                        # all cached now: nothing recomputed
+    assert all(r["skipped"] for r in again) and [r["test_accuracy"] for r in again] == [
+        r["test_accuracy"] for r in rows2]
 
 
 def _fails(value):

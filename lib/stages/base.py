@@ -10,6 +10,7 @@ import torch
 
 from lib.core import models
 from lib.infra import data
+from lib.infra.parallel import run_tasks
 from lib.infra.results import Result, ResultStore, runner_context
 from lib.stages import writer_of
 
@@ -29,6 +30,29 @@ def cached(store: ResultStore, folder: str, name: str, params: dict, compute: Ca
     seconds = time.perf_counter() - t0
     store.save(folder, name, payload, params, ext=ext, seconds=seconds, summary={**summary, "seconds": seconds})
     return {**summary, "seconds": seconds}, False
+
+
+def run_missing(store: ResultStore, tasks: list[dict], fn: Callable[..., Any], workers: int = 1, *,
+                cost: Callable[[dict], float] | None = None, report: Callable[[Any], None] | None = None,
+                progress: bool = False, desc: str = "tasks") -> list:
+    """``[fn(**t["kwargs"]) for t in tasks]`` for a cached result writer ``fn``; each task names its result
+    (``folder``, ``name``, ``params``). With ``workers`` > 1 the tasks whose result is missing run that many at a
+    time in spawned processes (``lib.infra.parallel``), the largest ``cost(params)`` first; the others are read
+    here, in order. ``report(result)`` is called for each result in task order as soon as it is at hand."""
+    todo = [i for i, t in enumerate(tasks) if not store.is_done(t["folder"], t["name"], t["params"])]
+    computed = {}
+    if workers > 1 and len(todo) > 1:
+        if cost is not None:
+            todo.sort(key=lambda i: -cost(tasks[i]["params"]))
+        print(f"{desc}: {len(todo)} to compute, {min(workers, len(todo))} at a time", flush=True)
+        computed = dict(zip(todo, run_tasks(fn, [tasks[i]["kwargs"] for i in todo], workers=workers,
+                                            progress=progress, desc=desc)))
+    out = []
+    for i, t in enumerate(tasks):
+        out.append(computed[i] if i in computed else fn(**t["kwargs"]))
+        if report is not None:
+            report(out[-1])
+    return out
 
 
 def _notebook_of(folder: str) -> str | None:

@@ -19,15 +19,14 @@ from lib.core.train import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, Convergence, MonteCarlo, Train
 from lib.infra.device import resolve_device
-from lib.infra.parallel import run_tasks
 from lib.infra.results import ResultStore, atomic_write_json
 from lib.stages import folder
-from lib.stages.base import cached, load, run_name, trained_run
+from lib.stages.base import cached, load, run_missing, run_name, trained_run
 from lib.stages.monte_carlo import CURVES, group, load_curve, load_plan, load_terms
 from lib.stages.spectrum import FOLDER as SPECTRA
 from lib.stages.spectrum import spectrum_seeds
 from lib.stages.train import FOLDER as TRAINED
-from lib.stages.train import recipe_of, train_many, train_one, training_params
+from lib.stages.train import recipe_of, train_one, training_params, training_task
 
 ANALYSIS = folder("convergence", "analysis")
 PILOTS = folder("convergence", "pilots")
@@ -171,19 +170,14 @@ def learning_curve_rows(store: ResultStore, common: Common, section: Convergence
                     params = training_params(ds, m, seed, int(n), run["data_seed"], recipe)
                     reuse = main if main is not None and main["params"] == params else None
                     points.append(((ds, m, seed, n), params, reuse))
-    runs = [{"params": p, "result_folder": LEARNING, "name": f"{run_name(*key[:3])}_n{key[3]}"}
-            for key, p, reuse in points if reuse is None]
-    runs.sort(key=lambda r: -r["params"]["n_train"])
-    done = (train_many(store, runs, workers=common.workers, device=common.device, progress=common.progress,
-                       desc="learning-curve trainings") if common.workers > 1 else {})
+    trained = iter(run_missing(store, [training_task(store, p, device=common.device, progress=common.progress,
+                                                     result_folder=LEARNING, name=f"{run_name(*key[:3])}_n{key[3]}")
+                                       for key, p, reuse in points if reuse is None],
+                               train_one, common.workers, cost=lambda p: p["n_train"], progress=common.progress,
+                               desc="learning-curve trainings"))
     rows = []
-    for (ds, m, seed, n), params, main in points:
-        if main is not None:
-            res = {**main["summary"], "seconds": main["seconds"]}
-        else:
-            name = f"{run_name(ds, m, seed)}_n{n}"
-            res = done.get(name) or train_one(store, params, device=common.device, progress=common.progress,
-                                              result_folder=LEARNING, name=name)
+    for (ds, m, seed, n), _, main in points:
+        res = {**main["summary"], "seconds": main["seconds"]} if main is not None else next(trained)
         rows.append({"dataset": ds, "model": m, "seed": seed, "n": n,
                      "test_accuracy": res["test_accuracy"], "test_loss": res["test_loss"],
                      "train_loss": res["train_loss"], "seconds": res["seconds"]})
@@ -260,14 +254,18 @@ def pilot_one(store: ResultStore, params: dict, *, device: str = "cpu") -> dict:
             return pilot_estimate(x, y, p["n0"], p["model"], p["seed"], recipe, p["D"], p["sigma"],
                                   p["n_thetas"], xt, yt, device=device)
 
-    summary, _ = cached(store, PILOTS, f"{run_name(p['dataset'], p['model'], p['seed'])}_n{p['n0']}", p, compute)
+    summary, _ = cached(store, PILOTS, pilot_name(p), p, compute)
     return summary
+
+
+def pilot_name(params: dict) -> str:
+    return f"{run_name(params['dataset'], params['model'], params['seed'])}_n{params['n0']}"
 
 
 def pilot_rows(store: ResultStore, common: Common, section: Convergence, mc_section_D: int,
                mc_sigma: float) -> list[dict]:
-    """Pilots for every (dataset, model, seed) with a spectrum and every n0 of ``pilot_sizes``; cached, computed
-    ``common.workers`` at a time (the largest n0 first)."""
+    """Pilots for every (dataset, model, seed) with a spectrum and every n0 of ``pilot_sizes``; cached, the missing
+    ones computed ``common.workers`` at a time (the largest n0 first)."""
     specs = []
     for ds in common.datasets:
         for m in common.models:
@@ -276,12 +274,11 @@ def pilot_rows(store: ResultStore, common: Common, section: Convergence, mc_sect
                 for n0 in section.pilot_sizes:
                     specs.append(pilot_params(ds, m, seed, n0, run["data_seed"], recipe, mc_section_D, mc_sigma,
                                               section.pilot_samples))
-    order = sorted(range(len(specs)), key=lambda i: -specs[i]["n0"])
-    summaries = run_tasks(pilot_one, [{"store": store, "params": specs[i], "device": common.device}
-                                      for i in order], workers=common.workers, progress=common.progress,
-                          desc="pilots")
-    by_index = dict(zip(order, summaries))
-    return [{"dataset": p["dataset"], "model": p["model"], **by_index[i]} for i, p in enumerate(specs)]
+    summaries = run_missing(store, [{"folder": PILOTS, "name": pilot_name(p), "params": p,
+                                     "kwargs": {"store": store, "params": p, "device": common.device}}
+                                    for p in specs], pilot_one, common.workers, cost=lambda p: p["n0"],
+                            progress=common.progress, desc="pilots")
+    return [{"dataset": p["dataset"], "model": p["model"], **summary} for p, summary in zip(specs, summaries)]
 
 
 def predictor_rows(store: ResultStore, curves, common: Common, section: Convergence, learning: list[dict],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 from lib.core import models
 from lib.core.tensors import n_params, torch_threads
@@ -10,10 +9,9 @@ from lib.core.train import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, Train
 from lib.infra.device import resolve_device
-from lib.infra.parallel import run_tasks
 from lib.infra.results import ResultStore
 from lib.stages import folder
-from lib.stages.base import cached, load, run_name
+from lib.stages.base import cached, load, run_missing, run_name
 
 FOLDER = folder("train", "train")
 
@@ -66,37 +64,25 @@ def recipe_of(store: ResultStore, dataset: str, model: str, seed: int) -> tuple[
             Train(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], threads=p["threads"]))
 
 
-def train_many(store: ResultStore, runs: list[dict], *, workers: int = 1, device: str = "cpu",
-               progress: bool = False, desc: str = "trainings") -> dict[str, dict]:
-    """Compute the missing results of ``runs`` (``train_one`` keyword arguments: params, and result_folder and
-    name where not the main folder and run name), ``workers`` at a time (``lib.infra.parallel``). Returns
-    ``train_one``'s rows of the runs computed now, by name; the others are read with ``train_one`` (cached)."""
-    def name_of(r):
-        p = r["params"]
-        return r.get("name") or run_name(p["dataset"], p["model"], p["seed"])
-
-    todo = [r for r in runs if not store.is_done(r.get("result_folder", FOLDER), name_of(r), r["params"])]
-    if todo:
-        print(f"{desc}: {len(todo)} to compute, {min(workers, len(todo))} at a time", flush=True)
-    rows = run_tasks(train_one, [{"store": store, "device": device, "progress": False, **r} for r in todo],
-                     workers=workers, progress=progress, desc=desc)
-    return {name_of(r): row for r, row in zip(todo, rows)}
+def training_task(store: ResultStore, params: dict, *, device: str = "cpu", progress: bool = False,
+                  result_folder: str = FOLDER, name: str | None = None) -> dict:
+    """One ``train_one`` call as a ``run_missing`` task."""
+    name = name or run_name(params["dataset"], params["model"], params["seed"])
+    return {"folder": result_folder, "name": name, "params": params,
+            "kwargs": {"store": store, "params": params, "device": device, "progress": progress,
+                       "result_folder": result_folder, "name": name}}
 
 
 def run(store: ResultStore, common: Common, section: Train) -> list[dict]:
     """Train every (dataset, model, seed) of the profile; one summary row each (printed as it goes)."""
-    rows = []
-    runs = [{"params": training_params(ds, m, s, common.n_train, common.data_seed, section)}
-            for ds, m, s in itertools.product(common.datasets, common.models, common.seeds)]
-    done = (train_many(store, runs, workers=common.workers, device=common.device, progress=common.progress)
-            if common.workers > 1 else {})
-    for r in runs:
-        t0 = time.perf_counter()
-        p = r["params"]
-        name = run_name(p["dataset"], p["model"], p["seed"])
-        row = done.get(name) or train_one(store, p, device=common.device, progress=common.progress)
-        row["wall_seconds"] = row["seconds"] if name in done else time.perf_counter() - t0
-        rows.append(row)
-        state = "skipped (already trained with identical parameters)" if row["skipped"] else "trained"
-        print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
-    return rows
+    return run_missing(store, [training_task(store, training_params(ds, m, s, common.n_train, common.data_seed,
+                                                                     section), device=common.device,
+                                              progress=common.progress)
+                                for ds, m, s in itertools.product(common.datasets, common.models, common.seeds)],
+                       train_one, common.workers, report=_report, progress=common.progress, desc="trainings")
+
+
+def _report(row: dict) -> None:
+    row["wall_seconds"] = 0.0 if row["skipped"] else row["seconds"]
+    state = "skipped (already trained with identical parameters)" if row["skipped"] else "trained"
+    print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)

@@ -25,10 +25,9 @@ from lib.core.train import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, YourModel
 from lib.infra.device import resolve_device
-from lib.infra.parallel import run_tasks
 from lib.infra.results import ResultStore
 from lib.stages import folder
-from lib.stages.base import cached, load, run_name
+from lib.stages.base import cached, load, run_missing, run_name
 
 FOLDER = folder("your_model", "your_model")
 DATASET, MODEL = "digits", "rescnn"
@@ -140,23 +139,18 @@ def your_model_one(store: ResultStore, seed: int, section: YourModel, *, device:
 def run(store: ResultStore, common: Common, section: YourModel) -> list[dict]:
     """Every seed of the stage: one summary row each (printed as it goes). Seeds without a result run
     ``common.workers`` at a time (each with one thread on CPU, so the results do not depend on it)."""
-    todo = [seed for seed in common.seeds
-            if not store.is_done(FOLDER, run_name(DATASET, MODEL, seed), run_params(seed, section))]
-    done = {}
-    if common.workers > 1 and len(todo) > 1:
-        print(f"{len(todo)} seeds to compute, {min(common.workers, len(todo))} at a time", flush=True)
-        done = dict(zip(todo, run_tasks(your_model_one, [{"store": store, "seed": seed, "section": section,
-                                                          "device": common.device} for seed in todo],
-                                        workers=common.workers)))
-    rows = []
-    for seed in common.seeds:
-        t0 = time.perf_counter()
-        row = done.get(seed) or your_model_one(store, seed, section, device=common.device, progress=common.progress)
-        row["wall_seconds"] = row["seconds"] if seed in done else time.perf_counter() - t0
-        state = "skipped (identical parameters)" if row["skipped"] else f"computed in {row['seconds']:.1f} s"
-        print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
-        rows.append(row)
+    rows = run_missing(store, [{"folder": FOLDER, "name": run_name(DATASET, MODEL, seed),
+                                "params": run_params(seed, section),
+                                "kwargs": {"store": store, "seed": seed, "section": section, "device": common.device,
+                                           "progress": common.progress}} for seed in common.seeds],
+                       your_model_one, common.workers, report=_report, progress=common.progress, desc="seeds")
     return rows
+
+
+def _report(row: dict) -> None:
+    row["wall_seconds"] = 0.0 if row["skipped"] else row["seconds"]
+    state = "skipped (identical parameters)" if row["skipped"] else f"computed in {row['seconds']:.1f} s"
+    print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
 
 
 def load_your_model(store: ResultStore, seed: int) -> dict:
