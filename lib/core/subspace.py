@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
+from lib.core import fused_cnn
 from lib.core.checks import check_data, check_int
 from lib.core.hessian import HessianOperator, top_eigenpairs
 from lib.core.models import plan, plan_accepts, plan_forward_many, preferred_chunk
@@ -195,6 +196,14 @@ def _first_linear(model: torch.nn.Module):
     return first, model[2:]
 
 
+def _targets_in_range(targets: torch.Tensor, n_classes: int) -> bool:
+    """Whether integer class targets lie in 0..n_classes-1 (cross-entropy's own check, made before a kernel that
+    does not check)."""
+    if targets.is_floating_point() or targets.dim() != 1 or not len(targets):
+        return False
+    return bool(targets.min() >= 0) and bool(targets.max() < n_classes)
+
+
 class SubspaceLosses:
     """Per-sample losses ``l_i(w* + P^T theta)`` for many thetas over fixed data and basis.
 
@@ -210,6 +219,10 @@ class SubspaceLosses:
       instead of N 784 h. (The CNN's first conv is affine in theta too, but its D + 1 precomputed outputs would
       take (D + 1) 16 x 196 floats per image, 1.4 GB for D = 10 and N = 10,000, and combining them costs about
       what the conv itself costs: the stacked product is used instead.)
+      On a CPU with AVX2, conv-pool CNNs with cross-entropy (``engine == "fused_cnn"``) run the batched path in
+      ``lib.core.fused_cnn`` instead: eight thetas per SIMD register, one image through every stage in cache
+      (4-5x faster than the torch operations for the study's CNN); elsewhere, or with ``fused=False``,
+      ``engine == "torch"``.
     * first-layer shortcut (``path == "shortcut"``): other ``Sequential(Flatten, Linear, ...)`` models (tanh
       layers, ...): the precomputed first layer, then the rest of the network per theta (``functional_call``).
     * generic (``path == "generic"``, or ``shortcut=False``): one forward pass per theta (weights
@@ -217,7 +230,7 @@ class SubspaceLosses:
     """
 
     def __init__(self, model, inputs, targets, basis: torch.Tensor, chunk_size: int | None = None,
-                 loss_fn: LossFn | None = None, shortcut: bool = True):
+                 loss_fn: LossFn | None = None, shortcut: bool = True, fused: bool = True):
         self.D = check_basis(model, basis)
         check_data(inputs, targets)
         self.model, self.inputs, self.targets = model, inputs, targets
@@ -256,6 +269,13 @@ class SubspaceLosses:
             self.shortcut = split is not None
             if self.shortcut:
                 self._prepare_shortcut(*split)
+        self.engine = "torch"
+        if (fused and self.path == "batched" and not self.shortcut and self.loss_fn is cross_entropy_per_sample
+                and self.dtype == torch.float32 and self.device.type == "cpu" and fused_cnn.supports(self.steps)
+                and _targets_in_range(targets, self.steps[-1].module.out_features) and fused_cnn.available()):
+            self.engine = "fused_cnn"
+            self._x = inputs.to(torch.float32).contiguous()
+            self._y = targets.to(torch.int64).contiguous()
 
     def _first_layer(self, W: torch.Tensor, b: torch.Tensor | None, h: int, d_in: int) -> torch.Tensor:
         """(D + 1, N, h) first-layer pre-activations of the rows of W (weights) and b (biases), all samples."""
@@ -334,6 +354,9 @@ class SubspaceLosses:
                 params = unflatten(self.model, torch.addmm(self.w0.unsqueeze(0), tb, self.P))
                 weights = [None if names is None else (params[names[0]], params[names[1]] if names[1] else None)
                            for names in self._names]
+                if self.engine == "fused_cnn":     # every sample through every stage in the core's cache
+                    out[t0:t0 + B] = fused_cnn.losses(self.steps, weights, self._x, self._y)
+                    continue
                 block = self._block_samples(B)
                 ext = torch.cat([tb.new_ones(B, 1), tb], 1)
                 for s in range(0, N, block):

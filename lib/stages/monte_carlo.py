@@ -181,6 +181,7 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
             payload.update({"surrogate": sur.delta, "surrogate_stderr": sur.stderr, "surrogate_vbar": sur.vbar})
             timing["surrogate_seconds"] = time.perf_counter() - t2 + jets[jkey].seconds   # kept out of the payload
         summary = {**timing, "vbar": curve.vbar, "vbar_stderr": curve.vbar_stderr, "mc_seconds": mc_seconds,
+                   "engine": curve.meta.get("engine"),
                    "seconds_per_theta": mc_seconds / curve.n_forward,
                    "theory_seconds": time.perf_counter() - t1 if spec.theory else None}
         return payload, summary

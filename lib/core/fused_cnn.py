@@ -1,0 +1,184 @@
+"""A fused CPU kernel for the per-sample losses of conv-pool CNNs at many weight sets (``fused_cnn.c``, AVX2).
+
+The Monte Carlo of a CNN evaluates the same images at thousands of weight vectors ``w* + P^T theta``. Written with
+torch's operations (``lib.core.models.plan_forward_many``), every stage writes its whole block of activations to
+memory and reads it back, and the tiny channel counts (4 and 8) leave the library kernels bound by that traffic.
+``fused_cnn.c`` instead puts eight weight sets in the eight lanes of an AVX2 register and runs one image through
+every stage, the linear head and the cross-entropy in buffers that stay in the core's cache.
+
+* ``supports(steps)``: a ``lib.core.models.plan`` of conv-pool stages, a Flatten and one Linear (no ReLU after it).
+* ``available()``: an x86-64 CPU on which torch runs its AVX2 (or AVX-512) kernels, a C compiler (``$CC`` or
+  ``cc``) that built the kernel, and ``LIB_FUSED_CNN`` not set to 0. The library is compiled once per source and
+  flags into ``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``); without a compiler or AVX2 the torch path
+  serves, with the same losses to float rounding.
+* ``losses(steps, weights, x, y)``: the (B, n) cross-entropy losses for B weight sets (the ``weights`` list of
+  ``plan_forward_many``), split over ``torch.get_num_threads()`` threads (the foreign call releases the GIL).
+
+Numerics: float32 with fused multiply-adds in a fixed order, so the same on every AVX2 CPU; they differ from
+torch's by float rounding (tested against ``plan_forward_many`` + ``cross_entropy``).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "available", "unavailable_reason", "losses"]
+
+SOURCE = Path(__file__).with_suffix(".c")
+#: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
+#: of the scalar code (its rounding is then the compiler's choice no more)
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-std=c11")
+#: weight sets per SIMD register (float32 lanes of AVX2)
+LANES = 8
+_MAX_STAGES, _MAX_K = 8, 64
+_lock = threading.Lock()
+_pool: dict = {}
+
+
+def supports(steps) -> bool:
+    """Whether a ``lib.core.models.plan`` is conv-pool stages, then a Flatten, then one Linear without ReLU."""
+    if not steps or len(steps) < 3:
+        return False
+    convs = [s for s in steps if s.kind == "conv_pool"]
+    if not convs or len(convs) > _MAX_STAGES or steps[:len(convs)] != convs:
+        return False
+    rest = steps[len(convs):]
+    return (len(rest) == 2 and rest[0].kind == "flatten" and rest[1].kind == "linear" and not rest[1].relu
+            and rest[1].module.out_features <= _MAX_K)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "curvature-subspace"
+
+
+def _cpu_ok() -> str | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return f"torch runs {capability} kernels here (the fused kernel needs AVX2)"
+    return None
+
+
+@lru_cache(maxsize=1)
+def _library():
+    """(ctypes function, None) or (None, reason)."""
+    if os.environ.get("LIB_FUSED_CNN", "1") == "0":
+        return None, "disabled by LIB_FUSED_CNN=0"
+    reason = _cpu_ok()
+    if reason:
+        return None, reason
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        return None, f"no C compiler ({compiler!r} not found)"
+    text = SOURCE.read_bytes()
+    tag = hashlib.sha256(text + " ".join((compiler,) + FLAGS).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"fused_cnn-{tag}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                                     capture_output=True, text=True, timeout=120)
+                if run.returncode != 0:
+                    return None, f"{compiler} failed: {run.stderr.strip()[:300]}"
+                os.replace(built, target)          # atomic: a concurrent process sees the whole library or none
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"could not build the kernel: {e}"
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as e:
+        return None, f"could not load {target}: {e}"
+    fn = lib.conv_pool_ce_losses
+    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    fn.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, i, p, i64]
+    fn.restype = ctypes.c_int
+    return fn, None
+
+
+def available() -> bool:
+    """Whether the kernel is built and usable here (see the module docstring)."""
+    return _library()[0] is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernel is not used here, or None when it is."""
+    return _library()[1]
+
+
+def _lanes(t: torch.Tensor, G: int) -> torch.Tensor:
+    """(B, ...) -> (G, ..., 8) contiguous float32, the weight sets padded with zeros to G * 8."""
+    B = t.shape[0]
+    if B < G * LANES:
+        t = torch.cat([t, t.new_zeros(G * LANES - B, *t.shape[1:])])
+    t = t.reshape(G, LANES, *t.shape[1:])
+    return t.movedim(1, -1).contiguous().float()
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    with _lock:
+        if _pool.get("n") != n:
+            if "pool" in _pool:
+                _pool["pool"].shutdown(wait=False)
+            _pool.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="fused_cnn"))
+        return _pool["pool"]
+
+
+def losses(steps, weights: list, x: torch.Tensor, y: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """(B, n) cross-entropy losses of the plan ``steps`` (``supports(steps)``) at B weight sets: ``weights[k]`` =
+    (W (B, O, C, 3, 3), b (B, O)) for the conv-pool steps and (W (B, K, F), b (B, K)) for the Linear, b possibly
+    None; ``x`` (n, C, H, W) float32 images, ``y`` (n,) targets in 0..K-1. ``threads`` defaults to torch's."""
+    fn, reason = _library()
+    if fn is None:
+        raise RuntimeError(f"the fused CNN kernel is not available: {reason}")
+    convs = [k for k, s in enumerate(steps) if s.kind == "conv_pool"]
+    head = len(steps) - 1
+    B = weights[head][0].shape[0]
+    G = -(-B // LANES)
+    conv_w, conv_b, channels = [], [], [int(x.shape[1])]
+    for k in convs:
+        W, b = weights[k]
+        O = W.shape[1]
+        channels.append(int(O))
+        conv_w.append(_lanes(W.detach(), G).reshape(G, -1))
+        conv_b.append(_lanes(W.new_zeros(B, O) if b is None else b.detach(), G).reshape(G, -1))
+    W, b = weights[head]
+    K = int(W.shape[1])
+    lin_w = _lanes(W.detach().transpose(1, 2), G)                      # (G, F, K, 8)
+    lin_b = _lanes(W.new_zeros(B, K) if b is None else b.detach(), G)
+    cw, cb = torch.cat(conv_w, 1).contiguous(), torch.cat(conv_b, 1).contiguous()
+    xs = x.detach().to(torch.float32).contiguous()
+    ys = y.detach().to(torch.int64).contiguous()
+    n = len(xs)
+    out = torch.empty(G * LANES, max(n, 1), dtype=torch.float32)
+    ch = (ctypes.c_int * len(channels))(*channels)
+    H, Wd = int(xs.shape[2]), int(xs.shape[3])
+    args = (xs.data_ptr(), n, len(convs), ch, H, Wd, cw.data_ptr(), cb.data_ptr(), lin_w.data_ptr(),
+            lin_b.data_ptr(), K, ys.data_ptr(), G, out.data_ptr(), out.shape[1])
+
+    def part(s0: int, s1: int) -> int:
+        a = args
+        return fn(a[0], a[1], s0, s1, *a[2:])
+
+    nt = max(1, min(threads or torch.get_num_threads(), n))
+    bounds = [round(i * n / nt) for i in range(nt + 1)]
+    if nt == 1:
+        codes = [part(0, n)]
+    else:
+        codes = list(_executor(nt).map(part, bounds[:-1], bounds[1:]))
+    if any(codes):
+        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
+    return out[:B, :n]
