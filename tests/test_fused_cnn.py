@@ -1,5 +1,6 @@
 """The fused CNN kernel (lib.core.fused_cnn): its losses equal float64 layer-by-layer cross-entropies, for the
 study's CNN and for other conv-pool shapes, and the Monte Carlo uses it exactly where it applies."""
+import copy
 import platform
 import shutil
 
@@ -23,7 +24,7 @@ needs_kernel = pytest.mark.skipif(not fused_cnn.available(),
 
 def reference_losses(net: nn.Module, x, y, P, thetas) -> torch.Tensor:
     """Float64 cross-entropies of torch's own Conv2d / ReLU / MaxPool2d / Linear layers at w* + P^T theta."""
-    ref = nn.Sequential(*[m for m in net]).double().eval()          # a plain Sequential: torch's layer forward
+    ref = nn.Sequential(*copy.deepcopy(list(net))).double().eval()   # a plain Sequential: torch's layer forward
     w0 = flat_params(ref)
     with torch.no_grad():
         return torch.stack([F.cross_entropy(torch.func.functional_call(ref, unflatten(ref, w0 + P.double().T @ t),
@@ -144,3 +145,63 @@ def test_delta_curve_records_its_engine_and_matches_the_torch_engine(monkeypatch
     assert slow.meta["engine"] == "torch"
     np.testing.assert_allclose(fast.delta, slow.delta, rtol=2e-3, atol=1e-12)
     np.testing.assert_allclose(fast.order_mean, slow.order_mean, rtol=2e-3, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- one weight set
+SHAPES = {
+    "study cnn, 13 images": (lambda: cnn((4, 8)), (1, 28, 28), 10, 13),
+    "odd channels, no biases, 3 stages": (lambda: nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(5, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 1 * 2, 3, bias=False)),
+        (2, 8, 16), 3, 9),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", list(SHAPES))
+def test_fused_hessian_vector_products_equal_the_explicit_hessian(case):
+    """H v of the float32 kernel against the float64 Hessian of torch's layers (autograd.functional.hessian), for
+    images that do not fill the last lane group, split over threads."""
+    from lib.core.hessian import HessianOperator
+    from tests.cases import explicit_hessian
+    builder, shape, K, n = SHAPES[case]
+    net = seeded_model(builder, 2, torch.float32).eval()
+    x, y = seeded_data(n, shape, K, dtype=torch.float32)
+    op = HessianOperator(net, x, y)
+    assert op.engine == "fused"
+    exact = explicit_hessian(nn.Sequential(*copy.deepcopy(list(net))).double(), x.double(), y)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(n_params(net), generator=g)
+        want = exact @ v.double()
+        got = op.hvp(v).double()
+        assert float((got - want).norm() / want.norm()) < 2e-5
+    assert op.hvp_count == 3
+    structured = HessianOperator(net, x, y, engine="structured")
+    torch.testing.assert_close(op.hvp(v), structured.hvp(v), rtol=1e-4, atol=1e-6)
+
+
+@needs_kernel
+def test_fused_logits_equal_torch_layers():
+    net = build("cnn", 1).eval()
+    x, _ = seeded_data(19, (1, 28, 28), 10, dtype=torch.float32)
+    steps = plan(net)
+    weights = [None if s.module is None else (s.module.weight, s.module.bias) for s in steps]
+    with torch.no_grad():
+        want = nn.Sequential(*copy.deepcopy(list(net))).double()(x.double()).float()
+    for threads in (1, 2):
+        torch.testing.assert_close(fused_cnn.logits(steps, weights, x, threads=threads), want,
+                                   rtol=1e-5, atol=2e-5)
+
+
+def test_engine_choice_of_the_hessian_operator():
+    from lib.core.checks import ParameterError
+    from lib.core.hessian import HessianOperator
+    net = build("cnn", 0).eval()
+    x, y = seeded_data(4, (1, 28, 28), 10, dtype=torch.float32)
+    assert HessianOperator(net, x, y).engine == ("fused" if fused_cnn.available() else "structured")
+    assert HessianOperator(net, x, y, engine="structured").engine == "structured"
+    assert HessianOperator(net.double(), x.double(), y).engine == "structured"
+    with pytest.raises(ParameterError, match="engine"):
+        HessianOperator(net.double(), x.double(), y, engine="fused")

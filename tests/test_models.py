@@ -75,12 +75,18 @@ def test_cnn_eval_forward_equals_layer_by_layer(dtype, tol, n, monkeypatch):
     net = models.build("cnn", 1, dtype=dtype).eval()
     x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(n), dtype=dtype)
     calls = []
-    real = models.plan_forward
-    monkeypatch.setattr(models, "plan_forward", lambda *a: calls.append(1) or real(*a))
+    real, real_fused = models.plan_forward, models.fused_cnn.logits
+    monkeypatch.setattr(models, "plan_forward", lambda *a: calls.append("plan") or real(*a))
+    monkeypatch.setattr(models.fused_cnn, "logits", lambda *a: calls.append("fused") or real_fused(*a))
     with torch.no_grad():
         fast, slow = net(x), nn.Sequential.forward(net, x)
-    assert calls == [1]                                   # the eval forward ran the conv-pool kernels
+    fused = dtype == torch.float32 and models.fused_cnn.available()
+    assert calls == ["fused" if fused else "plan"]       # the eval forward ran the fast kernels
     torch.testing.assert_close(fast, slow, rtol=tol, atol=tol)
+    calls.clear()
+    graph = net(x)                                        # gradients wanted: the differentiable conv-pool kernels
+    assert calls == ["plan"] and graph.requires_grad
+    torch.testing.assert_close(graph.detach(), slow, rtol=tol, atol=tol)
     net.fused = False
     with torch.no_grad():
         assert torch.equal(net(x), slow)

@@ -187,3 +187,353 @@ int conv_pool_ce_losses(const float *x, int64_t n_total, int s0, int s1, int n_s
     free(buf_b);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * One weight set, eight samples per register: the logits, and the exact Hessian-vector product of the summed
+ * cross-entropy (Pearlmutter's R-op: ReLU and max-pooling are piecewise linear, so their selections stay fixed
+ * and the second-order terms are the softmax's and the products of weights of different layers).
+ *
+ * Weights (plain float32, the model's layouts): per stage W (O, C, 3, 3), b (O) (b may be a zero vector), head
+ * Wl (K, F), bl (K); the tangent v in the same layout (V, c, Vl, cl). hv (threads' own buffer, zeroed by the
+ * caller): per stage (O, C, 3, 3, 8) then (O, 8), then (K, F, 8) and (K, 8): H v summed over the samples, one
+ * partial sum per lane. logits (n, K) or NULL.
+ * ------------------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    int S, K, C[MAX_STAGES + 1], H[MAX_STAGES + 1], W[MAX_STAGES + 1];
+    size_t F;
+} shape_t;
+
+static inline __m256 bc(const float *p) { return _mm256_broadcast_ss(p); }
+
+static size_t padded_size(const shape_t *sh, int s) { return (size_t)sh->C[s] * (sh->H[s] + 2) * (sh->W[s] + 2); }
+static size_t pooled_size(const shape_t *sh, int s) { return (size_t)sh->C[s + 1] * sh->H[s + 1] * sh->W[s + 1]; }
+
+/* forward (and, with Ra/RW, tangent) of stage s for output channel o: a and Ra padded inputs (Ra NULL: no tangent
+   input), outputs h and Rh (padded by pad), arg (0..3 as float) and on (all-ones bits where the unit is active) */
+static void stage_forward(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
+                          const float *b, const float *V, const float *c, float *h, float *Rh, float *arg,
+                          float *on, int pad, int tangent)
+{
+    const int C = sh->C[s], H = sh->H[s], Wd = sh->W[s], O = sh->C[s + 1], Ho = H / 2, Wo = Wd / 2;
+    const int Wp = Wd + 2, Hq = Ho + 2 * pad, Wq = Wo + 2 * pad;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int o = 0; o < O; o++) {
+        for (int i = 0; i < Ho; i++) {
+            for (int j = 0; j < Wo; j++) {
+                __m256 u[4] = {zero, zero, zero, zero}, Ru[4] = {zero, zero, zero, zero};
+                for (int ci = 0; ci < C; ci++) {
+                    const size_t base = ((size_t)(ci * (H + 2) + 2 * i) * Wp + 2 * j) * LANES;
+                    const float *w = Wt + (size_t)(o * C + ci) * 9, *vv = V ? V + (size_t)(o * C + ci) * 9 : 0;
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 4
+                        for (int q = 0; q < 4; q++) {
+                            const size_t at = base + (size_t)(r * Wp + q) * LANES;
+                            const __m256 x = _mm256_loadu_ps(a + at);
+                            const __m256 rx = (tangent && Ra) ? _mm256_loadu_ps(Ra + at) : zero;
+#pragma GCC unroll 2
+                            for (int wa = 0; wa < 2; wa++) {
+#pragma GCC unroll 2
+                                for (int wb = 0; wb < 2; wb++) {
+                                    const int di = r - wa, dj = q - wb;
+                                    if (di < 0 || di > 2 || dj < 0 || dj > 2)
+                                        continue;
+                                    const int t = di * 3 + dj, p = wa * 2 + wb;
+                                    u[p] = _mm256_fmadd_ps(x, bc(w + t), u[p]);
+                                    if (tangent) {
+                                        Ru[p] = _mm256_fmadd_ps(x, bc(vv + t), Ru[p]);
+                                        if (Ra)
+                                            Ru[p] = _mm256_fmadd_ps(rx, bc(w + t), Ru[p]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                /* argmax over the window (first maximum, as torch's max), then bias and ReLU */
+                __m256 best = u[0], idx = zero, Rbest = Ru[0];
+                for (int p = 1; p < 4; p++) {
+                    const __m256 gt = _mm256_cmp_ps(u[p], best, _CMP_GT_OQ);
+                    best = _mm256_blendv_ps(best, u[p], gt);
+                    idx = _mm256_blendv_ps(idx, _mm256_set1_ps((float)p), gt);
+                    Rbest = _mm256_blendv_ps(Rbest, Ru[p], gt);
+                }
+                const __m256 pre = _mm256_add_ps(best, bc(b + o));
+                const __m256 act = _mm256_cmp_ps(pre, zero, _CMP_GT_OQ);
+                const size_t cell = ((size_t)(o * Hq + i + pad) * Wq + j + pad) * LANES;
+                const size_t unit = ((size_t)(o * Ho + i) * Wo + j) * LANES;
+                _mm256_storeu_ps(h + cell, _mm256_and_ps(act, pre));
+                if (arg) {
+                    _mm256_storeu_ps(arg + unit, idx);
+                    _mm256_storeu_ps(on + unit, act);
+                }
+                if (tangent)
+                    _mm256_storeu_ps(Rh + cell, _mm256_and_ps(act, _mm256_add_ps(Rbest, bc(c + o))));
+            }
+        }
+    }
+}
+
+/* backward of stage s: g and Rg (O, Ho, Wo, 8) gradients at the stage's outputs (after ReLU); accumulates
+   H v of W and b into HW (O, C, 3, 3, 8), Hb (O, 8); with ga non-NULL also the input gradients ga, Rga
+   (padded like a, added to) */
+static void stage_backward(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
+                           const float *V, const float *arg, const float *on, const float *g, const float *Rg,
+                           float *HW, float *Hb, float *ga, float *Rga)
+{
+    const int C = sh->C[s], H = sh->H[s], Wd = sh->W[s], O = sh->C[s + 1], Ho = H / 2, Wo = Wd / 2;
+    const int Wp = Wd + 2;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int o = 0; o < O; o++) {
+        __m256 hb = _mm256_loadu_ps(Hb + (size_t)o * LANES);
+        for (int i = 0; i < Ho; i++)
+            for (int j = 0; j < Wo; j++) {
+                const size_t unit = ((size_t)(o * Ho + i) * Wo + j) * LANES;
+                hb = _mm256_add_ps(hb, _mm256_and_ps(_mm256_loadu_ps(on + unit), _mm256_loadu_ps(Rg + unit)));
+            }
+        _mm256_storeu_ps(Hb + (size_t)o * LANES, hb);
+        for (int ci = 0; ci < C; ci++) {
+            const float *w = Wt + (size_t)(o * C + ci) * 9, *vv = V + (size_t)(o * C + ci) * 9;
+            __m256 hw[9];
+            for (int t = 0; t < 9; t++)
+                hw[t] = _mm256_loadu_ps(HW + ((size_t)(o * C + ci) * 9 + t) * LANES);
+            for (int i = 0; i < Ho; i++) {
+                for (int j = 0; j < Wo; j++) {
+                    const size_t unit = ((size_t)(o * Ho + i) * Wo + j) * LANES;
+                    const __m256 act = _mm256_loadu_ps(on + unit), ix = _mm256_loadu_ps(arg + unit);
+                    const __m256 gm = _mm256_and_ps(act, _mm256_loadu_ps(g + unit));
+                    const __m256 Rgm = _mm256_and_ps(act, _mm256_loadu_ps(Rg + unit));
+                    __m256 gu[4], Rgu[4];
+                    for (int p = 0; p < 4; p++) {
+                        const __m256 sel = _mm256_cmp_ps(ix, _mm256_set1_ps((float)p), _CMP_EQ_OQ);
+                        gu[p] = _mm256_and_ps(sel, gm);
+                        Rgu[p] = _mm256_and_ps(sel, Rgm);
+                    }
+                    const size_t base = ((size_t)(ci * (H + 2) + 2 * i) * Wp + 2 * j) * LANES;
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 4
+                        for (int q = 0; q < 4; q++) {
+                            const size_t at = base + (size_t)(r * Wp + q) * LANES;
+                            const __m256 x = _mm256_loadu_ps(a + at);
+                            const __m256 rx = Ra ? _mm256_loadu_ps(Ra + at) : zero;
+                            __m256 dg = zero, dRg = zero;
+#pragma GCC unroll 2
+                            for (int wa = 0; wa < 2; wa++) {
+#pragma GCC unroll 2
+                                for (int wb = 0; wb < 2; wb++) {
+                                    const int di = r - wa, dj = q - wb;
+                                    if (di < 0 || di > 2 || dj < 0 || dj > 2)
+                                        continue;
+                                    const int t = di * 3 + dj, p = wa * 2 + wb;
+                                    hw[t] = _mm256_fmadd_ps(Rgu[p], x, hw[t]);
+                                    if (Ra)
+                                        hw[t] = _mm256_fmadd_ps(gu[p], rx, hw[t]);
+                                    if (ga) {
+                                        dg = _mm256_fmadd_ps(gu[p], bc(w + t), dg);
+                                        dRg = _mm256_fmadd_ps(Rgu[p], bc(w + t), dRg);
+                                        dRg = _mm256_fmadd_ps(gu[p], bc(vv + t), dRg);
+                                    }
+                                }
+                            }
+                            if (ga) {
+                                _mm256_storeu_ps(ga + at, _mm256_add_ps(_mm256_loadu_ps(ga + at), dg));
+                                _mm256_storeu_ps(Rga + at, _mm256_add_ps(_mm256_loadu_ps(Rga + at), dRg));
+                            }
+                        }
+                    }
+                }
+            }
+            for (int t = 0; t < 9; t++)
+                _mm256_storeu_ps(HW + ((size_t)(o * C + ci) * 9 + t) * LANES, hw[t]);
+        }
+    }
+}
+
+int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stages, const int *channels, int H0,
+                     int W0, const float *const *conv_w, const float *const *conv_b, const float *lin_w,
+                     const float *lin_b, int K, const float *const *tan_w, const float *const *tan_b,
+                     const float *tan_lw, const float *tan_lb, const int64_t *y, float *hv, float *logits)
+{
+    /* conv_w[s], conv_b[s], tan_w[s], tan_b[s]: per-stage pointers; tan_w NULL: forward only (logits) */
+    if (n_stages < 1 || n_stages > MAX_STAGES || K < 1 || K > MAX_K || s0 < 0 || s1 > n_total || s0 > s1)
+        return -1;
+    shape_t sh;
+    sh.S = n_stages;
+    sh.K = K;
+    sh.H[0] = H0;
+    sh.W[0] = W0;
+    for (int s = 0; s <= n_stages; s++)
+        sh.C[s] = channels[s];
+    for (int s = 0; s < n_stages; s++) {
+        if (sh.H[s] % 2 || sh.W[s] % 2 || sh.H[s] < 2 || sh.W[s] < 2 || sh.C[s] < 1 || sh.C[s + 1] < 1)
+            return -1;
+        sh.H[s + 1] = sh.H[s] / 2;
+        sh.W[s + 1] = sh.W[s] / 2;
+    }
+    const int S = n_stages, tangent = tan_w != 0;
+    sh.F = (size_t)sh.C[S] * sh.H[S] * sh.W[S];
+    const size_t F = sh.F;
+    /* buffers: per stage s the padded input a[s] and its tangent Ra[s] (s = 0: the images), arg and on of each
+       stage, the last stage's output h (unpadded, F x 8) and Rh; gradients g / Rg of each stage's output */
+    size_t total = 0, off_a[MAX_STAGES + 1], off_Ra[MAX_STAGES + 1], off_arg[MAX_STAGES], off_on[MAX_STAGES];
+    size_t off_g[MAX_STAGES], off_Rg[MAX_STAGES], off_ga[MAX_STAGES], off_Rga[MAX_STAGES];
+    for (int s = 0; s < S; s++) {
+        off_a[s] = total; total += padded_size(&sh, s) * LANES;
+        off_Ra[s] = total; total += padded_size(&sh, s) * LANES;
+        off_arg[s] = total; total += pooled_size(&sh, s) * LANES;
+        off_on[s] = total; total += pooled_size(&sh, s) * LANES;
+        off_g[s] = total; total += pooled_size(&sh, s) * LANES;
+        off_Rg[s] = total; total += pooled_size(&sh, s) * LANES;
+        off_ga[s] = total; total += padded_size(&sh, s) * LANES;
+        off_Rga[s] = total; total += padded_size(&sh, s) * LANES;
+    }
+    off_a[S] = total; total += F * LANES;
+    off_Ra[S] = total; total += F * LANES;
+    float *buf = aligned_alloc(64, ((total * sizeof(float) + 63) / 64) * 64);
+    if (!buf)
+        return -1;
+    /* offsets of H v in hv */
+    size_t hv_w[MAX_STAGES], hv_b[MAX_STAGES], hv_lw, hv_lb, at = 0;
+    for (int s = 0; s < S; s++) {
+        hv_w[s] = at; at += (size_t)sh.C[s + 1] * sh.C[s] * 9 * LANES;
+        hv_b[s] = at; at += (size_t)sh.C[s + 1] * LANES;
+    }
+    hv_lw = at; at += (size_t)K * F * LANES;
+    hv_lb = at;
+    const size_t image = (size_t)sh.C[0] * H0 * W0;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int s = 0; s < S; s++)
+        memset(buf + off_Ra[s], 0, padded_size(&sh, s) * LANES * sizeof(float));
+    for (int g0 = s0; g0 < s1; g0 += LANES) {
+        const int nl = s1 - g0 < LANES ? s1 - g0 : LANES;
+        /* eight images in the lanes (missing lanes: zero images, their results discarded) */
+        float *a0 = buf + off_a[0];
+        memset(a0, 0, padded_size(&sh, 0) * LANES * sizeof(float));
+        for (int l = 0; l < nl; l++) {
+            const float *img = x + (size_t)(g0 + l) * image;
+            for (int c = 0; c < sh.C[0]; c++)
+                for (int i = 0; i < H0; i++)
+                    for (int j = 0; j < W0; j++)
+                        a0[((size_t)(c * (H0 + 2) + i + 1) * (W0 + 2) + j + 1) * LANES + l] = img[(c * H0 + i) * W0 + j];
+        }
+        for (int s = 0; s < S; s++) {
+            const int last = s == S - 1, pad = last ? 0 : 1;
+            float *h = buf + off_a[s + 1], *Rh = buf + off_Ra[s + 1];
+            if (pad) {
+                memset(h, 0, padded_size(&sh, s + 1) * LANES * sizeof(float));
+                if (tangent)
+                    memset(Rh, 0, padded_size(&sh, s + 1) * LANES * sizeof(float));
+            }
+            stage_forward(&sh, s, buf + off_a[s], s > 0 ? buf + off_Ra[s] : 0, conv_w[s], conv_b[s],
+                          tangent ? tan_w[s] : 0, tangent ? tan_b[s] : 0, h, Rh, buf + off_arg[s],
+                          buf + off_on[s], pad, tangent);
+        }
+        const float *hS = buf + off_a[S], *RhS = buf + off_Ra[S];
+        __m256 z[MAX_K], Rz[MAX_K];
+        for (int k = 0; k < K; k++) {
+            __m256 acc = bc(lin_b + k), racc = tangent ? bc(tan_lb + k) : zero;
+            const float *wk = lin_w + (size_t)k * F, *vk = tangent ? tan_lw + (size_t)k * F : 0;
+            for (size_t f = 0; f < F; f++) {
+                const __m256 hf = _mm256_loadu_ps(hS + f * LANES);
+                acc = _mm256_fmadd_ps(hf, bc(wk + f), acc);
+                if (tangent) {
+                    racc = _mm256_fmadd_ps(hf, bc(vk + f), racc);
+                    racc = _mm256_fmadd_ps(_mm256_loadu_ps(RhS + f * LANES), bc(wk + f), racc);
+                }
+            }
+            z[k] = acc;
+            Rz[k] = racc;
+        }
+        if (logits) {
+            float tmp[LANES];
+            for (int k = 0; k < K; k++) {
+                _mm256_storeu_ps(tmp, z[k]);
+                for (int l = 0; l < nl; l++)
+                    logits[(size_t)(g0 + l) * K + k] = tmp[l];
+            }
+        }
+        if (!tangent)
+            continue;
+        /* softmax p, g_z = p - onehot(y), Rg_z = p (Rz - p . Rz) per lane; lanes without a sample get zero */
+        float zf[MAX_K][LANES], pf[MAX_K][LANES];
+        for (int k = 0; k < K; k++)
+            _mm256_storeu_ps(zf[k], z[k]);
+        for (int l = 0; l < LANES; l++) {
+            float m = zf[0][l], sum = 0.0f;
+            for (int k = 1; k < K; k++)
+                if (zf[k][l] > m)
+                    m = zf[k][l];
+            for (int k = 0; k < K; k++) {
+                pf[k][l] = expf(zf[k][l] - m);
+                sum += pf[k][l];
+            }
+            for (int k = 0; k < K; k++)
+                pf[k][l] = l < nl ? pf[k][l] / sum : 0.0f;
+        }
+        __m256 gz[MAX_K], Rgz[MAX_K], pRz = zero;
+        for (int k = 0; k < K; k++) {
+            const __m256 p = _mm256_loadu_ps(pf[k]);
+            pRz = _mm256_fmadd_ps(p, Rz[k], pRz);
+            gz[k] = p;
+        }
+        {
+            float onehot[MAX_K][LANES];
+            memset(onehot, 0, sizeof(float) * K * LANES);
+            for (int l = 0; l < nl; l++)
+                onehot[y[g0 + l]][l] = 1.0f;
+            for (int k = 0; k < K; k++) {
+                Rgz[k] = _mm256_mul_ps(gz[k], _mm256_sub_ps(Rz[k], pRz));
+                gz[k] = _mm256_sub_ps(gz[k], _mm256_loadu_ps(onehot[k]));
+            }
+        }
+        /* head: H v of Wl and bl, and the gradients at the last stage's output */
+        float *gS = buf + off_g[S - 1], *RgS = buf + off_Rg[S - 1];
+        for (int k = 0; k < K; k++)
+            _mm256_storeu_ps(hv + hv_lb + (size_t)k * LANES,
+                             _mm256_add_ps(_mm256_loadu_ps(hv + hv_lb + (size_t)k * LANES), Rgz[k]));
+        for (size_t f = 0; f < F; f++) {
+            const __m256 hf = _mm256_loadu_ps(hS + f * LANES), rf = _mm256_loadu_ps(RhS + f * LANES);
+            __m256 gf = zero, Rgf = zero;
+            for (int k = 0; k < K; k++) {
+                float *dst = hv + hv_lw + ((size_t)k * F + f) * LANES;
+                __m256 acc = _mm256_loadu_ps(dst);
+                acc = _mm256_fmadd_ps(Rgz[k], hf, acc);
+                acc = _mm256_fmadd_ps(gz[k], rf, acc);
+                _mm256_storeu_ps(dst, acc);
+                gf = _mm256_fmadd_ps(gz[k], bc(lin_w + (size_t)k * F + f), gf);
+                Rgf = _mm256_fmadd_ps(Rgz[k], bc(lin_w + (size_t)k * F + f), Rgf);
+                Rgf = _mm256_fmadd_ps(gz[k], bc(tan_lw + (size_t)k * F + f), Rgf);
+            }
+            _mm256_storeu_ps(gS + f * LANES, gf);
+            _mm256_storeu_ps(RgS + f * LANES, Rgf);
+        }
+        for (int s = S - 1; s >= 0; s--) {
+            float *ga = 0, *Rga = 0;
+            if (s > 0) {
+                ga = buf + off_ga[s];
+                Rga = buf + off_Rga[s];
+                memset(ga, 0, padded_size(&sh, s) * LANES * sizeof(float));
+                memset(Rga, 0, padded_size(&sh, s) * LANES * sizeof(float));
+            }
+            stage_backward(&sh, s, buf + off_a[s], s > 0 ? buf + off_Ra[s] : 0, conv_w[s], tan_w[s],
+                           buf + off_arg[s], buf + off_on[s], buf + off_g[s], buf + off_Rg[s], hv + hv_w[s],
+                           hv + hv_b[s], ga, Rga);
+            if (s > 0) {           /* the padded input gradients -> the previous stage's output gradients */
+                const int C = sh.C[s], H = sh.H[s], Wd = sh.W[s];
+                float *gp = buf + off_g[s - 1], *Rgp = buf + off_Rg[s - 1];
+                for (int c = 0; c < C; c++)
+                    for (int i = 0; i < H; i++)
+                        for (int j = 0; j < Wd; j++) {
+                            const size_t from = ((size_t)(c * (H + 2) + i + 1) * (Wd + 2) + j + 1) * LANES;
+                            const size_t to = ((size_t)(c * H + i) * Wd + j) * LANES;
+                            _mm256_storeu_ps(gp + to, _mm256_loadu_ps(ga + from));
+                            _mm256_storeu_ps(Rgp + to, _mm256_loadu_ps(Rga + from));
+                        }
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}

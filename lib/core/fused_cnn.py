@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "available", "unavailable_reason", "losses"]
+__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "available", "unavailable_reason", "losses", "logits", "hvp"]
 
 SOURCE = Path(__file__).with_suffix(".c")
 #: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
@@ -74,7 +74,7 @@ def _cpu_ok() -> str | None:
 
 @lru_cache(maxsize=1)
 def _library():
-    """(ctypes function, None) or (None, reason)."""
+    """(ctypes library, None) or (None, reason)."""
     if os.environ.get("LIB_FUSED_CNN", "1") == "0":
         return None, "disabled by LIB_FUSED_CNN=0"
     reason = _cpu_ok()
@@ -102,11 +102,12 @@ def _library():
         lib = ctypes.CDLL(str(target))
     except OSError as e:
         return None, f"could not load {target}: {e}"
-    fn = lib.conv_pool_ce_losses
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    fn.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, i, p, i64]
-    fn.restype = ctypes.c_int
-    return fn, None
+    lib.conv_pool_ce_losses.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, i, p, i64]
+    lib.conv_pool_ce_losses.restype = ctypes.c_int
+    lib.conv_pool_ce_hvp.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, p, p, p, p, p, p]
+    lib.conv_pool_ce_hvp.restype = ctypes.c_int
+    return lib, None
 
 
 def available() -> bool:
@@ -117,6 +118,27 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why the kernel is not used here, or None when it is."""
     return _library()[1]
+
+
+def _function(name: str):
+    lib, reason = _library()
+    if lib is None:
+        raise RuntimeError(f"the fused CNN kernel is not available: {reason}")
+    return getattr(lib, name)
+
+
+def _split(n: int, threads: int | None) -> list[tuple[int, int]]:
+    """Contiguous sample ranges, one per thread (``threads`` defaults to torch's); ranges of whole lane groups
+    where the samples fill the lanes."""
+    nt = max(1, min(threads or torch.get_num_threads(), max(n, 1)))
+    bounds = [round(i * n / nt) for i in range(nt + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _run(parts: list[tuple[int, int]], call) -> list:
+    if len(parts) == 1:
+        return [call(*parts[0])]
+    return list(_executor(len(parts)).map(lambda se: call(*se), parts))
 
 
 def _lanes(t: torch.Tensor, G: int) -> torch.Tensor:
@@ -141,9 +163,7 @@ def losses(steps, weights: list, x: torch.Tensor, y: torch.Tensor, threads: int 
     """(B, n) cross-entropy losses of the plan ``steps`` (``supports(steps)``) at B weight sets: ``weights[k]`` =
     (W (B, O, C, 3, 3), b (B, O)) for the conv-pool steps and (W (B, K, F), b (B, K)) for the Linear, b possibly
     None; ``x`` (n, C, H, W) float32 images, ``y`` (n,) targets in 0..K-1. ``threads`` defaults to torch's."""
-    fn, reason = _library()
-    if fn is None:
-        raise RuntimeError(f"the fused CNN kernel is not available: {reason}")
+    fn = _function("conv_pool_ce_losses")
     convs = [k for k, s in enumerate(steps) if s.kind == "conv_pool"]
     head = len(steps) - 1
     B = weights[head][0].shape[0]
@@ -169,16 +189,96 @@ def losses(steps, weights: list, x: torch.Tensor, y: torch.Tensor, threads: int 
     args = (xs.data_ptr(), n, len(convs), ch, H, Wd, cw.data_ptr(), cb.data_ptr(), lin_w.data_ptr(),
             lin_b.data_ptr(), K, ys.data_ptr(), G, out.data_ptr(), out.shape[1])
 
-    def part(s0: int, s1: int) -> int:
-        a = args
-        return fn(a[0], a[1], s0, s1, *a[2:])
-
-    nt = max(1, min(threads or torch.get_num_threads(), n))
-    bounds = [round(i * n / nt) for i in range(nt + 1)]
-    if nt == 1:
-        codes = [part(0, n)]
-    else:
-        codes = list(_executor(nt).map(part, bounds[:-1], bounds[1:]))
+    codes = _run(_split(n, threads), lambda s0, s1: fn(args[0], args[1], s0, s1, *args[2:]))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
     return out[:B, :n]
+
+
+def _plain(t: torch.Tensor | None, like: torch.Tensor, n: int) -> torch.Tensor:
+    """A contiguous float32 copy of t, or n zeros (an absent bias)."""
+    return (like.new_zeros(n) if t is None else t.detach()).to(torch.float32).contiguous()
+
+
+def _single(steps, weights: list, x: torch.Tensor, tangents: list | None):
+    """Arguments of ``conv_pool_ce_hvp`` for one weight set (``weights`` / ``tangents``: per step (W, b) or
+    (V, c), b / c possibly None) and the tensors that must outlive the call."""
+    convs = [k for k, s in enumerate(steps) if s.kind == "conv_pool"]
+    head = len(steps) - 1
+    keep, channels = [], [int(x.shape[1])]
+    conv_w, conv_b, tan_w, tan_b = [], [], [], []
+    for k in convs:
+        W, b = weights[k]
+        O = int(W.shape[0])
+        channels.append(O)
+        keep += [_plain(W, W, 0), _plain(b, W, O)]
+        conv_w.append(keep[-2].data_ptr())
+        conv_b.append(keep[-1].data_ptr())
+        if tangents is not None:
+            V, c = tangents[k]
+            keep += [_plain(V, W, 0), _plain(c, W, O)]
+            tan_w.append(keep[-2].data_ptr())
+            tan_b.append(keep[-1].data_ptr())
+    W, b = weights[head]
+    K = int(W.shape[0])
+    keep += [_plain(W, W, 0), _plain(b, W, K)]
+    lin = (keep[-2].data_ptr(), keep[-1].data_ptr())
+    tan_lin = (None, None)
+    if tangents is not None:
+        V, c = tangents[head]
+        keep += [_plain(V, W, 0), _plain(c, W, K)]
+        tan_lin = (keep[-2].data_ptr(), keep[-1].data_ptr())
+    S = len(convs)
+    arrays = ((ctypes.c_int * len(channels))(*channels), (ctypes.c_void_p * S)(*conv_w),
+              (ctypes.c_void_p * S)(*conv_b),
+              (ctypes.c_void_p * S)(*tan_w) if tangents is not None else None,
+              (ctypes.c_void_p * S)(*tan_b) if tangents is not None else None)
+    return S, channels, K, arrays, lin, tan_lin, keep
+
+
+def logits(steps, weights: list, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """(n, K) outputs of the plan ``steps`` at one weight set (``weights[k]`` = (W, b) of the affine steps, as
+    the model holds them) for images x (n, C, H, W): eight images per register."""
+    fn = _function("conv_pool_ce_hvp")
+    xs = x.detach().to(torch.float32).contiguous()
+    n = len(xs)
+    S, channels, K, arrays, lin, _, keep = _single(steps, weights, xs, None)
+    out = torch.empty(n, K, dtype=torch.float32)
+    H, Wd = int(xs.shape[2]), int(xs.shape[3])
+    codes = _run(_split(n, threads), lambda s0, s1: fn(
+        xs.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
+        None, None, None, None, None, None, out.data_ptr()))
+    if any(codes):
+        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
+    return out
+
+
+def hvp(steps, weights: list, tangents: list, x: torch.Tensor, y: torch.Tensor,
+        threads: int | None = None) -> list:
+    """H v of the summed cross-entropy over (x, y) at one weight set, for the tangent v given per step like the
+    weights (``tangents[k]`` = (V, c)): per affine step (H v of W, H v of b), float32 (b's None if the step has
+    no bias). Exact (Pearlmutter's R-op); every call runs the forward pass again (nothing is kept)."""
+    fn = _function("conv_pool_ce_hvp")
+    xs = x.detach().to(torch.float32).contiguous()
+    ys = y.detach().to(torch.int64).contiguous()
+    n = len(xs)
+    S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, xs, tangents)
+    affine = [k for k, s in enumerate(steps) if s.module is not None]
+    sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
+    total = sum(a + b for a, b in sizes) * LANES
+    parts = _split(n, threads)
+    acc = torch.zeros(len(parts), total, dtype=torch.float32)
+    H, Wd = int(xs.shape[2]), int(xs.shape[3])
+    codes = _run(parts, lambda s0, s1: fn(
+        xs.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
+        arrays[3], arrays[4], tan_lin[0], tan_lin[1], ys.data_ptr(),
+        acc[parts.index((s0, s1))].data_ptr(), None))
+    if any(codes):
+        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
+    summed = acc.view(len(parts), -1, LANES).sum((0, 2))          # over threads and lanes
+    out, at = [], 0
+    for k, (nw, nb) in zip(affine, sizes):
+        W, b = weights[k]
+        out.append((summed[at:at + nw].view_as(W), None if b is None else summed[at + nw:at + nw + nb]))
+        at += nw + nb
+    return out

@@ -59,6 +59,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call
 
+from lib.core import fused_cnn
 from lib.core.checks import ParameterError, check_choice, check_data, check_int, check_number, check_positive
 from lib.core.models import (
     Step,
@@ -74,7 +75,7 @@ from lib.core.models import (
 from lib.core.tensors import device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 METHODS = ("lanczos", "power")
-ENGINES = ("auto", "structured", "graph", "rebuild")
+ENGINES = ("auto", "fused", "structured", "graph", "rebuild")
 #: default bound (MiB) of the per-chunk state kept between Hessian-vector products (``HessianOperator``)
 KEEP_GRAPHS_MB = 1024
 PROBES = ("rademacher", "gaussian")
@@ -563,6 +564,17 @@ class HessianOperator:
             chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
         self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.engine = "structured" if self._structured else ("graph" if engine in ("auto", "graph") else "rebuild")
+        fusable = (steps is not None and fused_cnn.supports(steps) and self.dtype == torch.float32
+                   and self.device.type == "cpu" and targets.dim() == 1 and len(targets)
+                   and bool(targets.min() >= 0) and bool(targets.max() < steps[-1].module.out_features))
+        if engine == "fused" and not (fusable and fused_cnn.available()):
+            raise ParameterError("engine", engine, "a float32 CPU model of conv-pool stages and one Linear "
+                                 f"(lib.core.fused_cnn.supports) and a kernel built here "
+                                 f"({fused_cnn.unavailable_reason() or 'it is'})", hint="use engine='auto'")
+        if engine in ("auto", "fused") and fusable and fused_cnn.available():
+            self.engine = "fused"
+            self._x32 = inputs.to(torch.float32).contiguous()
+            self._y64 = targets.to(torch.int64).contiguous()
         self.hvp_count = 0
         self.grad_count = 0
         self.state_builds = 0
@@ -653,9 +665,30 @@ class HessianOperator:
             out += torch.autograd.grad(state.g, state.w, grad_outputs=tangents, retain_graph=True)[0]
 
     # ------------------------------------------------------------------------------------------- products
+    def _fused_hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """H v (loss sum) by ``lib.core.fused_cnn.hvp``: forward, tangent and backward pass per image in cache."""
+        st = self._structured
+        pieces = unflatten(self.model, v)
+        names = [n for n in st.param_names if n is not None]
+        tangents = [None if n is None else (pieces[n[0]], pieces[n[1]] if n[1] else None) for n in st.param_names]
+        weights = [None if s.module is None else st._weights(k) for k, s in enumerate(st.steps)]
+        parts = fused_cnn.hvp(st.steps, weights, tangents, self._x32, self._y64)
+        out = {}
+        for (wname, bname), (hw, hb) in zip(names, parts):
+            out[wname] = hw
+            if bname:
+                out[bname] = hb
+        return st.flat(self.model, out, v)
+
     def hvp(self, v) -> torch.Tensor:
         """H v, from the kept per-chunk state (built at the first product after a weight change)."""
         v = self.as_vector(v)
+        if self.engine == "fused":
+            out = self._fused_hvp(v) / self.n_samples
+            self.hvp_count += 1
+            if self._records is not None and len(self._records) < MAX_RECORDS:
+                self._records.append((v.detach().clone(), out.detach().clone()))
+            return out
         w0 = flat_params(self.model)
         states = self._current_states()
         structured = self._structured is not None

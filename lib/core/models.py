@@ -24,6 +24,8 @@ mlp2's layer by layer and 3.1x with these kernels, 2.5x on one thread; mlp2 has 
 ``CNN`` (what ``cnn()`` and ``build("cnn", seed)`` return) is an ``nn.Sequential`` of the usual torch layers, so its
 ``state_dict``, initialisation and torch.fx graph are those of the plain Sequential; in eval mode its forward is
 ``plan_forward`` (the kernels above), in train mode the layer-by-layer forward (training is bitwise unchanged).
+Without gradients (``torch.no_grad``) on float32 CPU tensors it is ``lib.core.fused_cnn.logits`` where that kernel
+is built (eight images per AVX2 register, every stage in cache; 3x faster than ``plan_forward`` here).
 ``lib.core.hessian`` (exact Hessian-vector products) and ``lib.core.subspace`` (many weight vectors at once) reuse
 the same steps and kernels.
 """
@@ -32,9 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lib.core import fused_cnn
 from lib.core.tensors import n_params
 
 __all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
@@ -71,7 +75,24 @@ class CNN(nn.Sequential):
         steps = plan(self)
         if steps is None or not plan_accepts(steps, x):
             return super().forward(x)
+        if _fused_eligible(steps, x, list(self.parameters())):
+            return fused_cnn.logits(steps, [None if s.module is None else (s.module.weight, s.module.bias)
+                                            for s in steps], x)
         return plan_forward(steps, x)
+
+
+def _plain_tensor(t: torch.Tensor) -> bool:
+    """A float32 CPU tensor that no autograd, forward-mode AD or torch.func transform is tracing."""
+    return (type(t) in (torch.Tensor, nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu"
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            and fwAD.unpack_dual(t).tangent is None)
+
+
+def _fused_eligible(steps, x: torch.Tensor, params: list) -> bool:
+    """Whether an eval-mode forward may run on ``lib.core.fused_cnn.logits``: no gradient wanted, plain float32
+    CPU inputs and weights, a plan of conv-pool stages and one Linear, the kernel built here."""
+    return (not torch.is_grad_enabled() and fused_cnn.supports(steps) and _plain_tensor(x)
+            and all(_plain_tensor(p) for p in params) and fused_cnn.available())
 
 
 def cnn(channels: tuple[int, int] = (4, 8)) -> CNN:
