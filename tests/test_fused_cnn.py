@@ -149,7 +149,9 @@ def test_delta_curve_records_its_engine_and_matches_the_torch_engine(monkeypatch
 
 # ----------------------------------------------------------------------------------------------- one weight set
 SHAPES = {
-    "study cnn, 13 images": (lambda: cnn((4, 8)), (1, 28, 28), 10, 13),
+    "the study cnn's channels, 13 images": (lambda: nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 10)), (1, 8, 8), 10, 13),
     "odd channels, no biases, 3 stages": (lambda: nn.Sequential(
         nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -209,70 +209,107 @@ static inline __m256 bc(const float *p) { return _mm256_broadcast_ss(p); }
 static size_t padded_size(const shape_t *sh, int s) { return (size_t)sh->C[s] * (sh->H[s] + 2) * (sh->W[s] + 2); }
 static size_t pooled_size(const shape_t *sh, int s) { return (size_t)sh->C[s + 1] * sh->H[s + 1] * sh->W[s + 1]; }
 
-/* forward (and, with Ra/RW, tangent) of stage s for output channel o: a and Ra padded inputs (Ra NULL: no tangent
-   input), outputs h and Rh (padded by pad), arg (0..3 as float) and on (all-ones bits where the unit is active) */
-static void stage_forward(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
-                          const float *b, const float *V, const float *c, float *h, float *Rh, float *arg,
-                          float *on, int pad, int tangent)
+/* forward (and tangent) of output channels o .. o + OB - 1 of stage s: a and Ra padded inputs (HAS_RA = 0: no
+   tangent input, the images), outputs h and Rh (padded by pad), arg (window position 0..3 as float) and on
+   (all-ones bits where the unit is active). The flags are compile-time constants (always_inline): no branch is
+   left in the inner loops. */
+static inline __attribute__((always_inline)) void stage_forward_block(
+    const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt, const float *b, const float *V,
+    const float *c, float *h, float *Rh, float *arg, float *on, int pad, int o, const int OB, const int TANGENT,
+    const int HAS_RA)
 {
-    const int C = sh->C[s], H = sh->H[s], Wd = sh->W[s], O = sh->C[s + 1], Ho = H / 2, Wo = Wd / 2;
+    const int C = sh->C[s], H = sh->H[s], Wd = sh->W[s], Ho = H / 2, Wo = Wd / 2;
     const int Wp = Wd + 2, Hq = Ho + 2 * pad, Wq = Wo + 2 * pad;
     const __m256 zero = _mm256_setzero_ps();
-    for (int o = 0; o < O; o++) {
-        for (int i = 0; i < Ho; i++) {
-            for (int j = 0; j < Wo; j++) {
-                __m256 u[4] = {zero, zero, zero, zero}, Ru[4] = {zero, zero, zero, zero};
-                for (int ci = 0; ci < C; ci++) {
-                    const size_t base = ((size_t)(ci * (H + 2) + 2 * i) * Wp + 2 * j) * LANES;
-                    const float *w = Wt + (size_t)(o * C + ci) * 9, *vv = V ? V + (size_t)(o * C + ci) * 9 : 0;
+    for (int i = 0; i < Ho; i++) {
+        for (int j = 0; j < Wo; j++) {
+            __m256 u[2][4], Ru[2][4];
+            for (int k = 0; k < OB; k++)
+                for (int p = 0; p < 4; p++)
+                    u[k][p] = Ru[k][p] = zero;
+            for (int ci = 0; ci < C; ci++) {
+                const size_t base = ((size_t)(ci * (H + 2) + 2 * i) * Wp + 2 * j) * LANES;
+                const float *w = Wt + (size_t)(o * C + ci) * 9, *vv = TANGENT ? V + (size_t)(o * C + ci) * 9 : 0;
+                const size_t next = (size_t)C * 9;
 #pragma GCC unroll 4
-                    for (int r = 0; r < 4; r++) {
+                for (int r = 0; r < 4; r++) {
 #pragma GCC unroll 4
-                        for (int q = 0; q < 4; q++) {
-                            const size_t at = base + (size_t)(r * Wp + q) * LANES;
-                            const __m256 x = _mm256_loadu_ps(a + at);
-                            const __m256 rx = (tangent && Ra) ? _mm256_loadu_ps(Ra + at) : zero;
+                    for (int q = 0; q < 4; q++) {
+                        const size_t at = base + (size_t)(r * Wp + q) * LANES;
+                        const __m256 x = _mm256_loadu_ps(a + at);
+                        const __m256 rx = HAS_RA ? _mm256_loadu_ps(Ra + at) : zero;
 #pragma GCC unroll 2
-                            for (int wa = 0; wa < 2; wa++) {
+                        for (int wa = 0; wa < 2; wa++) {
 #pragma GCC unroll 2
-                                for (int wb = 0; wb < 2; wb++) {
-                                    const int di = r - wa, dj = q - wb;
-                                    if (di < 0 || di > 2 || dj < 0 || dj > 2)
-                                        continue;
-                                    const int t = di * 3 + dj, p = wa * 2 + wb;
-                                    u[p] = _mm256_fmadd_ps(x, bc(w + t), u[p]);
-                                    if (tangent) {
-                                        Ru[p] = _mm256_fmadd_ps(x, bc(vv + t), Ru[p]);
-                                        if (Ra)
-                                            Ru[p] = _mm256_fmadd_ps(rx, bc(w + t), Ru[p]);
+                            for (int wb = 0; wb < 2; wb++) {
+                                const int di = r - wa, dj = q - wb;
+                                if (di < 0 || di > 2 || dj < 0 || dj > 2)
+                                    continue;
+                                const int t = di * 3 + dj, p = wa * 2 + wb;
+#pragma GCC unroll 2
+                                for (int k = 0; k < OB; k++) {
+                                    u[k][p] = _mm256_fmadd_ps(x, bc(w + k * next + t), u[k][p]);
+                                    if (TANGENT) {
+                                        Ru[k][p] = _mm256_fmadd_ps(x, bc(vv + k * next + t), Ru[k][p]);
+                                        if (HAS_RA)
+                                            Ru[k][p] = _mm256_fmadd_ps(rx, bc(w + k * next + t), Ru[k][p]);
                                     }
                                 }
                             }
                         }
                     }
                 }
-                /* argmax over the window (first maximum, as torch's max), then bias and ReLU */
-                __m256 best = u[0], idx = zero, Rbest = Ru[0];
+            }
+            for (int k = 0; k < OB; k++) {
+                /* argmax over the window (the first maximum), then bias and ReLU */
+                __m256 best = u[k][0], idx = zero, Rbest = Ru[k][0];
                 for (int p = 1; p < 4; p++) {
-                    const __m256 gt = _mm256_cmp_ps(u[p], best, _CMP_GT_OQ);
-                    best = _mm256_blendv_ps(best, u[p], gt);
+                    const __m256 gt = _mm256_cmp_ps(u[k][p], best, _CMP_GT_OQ);
+                    best = _mm256_blendv_ps(best, u[k][p], gt);
                     idx = _mm256_blendv_ps(idx, _mm256_set1_ps((float)p), gt);
-                    Rbest = _mm256_blendv_ps(Rbest, Ru[p], gt);
+                    if (TANGENT)
+                        Rbest = _mm256_blendv_ps(Rbest, Ru[k][p], gt);
                 }
-                const __m256 pre = _mm256_add_ps(best, bc(b + o));
+                const __m256 pre = _mm256_add_ps(best, bc(b + o + k));
                 const __m256 act = _mm256_cmp_ps(pre, zero, _CMP_GT_OQ);
-                const size_t cell = ((size_t)(o * Hq + i + pad) * Wq + j + pad) * LANES;
-                const size_t unit = ((size_t)(o * Ho + i) * Wo + j) * LANES;
+                const size_t cell = ((size_t)((o + k) * Hq + i + pad) * Wq + j + pad) * LANES;
+                const size_t unit = ((size_t)((o + k) * Ho + i) * Wo + j) * LANES;
                 _mm256_storeu_ps(h + cell, _mm256_and_ps(act, pre));
-                if (arg) {
+                if (TANGENT) {
                     _mm256_storeu_ps(arg + unit, idx);
                     _mm256_storeu_ps(on + unit, act);
+                    _mm256_storeu_ps(Rh + cell, _mm256_and_ps(act, _mm256_add_ps(Rbest, bc(c + o + k))));
                 }
-                if (tangent)
-                    _mm256_storeu_ps(Rh + cell, _mm256_and_ps(act, _mm256_add_ps(Rbest, bc(c + o))));
             }
         }
     }
+}
+
+#define STAGE_FORWARD(T, R)                                                                                        \
+    static void stage_forward_##T##R(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt, \
+                                     const float *b, const float *V, const float *c, float *h, float *Rh,         \
+                                     float *arg, float *on, int pad)                                              \
+    {                                                                                                              \
+        int o = 0;                                                                                                 \
+        for (; o + 2 <= sh->C[s + 1]; o += 2)                                                                      \
+            stage_forward_block(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad, o, 2, T, R);                       \
+        if (o < sh->C[s + 1])                                                                                      \
+            stage_forward_block(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad, o, 1, T, R);                       \
+    }
+STAGE_FORWARD(0, 0)
+STAGE_FORWARD(1, 0)
+STAGE_FORWARD(1, 1)
+
+static void stage_forward(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
+                          const float *b, const float *V, const float *c, float *h, float *Rh, float *arg,
+                          float *on, int pad, int tangent)
+{
+    if (!tangent)
+        stage_forward_00(sh, s, a, 0, Wt, b, 0, 0, h, 0, 0, 0, pad);
+    else if (!Ra)
+        stage_forward_10(sh, s, a, 0, Wt, b, V, c, h, Rh, arg, on, pad);
+    else
+        stage_forward_11(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad);
 }
 
 /* backward of stage s: g and Rg (O, Ho, Wo, 8) gradients at the stage's outputs (after ReLU); accumulates
@@ -302,6 +339,8 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
                 for (int j = 0; j < Wo; j++) {
                     const size_t unit = ((size_t)(o * Ho + i) * Wo + j) * LANES;
                     const __m256 act = _mm256_loadu_ps(on + unit), ix = _mm256_loadu_ps(arg + unit);
+                    if (!_mm256_movemask_ps(act))
+                        continue;                /* inactive in all eight samples: no gradient passes */
                     const __m256 gm = _mm256_and_ps(act, _mm256_loadu_ps(g + unit));
                     const __m256 Rgm = _mm256_and_ps(act, _mm256_loadu_ps(Rg + unit));
                     __m256 gu[4], Rgu[4];
@@ -351,13 +390,56 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
     }
 }
 
+/* the images of samples g0 .. g0 + 7 (rows of `image` floats; lanes past n_lanes read `zeros`) into the
+   interior of the padded lane buffer dst (C, H + 2, W + 2, 8), eight pixels at a time by an 8 x 8 transpose */
+static void fill_lanes(const float *x, size_t image, const float *zeros, int n_lanes, int C, int H, int W,
+                       float *dst)
+{
+    const float *src[LANES];
+    for (int l = 0; l < LANES; l++)
+        src[l] = l < n_lanes ? x + (size_t)l * image : zeros;
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < H; i++) {
+            const size_t row = (size_t)(c * H + i) * W;
+            float *out = dst + ((size_t)(c * (H + 2) + i + 1) * (W + 2) + 1) * LANES;
+            int j = 0;
+            for (; j + 8 <= W; j += 8) {
+                __m256 r0 = _mm256_loadu_ps(src[0] + row + j), r1 = _mm256_loadu_ps(src[1] + row + j);
+                __m256 r2 = _mm256_loadu_ps(src[2] + row + j), r3 = _mm256_loadu_ps(src[3] + row + j);
+                __m256 r4 = _mm256_loadu_ps(src[4] + row + j), r5 = _mm256_loadu_ps(src[5] + row + j);
+                __m256 r6 = _mm256_loadu_ps(src[6] + row + j), r7 = _mm256_loadu_ps(src[7] + row + j);
+                __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                _mm256_storeu_ps(out + (size_t)(j + 0) * LANES, _mm256_permute2f128_ps(u0, u4, 0x20));
+                _mm256_storeu_ps(out + (size_t)(j + 1) * LANES, _mm256_permute2f128_ps(u1, u5, 0x20));
+                _mm256_storeu_ps(out + (size_t)(j + 2) * LANES, _mm256_permute2f128_ps(u2, u6, 0x20));
+                _mm256_storeu_ps(out + (size_t)(j + 3) * LANES, _mm256_permute2f128_ps(u3, u7, 0x20));
+                _mm256_storeu_ps(out + (size_t)(j + 4) * LANES, _mm256_permute2f128_ps(u0, u4, 0x31));
+                _mm256_storeu_ps(out + (size_t)(j + 5) * LANES, _mm256_permute2f128_ps(u1, u5, 0x31));
+                _mm256_storeu_ps(out + (size_t)(j + 6) * LANES, _mm256_permute2f128_ps(u2, u6, 0x31));
+                _mm256_storeu_ps(out + (size_t)(j + 7) * LANES, _mm256_permute2f128_ps(u3, u7, 0x31));
+            }
+            for (; j < W; j++)
+                for (int l = 0; l < LANES; l++)
+                    out[(size_t)j * LANES + l] = src[l][row + j];
+        }
+}
+
 int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stages, const int *channels, int H0,
                      int W0, const float *const *conv_w, const float *const *conv_b, const float *lin_w,
                      const float *lin_b, int K, const float *const *tan_w, const float *const *tan_b,
                      const float *tan_lw, const float *tan_lb, const int64_t *y, float *hv, float *logits)
 {
-    /* conv_w[s], conv_b[s], tan_w[s], tan_b[s]: per-stage pointers; tan_w NULL: forward only (logits) */
-    if (n_stages < 1 || n_stages > MAX_STAGES || K < 1 || K > MAX_K || s0 < 0 || s1 > n_total || s0 > s1)
+    /* x: (n, C0, H0, W0) images; s0 a multiple of 8 (lane groups of eight images). conv_w[s], conv_b[s],
+       tan_w[s], tan_b[s]: per-stage pointers; tan_w NULL: forward only (logits) */
+    if (n_stages < 1 || n_stages > MAX_STAGES || K < 1 || K > MAX_K || s0 < 0 || s1 > n_total || s0 > s1 ||
+        s0 % LANES)
         return -1;
     shape_t sh;
     sh.S = n_stages;
@@ -391,7 +473,7 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
     }
     off_a[S] = total; total += F * LANES;
     off_Ra[S] = total; total += F * LANES;
-    float *buf = aligned_alloc(64, ((total * sizeof(float) + 63) / 64) * 64);
+    float *buf = aligned_alloc(64, (((total + (size_t)channels[0] * H0 * W0) * sizeof(float) + 63) / 64) * 64);
     if (!buf)
         return -1;
     /* offsets of H v in hv */
@@ -402,22 +484,17 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
     }
     hv_lw = at; at += (size_t)K * F * LANES;
     hv_lb = at;
-    const size_t image = (size_t)sh.C[0] * H0 * W0;
     const __m256 zero = _mm256_setzero_ps();
+    const size_t image = (size_t)sh.C[0] * H0 * W0;
+    float *a0 = buf + off_a[0], *zeros = buf + total;
+    memset(a0, 0, padded_size(&sh, 0) * LANES * sizeof(float));     /* its border stays zero */
+    memset(zeros, 0, image * sizeof(float));
     for (int s = 0; s < S; s++)
         memset(buf + off_Ra[s], 0, padded_size(&sh, s) * LANES * sizeof(float));
     for (int g0 = s0; g0 < s1; g0 += LANES) {
         const int nl = s1 - g0 < LANES ? s1 - g0 : LANES;
-        /* eight images in the lanes (missing lanes: zero images, their results discarded) */
-        float *a0 = buf + off_a[0];
-        memset(a0, 0, padded_size(&sh, 0) * LANES * sizeof(float));
-        for (int l = 0; l < nl; l++) {
-            const float *img = x + (size_t)(g0 + l) * image;
-            for (int c = 0; c < sh.C[0]; c++)
-                for (int i = 0; i < H0; i++)
-                    for (int j = 0; j < W0; j++)
-                        a0[((size_t)(c * (H0 + 2) + i + 1) * (W0 + 2) + j + 1) * LANES + l] = img[(c * H0 + i) * W0 + j];
-        }
+        /* eight images in the lanes, zero-padded (missing lanes: zero images, their results discarded) */
+        fill_lanes(x + (size_t)g0 * image, image, zeros, nl, sh.C[0], H0, W0, a0);
         for (int s = 0; s < S; s++) {
             const int last = s == S - 1, pad = last ? 0 : 1;
             float *h = buf + off_a[s + 1], *Rh = buf + off_Ra[s + 1];
@@ -426,7 +503,7 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
                 if (tangent)
                     memset(Rh, 0, padded_size(&sh, s + 1) * LANES * sizeof(float));
             }
-            stage_forward(&sh, s, buf + off_a[s], s > 0 ? buf + off_Ra[s] : 0, conv_w[s], conv_b[s],
+            stage_forward(&sh, s, s > 0 ? buf + off_a[s] : a0, s > 0 ? buf + off_Ra[s] : 0, conv_w[s], conv_b[s],
                           tangent ? tan_w[s] : 0, tangent ? tan_b[s] : 0, h, Rh, buf + off_arg[s],
                           buf + off_on[s], pad, tangent);
         }
@@ -517,7 +594,7 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
                 memset(ga, 0, padded_size(&sh, s) * LANES * sizeof(float));
                 memset(Rga, 0, padded_size(&sh, s) * LANES * sizeof(float));
             }
-            stage_backward(&sh, s, buf + off_a[s], s > 0 ? buf + off_Ra[s] : 0, conv_w[s], tan_w[s],
+            stage_backward(&sh, s, s > 0 ? buf + off_a[s] : a0, s > 0 ? buf + off_Ra[s] : 0, conv_w[s], tan_w[s],
                            buf + off_arg[s], buf + off_on[s], buf + off_g[s], buf + off_Rg[s], hv + hv_w[s],
                            hv + hv_b[s], ga, Rga);
             if (s > 0) {           /* the padded input gradients -> the previous stage's output gradients */

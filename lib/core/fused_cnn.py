@@ -127,15 +127,17 @@ def _function(name: str):
     return getattr(lib, name)
 
 
-def _split(n: int, threads: int | None) -> list[tuple[int, int]]:
-    """Contiguous sample ranges, one per thread (``threads`` defaults to torch's); ranges of whole lane groups
-    where the samples fill the lanes."""
-    nt = max(1, min(threads or torch.get_num_threads(), max(n, 1)))
-    bounds = [round(i * n / nt) for i in range(nt + 1)]
+def _split(n: int, threads: int | None, unit: int = 1) -> list[tuple[int, int]]:
+    """Contiguous sample ranges, one per thread (``threads`` defaults to torch's), starting at multiples of
+    ``unit`` (the lane groups where the samples fill the lanes)."""
+    groups = -(-n // unit)
+    nt = max(1, min(threads or torch.get_num_threads(), max(groups, 1)))
+    bounds = [min(n, round(i * groups / nt) * unit) for i in range(nt + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _run(parts: list[tuple[int, int]], call) -> list:
+    """call(s0, s1) for every sample range, the ranges on the thread pool (the foreign calls release the GIL)."""
     if len(parts) == 1:
         return [call(*parts[0])]
     return list(_executor(len(parts)).map(lambda se: call(*se), parts))
@@ -240,13 +242,13 @@ def logits(steps, weights: list, x: torch.Tensor, threads: int | None = None) ->
     """(n, K) outputs of the plan ``steps`` at one weight set (``weights[k]`` = (W, b) of the affine steps, as
     the model holds them) for images x (n, C, H, W): eight images per register."""
     fn = _function("conv_pool_ce_hvp")
-    xs = x.detach().to(torch.float32).contiguous()
-    n = len(xs)
-    S, channels, K, arrays, lin, _, keep = _single(steps, weights, xs, None)
+    xl = x.detach().to(torch.float32).contiguous()
+    n = len(xl)
+    S, channels, K, arrays, lin, _, keep = _single(steps, weights, xl, None)
     out = torch.empty(n, K, dtype=torch.float32)
-    H, Wd = int(xs.shape[2]), int(xs.shape[3])
-    codes = _run(_split(n, threads), lambda s0, s1: fn(
-        xs.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
+    H, Wd = int(x.shape[2]), int(x.shape[3])
+    codes = _run(_split(n, threads, LANES), lambda s0, s1: fn(
+        xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
         None, None, None, None, None, None, out.data_ptr()))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
@@ -259,18 +261,18 @@ def hvp(steps, weights: list, tangents: list, x: torch.Tensor, y: torch.Tensor,
     weights (``tangents[k]`` = (V, c)): per affine step (H v of W, H v of b), float32 (b's None if the step has
     no bias). Exact (Pearlmutter's R-op); every call runs the forward pass again (nothing is kept)."""
     fn = _function("conv_pool_ce_hvp")
-    xs = x.detach().to(torch.float32).contiguous()
+    xl = x.detach().to(torch.float32).contiguous()
     ys = y.detach().to(torch.int64).contiguous()
-    n = len(xs)
-    S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, xs, tangents)
+    n = len(x)
+    S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, x, tangents)
     affine = [k for k, s in enumerate(steps) if s.module is not None]
     sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
     total = sum(a + b for a, b in sizes) * LANES
-    parts = _split(n, threads)
+    parts = _split(n, threads, LANES)
     acc = torch.zeros(len(parts), total, dtype=torch.float32)
-    H, Wd = int(xs.shape[2]), int(xs.shape[3])
+    H, Wd = int(x.shape[2]), int(x.shape[3])
     codes = _run(parts, lambda s0, s1: fn(
-        xs.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
+        xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
         arrays[3], arrays[4], tan_lin[0], tan_lin[1], ys.data_ptr(),
         acc[parts.index((s0, s1))].data_ptr(), None))
     if any(codes):
