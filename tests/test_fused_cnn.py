@@ -207,3 +207,22 @@ def test_engine_choice_of_the_hessian_operator():
     assert HessianOperator(net.double(), x.double(), y).engine == "structured"
     with pytest.raises(ParameterError, match="engine"):
         HessianOperator(net.double(), x.double(), y, engine="fused")
+
+
+@needs_kernel
+def test_fused_gradient_equals_autograd_of_torch_layers():
+    """The minibatch gradient and loss sum that ``train`` takes from the kernel, against float64 autograd."""
+    builder, shape, K, n = SHAPES["odd channels, no biases, 3 stages"]
+    net = seeded_model(builder, 3, torch.float32).eval()
+    x, y = seeded_data(n, shape, K, dtype=torch.float32)
+    steps = plan(net)
+    weights = [None if s.module is None else (s.module.weight, s.module.bias) for s in steps]
+    grads, loss = fused_cnn.gradient(steps, weights, x, y, threads=2)
+    ref = nn.Sequential(*copy.deepcopy(list(net))).double()
+    total = F.cross_entropy(ref(x.double()), y, reduction="sum")
+    total.backward()
+    got = [t for pair in grads for t in pair if t is not None]
+    assert len(got) == len(list(ref.parameters()))
+    for g, p in zip(got, ref.parameters()):
+        torch.testing.assert_close(g.double(), p.grad, rtol=1e-4, atol=1e-6)
+    assert loss == pytest.approx(float(total), rel=1e-6)

@@ -216,7 +216,7 @@ static size_t pooled_size(const shape_t *sh, int s) { return (size_t)sh->C[s + 1
 static inline __attribute__((always_inline)) void stage_forward_block(
     const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt, const float *b, const float *V,
     const float *c, float *h, float *Rh, float *arg, float *on, int pad, int o, const int OB, const int TANGENT,
-    const int HAS_RA)
+    const int HAS_RA, const int STORE)
 {
     const int C = sh->C[s], H = sh->H[s], Wd = sh->W[s], Ho = H / 2, Wo = Wd / 2;
     const int Wp = Wd + 2, Hq = Ho + 2 * pad, Wq = Wo + 2 * pad;
@@ -275,49 +275,55 @@ static inline __attribute__((always_inline)) void stage_forward_block(
                 const size_t cell = ((size_t)((o + k) * Hq + i + pad) * Wq + j + pad) * LANES;
                 const size_t unit = ((size_t)((o + k) * Ho + i) * Wo + j) * LANES;
                 _mm256_storeu_ps(h + cell, _mm256_and_ps(act, pre));
-                if (TANGENT) {
+                if (STORE) {
                     _mm256_storeu_ps(arg + unit, idx);
                     _mm256_storeu_ps(on + unit, act);
-                    _mm256_storeu_ps(Rh + cell, _mm256_and_ps(act, _mm256_add_ps(Rbest, bc(c + o + k))));
                 }
+                if (TANGENT)
+                    _mm256_storeu_ps(Rh + cell, _mm256_and_ps(act, _mm256_add_ps(Rbest, bc(c + o + k))));
             }
         }
     }
 }
 
-#define STAGE_FORWARD(T, R)                                                                                        \
-    static void stage_forward_##T##R(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt, \
-                                     const float *b, const float *V, const float *c, float *h, float *Rh,         \
-                                     float *arg, float *on, int pad)                                              \
+#define STAGE_FORWARD(T, R, M)                                                                                     \
+    static void stage_forward_##T##R##M(const shape_t *sh, int s, const float *a, const float *Ra,               \
+                                        const float *Wt, const float *b, const float *V, const float *c,         \
+                                        float *h, float *Rh, float *arg, float *on, int pad)                      \
     {                                                                                                              \
         int o = 0;                                                                                                 \
         for (; o + 2 <= sh->C[s + 1]; o += 2)                                                                      \
-            stage_forward_block(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad, o, 2, T, R);                       \
+            stage_forward_block(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad, o, 2, T, R, M);                    \
         if (o < sh->C[s + 1])                                                                                      \
-            stage_forward_block(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad, o, 1, T, R);                       \
+            stage_forward_block(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad, o, 1, T, R, M);                    \
     }
-STAGE_FORWARD(0, 0)
-STAGE_FORWARD(1, 0)
-STAGE_FORWARD(1, 1)
+STAGE_FORWARD(0, 0, 0)
+STAGE_FORWARD(0, 0, 1)
+STAGE_FORWARD(1, 0, 1)
+STAGE_FORWARD(1, 1, 1)
 
+/* mode: 0 logits only, 1 Hessian-vector product (tangent), 2 gradient (the selections kept, no tangent) */
 static void stage_forward(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
                           const float *b, const float *V, const float *c, float *h, float *Rh, float *arg,
-                          float *on, int pad, int tangent)
+                          float *on, int pad, int mode)
 {
-    if (!tangent)
-        stage_forward_00(sh, s, a, 0, Wt, b, 0, 0, h, 0, 0, 0, pad);
+    if (mode == 0)
+        stage_forward_000(sh, s, a, 0, Wt, b, 0, 0, h, 0, 0, 0, pad);
+    else if (mode == 2)
+        stage_forward_001(sh, s, a, 0, Wt, b, 0, 0, h, 0, arg, on, pad);
     else if (!Ra)
-        stage_forward_10(sh, s, a, 0, Wt, b, V, c, h, Rh, arg, on, pad);
+        stage_forward_101(sh, s, a, 0, Wt, b, V, c, h, Rh, arg, on, pad);
     else
-        stage_forward_11(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad);
+        stage_forward_111(sh, s, a, Ra, Wt, b, V, c, h, Rh, arg, on, pad);
 }
 
 /* backward of stage s: g and Rg (O, Ho, Wo, 8) gradients at the stage's outputs (after ReLU); accumulates
    H v of W and b into HW (O, C, 3, 3, 8), Hb (O, 8); with ga non-NULL also the input gradients ga, Rga
    (padded like a, added to) */
-static void stage_backward(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
-                           const float *V, const float *arg, const float *on, const float *g, const float *Rg,
-                           float *HW, float *Hb, float *ga, float *Rga)
+/* GRAD = 1: the gradient instead (Rg, Ra, V, Rga unused): HW += sum g_u a, Hb += sum g_m, ga += conv^T(g_u; W) */
+static inline __attribute__((always_inline)) void stage_backward_impl(
+    const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt, const float *V, const float *arg,
+    const float *on, const float *g, const float *Rg, float *HW, float *Hb, float *ga, float *Rga, const int GRAD)
 {
     const int C = sh->C[s], H = sh->H[s], Wd = sh->W[s], O = sh->C[s + 1], Ho = H / 2, Wo = Wd / 2;
     const int Wp = Wd + 2;
@@ -327,11 +333,12 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
         for (int i = 0; i < Ho; i++)
             for (int j = 0; j < Wo; j++) {
                 const size_t unit = ((size_t)(o * Ho + i) * Wo + j) * LANES;
-                hb = _mm256_add_ps(hb, _mm256_and_ps(_mm256_loadu_ps(on + unit), _mm256_loadu_ps(Rg + unit)));
+                hb = _mm256_add_ps(hb, _mm256_and_ps(_mm256_loadu_ps(on + unit),
+                                                     _mm256_loadu_ps((GRAD ? g : Rg) + unit)));
             }
         _mm256_storeu_ps(Hb + (size_t)o * LANES, hb);
         for (int ci = 0; ci < C; ci++) {
-            const float *w = Wt + (size_t)(o * C + ci) * 9, *vv = V + (size_t)(o * C + ci) * 9;
+            const float *w = Wt + (size_t)(o * C + ci) * 9, *vv = GRAD ? 0 : V + (size_t)(o * C + ci) * 9;
             __m256 hw[9];
             for (int t = 0; t < 9; t++)
                 hw[t] = _mm256_loadu_ps(HW + ((size_t)(o * C + ci) * 9 + t) * LANES);
@@ -342,12 +349,12 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
                     if (!_mm256_movemask_ps(act))
                         continue;                /* inactive in all eight samples: no gradient passes */
                     const __m256 gm = _mm256_and_ps(act, _mm256_loadu_ps(g + unit));
-                    const __m256 Rgm = _mm256_and_ps(act, _mm256_loadu_ps(Rg + unit));
+                    const __m256 Rgm = GRAD ? zero : _mm256_and_ps(act, _mm256_loadu_ps(Rg + unit));
                     __m256 gu[4], Rgu[4];
                     for (int p = 0; p < 4; p++) {
                         const __m256 sel = _mm256_cmp_ps(ix, _mm256_set1_ps((float)p), _CMP_EQ_OQ);
                         gu[p] = _mm256_and_ps(sel, gm);
-                        Rgu[p] = _mm256_and_ps(sel, Rgm);
+                        Rgu[p] = GRAD ? zero : _mm256_and_ps(sel, Rgm);
                     }
                     const size_t base = ((size_t)(ci * (H + 2) + 2 * i) * Wp + 2 * j) * LANES;
 #pragma GCC unroll 4
@@ -356,7 +363,7 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
                         for (int q = 0; q < 4; q++) {
                             const size_t at = base + (size_t)(r * Wp + q) * LANES;
                             const __m256 x = _mm256_loadu_ps(a + at);
-                            const __m256 rx = Ra ? _mm256_loadu_ps(Ra + at) : zero;
+                            const __m256 rx = (!GRAD && Ra) ? _mm256_loadu_ps(Ra + at) : zero;
                             __m256 dg = zero, dRg = zero;
 #pragma GCC unroll 2
                             for (int wa = 0; wa < 2; wa++) {
@@ -366,6 +373,12 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
                                     if (di < 0 || di > 2 || dj < 0 || dj > 2)
                                         continue;
                                     const int t = di * 3 + dj, p = wa * 2 + wb;
+                                    if (GRAD) {
+                                        hw[t] = _mm256_fmadd_ps(gu[p], x, hw[t]);
+                                        if (ga)
+                                            dg = _mm256_fmadd_ps(gu[p], bc(w + t), dg);
+                                        continue;
+                                    }
                                     hw[t] = _mm256_fmadd_ps(Rgu[p], x, hw[t]);
                                     if (Ra)
                                         hw[t] = _mm256_fmadd_ps(gu[p], rx, hw[t]);
@@ -378,7 +391,8 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
                             }
                             if (ga) {
                                 _mm256_storeu_ps(ga + at, _mm256_add_ps(_mm256_loadu_ps(ga + at), dg));
-                                _mm256_storeu_ps(Rga + at, _mm256_add_ps(_mm256_loadu_ps(Rga + at), dRg));
+                                if (!GRAD)
+                                    _mm256_storeu_ps(Rga + at, _mm256_add_ps(_mm256_loadu_ps(Rga + at), dRg));
                             }
                         }
                     }
@@ -388,6 +402,19 @@ static void stage_backward(const shape_t *sh, int s, const float *a, const float
                 _mm256_storeu_ps(HW + ((size_t)(o * C + ci) * 9 + t) * LANES, hw[t]);
         }
     }
+}
+
+static void stage_backward_hvp(const shape_t *sh, int s, const float *a, const float *Ra, const float *Wt,
+                               const float *V, const float *arg, const float *on, const float *g, const float *Rg,
+                               float *HW, float *Hb, float *ga, float *Rga)
+{
+    stage_backward_impl(sh, s, a, Ra, Wt, V, arg, on, g, Rg, HW, Hb, ga, Rga, 0);
+}
+
+static void stage_backward_grad(const shape_t *sh, int s, const float *a, const float *Wt, const float *arg,
+                                const float *on, const float *g, float *HW, float *Hb, float *ga)
+{
+    stage_backward_impl(sh, s, a, 0, Wt, 0, arg, on, g, 0, HW, Hb, ga, 0, 1);
 }
 
 /* the images of samples g0 .. g0 + 7 (rows of `image` floats; lanes past n_lanes read `zeros`) into the
@@ -431,13 +458,16 @@ static void fill_lanes(const float *x, size_t image, const float *zeros, int n_l
         }
 }
 
-int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stages, const int *channels, int H0,
-                     int W0, const float *const *conv_w, const float *const *conv_b, const float *lin_w,
-                     const float *lin_b, int K, const float *const *tan_w, const float *const *tan_b,
-                     const float *tan_lw, const float *tan_lb, const int64_t *y, float *hv, float *logits)
+/* mode 0: logits; 1: H v (tangent given); 2: the gradient and the loss (hv receives the gradient's lane sums in
+   the same layout, loss the eight lanes' loss sums) */
+static int run_single(int mode, const float *x, int64_t n_total, int s0, int s1, int n_stages, const int *channels,
+                      int H0, int W0, const float *const *conv_w, const float *const *conv_b, const float *lin_w,
+                      const float *lin_b, int K, const float *const *tan_w, const float *const *tan_b,
+                      const float *tan_lw, const float *tan_lb, const int64_t *y, float *hv, float *logits,
+                      float *loss)
 {
     /* x: (n, C0, H0, W0) images; s0 a multiple of 8 (lane groups of eight images). conv_w[s], conv_b[s],
-       tan_w[s], tan_b[s]: per-stage pointers; tan_w NULL: forward only (logits) */
+       tan_w[s], tan_b[s]: per-stage pointers */
     if (n_stages < 1 || n_stages > MAX_STAGES || K < 1 || K > MAX_K || s0 < 0 || s1 > n_total || s0 > s1 ||
         s0 % LANES)
         return -1;
@@ -454,7 +484,9 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
         sh.H[s + 1] = sh.H[s] / 2;
         sh.W[s + 1] = sh.W[s] / 2;
     }
-    const int S = n_stages, tangent = tan_w != 0;
+    const int S = n_stages, tangent = mode == 1, backward = mode >= 1;
+    if (tangent && !tan_w)
+        return -1;
     sh.F = (size_t)sh.C[S] * sh.H[S] * sh.W[S];
     const size_t F = sh.F;
     /* buffers: per stage s the padded input a[s] and its tangent Ra[s] (s = 0: the images), arg and on of each
@@ -505,7 +537,7 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
             }
             stage_forward(&sh, s, s > 0 ? buf + off_a[s] : a0, s > 0 ? buf + off_Ra[s] : 0, conv_w[s], conv_b[s],
                           tangent ? tan_w[s] : 0, tangent ? tan_b[s] : 0, h, Rh, buf + off_arg[s],
-                          buf + off_on[s], pad, tangent);
+                          buf + off_on[s], pad, mode);
         }
         const float *hS = buf + off_a[S], *RhS = buf + off_Ra[S];
         __m256 z[MAX_K], Rz[MAX_K];
@@ -531,28 +563,36 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
                     logits[(size_t)(g0 + l) * K + k] = tmp[l];
             }
         }
-        if (!tangent)
+        if (!backward)
             continue;
-        /* softmax p, g_z = p - onehot(y), Rg_z = p (Rz - p . Rz) per lane; lanes without a sample get zero */
+        /* softmax p, g_z = p - onehot(y), Rg_z = p (Rz - p . Rz) per lane; lanes without a sample get zero; the
+           loss (z_max - z_y) + log1p(sum over k != argmax of exp(z_k - z_max)) */
         float zf[MAX_K][LANES], pf[MAX_K][LANES];
         for (int k = 0; k < K; k++)
             _mm256_storeu_ps(zf[k], z[k]);
         for (int l = 0; l < LANES; l++) {
-            float m = zf[0][l], sum = 0.0f;
+            int top = 0;
             for (int k = 1; k < K; k++)
-                if (zf[k][l] > m)
-                    m = zf[k][l];
+                if (zf[k][l] > zf[top][l])
+                    top = k;
+            const float m = zf[top][l];
+            float rest = 0.0f;
             for (int k = 0; k < K; k++) {
-                pf[k][l] = expf(zf[k][l] - m);
-                sum += pf[k][l];
+                pf[k][l] = k == top ? 1.0f : expf(zf[k][l] - m);
+                if (k != top)
+                    rest += pf[k][l];
             }
+            const float sum = 1.0f + rest;
             for (int k = 0; k < K; k++)
                 pf[k][l] = l < nl ? pf[k][l] / sum : 0.0f;
+            if (loss && l < nl)
+                loss[l] += (m - zf[y[g0 + l]][l]) + log1pf(rest);
         }
         __m256 gz[MAX_K], Rgz[MAX_K], pRz = zero;
         for (int k = 0; k < K; k++) {
             const __m256 p = _mm256_loadu_ps(pf[k]);
-            pRz = _mm256_fmadd_ps(p, Rz[k], pRz);
+            if (tangent)
+                pRz = _mm256_fmadd_ps(p, Rz[k], pRz);
             gz[k] = p;
         }
         {
@@ -561,16 +601,26 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
             for (int l = 0; l < nl; l++)
                 onehot[y[g0 + l]][l] = 1.0f;
             for (int k = 0; k < K; k++) {
-                Rgz[k] = _mm256_mul_ps(gz[k], _mm256_sub_ps(Rz[k], pRz));
+                Rgz[k] = tangent ? _mm256_mul_ps(gz[k], _mm256_sub_ps(Rz[k], pRz)) : zero;
                 gz[k] = _mm256_sub_ps(gz[k], _mm256_loadu_ps(onehot[k]));
             }
         }
-        /* head: H v of Wl and bl, and the gradients at the last stage's output */
+        /* head: H v (or the gradient) of Wl and bl, and the gradients at the last stage's output */
         float *gS = buf + off_g[S - 1], *RgS = buf + off_Rg[S - 1];
         for (int k = 0; k < K; k++)
             _mm256_storeu_ps(hv + hv_lb + (size_t)k * LANES,
-                             _mm256_add_ps(_mm256_loadu_ps(hv + hv_lb + (size_t)k * LANES), Rgz[k]));
-        for (size_t f = 0; f < F; f++) {
+                             _mm256_add_ps(_mm256_loadu_ps(hv + hv_lb + (size_t)k * LANES), tangent ? Rgz[k] : gz[k]));
+        for (size_t f = 0; f < F && !tangent; f++) {
+            const __m256 hf = _mm256_loadu_ps(hS + f * LANES);
+            __m256 gf = zero;
+            for (int k = 0; k < K; k++) {
+                float *dst = hv + hv_lw + ((size_t)k * F + f) * LANES;
+                _mm256_storeu_ps(dst, _mm256_fmadd_ps(gz[k], hf, _mm256_loadu_ps(dst)));
+                gf = _mm256_fmadd_ps(gz[k], bc(lin_w + (size_t)k * F + f), gf);
+            }
+            _mm256_storeu_ps(gS + f * LANES, gf);
+        }
+        for (size_t f = 0; f < F && tangent; f++) {
             const __m256 hf = _mm256_loadu_ps(hS + f * LANES), rf = _mm256_loadu_ps(RhS + f * LANES);
             __m256 gf = zero, Rgf = zero;
             for (int k = 0; k < K; k++) {
@@ -592,11 +642,16 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
                 ga = buf + off_ga[s];
                 Rga = buf + off_Rga[s];
                 memset(ga, 0, padded_size(&sh, s) * LANES * sizeof(float));
-                memset(Rga, 0, padded_size(&sh, s) * LANES * sizeof(float));
+                if (tangent)
+                    memset(Rga, 0, padded_size(&sh, s) * LANES * sizeof(float));
             }
-            stage_backward(&sh, s, s > 0 ? buf + off_a[s] : a0, s > 0 ? buf + off_Ra[s] : 0, conv_w[s], tan_w[s],
-                           buf + off_arg[s], buf + off_on[s], buf + off_g[s], buf + off_Rg[s], hv + hv_w[s],
-                           hv + hv_b[s], ga, Rga);
+            if (tangent)
+                stage_backward_hvp(&sh, s, s > 0 ? buf + off_a[s] : a0, s > 0 ? buf + off_Ra[s] : 0, conv_w[s],
+                                   tan_w[s], buf + off_arg[s], buf + off_on[s], buf + off_g[s], buf + off_Rg[s],
+                                   hv + hv_w[s], hv + hv_b[s], ga, Rga);
+            else
+                stage_backward_grad(&sh, s, s > 0 ? buf + off_a[s] : a0, conv_w[s], buf + off_arg[s],
+                                    buf + off_on[s], buf + off_g[s], hv + hv_w[s], hv + hv_b[s], ga);
             if (s > 0) {           /* the padded input gradients -> the previous stage's output gradients */
                 const int C = sh.C[s], H = sh.H[s], Wd = sh.W[s];
                 float *gp = buf + off_g[s - 1], *Rgp = buf + off_Rg[s - 1];
@@ -606,11 +661,30 @@ int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stag
                             const size_t from = ((size_t)(c * (H + 2) + i + 1) * (Wd + 2) + j + 1) * LANES;
                             const size_t to = ((size_t)(c * H + i) * Wd + j) * LANES;
                             _mm256_storeu_ps(gp + to, _mm256_loadu_ps(ga + from));
-                            _mm256_storeu_ps(Rgp + to, _mm256_loadu_ps(Rga + from));
+                            if (tangent)
+                                _mm256_storeu_ps(Rgp + to, _mm256_loadu_ps(Rga + from));
                         }
             }
         }
     }
     free(buf);
     return 0;
+}
+
+int conv_pool_ce_hvp(const float *x, int64_t n_total, int s0, int s1, int n_stages, const int *channels, int H0,
+                     int W0, const float *const *conv_w, const float *const *conv_b, const float *lin_w,
+                     const float *lin_b, int K, const float *const *tan_w, const float *const *tan_b,
+                     const float *tan_lw, const float *tan_lb, const int64_t *y, float *hv, float *logits)
+{
+    /* tan_w NULL: the logits only */
+    return run_single(tan_w ? 1 : 0, x, n_total, s0, s1, n_stages, channels, H0, W0, conv_w, conv_b, lin_w, lin_b,
+                      K, tan_w, tan_b, tan_lw, tan_lb, y, hv, logits, 0);
+}
+
+int conv_pool_ce_grad(const float *x, int64_t n_total, int s0, int s1, int n_stages, const int *channels, int H0,
+                      int W0, const float *const *conv_w, const float *const *conv_b, const float *lin_w,
+                      const float *lin_b, int K, const int64_t *y, float *grad, float *loss)
+{
+    return run_single(2, x, n_total, s0, s1, n_stages, channels, H0, W0, conv_w, conv_b, lin_w, lin_b, K, 0, 0, 0,
+                      0, y, grad, 0, loss);
 }

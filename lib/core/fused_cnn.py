@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "available", "unavailable_reason", "losses", "logits", "hvp"]
+__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "available", "unavailable_reason", "losses", "logits", "hvp",
+           "gradient"]
 
 SOURCE = Path(__file__).with_suffix(".c")
 #: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
@@ -107,6 +108,8 @@ def _library():
     lib.conv_pool_ce_losses.restype = ctypes.c_int
     lib.conv_pool_ce_hvp.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, p, p, p, p, p, p]
     lib.conv_pool_ce_hvp.restype = ctypes.c_int
+    lib.conv_pool_ce_grad.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, p, p]
+    lib.conv_pool_ce_grad.restype = ctypes.c_int
     return lib, None
 
 
@@ -277,10 +280,38 @@ def hvp(steps, weights: list, tangents: list, x: torch.Tensor, y: torch.Tensor,
         acc[parts.index((s0, s1))].data_ptr(), None))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
-    summed = acc.view(len(parts), -1, LANES).sum((0, 2))          # over threads and lanes
+    return _per_step(acc, weights, affine, sizes)
+
+
+def _per_step(acc: torch.Tensor, weights: list, affine: list, sizes: list) -> list:
+    """The threads' lane sums (threads, n_values x 8) -> per affine step (sum for W, sum for b or None)."""
+    summed = acc.view(acc.shape[0], -1, LANES).sum((0, 2))          # over threads and lanes
     out, at = [], 0
     for k, (nw, nb) in zip(affine, sizes):
         W, b = weights[k]
         out.append((summed[at:at + nw].view_as(W), None if b is None else summed[at + nw:at + nw + nb]))
         at += nw + nb
     return out
+
+
+def gradient(steps, weights: list, x: torch.Tensor, y: torch.Tensor,
+             threads: int | None = None) -> tuple[list, float]:
+    """(per affine step (gradient of W, of b or None), loss) of the summed cross-entropy over (x, y) at one weight
+    set: one forward and one backward pass per image in cache, eight images per register (float32)."""
+    fn = _function("conv_pool_ce_grad")
+    xl = x.detach().to(torch.float32).contiguous()
+    ys = y.detach().to(torch.int64).contiguous()
+    n = len(xl)
+    S, channels, K, arrays, lin, _, keep = _single(steps, weights, xl, None)
+    affine = [k for k, s in enumerate(steps) if s.module is not None]
+    sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
+    parts = _split(n, threads, LANES)
+    acc = torch.zeros(len(parts), sum(a + b for a, b in sizes) * LANES, dtype=torch.float32)
+    losses = torch.zeros(len(parts), LANES, dtype=torch.float32)
+    H, Wd = int(xl.shape[2]), int(xl.shape[3])
+    codes = _run(parts, lambda s0, s1: fn(
+        xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K, ys.data_ptr(),
+        acc[parts.index((s0, s1))].data_ptr(), losses[parts.index((s0, s1))].data_ptr()))
+    if any(codes):
+        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
+    return _per_step(acc, weights, affine, sizes), float(losses.sum())
