@@ -136,8 +136,8 @@ class Spectrum:
     slq_runs: int = param(1, integer(1), "stochastic Lanczos quadrature runs")
     slq_iter: int = param(30, integer(2), "Lanczos steps per SLQ run")
     full_seeds: int = param(1, integer(1), "the first seeds that also get smallest eigenvalue, trace, density")
-    pyhessian_density: bool = param(True, boolean, "with the extras, also PyHessian's own trace and density "
-                                    "(through lib.core.pyhessian_fixed) on the same probes")
+    pyhessian_density: bool = param(True, boolean, "with the extras, on the solver_datasets, also PyHessian's "
+                                    "own trace and density (through lib.core.pyhessian_fixed) on the same probes")
     solver_k: int = param(4, integer(1), "eigenpairs of the solver comparison (Lanczos, PyHessian, fixed power)")
     solver_datasets: list = param(["mnist"], list_of(choice(sorted(DATASETS)), min_len=0),
                                   "datasets whose first-seed models get the solver comparison")

@@ -32,7 +32,8 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, sectio
     s = section
     params = {"dataset": dataset, "model": model, "seed": seed, "k_top": s.k_top, "tol": s.tol,
               "n_vectors": s.n_vectors, "trace_probes": s.trace_probes, "slq_runs": s.slq_runs,
-              "slq_iter": s.slq_iter, "extras": extras, "pyhessian_density": s.pyhessian_density and extras,
+              "slq_iter": s.slq_iter, "extras": extras,
+              "pyhessian_density": s.pyhessian_density and extras and dataset in s.solver_datasets,
               "upstream": upstream}
     name = run_name(dataset, model, seed)
 
@@ -61,7 +62,7 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, sectio
             summary.update({"lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr})
             summary["solver_seconds"].update({"smallest": low.seconds, "density": dens.seconds,
                                               "trace": tr.seconds})
-            if s.pyhessian_density:   # PyHessian's own SLQ and Hutchinson loop on the same probes
+            if params["pyhessian_density"]:   # PyHessian's own SLQ and Hutchinson loop on the same probes
                 cmp = pyhessian_fixed.compare_density(net.to(dev), x.to(dev), y.to(dev), n_iter=s.slq_iter,
                                                       n_runs=s.slq_runs, seed=seed, ours=dens)
                 ctr = pyhessian_fixed.compare_trace(net.to(dev), x.to(dev), y.to(dev), n_probes=s.trace_probes,
