@@ -81,6 +81,11 @@ def hvp_cost(model, x, y, repeats: int = 5, name: str = "", rebuild_repeats: int
                 "kind": "max", "engine": op.engine, "chunk_size": op.chunk_size, "kept_mib": op.kept_bytes / 2 ** 20,
                 "first_product_seconds": t_build, "rebuild_in_forwards": rebuild["value"],
                 "rebuild_seconds": rebuild["seconds"], "N": len(x)})
+    if op.engine == "fused":          # the structured engine (torch's operations) beside the fused kernel
+        st = hessian.HessianOperator(model, x, y, engine="structured")
+        st.hvp(v)
+        structured = paired(lambda: forward(model, x), lambda: timed(lambda: st.hvp(v)), rebuild_repeats)
+        row.update({"structured_in_forwards": structured["value"], "structured_seconds": structured["seconds"]})
     return row
 
 
@@ -97,12 +102,20 @@ def cnn_forward_cost(x, repeats: int = 7) -> dict:
                 torch.nn.Sequential.forward(cnn, x[i:i + models.CONV_CHUNK])
             return time.perf_counter() - t0
 
+    def torch_kernels():                  # the conv-pool matrix-product kernels, as before the fused kernel
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            models.plan_forward(models.plan(cnn), x)
+            return time.perf_counter() - t0
+
     ref = paired(lambda: forward(mlp2, x), layers, max(2, repeats // 2))
+    plan_row = paired(lambda: forward(mlp2, x), torch_kernels, max(2, repeats // 2))
     with torch.no_grad():
         diff = float((cnn(x[:500]) - torch.nn.Sequential.forward(cnn, x[:500])).abs().max())
     row.update({"measure": f"cnn forward / mlp2 forward (N={len(x)})", "target": TARGET_CNN_FORWARD_IN_MLP2,
                 "kind": "max", "layer_by_layer_in_mlp2": ref["value"], "layer_by_layer_seconds": ref["seconds"],
-                "max_abs_logit_difference": diff, "N": len(x)})
+                "plan_forward_in_mlp2": plan_row["value"], "plan_forward_seconds": plan_row["seconds"],
+                "fused_kernel": models.fused_cnn.available(), "max_abs_logit_difference": diff, "N": len(x)})
     return row
 
 
@@ -132,10 +145,12 @@ def run(trained_mlp2, x, y, quick: bool = False, log=None) -> list[dict]:
         if log:
             r = rows[-1]
             log(f"  HVP {name}: {r['value']:.2f} forwards ({r['engine']}, kept {r['kept_mib']:.0f} MiB; rebuild "
-                f"{r['rebuild_in_forwards']:.2f})")
+                f"{r['rebuild_in_forwards']:.2f}"
+                + (f"; structured {r['structured_in_forwards']:.2f}" if "structured_in_forwards" in r else "") + ")")
     rows.append(cnn_forward_cost(x, repeats + 2))
     if log:
-        log(f"  cnn forward: {rows[-1]['value']:.2f} mlp2 forwards (layer by layer "
+        log(f"  cnn forward: {rows[-1]['value']:.2f} mlp2 forwards (plan_forward "
+            f"{rows[-1]['plan_forward_in_mlp2']:.2f}, layer by layer "
             f"{rows[-1]['layer_by_layer_in_mlp2']:.2f})")
     for name in ("mlp1", "mlp2", "cnn"):
         rows.append(theta_cost(nets[name], x, y, name, n_thetas=16 if quick else 64, repeats=3))

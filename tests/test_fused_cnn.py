@@ -226,3 +226,14 @@ def test_fused_gradient_equals_autograd_of_torch_layers():
     for g, p in zip(got, ref.parameters()):
         torch.testing.assert_close(g.double(), p.grad, rtol=1e-4, atol=1e-6)
     assert loss == pytest.approx(float(total), rel=1e-6)
+
+
+@needs_kernel
+def test_losses_at_weights_of_a_cnn_use_the_kernel_and_equal_torch_layers():
+    from lib.core.subspace import losses_at_weights
+    net = build("cnn", 4).eval()
+    x, y = seeded_data(11, (1, 28, 28), 10, dtype=torch.float32)
+    P = random_basis(n_params(net), 2, seed=3)
+    thetas = torch.randn(19, 2, generator=torch.Generator().manual_seed(1))
+    weights = flat_params(net).unsqueeze(0) + thetas @ P
+    assert_float_close(losses_at_weights(net, x, y, weights), reference_losses(net, x, y, P, thetas))

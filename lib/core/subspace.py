@@ -158,12 +158,28 @@ def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, pro
     return out
 
 
+def _fused_rows(model, steps, inputs, targets, weights: torch.Tensor, progress: bool) -> torch.Tensor:
+    """Cross-entropies (T, N) at T flat weight vectors of a conv-pool CNN by ``lib.core.fused_cnn.losses``,
+    ``WEIGHT_BLOCK`` vectors at a time (eight per register)."""
+    prefix = {id(m): name for name, m in model.named_modules()}
+    x, y = inputs.to(torch.float32).contiguous(), targets.to(torch.int64).contiguous()
+    out = torch.empty(weights.shape[0], len(x), dtype=torch.float32)
+    for t0 in tqdm(range(0, weights.shape[0], WEIGHT_BLOCK), disable=not progress, desc="weights", leave=False):
+        params = unflatten(model, weights[t0:t0 + WEIGHT_BLOCK].to(torch.float32))
+        w = [None if st.module is None else
+             (params[f"{prefix[id(st.module)]}.weight"],
+              params[f"{prefix[id(st.module)]}.bias"] if st.module.bias is not None else None) for st in steps]
+        out[t0:t0 + WEIGHT_BLOCK] = fused_cnn.losses(steps, w, x, y)
+    return out
+
+
 def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size: int | None = None,
                       loss_fn: LossFn | None = None, progress: bool = False) -> torch.Tensor:
     """Per-sample losses at arbitrary flat weight vectors.
 
     ``weights``: (n_params,) or (T, n_params). Returns (T, N) (or (N,) for a single vector), in the model's
-    dtype, samples in the given order. No autograd graph, model weights untouched, eval mode.
+    dtype, samples in the given order. No autograd graph, model weights untouched, eval mode. Conv-pool CNNs with
+    the default cross-entropy run through the fused kernel (``lib.core.fused_cnn``) where it is built.
     """
     check_data(inputs, targets)
     chunk = _chunk_size(chunk_size, model)
@@ -174,8 +190,14 @@ def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size:
     n = n_params(model)
     if w.dim() != 2 or w.shape[1] != n:
         raise ValueError(f"weights must have shape (T, n_params={n}); got {tuple(weights.shape)}")
-    out = _forward_rows(model, inputs, targets, w.shape[0], lambda t: w[t].to(device=device, dtype=dtype),
-                        chunk, loss_fn, progress, "weights")
+    steps = plan(model) if loss_fn is cross_entropy_per_sample else None
+    if (steps is not None and fused_cnn.supports(steps) and dtype == torch.float32 and device.type == "cpu"
+            and plan_accepts(steps, inputs[:1].to(dtype))
+            and _targets_in_range(targets, steps[-1].module.out_features) and fused_cnn.available()):
+        out = _fused_rows(model, steps, inputs, targets, w, progress)       # 2x the per-vector forward here
+    else:
+        out = _forward_rows(model, inputs, targets, w.shape[0], lambda t: w[t].to(device=device, dtype=dtype),
+                            chunk, loss_fn, progress, "weights")
     return out[0] if single else out
 
 
