@@ -258,29 +258,41 @@ def logits(steps, weights: list, x: torch.Tensor, threads: int | None = None) ->
     return out
 
 
+def _reduction(steps, weights: list, x: torch.Tensor, y: torch.Tensor, tangents, threads: int | None):
+    """What ``hvp`` and ``gradient`` share: contiguous float32 images and int64 targets, the kernel's arguments,
+    the affine steps with their sizes, the threads' sample ranges and their zeroed lane sums."""
+    xl = x.detach().to(torch.float32).contiguous()
+    ys = y.detach().to(torch.int64).contiguous()
+    S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, xl, tangents)
+    affine = [k for k, s in enumerate(steps) if s.module is not None]
+    sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
+    parts = _split(len(xl), threads, LANES)
+    acc = torch.zeros(len(parts), sum(a + b for a, b in sizes) * LANES, dtype=torch.float32)
+    head = (xl.data_ptr(), len(xl), S, arrays[0], int(xl.shape[2]), int(xl.shape[3]), arrays[1], arrays[2],
+            lin[0], lin[1], K)
+    return dict(xl=xl, ys=ys, keep=keep, arrays=arrays, tan_lin=tan_lin, affine=affine, sizes=sizes, parts=parts,
+                acc=acc, head=head, channels=channels)
+
+
+def _call(fn, r: dict, tail) -> None:
+    """fn(images, n, s0, s1, stages..., *tail(part index)) for every thread's range; errors named."""
+    h = r["head"]
+    codes = _run(r["parts"], lambda s0, s1: fn(h[0], h[1], s0, s1, *h[2:], *tail(r["parts"].index((s0, s1)))))
+    if any(codes):
+        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {r['channels']}, image "
+                           f"{h[4]}x{h[5]}, K = {h[10]}")
+
+
 def hvp(steps, weights: list, tangents: list, x: torch.Tensor, y: torch.Tensor,
         threads: int | None = None) -> list:
     """H v of the summed cross-entropy over (x, y) at one weight set, for the tangent v given per step like the
     weights (``tangents[k]`` = (V, c)): per affine step (H v of W, H v of b), float32 (b's None if the step has
     no bias). Exact (Pearlmutter's R-op); every call runs the forward pass again (nothing is kept)."""
     fn = _function("conv_pool_ce_hvp")
-    xl = x.detach().to(torch.float32).contiguous()
-    ys = y.detach().to(torch.int64).contiguous()
-    n = len(x)
-    S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, x, tangents)
-    affine = [k for k, s in enumerate(steps) if s.module is not None]
-    sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
-    total = sum(a + b for a, b in sizes) * LANES
-    parts = _split(n, threads, LANES)
-    acc = torch.zeros(len(parts), total, dtype=torch.float32)
-    H, Wd = int(x.shape[2]), int(x.shape[3])
-    codes = _run(parts, lambda s0, s1: fn(
-        xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
-        arrays[3], arrays[4], tan_lin[0], tan_lin[1], ys.data_ptr(),
-        acc[parts.index((s0, s1))].data_ptr(), None))
-    if any(codes):
-        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
-    return _per_step(acc, weights, affine, sizes)
+    r = _reduction(steps, weights, x, y, tangents, threads)
+    a, t = r["arrays"], r["tan_lin"]
+    _call(fn, r, lambda i: (a[3], a[4], t[0], t[1], r["ys"].data_ptr(), r["acc"][i].data_ptr(), None))
+    return _per_step(r["acc"], weights, r["affine"], r["sizes"])
 
 
 def _per_step(acc: torch.Tensor, weights: list, affine: list, sizes: list) -> list:
@@ -299,19 +311,7 @@ def gradient(steps, weights: list, x: torch.Tensor, y: torch.Tensor,
     """(per affine step (gradient of W, of b or None), loss) of the summed cross-entropy over (x, y) at one weight
     set: one forward and one backward pass per image in cache, eight images per register (float32)."""
     fn = _function("conv_pool_ce_grad")
-    xl = x.detach().to(torch.float32).contiguous()
-    ys = y.detach().to(torch.int64).contiguous()
-    n = len(xl)
-    S, channels, K, arrays, lin, _, keep = _single(steps, weights, xl, None)
-    affine = [k for k, s in enumerate(steps) if s.module is not None]
-    sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
-    parts = _split(n, threads, LANES)
-    acc = torch.zeros(len(parts), sum(a + b for a, b in sizes) * LANES, dtype=torch.float32)
-    losses = torch.zeros(len(parts), LANES, dtype=torch.float32)
-    H, Wd = int(xl.shape[2]), int(xl.shape[3])
-    codes = _run(parts, lambda s0, s1: fn(
-        xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K, ys.data_ptr(),
-        acc[parts.index((s0, s1))].data_ptr(), losses[parts.index((s0, s1))].data_ptr()))
-    if any(codes):
-        raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
-    return _per_step(acc, weights, affine, sizes), float(losses.sum())
+    r = _reduction(steps, weights, x, y, None, threads)
+    losses = torch.zeros(len(r["parts"]), LANES, dtype=torch.float32)
+    _call(fn, r, lambda i: (r["ys"].data_ptr(), r["acc"][i].data_ptr(), losses[i].data_ptr()))
+    return _per_step(r["acc"], weights, r["affine"], r["sizes"]), float(losses.sum())
