@@ -7,6 +7,7 @@ memory and reads it back, and the tiny channel counts (4 and 8) leave the librar
 every stage, the linear head and the cross-entropy in buffers that stay in the core's cache.
 
 * ``supports(steps)``: a ``lib.core.models.plan`` of conv-pool stages, a Flatten and one Linear (no ReLU after it).
+* ``applies(steps, params, targets)``: both of the above, float32 CPU weights and class targets in range.
 * ``available()``: an x86-64 CPU on which torch runs its AVX2 (or AVX-512) kernels, a C compiler (``$CC`` or
   ``cc``) that built the kernel, and ``LIB_FUSED_CNN`` not set to 0. The library is compiled once per source and
   flags into ``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``); without a compiler or AVX2 the torch path
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "available", "unavailable_reason", "losses", "logits", "hvp",
-           "gradient"]
+__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "applies", "available", "unavailable_reason", "losses", "logits",
+           "hvp", "gradient"]
 
 SOURCE = Path(__file__).with_suffix(".c")
 #: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
@@ -57,6 +58,22 @@ def supports(steps) -> bool:
     rest = steps[len(convs):]
     return (len(rest) == 2 and rest[0].kind == "flatten" and rest[1].kind == "linear" and not rest[1].relu
             and rest[1].module.out_features <= _MAX_K)
+
+
+def applies(steps, params, targets: torch.Tensor | None = None) -> bool:
+    """Whether the kernel serves a model here: its plan ``steps`` is ``supports``-ed, every parameter in ``params``
+    is float32 on the CPU, the class ``targets`` (when given) lie in 0..K-1 (cross-entropy's own check, made before
+    a kernel that does not check), and the kernel is built. Inputs are cast to float32 by the functions below."""
+    if steps is None or not supports(steps):
+        return False
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        return False
+    if targets is not None:
+        if targets.is_floating_point() or targets.dim() != 1 or not len(targets):
+            return False
+        if not (bool(targets.min() >= 0) and bool(targets.max() < steps[-1].module.out_features)):
+            return False
+    return available()
 
 
 def _cache_dir() -> Path:

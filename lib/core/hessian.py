@@ -71,6 +71,8 @@ from lib.core.models import (
     plan,
     plan_accepts,
     preferred_chunk,
+    step_names,
+    step_weights,
 )
 from lib.core.tensors import device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
@@ -289,16 +291,9 @@ class _Structured:
     second-order terms are the softmax's and the products of weights of different layers)."""
 
     def __init__(self, model: nn.Module, steps: list[Step]):
-        prefix = {id(m): name for name, m in model.named_modules()}
         self.steps = steps
         self.names = param_layout(model)[0]
-        self.param_names = []
-        for s in steps:
-            if s.module is None:
-                self.param_names.append(None)
-                continue
-            p = prefix[id(s.module)]
-            self.param_names.append((f"{p}.weight", f"{p}.bias" if s.module.bias is not None else None))
+        self.param_names = step_names(model, steps)
         self.first = next(k for k, s in enumerate(steps) if s.module is not None)
 
     def _weights(self, k: int):
@@ -564,14 +559,12 @@ class HessianOperator:
             chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
         self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.engine = "structured" if self._structured else ("graph" if engine in ("auto", "graph") else "rebuild")
-        fusable = (steps is not None and fused_cnn.supports(steps) and self.dtype == torch.float32
-                   and self.device.type == "cpu" and targets.dim() == 1 and len(targets)
-                   and bool(targets.min() >= 0) and bool(targets.max() < steps[-1].module.out_features))
-        if engine == "fused" and not (fusable and fused_cnn.available()):
+        fusable = fused_cnn.applies(steps, list(model.parameters()), targets)
+        if engine == "fused" and not fusable:
             raise ParameterError("engine", engine, "a float32 CPU model of conv-pool stages and one Linear "
                                  f"(lib.core.fused_cnn.supports) and a kernel built here "
                                  f"({fused_cnn.unavailable_reason() or 'it is'})", hint="use engine='auto'")
-        if engine in ("auto", "fused") and fusable and fused_cnn.available():
+        if engine in ("auto", "fused") and fusable:
             self.engine = "fused"
             self._x32 = inputs.to(torch.float32).contiguous()
             self._y64 = targets.to(torch.int64).contiguous()
@@ -668,9 +661,8 @@ class HessianOperator:
     def _fused_hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H v (loss sum) by ``lib.core.fused_cnn.hvp``: forward, tangent and backward pass per image in cache."""
         st = self._structured
-        pieces = unflatten(self.model, v)
         names = [n for n in st.param_names if n is not None]
-        tangents = [None if n is None else (pieces[n[0]], pieces[n[1]] if n[1] else None) for n in st.param_names]
+        tangents = step_weights(unflatten(self.model, v), st.param_names)
         weights = [None if s.module is None else st._weights(k) for k, s in enumerate(st.steps)]
         parts = fused_cnn.hvp(st.steps, weights, tangents, self._x32, self._y64)
         out = {}

@@ -42,9 +42,9 @@ from lib.core import fused_cnn
 from lib.core.tensors import n_params
 
 __all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
-           "preferred_chunk", "n_params", "Step", "plan", "plan_accepts", "plan_forward", "plan_forward_many",
-           "phase_weights", "phase_weights_adjoint", "conv_pool_columns", "conv_pool_columns_adjoint",
-           "conv_pool_pre"]
+           "preferred_chunk", "n_params", "Step", "plan", "step_names", "step_weights", "plan_accepts", "plan_forward",
+           "plan_forward_many", "phase_weights", "phase_weights_adjoint", "conv_pool_columns",
+           "conv_pool_columns_adjoint", "conv_pool_pre"]
 
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10
@@ -90,9 +90,9 @@ def _plain_tensor(t: torch.Tensor) -> bool:
 
 def _fused_eligible(steps, x: torch.Tensor, params: list) -> bool:
     """Whether an eval-mode forward may run on ``lib.core.fused_cnn.logits``: no gradient wanted, plain float32
-    CPU inputs and weights, a plan of conv-pool stages and one Linear, the kernel built here."""
-    return (not torch.is_grad_enabled() and fused_cnn.supports(steps) and _plain_tensor(x)
-            and all(_plain_tensor(p) for p in params) and fused_cnn.available())
+    CPU inputs and weights (no AD or transform tracing them), and ``fused_cnn.applies``."""
+    return (not torch.is_grad_enabled() and _plain_tensor(x) and all(_plain_tensor(p) for p in params)
+            and fused_cnn.applies(steps, params))
 
 
 def cnn(channels: tuple[int, int] = (4, 8)) -> CNN:
@@ -197,6 +197,20 @@ def plan(model: nn.Module) -> list[Step] | None:
     if any(s.kind == "conv_pool" for s in steps) and not any(s.kind == "flatten" for s in steps):
         return None
     return steps
+
+
+def step_names(model: nn.Module, steps: list[Step]) -> list:
+    """Per step of ``plan(model)``: the names of its weight and bias in ``model.named_parameters()`` (the bias
+    None when the layer has none), or None for a step without parameters."""
+    prefix = {id(m): name for name, m in model.named_modules()}
+    return [None if s.module is None else
+            (f"{prefix[id(s.module)]}.weight", f"{prefix[id(s.module)]}.bias" if s.module.bias is not None else None)
+            for s in steps]
+
+
+def step_weights(params: dict, names: list) -> list:
+    """Per step (W, b or None) from ``params`` (name -> tensor, e.g. ``unflatten``) and ``step_names``."""
+    return [None if n is None else (params[n[0]], params[n[1]] if n[1] else None) for n in names]
 
 
 def plan_accepts(steps: list[Step], x: torch.Tensor) -> bool:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lib.core import fused_cnn
 from lib.core.checks import check_data, check_int
 from lib.core.hessian import HessianOperator, top_eigenpairs
-from lib.core.models import plan, plan_accepts, plan_forward_many, preferred_chunk
+from lib.core.models import plan, plan_accepts, plan_forward_many, preferred_chunk, step_names, step_weights
 from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 __all__ = [
@@ -161,15 +161,12 @@ def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, pro
 def _fused_rows(model, steps, inputs, targets, weights: torch.Tensor, progress: bool) -> torch.Tensor:
     """Cross-entropies (T, N) at T flat weight vectors of a conv-pool CNN by ``lib.core.fused_cnn.losses``,
     ``WEIGHT_BLOCK`` vectors at a time (eight per register)."""
-    prefix = {id(m): name for name, m in model.named_modules()}
+    names = step_names(model, steps)
     x, y = inputs.to(torch.float32).contiguous(), targets.to(torch.int64).contiguous()
     out = torch.empty(weights.shape[0], len(x), dtype=torch.float32)
     for t0 in tqdm(range(0, weights.shape[0], WEIGHT_BLOCK), disable=not progress, desc="weights", leave=False):
         params = unflatten(model, weights[t0:t0 + WEIGHT_BLOCK].to(torch.float32))
-        w = [None if st.module is None else
-             (params[f"{prefix[id(st.module)]}.weight"],
-              params[f"{prefix[id(st.module)]}.bias"] if st.module.bias is not None else None) for st in steps]
-        out[t0:t0 + WEIGHT_BLOCK] = fused_cnn.losses(steps, w, x, y)
+        out[t0:t0 + WEIGHT_BLOCK] = fused_cnn.losses(steps, step_weights(params, names), x, y)
     return out
 
 
@@ -191,9 +188,8 @@ def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size:
     if w.dim() != 2 or w.shape[1] != n:
         raise ValueError(f"weights must have shape (T, n_params={n}); got {tuple(weights.shape)}")
     steps = plan(model) if loss_fn is cross_entropy_per_sample else None
-    if (steps is not None and fused_cnn.supports(steps) and dtype == torch.float32 and device.type == "cpu"
-            and plan_accepts(steps, inputs[:1].to(dtype))
-            and _targets_in_range(targets, steps[-1].module.out_features) and fused_cnn.available()):
+    if (steps is not None and plan_accepts(steps, inputs[:1].to(dtype))
+            and fused_cnn.applies(steps, list(model.parameters()), targets)):
         out = _fused_rows(model, steps, inputs, targets, w, progress)       # 2x the per-vector forward here
     else:
         out = _forward_rows(model, inputs, targets, w.shape[0], lambda t: w[t].to(device=device, dtype=dtype),
@@ -216,14 +212,6 @@ def _first_linear(model: torch.nn.Module):
     if names[:len(first)] != first:
         return None
     return first, model[2:]
-
-
-def _targets_in_range(targets: torch.Tensor, n_classes: int) -> bool:
-    """Whether integer class targets lie in 0..n_classes-1 (cross-entropy's own check, made before a kernel that
-    does not check)."""
-    if targets.is_floating_point() or targets.dim() != 1 or not len(targets):
-        return False
-    return bool(targets.min() >= 0) and bool(targets.max() < n_classes)
 
 
 class SubspaceLosses:
@@ -273,11 +261,7 @@ class SubspaceLosses:
             self.first = first
             self.shortcut = self.steps[first].kind == "linear" and all(
                 st.kind == "flatten" for st in self.steps[:first])
-            prefix = {id(m): name for name, m in model.named_modules()}
-            self._names = [None if st.module is None else
-                           (f"{prefix[id(st.module)]}.weight",
-                            None if st.module.bias is None else f"{prefix[id(st.module)]}.bias")
-                           for st in self.steps]
+            self._names = step_names(model, self.steps)
             if self.shortcut:
                 lin = self.steps[first].module
                 n_first = lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
@@ -293,8 +277,7 @@ class SubspaceLosses:
                 self._prepare_shortcut(*split)
         self.engine = "torch"
         if (fused and self.path == "batched" and not self.shortcut and self.loss_fn is cross_entropy_per_sample
-                and self.dtype == torch.float32 and self.device.type == "cpu" and fused_cnn.supports(self.steps)
-                and _targets_in_range(targets, self.steps[-1].module.out_features) and fused_cnn.available()):
+                and fused_cnn.applies(self.steps, list(model.parameters()), targets)):
             self.engine = "fused_cnn"
             self._x = inputs.to(torch.float32).contiguous()
             self._y = targets.to(torch.int64).contiguous()
@@ -374,8 +357,7 @@ class SubspaceLosses:
                 tb = th[t0:t0 + WEIGHT_BLOCK]
                 B = tb.shape[0]
                 params = unflatten(self.model, torch.addmm(self.w0.unsqueeze(0), tb, self.P))
-                weights = [None if names is None else (params[names[0]], params[names[1]] if names[1] else None)
-                           for names in self._names]
+                weights = step_weights(params, self._names)
                 if self.engine == "fused_cnn":     # every sample through every stage in the core's cache
                     out[t0:t0 + B] = fused_cnn.losses(self.steps, weights, self._x, self._y)
                     continue

@@ -34,6 +34,7 @@ from lib.core.jet import METHODS, Jet, JetInterpreter, Unsupported
 from lib.core.models import preferred_chunk
 from lib.core.montecarlo import (
     DeltaCurve,
+    OrderSums,
     loss_differences,
     loss_variance,
     set_batch_means,
@@ -306,10 +307,7 @@ def surrogate_curve(jets: LogitJets, sampler: Sampler, n_samples: int, estimator
     batch_of = ((torch.arange(n_samples) // unit) * n_batches // n_units).to(device)
     batch_sum = torch.zeros(n_batches, N - 1, dtype=torch.float64, device=device)
     o_seed = seed + 1 if order_seed is None else order_seed
-    if n_orders:
-        g = torch.Generator().manual_seed(int(o_seed))
-        perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
-        order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
+    orders = OrderSums(N, n_orders, o_seed, device) if n_orders else None
 
     group = max(1, B // unit)                                  # whole estimator units per group
     for u0 in range(0, n_units, group):
@@ -324,10 +322,8 @@ def surrogate_curve(jets: LogitJets, sampler: Sampler, n_samples: int, estimator
             row = torch.cat([dsq, (d - d0) ** 2, loss_variance(L).unsqueeze(1)], dim=1)
             sums.index_add_(0, (torch.arange(start, stop, device=device) - t0) // unit, row)
             batch_sum.index_add_(0, batch_of[start:stop], dsq)
-            if n_orders:
-                for b in range(len(L)):
-                    dp = loss_differences(L[b][perms])
-                    order_sum += dp * dp
+            if orders is not None:
+                orders.add(L)
             del L, d, dsq, row
         means = sums / unit
         acc_delta.add(means[:, :N - 1])
@@ -348,8 +344,8 @@ def surrogate_curve(jets: LogitJets, sampler: Sampler, n_samples: int, estimator
               "order_seed": o_seed if n_orders else None, "jets_method": jets.method,
               "jets_seconds": jets.seconds},
     )
-    if n_orders:
-        set_order_statistics(out, order_sum)
+    if orders is not None:
+        set_order_statistics(out, orders.order_sum)
     set_batch_means(out, batch_sum, batch_of)
     out.seconds = time.perf_counter() - t_start
     return out

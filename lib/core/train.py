@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lib.core import fused_cnn
 from lib.core.checks import ParameterError, check_data, check_int, check_positive
-from lib.core.models import plan
+from lib.core.models import plan, plan_accepts
 from lib.core.tensors import chunks, eval_mode
 
 __all__ = ["TRAINER", "TrainHistory", "check_recipe", "train", "textbook_train", "evaluate"]
@@ -126,15 +126,11 @@ def _fused_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """The model's ``plan`` when its minibatch gradients may come from ``lib.core.fused_cnn`` (float32 CPU
     conv-pool stages and one Linear, no Dropout, class targets in range, the kernel built here), else None."""
     steps = plan(model)
-    if steps is None or not fused_cnn.supports(steps) or any(isinstance(m, nn.Dropout) for m in model.modules()):
+    if steps is None or any(isinstance(m, nn.Dropout) for m in model.modules()):
+        return None                        # the plan reads Dropout as an identity: right in eval mode only
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not plan_accepts(steps, x[:1]):
         return None
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or y.is_floating_point():
-        return None
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
-        return None
-    if not (len(y) and bool(y.min() >= 0) and bool(y.max() < steps[-1].module.out_features)):
-        return None
-    return steps if fused_cnn.available() else None
+    return steps if fused_cnn.applies(steps, list(model.parameters()), y) else None
 
 
 def _fused_gradient(steps, x: torch.Tensor, y: torch.Tensor) -> float:
