@@ -10,7 +10,8 @@ every stage, the linear head and the cross-entropy in buffers that stay in the c
 * ``applies(steps, params, targets)``: both of the above, float32 CPU weights and class targets in range.
 * ``available()``: an x86-64 CPU on which torch runs its AVX2 (or AVX-512) kernels, a C compiler (``$CC`` or
   ``cc``) that built the kernel, and ``LIB_FUSED_CNN`` not set to 0. The library is compiled once per source and
-  flags into ``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``); without a compiler or AVX2 the torch path
+  flags into ``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``; the temporary directory if that is
+  not writable); without a compiler or AVX2 the torch path
   serves, with the same losses to float rounding.
 * ``losses(steps, weights, x, y)``: the (B, n) cross-entropy losses for B weight sets (the ``weights`` list of
   ``plan_forward_many``), split over ``torch.get_num_threads()`` threads (the foreign call releases the GIL).
@@ -77,8 +78,17 @@ def applies(steps, params, targets: torch.Tensor | None = None) -> bool:
 
 
 def _cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``), or a per-user folder in the temporary
+    directory when that one cannot be written (a read-only home)."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "curvature-subspace"
+    home = Path(root) / "curvature-subspace"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK):
+            return home
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"curvature-subspace-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def _cpu_ok() -> str | None:
