@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
-from lib.core.montecarlo import delta_curve, full_space_curve, full_space_perturbations, full_space_scale
+from lib.core.montecarlo import (
+    delta_curve,
+    full_space_curve,
+    full_space_curves,
+    full_space_perturbations,
+    full_space_scale,
+)
 from lib.core.sampling import make_sampler
 from lib.core.subspace import random_basis
 from lib.core.tensors import flat_params, n_params
@@ -76,6 +82,34 @@ def test_full_space_curve_equals_explicit_perturbed_forward_passes(estimator):
         np.testing.assert_allclose(eps[1::2], -eps[0::2], rtol=0)
     else:
         assert not torch.allclose(eps[0], eps[1])
+
+
+@pytest.mark.parametrize("estimator", ["plain", "antithetic"])
+def test_full_space_curves_share_draws_and_equal_explicit_passes_at_every_scale(estimator):
+    """Several scales in one pass (a ReLU MLP: the batched path with the first layer combined per scale, and a tanh
+    MLP: the shortcut path): each curve equals explicit forward passes at w* + s z_t, z_t the unit draws."""
+    for hidden in (nn.ReLU, nn.Tanh):
+        model = seeded_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(6, 8), hidden(), nn.Linear(8, 7),
+                                                   hidden(), nn.Linear(7, 3)), 2)
+        x, y = seeded_data(21, (6,), 3, seed=6)
+        n, T, scales = n_params(model), 6, [0.3, 0.05, 0.12]
+        curves = full_space_curves(model, x, y, scales, T, estimator=estimator, seed=4, batch_thetas=4,
+                                   progress=False, n_orders=2)
+        z = full_space_perturbations(n, range(T), 1.0, seed=4, estimator=estimator)
+        unit = 1 if estimator == "plain" else 2
+        for s, c in zip(scales, curves):
+            d = np.array([explicit_d(perturbed_losses(model, x, y, s * e)) for e in z])
+            mean, se = unit_stats(d ** 2, unit)
+            np.testing.assert_allclose(c.delta, mean, rtol=1e-9, atol=1e-15)
+            np.testing.assert_allclose(c.stderr, se, rtol=1e-7, atol=1e-15)
+            np.testing.assert_allclose(c.abs_mean, unit_stats(np.abs(d), unit)[0], rtol=1e-9, atol=1e-15)
+            assert c.meta["scale"] == s and c.meta["scales_together"] == 3 and c.n_forward == T + 1
+            alone = full_space_curve(model, x, y, s, T, estimator=estimator, seed=4, progress=False, n_orders=2)
+            np.testing.assert_allclose(alone.delta, c.delta, rtol=1e-10)
+            np.testing.assert_allclose(alone.order_curves, c.order_curves, rtol=1e-10)
+        assert not np.allclose(curves[0].delta, curves[1].delta)
+    with pytest.raises(ValueError, match="scales"):
+        full_space_curves(model, x, y, [], T, progress=False)
 
 
 def test_full_space_perturbations_have_the_requested_scale_and_norm():

@@ -233,3 +233,38 @@ def test_delta_curve_on_the_batched_paths_equals_the_generic_forward(name, monke
     for field in ("delta", "stderr", "centred", "order_mean", "losses0"):
         np.testing.assert_allclose(getattr(fast, field), getattr(slow, field), rtol=1e-9, atol=1e-15)
     assert fast.vbar == pytest.approx(slow.vbar, rel=1e-10) and fast.n_forward == slow.n_forward == 21
+
+
+# ----------------------------------------------------------------------------------------------- insertion orders
+@pytest.mark.parametrize("B", [1, 3, 4, 16, 21, 37])
+def test_order_sums_equal_explicit_loops_on_both_engines(monkeypatch, B):
+    """OrderSums (the C kernel where it builds, and torch's operations) against explicit loops over orders, thetas
+    and k; several add() calls of ragged sizes (lane padding, more than 16 thetas per call)."""
+    from lib.core import order_sums
+    from lib.core.montecarlo import OrderSums
+    N, R = 23, 4
+    L = torch.rand(B, N, dtype=torch.float64, generator=torch.Generator().manual_seed(B)) * 3
+    engines = {}
+    for engine in ("native", "torch"):
+        if engine == "torch":
+            monkeypatch.setenv("LIB_ORDER_SUMS", "0")
+        order_sums._library.cache_clear()
+        try:
+            acc = OrderSums(N, R, seed=7, device="cpu")
+            acc.add(L[:B // 2 + 1])
+            acc.add(L[B // 2 + 1:])
+        finally:
+            monkeypatch.delenv("LIB_ORDER_SUMS", raising=False)
+            order_sums._library.cache_clear()
+        engines[acc.engine] = acc
+    assert "torch" in engines
+    if order_sums.available():
+        assert set(engines) == {"native", "torch"}
+    perms = engines["torch"].perms.numpy()
+    want = np.zeros((R, N - 1))
+    for r in range(R):
+        for row in L.numpy():
+            want[r] += explicit_d(row[perms[r]]) ** 2
+    for acc in engines.values():
+        np.testing.assert_array_equal(acc.perms.numpy(), perms)
+        np.testing.assert_allclose(acc.order_sum.numpy(), want, rtol=1e-13, atol=0)

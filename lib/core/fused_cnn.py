@@ -22,31 +22,22 @@ torch's by float rounding (tested against ``plan_forward_many`` + ``cross_entrop
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from lib.core import native
+
 __all__ = ["SOURCE", "FLAGS", "LANES", "supports", "applies", "available", "unavailable_reason", "losses", "logits",
            "hvp", "gradient"]
 
 SOURCE = Path(__file__).with_suffix(".c")
-#: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
-#: of the scalar code (its rounding is then the compiler's choice no more)
-FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-std=c11")
+#: compiler flags (``lib.core.native``): AVX2 + FMA code whatever the CPU, no contraction of the scalar code
+FLAGS = native.FLAGS
 #: weight sets per SIMD register (float32 lanes of AVX2)
 LANES = 8
 _MAX_STAGES, _MAX_K = 8, 64
-_lock = threading.Lock()
-_pool: dict = {}
 
 
 def supports(steps) -> bool:
@@ -77,59 +68,12 @@ def applies(steps, params, targets: torch.Tensor | None = None) -> bool:
     return available()
 
 
-def _cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``), or a per-user folder in the temporary
-    directory when that one cannot be written (a read-only home)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    home = Path(root) / "curvature-subspace"
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        if os.access(home, os.W_OK):
-            return home
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / f"curvature-subspace-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-
-
-def _cpu_ok() -> str | None:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"not an x86-64 CPU ({platform.machine()})"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in ("AVX2", "AVX512"):
-        return f"torch runs {capability} kernels here (the fused kernel needs AVX2)"
-    return None
-
-
 @lru_cache(maxsize=1)
 def _library():
-    """(ctypes library, None) or (None, reason)."""
-    if os.environ.get("LIB_FUSED_CNN", "1") == "0":
-        return None, "disabled by LIB_FUSED_CNN=0"
-    reason = _cpu_ok()
-    if reason:
+    """(ctypes library, None) or (None, reason): ``lib.core.native.load`` with ``LIB_FUSED_CNN``."""
+    lib, reason = native.load(SOURCE, "LIB_FUSED_CNN")
+    if lib is None:
         return None, reason
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        return None, f"no C compiler ({compiler!r} not found)"
-    text = SOURCE.read_bytes()
-    tag = hashlib.sha256(text + " ".join((compiler,) + FLAGS).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"fused_cnn-{tag}.so"
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
-                                     capture_output=True, text=True, timeout=120)
-                if run.returncode != 0:
-                    return None, f"{compiler} failed: {run.stderr.strip()[:300]}"
-                os.replace(built, target)          # atomic: a concurrent process sees the whole library or none
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"could not build the kernel: {e}"
-    try:
-        lib = ctypes.CDLL(str(target))
-    except OSError as e:
-        return None, f"could not load {target}: {e}"
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.conv_pool_ce_losses.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, i, p, i64]
     lib.conv_pool_ce_losses.restype = ctypes.c_int
@@ -157,22 +101,6 @@ def _function(name: str):
     return getattr(lib, name)
 
 
-def _split(n: int, threads: int | None, unit: int = 1) -> list[tuple[int, int]]:
-    """Contiguous sample ranges, one per thread (``threads`` defaults to torch's), starting at multiples of
-    ``unit`` (the lane groups where the samples fill the lanes)."""
-    groups = -(-n // unit)
-    nt = max(1, min(threads or torch.get_num_threads(), max(groups, 1)))
-    bounds = [min(n, round(i * groups / nt) * unit) for i in range(nt + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _run(parts: list[tuple[int, int]], call) -> list:
-    """call(s0, s1) for every sample range, the ranges on the thread pool (the foreign calls release the GIL)."""
-    if len(parts) == 1:
-        return [call(*parts[0])]
-    return list(_executor(len(parts)).map(lambda se: call(*se), parts))
-
-
 def _lanes(t: torch.Tensor, G: int) -> torch.Tensor:
     """(B, ...) -> (G, ..., 8) contiguous float32, the weight sets padded with zeros to G * 8."""
     B = t.shape[0]
@@ -180,15 +108,6 @@ def _lanes(t: torch.Tensor, G: int) -> torch.Tensor:
         t = torch.cat([t, t.new_zeros(G * LANES - B, *t.shape[1:])])
     t = t.reshape(G, LANES, *t.shape[1:])
     return t.movedim(1, -1).contiguous().float()
-
-
-def _executor(n: int) -> ThreadPoolExecutor:
-    with _lock:
-        if _pool.get("n") != n:
-            if "pool" in _pool:
-                _pool["pool"].shutdown(wait=False)
-            _pool.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="fused_cnn"))
-        return _pool["pool"]
 
 
 def losses(steps, weights: list, x: torch.Tensor, y: torch.Tensor, threads: int | None = None) -> torch.Tensor:
@@ -221,7 +140,7 @@ def losses(steps, weights: list, x: torch.Tensor, y: torch.Tensor, threads: int 
     args = (xs.data_ptr(), n, len(convs), ch, H, Wd, cw.data_ptr(), cb.data_ptr(), lin_w.data_ptr(),
             lin_b.data_ptr(), K, ys.data_ptr(), G, out.data_ptr(), out.shape[1])
 
-    codes = _run(_split(n, threads), lambda s0, s1: fn(args[0], args[1], s0, s1, *args[2:]))
+    codes = native.run(native.split(n, threads), lambda s0, s1: fn(args[0], args[1], s0, s1, *args[2:]))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
     return out[:B, :n]
@@ -277,7 +196,7 @@ def logits(steps, weights: list, x: torch.Tensor, threads: int | None = None) ->
     S, channels, K, arrays, lin, _, keep = _single(steps, weights, xl, None)
     out = torch.empty(n, K, dtype=torch.float32)
     H, Wd = int(x.shape[2]), int(x.shape[3])
-    codes = _run(_split(n, threads, LANES), lambda s0, s1: fn(
+    codes = native.run(native.split(n, threads, LANES), lambda s0, s1: fn(
         xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
         None, None, None, None, None, None, out.data_ptr()))
     if any(codes):
@@ -293,7 +212,7 @@ def _reduction(steps, weights: list, x: torch.Tensor, y: torch.Tensor, tangents,
     S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, xl, tangents)
     affine = [k for k, s in enumerate(steps) if s.module is not None]
     sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
-    parts = _split(len(xl), threads, LANES)
+    parts = native.split(len(xl), threads, LANES)
     acc = torch.zeros(len(parts), sum(a + b for a, b in sizes) * LANES, dtype=torch.float32)
     head = (xl.data_ptr(), len(xl), S, arrays[0], int(xl.shape[2]), int(xl.shape[3]), arrays[1], arrays[2],
             lin[0], lin[1], K)
@@ -304,7 +223,7 @@ def _reduction(steps, weights: list, x: torch.Tensor, y: torch.Tensor, tangents,
 def _call(fn, r: dict, tail) -> None:
     """fn(images, n, s0, s1, stages..., *tail(part index)) for every thread's range; errors named."""
     h = r["head"]
-    codes = _run(r["parts"], lambda s0, s1: fn(h[0], h[1], s0, s1, *h[2:], *tail(r["parts"].index((s0, s1)))))
+    codes = native.run(r["parts"], lambda s0, s1: fn(h[0], h[1], s0, s1, *h[2:], *tail(r["parts"].index((s0, s1)))))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {r['channels']}, image "
                            f"{h[4]}x{h[5]}, K = {h[10]}")

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lib.core import order_sums
 from lib.core.checks import check_choice, check_data, check_int, check_positive
 from lib.core.sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
-from lib.core.subspace import SubspaceLosses, check_basis, losses_at_weights
+from lib.core.subspace import SubspaceLosses, check_basis
 from lib.core.tensors import device_dtype, flat_params
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "full_space_scale",
     "full_space_perturbations",
     "full_space_curve",
+    "full_space_curves",
     "OrderSums",
 ]
 
@@ -160,12 +162,19 @@ class _UnitAccumulator:
 
 class OrderSums:
     """The sum over thetas of d_k^2 in each of R random insertion orders (permutations of the N samples drawn from
-    ``torch.Generator().manual_seed(seed)``): ``order_sum`` (R, N-1) float64, fed with (B, N) float64 rows."""
+    ``torch.Generator().manual_seed(seed)``): ``order_sum`` (R, N-1) float64, fed with (B, N) float64 rows. On the
+    CPU with the C kernel built (``lib.core.order_sums``, ``engine == "native"``) one pass per order with the thetas
+    in the register lanes; elsewhere (``engine == "torch"``) torch's operations, the same sums to a few units in
+    the last place."""
 
     def __init__(self, N: int, n_orders: int, seed: int, device):
         g = torch.Generator().manual_seed(int(seed))
         self.perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
         self.order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
+        self.engine = "native" if torch.device(device).type == "cpu" and order_sums.available() else "torch"
+        if self.engine == "native":
+            self._inv = 1.0 / torch.arange(N + 1, dtype=torch.float64).clamp_min(1)
+            return
         k = torch.arange(1, N, dtype=torch.float64, device=device)
         self._buffers = (torch.empty(n_orders, N, dtype=torch.float64, device=device),
                          torch.empty(n_orders, N, dtype=torch.float64, device=device),
@@ -173,9 +182,12 @@ class OrderSums:
                          k, k + 1, self.perms.reshape(-1))
 
     def add(self, L: torch.Tensor) -> None:
-        """order_sum += d_k^2 of every row of L in every order: ``loss_differences(L[b][perms])`` computed in
-        reused buffers and in place (the same operations, so bitwise the same sums; 2.4x faster for R = 50,
-        N = 10,000 than the per-row loop, which spent its time allocating and writing (R, N) temporaries)."""
+        """order_sum += d_k^2 of every row of L in every order: ``loss_differences(L[b][perms])``; on the torch
+        engine computed in reused buffers and in place (2.4x faster for R = 50, N = 10,000 than a per-row loop that
+        allocates its (R, N) temporaries)."""
+        if self.engine == "native":
+            order_sums.add(self.order_sum, L.to(torch.float64), self.perms, self._inv)
+            return
         permuted, sums, d, k, k1, flat = self._buffers
         for row in L.to(torch.float64):
             torch.index_select(row, 0, flat, out=permuted.view(-1))     # l_{pi_r(i)}
@@ -434,11 +446,29 @@ def full_space_curve(model, inputs, targets, scale: float, n_samples: int, estim
 
     ``scale`` is the per-parameter standard deviation s (``full_space_scale`` turns a subspace's (sigma, D) into it);
     eps_t are ``full_space_perturbations`` rows (``estimator`` "plain" or "antithetic"). There is no subspace
-    shortcut: every eps costs one forward pass over the N samples at the weights w* + eps
-    (``subspace.losses_at_weights``; ``batch_thetas`` perturbations are drawn and post-processed together). Costs
-    T + 1 forward passes (eps = 0 included); ``D`` of the result is n and ``meta["scale"]`` is s."""
+    shortcut: every eps costs one forward pass over the N samples at the weights w* + eps (``batch_thetas``
+    perturbations are drawn and post-processed together). Costs T + 1 forward passes (eps = 0 included); ``D`` of
+    the result is n and ``meta["scale"]`` is s. ``full_space_curves`` computes several scales in one pass."""
+    return full_space_curves(model, inputs, targets, [scale], n_samples, estimator=estimator, seed=seed,
+                             n_orders=n_orders, order_seed=order_seed, batch_thetas=batch_thetas,
+                             chunk_size=chunk_size, loss_fn=loss_fn, progress=progress, n_batches=n_batches)[0]
+
+
+def full_space_curves(model, inputs, targets, scales, n_samples: int, estimator: str = "plain", seed: int = 0,
+                      n_orders: int = 0, order_seed: int | None = None, batch_thetas: int = 16,
+                      chunk_size: int | None = None, loss_fn=None, progress: bool = True,
+                      n_batches: int = 32) -> list[DeltaCurve]:
+    """``full_space_curve`` at every s of ``scales`` from one set of directions: eps_t = s z_t with the same unit
+    draws z_t (``full_space_perturbations`` at scale 1) for every s, so the curves share their random numbers and,
+    for a model whose first layer is a Linear (the MLPs), its product with the inputs: a block of B directions is
+    a B-dimensional "subspace" of the z_t (``SubspaceLosses`` with basis rows z_t, thetas s e_t), whose first-layer
+    pre-activations are computed once (B + 1 passes) and combined per scale at N h multiply-adds, instead of
+    N 784 h per perturbation. Other models cost one forward pass per (s, eps_t), as before. Returns one curve per
+    scale, in the order given; each ``seconds`` is its share (the total over ``len(scales)``)."""
     t_start = time.perf_counter()
-    scale = check_positive("scale", scale)
+    scales = [check_positive("scale", s) for s in scales]
+    if not scales:
+        raise ValueError("scales must name at least one per-parameter scale s > 0; got an empty list")
     check_choice("estimator", estimator, FULL_SPACE_ESTIMATORS)
     n_samples = check_int("n_samples", n_samples, 2)
     n_orders = check_int("n_orders", n_orders, 0)
@@ -448,30 +478,39 @@ def full_space_curve(model, inputs, targets, scale: float, n_samples: int, estim
     N = check_data(inputs, targets)
     if N < 2:
         raise ValueError(f"need at least 2 samples (inputs) for L_{{k+1}} - L_k; got {N}")
-    w0 = flat_params(model)
-    n = w0.numel()
+    n = flat_params(model).numel()
     device, dtype = device_dtype(model)
     unit = estimator_units(n_samples, estimator)
     order_seed = seed + 1 if order_seed is None else order_seed
-    sums = None
-    with tqdm(total=n_samples, disable=not progress, desc=f"full_space_curve {estimator}", leave=False) as bar:
+    S, sums = len(scales), None
+    scale_col = torch.tensor(scales, device=device, dtype=dtype)
+    with tqdm(total=n_samples * S, disable=not progress, desc=f"full_space_curves {estimator} x{S}",
+              leave=False) as bar:
         for start in range(0, n_samples, batch_thetas):
             rows = range(start, min(n_samples, start + batch_thetas))
-            eps = full_space_perturbations(n, rows, scale, seed, estimator).to(device=device, dtype=dtype)
-            B = eps.shape[0]
+            z = full_space_perturbations(n, rows, 1.0, seed, estimator).to(device=device, dtype=dtype)
+            B = z.shape[0]
+            losses = SubspaceLosses(model, inputs, targets, z, chunk_size=chunk_size, loss_fn=loss_fn)
+            eye = torch.eye(B, device=device, dtype=dtype)
+            thetas = (scale_col[:, None, None] * eye).reshape(S * B, B)     # row j B + t: s_j e_t
             if sums is None:                   # eps = 0 on the same path, with the first block
-                eps = torch.cat([torch.zeros_like(eps[:1]), eps])
-            L = losses_at_weights(model, inputs, targets, w0 + eps, chunk_size=chunk_size,
-                                  loss_fn=loss_fn).to(torch.float64)
+                thetas = torch.cat([torch.zeros_like(thetas[:1]), thetas])
+            L = losses(thetas).to(torch.float64)
             if sums is None:
-                sums = _CurveSums(L[0], n_samples, unit, device, n_orders, order_seed, n_batches)
+                sums = [_CurveSums(L[0], n_samples, unit, device, n_orders, order_seed, n_batches)
+                        for _ in scales]
                 L = L[1:]
-            sums.add(L, start)
-            del L, eps
-            bar.update(B)
-    out = sums.curve(estimator=estimator, sampler="full_space_gaussian", D=n, n_forward=n_samples + 1,
-                     meta={"seed": seed, "scale": scale, "batch_thetas": batch_thetas,
-                           "sampler_params": {"name": "full_space_gaussian", "scale": scale},
-                           "order_seed": order_seed if n_orders else None})
-    out.seconds = time.perf_counter() - t_start
+            for j in range(S):
+                sums[j].add(L[j * B:(j + 1) * B], start)
+            del L, z, losses
+            bar.update(B * S)
+    share = (time.perf_counter() - t_start) / S
+    out = []
+    for s, acc in zip(scales, sums):
+        c = acc.curve(estimator=estimator, sampler="full_space_gaussian", D=n, n_forward=n_samples + 1,
+                      meta={"seed": seed, "scale": s, "batch_thetas": batch_thetas, "scales_together": S,
+                            "sampler_params": {"name": "full_space_gaussian", "scale": s},
+                            "order_seed": order_seed if n_orders else None})
+        c.seconds = share
+        out.append(c)
     return out

@@ -691,8 +691,11 @@ def full_space_numbers(store) -> dict:
                                                             if p["scale"] == "norm"], 2)
             out[macro("full", "ratio", "coord", tag, end)] = _range([_median_ratio(store, p) for p in at
                                                                      if p["scale"] == "coordinate"], 2)
-    seconds = {kind: [load(store, FULL_SPACE, FullSpaceSpec(**p[kind]).name).meta["summary"]["seconds_per_theta"]
-                      for p in pairs] for kind in ("subspace", "full")}
+    summaries = {kind: [load(store, FULL_SPACE, FullSpaceSpec(**p[kind]).name).meta["summary"] for p in pairs]
+                 for kind in ("subspace", "full")}
+    seconds = {kind: [sm["seconds_per_theta"] for sm in rows] for kind, rows in summaries.items()}
+    together = sorted({sm.get("scales_together", 1) for sm in summaries["full"]})
+    out[macro("full", "scales", "together")] = _range(together, 3)
     out[macro("full", "seconds", "per", "theta")] = _range(seconds["full"], 2)
     out[macro("full", "sub", "seconds", "per", "theta")] = _range(seconds["subspace"], 2)
     jensen = {kind: [float(np.median(c["abs_mean"] / np.sqrt(c["delta"])))

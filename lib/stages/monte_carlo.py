@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lib.core import models
-from lib.core.montecarlo import delta_curve, full_space_curve, full_space_scale
+from lib.core.montecarlo import delta_curve, full_space_curves, full_space_scale
 from lib.core.quadratic import PerSampleTerms, delta_quadratic, delta_theorem1, per_sample_terms, variance_quadratic
 from lib.core.sample_size import simultaneous_multiplier, solve_increasing, suffix_max
 from lib.core.sampling import Sampler, make_sampler
@@ -305,8 +305,11 @@ def full_space_plan(common: Common, section: MonteCarlo, n_of: dict) -> list[dic
 
 
 def run_full_space_curve(store: ResultStore, spec: FullSpaceSpec, *, device: str = "cpu", progress: bool = False,
-                         context: dict | None = None) -> dict:
-    """One curve of the ``full_space`` group (subspace or full), cached in ``full_space/``."""
+                         context: dict | None = None, together: list[FullSpaceSpec] = ()) -> dict:
+    """One curve of the ``full_space`` group (subspace or full), cached in ``full_space/``. A full-space curve that
+    has to be computed is computed with every curve of ``together`` (full-space curves of the same run and T) whose
+    result is missing, from the same unit draws (``full_space_curves``); their results wait in ``context`` for
+    their own call."""
     context = context if context is not None else {}
     key = (spec.dataset, spec.model, spec.seed)
     if key not in context:
@@ -318,35 +321,47 @@ def run_full_space_curve(store: ResultStore, spec: FullSpaceSpec, *, device: str
         upstream = {**upstream, **up_basis}
     params = {**asdict(spec), "upstream": upstream}
 
+    def result(c, share: int = 1, total: float | None = None):
+        payload = {f: getattr(c, f) for f in FULL_FIELDS}
+        return payload, {"vbar": c.vbar, "mc_seconds": c.seconds, "seconds_per_theta": c.seconds / c.n_forward,
+                         "scales_together": share, "together_seconds": total,
+                         "median_abs_over_root_delta": float(np.median(c.abs_mean / np.sqrt(c.delta)))}
+
     def compute():
         dev = resolve_device(device)
         if spec.kind == "subspace":
             sampler = make_sampler("gaussian", sigma=spec.sigma)
-            c = delta_curve(net.to(dev), x.to(dev), y.to(dev), basis.to(dev), sampler, spec.n_samples,
-                            seed=spec.seed, progress=progress)
-        else:
-            c = full_space_curve(net.to(dev), x.to(dev), y.to(dev), spec.sigma, spec.n_samples, seed=spec.seed,
-                                 progress=progress)
-        payload = {f: getattr(c, f) for f in FULL_FIELDS}
-        return payload, {"vbar": c.vbar, "mc_seconds": c.seconds, "seconds_per_theta": c.seconds / c.n_forward,
-                         "median_abs_over_root_delta": float(np.median(c.abs_mean / np.sqrt(c.delta)))}
+            return result(delta_curve(net.to(dev), x.to(dev), y.to(dev), basis.to(dev), sampler, spec.n_samples,
+                                      seed=spec.seed, progress=progress))
+        waiting = context.setdefault("full_space_done", {})
+        if spec not in waiting:
+            group = [spec] + [o for o in dict.fromkeys(together) if o != spec and o.kind == "full"
+                              and (o.dataset, o.model, o.seed, o.n_samples) == (*key, spec.n_samples)
+                              and not store.is_done(FULL_SPACE, o.name, {**asdict(o), "upstream": upstream})]
+            curves = full_space_curves(net.to(dev), x.to(dev), y.to(dev), [o.sigma for o in group],
+                                       spec.n_samples, seed=spec.seed, progress=progress)
+            total = sum(c.seconds for c in curves)
+            waiting.update({o: result(c, len(group), total) for o, c in zip(group, curves)})
+        return waiting.pop(spec)
 
     summary, skipped = cached(store, FULL_SPACE, spec.name, params, compute)
     return {**asdict(spec), **summary, "name": spec.name, "skipped": skipped}
 
 
 def full_space(store: ResultStore, common: Common, section: MonteCarlo) -> list[dict]:
-    """Every curve of the ``full_space`` group (each distinct one once), then its plan (``plan/full_space.json``);
-    one row per comparison: the median over k of Delta^(D)_k / Delta^(full)_k and the cost per theta of both."""
+    """Every curve of the ``full_space`` group (each distinct one once; the full-space curves of a run together),
+    then its plan (``plan/full_space.json``); one row per comparison: the median over k of
+    Delta^(D)_k / Delta^(full)_k and the cost per theta of both."""
     n_of = {m: n_params(models.build(m, 0)) for m in section.full_space_models}
     pairs = full_space_plan(common, section, n_of)
+    full_specs = [FullSpaceSpec(**p["full"]) for p in pairs]
     done, context = {}, {}
     for p in pairs:
         for kind in ("subspace", "full"):
             spec = FullSpaceSpec(**p[kind])
             if spec not in done:
                 done[spec] = run_full_space_curve(store, spec, device=common.device, progress=common.progress,
-                                                  context=context)
+                                                  context=context, together=full_specs)
     rows = []
     for p in pairs:
         sub, full = (done[FullSpaceSpec(**p[kind])] for kind in ("subspace", "full"))
