@@ -155,6 +155,12 @@ def cnn():
                          nn.Sigmoid(), nn.Flatten(), nn.Linear(4, 3))
 
 
+def same_padding():
+    """String padding: the jet's convolution adjoint falls back from the transposed convolution."""
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding="same"), nn.Tanh(), nn.Conv2d(3, 2, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+
+
 def unsupported():
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.GELU(), nn.LayerNorm(6), nn.Linear(6, 4),
                          nn.BatchNorm1d(4), nn.Linear(4, 3))
@@ -162,6 +168,7 @@ def unsupported():
 
 #: name -> (builder, input shape of one sample); the shared cases add max-pooling, Dropout and bias-free layers
 TERM_NETS = {"mlp": (mlp, (1, 3, 4)), "cnn": (cnn, (1, 6, 6)), "residual": (Residual, (1, 8, 8)),
+             "same_padding": (same_padding, (1, 6, 6)),
              "unsupported": (unsupported, (1, 3, 4)),
              **{k: NETS[k][:2] for k in ("pooled_cnn", "dropout", "nobias")}}
 

@@ -235,12 +235,31 @@ def _linear_adjoint(lam, V, in_shape):
 
 
 def _conv_adjoint(lam, V, in_shape, stride, padding, dilation):
-    """U[n, a] = adjoint of h -> conv2d(h, V_a) applied to lam[n]: lam (N, out, H', W'), V (D, out, in, k, k)."""
+    """U[n, a] = adjoint of h -> conv2d(h, V_a) applied to lam[n]: lam (N, out, H', W'), V (D, out, in, k, k).
+
+    A transposed convolution in channels-last memory (oneDNN's fast path: 8x faster than ``conv2d_input`` in the
+    default layout at the study CNN's 4 and 8 channels), with the output padding that restores ``in_shape``;
+    ``conv2d_input`` (channels-last too) where that is not expressible (string padding, odd geometry)."""
     D, out_ch, in_ch = V.shape[:3]
     Wt = V.permute(1, 0, 2, 3, 4).reshape(out_ch, D * in_ch, *V.shape[3:])   # conv weight D*in -> out
     N = lam.shape[0]
-    U = torch.nn.grad.conv2d_input((N, D * in_ch, *in_shape[-2:]), Wt, lam, stride, padding, dilation, 1)
-    return U.reshape(N, D, in_ch, *in_shape[-2:])
+    lam, Wt = lam.contiguous(memory_format=_CL), Wt.contiguous(memory_format=_CL)
+    size = tuple(in_shape[-2:])
+    extra = None
+    if not isinstance(padding, str):
+        extra = [n - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for n, o, s, p, d, k in
+                 zip(size, lam.shape[-2:], stride, padding, dilation, V.shape[-2:])]
+        if not all(0 <= e < max(s, d) for e, s, d in zip(extra, stride, dilation)):
+            extra = None
+    if extra is not None:
+        U = F.conv_transpose2d(lam, Wt, None, stride, padding, extra, 1, dilation)
+    else:
+        U = torch.nn.grad.conv2d_input((N, D * in_ch, *size), Wt, lam, stride, padding, dilation, 1)
+    return U.reshape(N, D, in_ch, *size)
+
+
+#: channels-last memory for the jet's convolutions (same values; oneDNN runs small channel counts 2-8x faster)
+_CL = torch.channels_last
 
 
 # Module rules are binders: ``bind(module, dirs) -> step(jet)``, called once per graph node when the interpreter is
@@ -257,7 +276,7 @@ def _conv2d_layer(mod, dirs):
     geometry = (mod.stride, mod.padding, mod.dilation)
 
     def op(h, w, b):
-        return F.conv2d(h, w, b, *geometry, 1)
+        return F.conv2d(h.contiguous(memory_format=_CL), w.contiguous(memory_format=_CL), b, *geometry, 1)
 
     def adjoint(lam, V, in_shape):
         return _conv_adjoint(lam, V, in_shape, *geometry)
