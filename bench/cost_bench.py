@@ -4,7 +4,9 @@
    operator's kept per-chunk state built beforehand, and the old rebuild-per-product engine beside it;
 2. the CNN's forward pass / mlp2's forward pass over the same N (target <= 2; the CNN has ~1/3 of mlp2's FLOPs),
    with the layer-by-layer torch forward beside it;
-3. ``delta_curve`` seconds per theta / one forward pass (mlp1, mlp2, CNN; target <= 1.0).
+3. ``delta_curve`` seconds per theta / one forward pass (mlp1, mlp2, CNN; target <= 1.0);
+4. informational: the insertion-order sums of one block of thetas (R = 50 orders), torch's operations against the
+   C kernel (``lib.core.order_sums``).
 
 A "forward pass" is ``model(x)`` over all N samples without autograd, in eval mode (the CNN runs its conv-pool
 kernels in blocks of ``lib.core.models.FUSED_CHUNK`` samples itself). Every ratio is the median over repeats of
@@ -27,8 +29,8 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, models  # noqa: E402
-from lib.core.montecarlo import delta_curve  # noqa: E402
+from lib.core import hessian, models, order_sums  # noqa: E402
+from lib.core.montecarlo import OrderSums, delta_curve  # noqa: E402
 from lib.core.sampling import Gaussian  # noqa: E402
 from lib.core.subspace import random_basis  # noqa: E402
 
@@ -134,6 +136,27 @@ def theta_cost(model, x, y, name: str, n_thetas: int = 64, repeats: int = 3, D: 
     return row
 
 
+def order_sums_cost(N: int, n_orders: int = 50, B: int = 16, repeats: int = 3) -> dict:
+    """The insertion-order sums of one block of B thetas (``OrderSums.add``, R orders over N samples): torch's
+    operations against the C kernel, ms per theta (informational: the kernel replaced the torch path)."""
+    L = torch.rand(B, N, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def per_theta(engine):
+        acc = OrderSums(N, n_orders, 1, "cpu", engine=engine)
+        acc.add(L)                                                     # warm-up
+        return min(timed(lambda: acc.add(L)) for _ in range(repeats)) / B
+
+    torch_s = per_theta("torch")
+    row = {"measure": f"insertion-order sums torch / C kernel, per theta (R={n_orders}, N={N})", "target": None,
+           "kind": None, "torch_ms_per_theta": 1e3 * torch_s, "native": order_sums.available()}
+    if order_sums.available():
+        native_s = per_theta("native")
+        row.update({"value": torch_s / native_s, "native_ms_per_theta": 1e3 * native_s})
+    else:
+        row.update({"value": None, "native_ms_per_theta": None})
+    return row
+
+
 def run(trained_mlp2, x, y, quick: bool = False, log=None) -> list[dict]:
     """Rows of deliverables 1-3 (dicts with measure / value / target / kind and details). ``trained_mlp2`` is used
     for mlp2's rows, seed-0 initialisations for mlp1 and the CNN (costs do not depend on training)."""
@@ -156,6 +179,11 @@ def run(trained_mlp2, x, y, quick: bool = False, log=None) -> list[dict]:
         rows.append(theta_cost(nets[name], x, y, name, n_thetas=16 if quick else 64, repeats=3))
         if log:
             log(f"  delta_curve {name}: {rows[-1]['value']:.2f} forwards per theta")
+    rows.append(order_sums_cost(len(x)))
+    if log:
+        r = rows[-1]
+        log(f"  insertion-order sums: torch {r['torch_ms_per_theta']:.2f} ms per theta, C kernel "
+            + (f"{r['native_ms_per_theta']:.3f} ms" if r["native"] else "not built"))
     return rows
 
 

@@ -268,3 +268,12 @@ def test_order_sums_equal_explicit_loops_on_both_engines(monkeypatch, B):
     for acc in engines.values():
         np.testing.assert_array_equal(acc.perms.numpy(), perms)
         np.testing.assert_allclose(acc.order_sum.numpy(), want, rtol=1e-13, atol=0)
+
+
+def test_order_sums_engine_choice_is_validated():
+    from lib.core import order_sums
+    from lib.core.montecarlo import OrderSums
+    assert OrderSums(9, 2, 0, "cpu", engine="torch").engine == "torch"
+    assert OrderSums(9, 2, 0, "cpu").engine == ("native" if order_sums.available() else "torch")
+    with pytest.raises(ValueError, match="engine"):
+        OrderSums(9, 2, 0, "cpu", engine="gpu")

@@ -167,11 +167,16 @@ class OrderSums:
     in the register lanes; elsewhere (``engine == "torch"``) torch's operations, the same sums to a few units in
     the last place."""
 
-    def __init__(self, N: int, n_orders: int, seed: int, device):
+    def __init__(self, N: int, n_orders: int, seed: int, device, engine: str = "auto"):
+        check_choice("engine", engine, ("auto", "native", "torch"))
         g = torch.Generator().manual_seed(int(seed))
         self.perms = torch.stack([torch.randperm(N, generator=g) for _ in range(n_orders)]).to(device)
         self.order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
-        self.engine = "native" if torch.device(device).type == "cpu" and order_sums.available() else "torch"
+        native = torch.device(device).type == "cpu" and order_sums.available()
+        if engine == "native" and not native:
+            why = order_sums.unavailable_reason() or f"not a CPU device: {device}"
+            raise ValueError(f"engine='native' is not available here ({why}); use engine='auto'")
+        self.engine = "native" if native and engine != "torch" else "torch"
         if self.engine == "native":
             self._inv = 1.0 / torch.arange(N + 1, dtype=torch.float64).clamp_min(1)
             return
