@@ -2,8 +2,9 @@
 
 Every Monte-Carlo curve with R random insertion orders adds, for each theta and order, the squared increments
 d_k^2 of the permuted losses to a running (R, N-1) sum. With torch's operations that is seven passes over an
-(R, N) float64 buffer per theta (1.5 ms at R = 50, N = 10,000: as much as mlp1's whole loss evaluation);
-``order_sums.c`` makes one pass per order with the thetas in the register lanes (~0.05 ms per theta).
+(R, N) float64 buffer per theta (1.4 ms at R = 50, N = 10,000: half of mlp1's whole loss evaluation);
+``order_sums.c`` makes one pass per order with the thetas in the register lanes (0.16 ms per theta,
+``make bench``).
 
 * ``available()`` / ``unavailable_reason()``: built by ``lib.core.native`` (x86-64 with AVX2, a C compiler, neither
   ``LIB_NATIVE`` nor ``LIB_ORDER_SUMS`` set to 0); elsewhere ``OrderSums`` uses torch's operations, with the same
