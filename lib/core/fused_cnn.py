@@ -22,7 +22,6 @@ torch's by float rounding (tested against ``plan_forward_many`` + ``cross_entrop
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -68,20 +67,12 @@ def applies(steps, params, targets: torch.Tensor | None = None) -> bool:
     return available()
 
 
-@lru_cache(maxsize=1)
-def _library():
-    """(ctypes library, None) or (None, reason): ``lib.core.native.load`` with ``LIB_FUSED_CNN``."""
-    lib, reason = native.load(SOURCE, "LIB_FUSED_CNN")
-    if lib is None:
-        return None, reason
-    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.conv_pool_ce_losses.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, i, p, i64]
-    lib.conv_pool_ce_losses.restype = ctypes.c_int
-    lib.conv_pool_ce_hvp.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, p, p, p, p, p, p]
-    lib.conv_pool_ce_hvp.restype = ctypes.c_int
-    lib.conv_pool_ce_grad.argtypes = [p, i64, i, i, i, p, i, i, p, p, p, p, i, p, p, p]
-    lib.conv_pool_ce_grad.restype = ctypes.c_int
-    return lib, None
+_P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+_library = native.kernel(SOURCE, "LIB_FUSED_CNN", {
+    "conv_pool_ce_losses": [_P, _I64, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, _P, _I64],
+    "conv_pool_ce_hvp": [_P, _I64, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
+    "conv_pool_ce_grad": [_P, _I64, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P],
+})
 
 
 def available() -> bool:

@@ -7,6 +7,8 @@ call, the library cache and the thread pool.
   ``(None, reason)``: ``LIB_NATIVE=0`` or the kernel's own ``disable_var`` set to 0, not an x86-64 CPU on which
   torch runs its AVX2 (or AVX-512) kernels, no C compiler (``$CC`` or ``cc``), a failed build. Callers fall back
   to torch's operations then, with the same results to float rounding.
+* ``kernel(source, disable_var, signatures)``: a cached ``() -> (library, reason)`` of ``load`` with the argument
+  types of its functions set (each returns a C ``int``, 0 on success).
 * ``split(n, threads, unit)`` / ``run(parts, call)``: contiguous ranges, one per thread, and the calls on a shared
   thread pool (a ctypes call releases the GIL, so the threads run in parallel).
 """
@@ -21,11 +23,12 @@ import subprocess
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-__all__ = ["FLAGS", "load", "split", "run"]
+__all__ = ["FLAGS", "load", "kernel", "split", "run"]
 
 #: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
 #: of the scalar code (its rounding is then the compiler's choice no more)
@@ -89,6 +92,23 @@ def load(source: Path, disable_var: str):
         return ctypes.CDLL(str(target)), None
     except OSError as e:
         return None, f"could not load {target}: {e}"
+
+
+def kernel(source: Path, disable_var: str, signatures: dict):
+    """A cached ``library()`` -> ``(ctypes library, None)`` or ``(None, reason)`` for ``source``; ``signatures``
+    maps each exported function to its ctypes argument types (``library.cache_clear()`` rebuilds the answer, e.g.
+    after the environment changed)."""
+    @lru_cache(maxsize=1)
+    def library():
+        lib, reason = load(source, disable_var)
+        if lib is None:
+            return None, reason
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        return lib, None
+
+    return library
 
 
 def split(n: int, threads: int | None, unit: int = 1) -> list[tuple[int, int]]:

@@ -15,7 +15,6 @@ d_k^2 of the permuted losses to a running (R, N-1) sum. With torch's operations 
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -27,22 +26,17 @@ __all__ = ["available", "unavailable_reason", "add"]
 SOURCE = Path(__file__).with_suffix(".c")
 
 
-@lru_cache(maxsize=1)
-def _library():
-    lib, reason = native.load(SOURCE, "LIB_ORDER_SUMS")
-    if lib is None:
-        return None, reason
-    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.order_sums_add.argtypes = [p, i64, i, p, i, i, p, p]
-    lib.order_sums_add.restype = ctypes.c_int
-    return lib, None
+_P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+_library = native.kernel(SOURCE, "LIB_ORDER_SUMS", {"order_sums_add": [_P, _I64, _I, _P, _I, _I, _P, _P]})
 
 
 def available() -> bool:
+    """Whether the kernel is built and usable here."""
     return _library()[0] is not None
 
 
 def unavailable_reason() -> str | None:
+    """Why the kernel is not used here, or None when it is."""
     return _library()[1]
 
 
