@@ -234,6 +234,10 @@ def _linear_adjoint(lam, V, in_shape):
     return (lam @ V.permute(1, 0, 2).reshape(out_ch, D * fan_in)).reshape(lam.shape[0], D, fan_in)
 
 
+#: channels-last memory for the jet's convolutions (same values; oneDNN runs small channel counts 2-8x faster)
+_CL = torch.channels_last
+
+
 def _conv_adjoint(lam, V, in_shape, stride, padding, dilation):
     """U[n, a] = adjoint of h -> conv2d(h, V_a) applied to lam[n]: lam (N, out, H', W'), V (D, out, in, k, k).
 
@@ -256,10 +260,6 @@ def _conv_adjoint(lam, V, in_shape, stride, padding, dilation):
     else:
         U = torch.nn.grad.conv2d_input((N, D * in_ch, *size), Wt, lam, stride, padding, dilation, 1)
     return U.reshape(N, D, in_ch, *size)
-
-
-#: channels-last memory for the jet's convolutions (same values; oneDNN runs small channel counts 2-8x faster)
-_CL = torch.channels_last
 
 
 # Module rules are binders: ``bind(module, dirs) -> step(jet)``, called once per graph node when the interpreter is

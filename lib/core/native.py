@@ -62,8 +62,8 @@ def cpu_reason() -> str | None:
 
 
 def load(source: Path, disable_var: str):
-    """(ctypes library, None) or (None, reason); see the module docstring. Not cached here: each kernel module
-    keeps its own library (``functools.lru_cache``) and declares its functions' argument types."""
+    """(ctypes library, None) or (None, reason); see the module docstring. Not cached and no argument types set:
+    ``kernel`` does both."""
     for var in ("LIB_NATIVE", disable_var):
         if os.environ.get(var, "1") == "0":
             return None, f"disabled by {var}=0"
