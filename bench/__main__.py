@@ -68,7 +68,12 @@ def summary_rows(costs: list[dict], pyh: dict | None, hess: list[dict], mc: list
 
 
 def _summary_rows(costs, pyh, hess, mc) -> list[dict]:
-    rows = [_row(r["measure"], r["value"], r["target"], r["kind"]) for r in costs]
+    rows = []
+    for r in costs:
+        rows.append(_row(r["measure"], r["value"], r["target"], r["kind"]))
+        if "arithmetic" in r:          # the least an exact product can cost at the forward's speed per multiply-add
+            rows.append(_row(f"one HVP / one forward in multiply-adds, {r['model']} (every forward value kept)",
+                             r["arithmetic"]["kept_in_forwards"], None, None))
     if pyh is not None:
         rows.append(_row(pyh["measure"], pyh["value"], pyh["target"], "min" if pyh["ok_residuals"] else None))
     for r in hess:

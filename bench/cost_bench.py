@@ -6,7 +6,9 @@
    with the layer-by-layer torch forward beside it;
 3. ``delta_curve`` seconds per theta / one forward pass (mlp1, mlp2, CNN; target <= 1.0);
 4. informational: the insertion-order sums of one block of thetas (R = 50 orders), torch's operations against the
-   C kernel (``lib.core.order_sums``).
+   C kernel (``lib.core.order_sums``);
+5. informational, beside each HVP row: the same ratio in multiply-adds (``lib.core.models.hvp_multiply_adds``),
+   the least any exact product can cost when it runs as fast per multiply-add as the forward.
 
 A "forward pass" is ``model(x)`` over all N samples without autograd, in eval mode (the CNN runs its conv-pool
 kernels in blocks of ``lib.core.models.FUSED_CHUNK`` samples itself). Every ratio is the median over repeats of
@@ -82,7 +84,8 @@ def hvp_cost(model, x, y, repeats: int = 5, name: str = "", rebuild_repeats: int
     row.update({"measure": f"one HVP / one forward, {name} (N={len(x)})", "target": TARGET_HVP_IN_FORWARDS,
                 "kind": "max", "engine": op.engine, "chunk_size": op.chunk_size, "kept_mib": op.kept_bytes / 2 ** 20,
                 "first_product_seconds": t_build, "rebuild_in_forwards": rebuild["value"],
-                "rebuild_seconds": rebuild["seconds"], "N": len(x)})
+                "rebuild_seconds": rebuild["seconds"], "N": len(x), "model": name,
+                "arithmetic": models.hvp_multiply_adds(model, x[:1])})
     if op.engine == "fused":          # the structured engine (torch's operations) beside the fused kernel
         st = hessian.HessianOperator(model, x, y, engine="structured")
         st.hvp(v)
@@ -169,7 +172,9 @@ def run(trained_mlp2, x, y, quick: bool = False, log=None) -> list[dict]:
             r = rows[-1]
             log(f"  HVP {name}: {r['value']:.2f} forwards ({r['engine']}, kept {r['kept_mib']:.0f} MiB; rebuild "
                 f"{r['rebuild_in_forwards']:.2f}"
-                + (f"; structured {r['structured_in_forwards']:.2f}" if "structured_in_forwards" in r else "") + ")")
+                + (f"; structured {r['structured_in_forwards']:.2f}" if "structured_in_forwards" in r else "")
+                + f"; multiply-adds: {r['arithmetic']['kept_in_forwards']:.2f} kept, "
+                  f"{r['arithmetic']['recompute_in_forwards']:.2f} recomputed)")
     rows.append(cnn_forward_cost(x, repeats + 2))
     if log:
         log(f"  cnn forward: {rows[-1]['value']:.2f} mlp2 forwards (plan_forward "

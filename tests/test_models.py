@@ -1,7 +1,9 @@
-"""Parameter counts, shapes and seeding of the study's networks."""
+"""Parameter counts, shapes, seeding, kernels and multiply-add counts of the study's networks."""
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp
+from torch.utils.flop_counter import FlopCounterMode
 
 from lib.core import models
 from lib.core.tensors import n_params, unflatten
@@ -236,3 +238,49 @@ def test_plan_forward_many_three_conv_pool_stages_on_16x16_images():
     W = w0 + 0.2 * torch.randn(4, w0.numel(), dtype=torch.float64)
     weights, expected = _step_weights_and_outputs(net, steps, W, x)
     torch.testing.assert_close(models.plan_forward_many(steps, weights, x), expected, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- arithmetic
+def _flops(f) -> int:
+    with FlopCounterMode(display=False) as counter:
+        f()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name, layers", [
+    ("mlp2", [784 * 256, 256 * 256, 256 * 10]),
+    # conv 1->4 3x3 on 28x28 (padding 1), conv 4->8 3x3 on the pooled 14x14, head 8*7*7 -> 10
+    ("cnn", [28 * 28 * 4 * 9, 14 * 14 * 8 * 4 * 9, 8 * 7 * 7 * 10]),
+])
+def test_multiply_adds_are_the_layer_shapes_and_torch_flop_count(name, layers):
+    net = models.build(name, 0).eval()
+    x = torch.randn(1, 1, 28, 28)
+    assert models.multiply_adds(net, x) == layers
+    assert not net.training                                  # the mode is restored
+    # torch's own count of the forward (2 flops per multiply-add) through the layer-by-layer graph
+    assert _flops(lambda: torch.nn.Sequential.forward(net, x)) == 2 * sum(layers)
+
+
+@pytest.mark.parametrize("name, kept, recompute", [
+    # mlp2: first layer 200,704, the rest 68,096 of 268,800 multiply-adds
+    ("mlp2", (2 * 200_704 + 6 * 68_096) / 268_800, (4 * 200_704 + 9 * 68_096) / 268_800),
+    # cnn: first conv 28,224, the rest 60,368 of 88,592: no exact product costs <= 3 forwards (issue 16)
+    ("cnn", (2 * 28_224 + 6 * 60_368) / 88_592, (4 * 28_224 + 9 * 60_368) / 88_592),
+])
+def test_hvp_arithmetic_counts_and_bounds_torch_autograd(name, kept, recompute):
+    net = models.build(name, 0)
+    x, y = torch.randn(1, 1, 28, 28), torch.tensor([3])
+    a = models.hvp_multiply_adds(net, x)
+    assert a["kept_in_forwards"] == pytest.approx(kept, rel=1e-12)
+    assert a["recompute_in_forwards"] == pytest.approx(recompute, rel=1e-12)
+    if name == "cnn":
+        assert a["kept_in_forwards"] > 3
+    # torch's forward-over-reverse product does at least the counted work: the count is a lower bound
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    tangent = {k: torch.randn_like(v) for k, v in params.items()}
+
+    def loss(p):
+        return torch.nn.functional.cross_entropy(functional_call(net.train(), p, (x,)), y)
+
+    torch_in_forwards = _flops(lambda: jvp(grad(loss), (params,), (tangent,))) / (2 * a["forward_multiply_adds"])
+    assert a["recompute_in_forwards"] <= torch_in_forwards

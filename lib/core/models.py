@@ -8,7 +8,8 @@
 
 ``mlp(widths, bias)`` builds the ReLU MLPs of other widths/depths (bias-free ones for the Hessian-norm bound);
 ``preferred_chunk`` is the samples-per-chunk that suits a network. Parameter counts: ``lib.core.tensors.n_params``
-(also importable from here, as ``lib.core.models.n_params``).
+(also importable from here, as ``lib.core.models.n_params``); arithmetic: ``multiply_adds`` (per layer, one sample)
+and ``hvp_multiply_adds`` (one exact Hessian-vector product in forward passes, counted in multiply-adds).
 
 Fast kernels (docs/specification.md is unchanged by them: same numbers to float rounding). ``plan(model)`` reads a
 ``Sequential`` of Flatten / Linear / ReLU / Identity / Dropout and *conv-pool stages* (Conv2d 3x3, stride 1,
@@ -31,6 +32,7 @@ the same steps and kernels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +46,7 @@ from lib.core.tensors import n_params
 __all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
            "preferred_chunk", "n_params", "Step", "plan", "step_names", "step_weights", "plan_accepts", "plan_forward",
            "plan_forward_many", "phase_weights", "phase_weights_adjoint", "conv_pool_columns",
-           "conv_pool_columns_adjoint", "conv_pool_pre"]
+           "conv_pool_columns_adjoint", "conv_pool_pre", "multiply_adds", "hvp_multiply_adds"]
 
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10
@@ -135,6 +137,46 @@ def preferred_chunk(model: nn.Module) -> int | None:
     """Samples per chunk that suit ``model`` (``CONV_CHUNK`` if it has a convolution), or None for the caller's
     own default."""
     return CONV_CHUNK if any(isinstance(m, _CONVOLUTIONS) for m in model.modules()) else None
+
+
+# ----------------------------------------------------------------------------------------------- costs
+def multiply_adds(model: nn.Module, sample: torch.Tensor) -> list[int]:
+    """Multiply-adds of the weight products of every Linear and Conv1d/2d/3d layer for one input ``sample`` (a
+    batch of one), in the order the layers run (bias additions, activations, pooling and the loss not counted).
+    The layers run one by one (train mode, no gradients), so fused kernels that bypass them do not hide any."""
+    counts, convs = [], (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+    def count(mod, _inputs, out):
+        if isinstance(mod, nn.Linear):
+            counts.append(out.numel() * mod.in_features)
+        else:
+            counts.append(out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, *convs))]
+    training = model.training
+    try:
+        model.train()
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def hvp_multiply_adds(model: nn.Module, sample: torch.Tensor) -> dict:
+    """One exact Hessian-vector product in forward passes, counted in multiply-adds (``multiply_adds``) for a chain
+    of layers whose first layer reads the data. Per layer of m multiply-adds (Pearlmutter's R-op; ReLU and
+    max-pooling keep their selections): forward W a (m); gradient dW and, past the first layer, da (m + m);
+    tangent forward V a + W Ra (m + m past the first); tangent backward R(dW) = Rg a^T + g Ra^T (m + m past the
+    first) and, past the first, R(da) = W^T Rg + V^T g (2m). With every forward value and gradient kept from a
+    first pass only the tangent passes remain: 2m for the first layer and 6m for every later one ("kept");
+    recomputed per product: 4m and 9m ("recompute")."""
+    m = multiply_adds(model, sample)
+    forward, first, rest = sum(m), m[0], sum(m[1:])
+    return {"layers": m, "forward_multiply_adds": forward, "kept_in_forwards": (2 * first + 6 * rest) / forward,
+            "recompute_in_forwards": (4 * first + 9 * rest) / forward}
 
 
 # ----------------------------------------------------------------------------------------------- steps

@@ -247,7 +247,8 @@ def run(store: ResultStore, common: Common, section: MonteCarlo) -> list[dict]:
     curves = plan(common, section, gap_sigmas(store, common, section) if section.gap_scale else None)
     print(f"{len(curves)} curves in the plan ({len({s for _, s in curves})} distinct)", flush=True)
     rows, context, done = [], {}, {}
-    for grp, spec in sorted(curves, key=lambda gs: (gs[1].dataset, gs[1].model)):
+    # a run's curves one after another: its data, weights and logit jets are loaded or computed once
+    for grp, spec in sorted(curves, key=lambda gs: (gs[1].dataset, gs[1].model, gs[1].seed)):
         if spec not in done:
             done[spec] = run_curve(store, spec, device=common.device, progress=common.progress, context=context)
         rows.append({"group": grp, **done[spec]})
