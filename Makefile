@@ -136,7 +136,7 @@ lab: prereqs setup  ## start JupyterLab (.py notebooks open as notebooks, .venv 
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --MappingKernelManager.default_kernel_name=$(KERNEL) \
 	  $(ALLOW_ROOT) $(LAB_ARGS)
 
-bench: setup data  ## print the benchmark table (Hessian solvers, Monte-Carlo cost, memory)
+bench: setup data  ## the benchmark table (costs, solvers, Monte Carlo, memory), read by the paper
 	$(PY) -m bench
 
 # destructive: the profile must be named on the command line (no default), and the deletion confirmed (or YES=1)

@@ -665,3 +665,40 @@ def test_profile_folders_are_plain_names_under_the_roots(tmp_path, monkeypatch):
     for bad in ("", "../paper", "a/b", ".hidden"):
         with pytest.raises(ValueError, match="not a plain folder name"):
             report.figures_dir(bad)
+
+
+def _bench_row(measure, value, target, kind):
+    ok = None if kind is None else (value <= target if kind == "max" else value >= target)
+    return {"measure": measure, "value": value, "target": target, "kind": kind, "ok": ok}
+
+
+def test_bench_table_and_numbers_without_a_bench_run(tmp_path):
+    store = ResultStore("x", root=tmp_path / "results" / "x")
+    assert "has not been run" in report.bench_table(store)
+    values = report.bench_numbers(store)
+    assert values["BenchStatus"].startswith("have not been measured") and values["BenchMissed"] == ""
+    # from the layer shapes alone: mlp2 (2 * 200,704 + 6 * 68,096) / 268,800, cnn (2 * 28,224 + 6 * 60,368) / 88,592
+    assert values["HvpMultiplyAddsKeptMlpTwo"] == "3.01" and values["HvpMultiplyAddsKeptCnn"] == "4.73"
+    assert values["HvpMultiplyAddsRecomputeCnn"] == fmt((4 * 28_224 + 9 * 60_368) / 88_592)
+
+
+def test_bench_table_and_numbers_read_the_last_complete_bench_run(tmp_path):
+    store = ResultStore("x", root=tmp_path / "results" / "x")
+    rows = [_bench_row("one HVP / one forward, cnn (N=10000)", 6.27, 3.0, "max"),
+            _bench_row("delta_curve s per theta / forward, mlp2 (T=64, D=10)", 0.477, 1.0, "max"),
+            _bench_row("PyHessian / ours wall time", 13.7, 10.0, "min"),
+            _bench_row("trainer / textbook loop, cnn", 2.58, None, None)]
+    bench = ResultStore("bench", root=tmp_path / "results" / "bench")
+    payload = {"summary": rows, "load_average": [[0.9, 1, 1], [1.25, 1, 1]], "minutes": 9.04}
+    bench.save("bench", "quick", {**payload, "summary": rows[:1]}, {"n": 1000, "threads": 2}, overwrite=True)
+    assert "has not been run" in report.bench_table(store)                # a quick run is not the table
+    bench.save("bench", "full", payload, {"n": 10_000, "threads": 2}, overwrite=True)
+    table = report.bench_table(store)
+    body = [line for line in table.splitlines() if line.endswith(r"\\") and "measure &" not in line]
+    assert len(body) == 4
+    assert r"delta\_curve s per theta" in table and r"\textbf{no}" in table and r"$\le$ 3" in table
+    assert r"$\ge$ 10" in table and body[-1].split("&")[2].strip() == "--"
+    values = report.bench_numbers(store)
+    assert values["BenchStatus"].endswith("(10{,}000 MNIST images, 2 threads, load average 0.9 to 1.2, 9.0 minutes): "
+                                          "2 of its 3 targets are met")
+    assert values["BenchMissed"] == r"; missed: one HVP / one forward, cnn (N=10000), 6.27 against $\le$ 3"

@@ -74,6 +74,7 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
     "theory": lambda i: report.theory_table(i.store),
     "predictors": lambda i: report.predictor_table(i.store),
     "speed": lambda i: report.speed_table(i.store),
+    "bench": lambda i: report.bench_table(i.store),
 }
 
 

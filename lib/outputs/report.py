@@ -16,10 +16,10 @@ import torch
 
 from lib import REPO_ROOT
 from lib.core.convergence import first_k_below
-from lib.core.models import MODELS, build
+from lib.core.models import MODELS, build, hvp_multiply_adds
 from lib.core.tensors import n_params
 from lib.infra.config import FULL_SPECIFICATION
-from lib.infra.results import atomic_write_bytes, git_commit, package_versions
+from lib.infra.results import ResultStore, atomic_write_bytes, git_commit, package_versions
 from lib.stages import REGISTRY
 from lib.stages.base import load, run_name
 from lib.stages.convergence import load_table
@@ -208,6 +208,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     out.update(full_space_numbers(store))
     out.update(speed_numbers(store))
     out.update(your_model_numbers(store))
+    out.update(bench_numbers(store))
     out.update(claim_numbers(store, first))
     timings = timings or {}
     for info in REGISTRY.values():   # a stage not yet timed (06 while it runs, on a first run) prints "--"
@@ -756,6 +757,72 @@ def speed_numbers(store) -> dict:
         for end, r in (("low", sweep[0]), ("high", sweep[-1])):
             out[macro("speed", "sigma", end)] = fmt(r["sigma"])
             out[macro("speed", "accuracy", "sigma", end)] = fmt(r["median_mc_over_q"], 2)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- make bench
+BENCH_RUN = ("bench", "full")
+
+
+def load_bench(store):
+    """The last complete ``make bench`` run (``results/bench/bench/full.json``, beside the profile's own results),
+    or None where it has not been run."""
+    bench = ResultStore("bench", root=Path(store.root).parent / "bench")
+    return bench.load(*BENCH_RUN) if bench.meta(*BENCH_RUN) is not None else None
+
+
+def _tex_text(text: str) -> str:
+    """Plain text (a bench row's label) with LaTeX's special characters escaped."""
+    text = re.sub(r"([_%&#$])", r"\\\1", str(text))
+    return text.replace("<=", r"$\le$").replace(">=", r"$\ge$").replace("~", r"\textasciitilde{}")
+
+
+def _bench_target(r: dict) -> str:
+    if r["target"] is None:
+        return "--"
+    return (r"$\le$ " if r["kind"] == "max" else r"$\ge$ " if r["kind"] == "min" else "") + fmt(r["target"], 3)
+
+
+def bench_table(store) -> str:
+    """Every row of the summary table of the last ``make bench`` run (measured, target, met), or one row saying
+    that it has not been run."""
+    res = load_bench(store)
+    header = ["measure", "measured", "target", "met"]
+    if res is None:
+        return _tabular(header, [[r"\texttt{make bench} has not been run for this build", "--", "--", "--"]], "lrrr")
+    rows = [[_tex_text(r["measure"]), fmt(r["value"], 3), _bench_target(r),
+             "--" if r["ok"] is None else ("yes" if r["ok"] else r"\textbf{no}")] for r in res.payload["summary"]]
+    return _tabular(header, rows, "lrrr")
+
+
+def bench_numbers(store) -> dict:
+    """The arithmetic of one exact Hessian-vector product of MLP-2 and of the CNN in their forward passes (from the
+    layer shapes: ``lib.core.models.hvp_multiply_adds``), and what the last ``make bench`` run says: when, where
+    and how many of its targets it met (``BenchStatus``), and which it missed (``BenchMissed``, a clause)."""
+    out = {}
+    for m in ("mlp2", "cnn"):
+        a = hvp_multiply_adds(build(m, 0), torch.zeros(1, 1, 28, 28))
+        out[macro("hvp", "multiply", "adds", "kept", m)] = fmt(a["kept_in_forwards"], 3)
+        out[macro("hvp", "multiply", "adds", "recompute", m)] = fmt(a["recompute_in_forwards"], 3)
+    res = load_bench(store)
+    if res is None:
+        out[macro("bench", "status")] = (r"have not been measured for this build (\texttt{make bench}: about ten "
+                                         r"minutes on a 2-core CPU, written to \texttt{results/bench/})")
+        out[macro("bench", "missed")] = ""
+        return out
+    rows, meta = res.payload["summary"], res.meta
+    judged = [r for r in rows if r["ok"] is not None]
+    missed = [r for r in judged if not r["ok"]]
+    git = meta["provenance"]["git"]
+    when = meta["provenance"]["written_at"][:10]
+    before, after = (float(la[0]) for la in res.payload["load_average"])
+    out[macro("bench", "status")] = (
+        f"were measured in one run of \\texttt{{make bench}} at commit \\texttt{{{git['commit'][:10]}}}"
+        f"{' (with uncommitted changes)' if git.get('dirty') else ''} on {when} ({fmt(int(meta['params']['n']))} "
+        f"MNIST images, {meta['params']['threads']} threads, load average {before:.1f} to {after:.1f}, "
+        f"{res.payload['minutes']:.1f} minutes): {len(judged) - len(missed)} of its {len(judged)} targets are met")
+    out[macro("bench", "missed")] = ("" if not missed else "; missed: " + "; ".join(
+        f"{_tex_text(r['measure'])}, {fmt(r['value'], 3)} against {_bench_target(r)}" for r in missed))
     return out
 
 
