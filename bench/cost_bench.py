@@ -8,7 +8,8 @@
 4. informational: the insertion-order sums of one block of thetas (R = 50 orders), torch's operations against the
    C kernel (``lib.core.order_sums``);
 5. informational, beside each HVP row: the same ratio in multiply-adds (``lib.core.models.hvp_multiply_adds``),
-   the least any exact product can cost when it runs as fast per multiply-add as the forward.
+   what an exact product costs when it runs as fast per multiply-add as the forward and skips no unit (the trained
+   mlp2's product skips the ReLU units inactive on a whole chunk, so it can measure below it).
 
 A "forward pass" is ``model(x)`` over all N samples without autograd, in eval mode (the CNN runs its conv-pool
 kernels in blocks of ``lib.core.models.FUSED_CHUNK`` samples itself). Every ratio is the median over repeats of
