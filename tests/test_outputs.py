@@ -525,6 +525,8 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
     assert values["LambdaOneMnistMlpOne"] == fmt(ev[0]) and values["LambdaLastMnistMlpOne"] == fmt(ev[3])
     assert values["LambdaMinMnistMlpOne"] == fmt(p["smallest"]) and values["TraceMnistMlpOne"] == fmt(p["trace"])
     assert values["ParamsMlpOne"] == "203{,}530" and values["ParamsMlpTwo"] == "269{,}322"
+    cpu = store.meta("train", RUN)["provenance"]["cpu"]["model"]
+    assert cpu and values["CpuModel"] == cpu.replace("_", r"\_")
     assert (values["McD"], values["McSigma"], values["McT"], values["McOrders"]) == ("2", "0.3", "8", "2")
     plan = mc_stage.load_plan(store)
     for sub, tag in (("hessian", "Hess"), ("random", "Rand")):
@@ -699,6 +701,7 @@ def test_bench_table_and_numbers_read_the_last_complete_bench_run(tmp_path):
     assert r"delta\_curve s per theta" in table and r"\textbf{no}" in table and r"$\le$ 3" in table
     assert r"$\ge$ 10" in table and body[-1].split("&")[2].strip() == "--"
     values = report.bench_numbers(store)
-    assert values["BenchStatus"].endswith("(10{,}000 MNIST images, 2 threads, load average 0.9 to 1.2, 9.0 minutes): "
+    assert values["BenchStatus"].endswith("10{,}000 MNIST images, 2 threads, load average 0.9 to 1.2, 9.0 minutes): "
                                           "2 of its 3 targets are met")
+    assert "(CPU: " in values["BenchStatus"]
     assert values["BenchMissed"] == r"; missed: one HVP / one forward, cnn (N=10000), 6.27 against $\le$ 3"

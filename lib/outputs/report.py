@@ -221,6 +221,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     out[macro("version", "python")] = versions["python"]
     out[macro("git", "commit")] = git_commit()["commit"][:10]
     out[macro("machine")] = platform.machine().replace("_", r"\_")
+    cpu = (load(store, TRAINED, run_name(datasets[0], models[0], seeds[0])).meta.get("provenance") or {}).get("cpu")
+    out[macro("cpu", "model")] = _tex_text((cpu or {}).get("model") or "not recorded")   # where 01 trained
     out[macro("threads")] = fmt(int(torch.get_num_threads()))
     return out
 
@@ -818,7 +820,9 @@ def bench_numbers(store) -> dict:
     before, after = (float(la[0]) for la in res.payload["load_average"])
     out[macro("bench", "status")] = (
         f"were measured in one run of \\texttt{{make bench}} at commit \\texttt{{{git['commit'][:10]}}}"
-        f"{' (with uncommitted changes)' if git.get('dirty') else ''} on {when} ({fmt(int(meta['params']['n']))} "
+        f"{' (with uncommitted changes)' if git.get('dirty') else ''} on {when} (CPU: "
+        f"{_tex_text(meta['provenance'].get('cpu', {}).get('model') or 'not recorded')}; "
+        f"{fmt(int(meta['params']['n']))} "
         f"MNIST images, {meta['params']['threads']} threads, load average {before:.1f} to {after:.1f}, "
         f"{res.payload['minutes']:.1f} minutes): {len(judged) - len(missed)} of its {len(judged)} targets are met")
     out[macro("bench", "missed")] = ("" if not missed else "; missed: " + "; ".join(
