@@ -167,12 +167,12 @@ def multiply_adds(model: nn.Module, sample: torch.Tensor) -> list[int]:
 
 def hvp_multiply_adds(model: nn.Module, sample: torch.Tensor) -> dict:
     """One exact Hessian-vector product in forward passes, counted in multiply-adds (``multiply_adds``: dense
-    layers, every unit active) for a chain of layers whose first layer reads the data. Per layer of m multiply-adds (Pearlmutter's R-op; ReLU and
-    max-pooling keep their selections): forward W a (m); gradient dW and, past the first layer, da (m + m);
-    tangent forward V a + W Ra (m + m past the first); tangent backward R(dW) = Rg a^T + g Ra^T (m + m past the
-    first) and, past the first, R(da) = W^T Rg + V^T g (2m). With every forward value and gradient kept from a
-    first pass only the tangent passes remain: 2m for the first layer and 6m for every later one ("kept");
-    recomputed per product: 4m and 9m ("recompute")."""
+    layers, every unit active) for a chain of layers whose first layer reads the data. Per layer of m
+    multiply-adds (Pearlmutter's R-op; ReLU and max-pooling keep their selections): forward W a (m); gradient dW
+    and, past the first layer, da (m + m); tangent forward V a + W Ra (m + m past the first); tangent backward
+    R(dW) = Rg a^T + g Ra^T (m + m past the first) and, past the first, R(da) = W^T Rg + V^T g (2m). With every
+    forward value and gradient kept from a first pass only the tangent passes remain: 2m for the first layer and
+    6m for every later one ("kept"); recomputed per product: 4m and 9m ("recompute")."""
     m = multiply_adds(model, sample)
     forward, first, rest = sum(m), m[0], sum(m[1:])
     return {"layers": m, "forward_multiply_adds": forward, "kept_in_forwards": (2 * first + 6 * rest) / forward,
