@@ -71,7 +71,7 @@ def _summary_rows(costs, pyh, hess, mc) -> list[dict]:
     rows = []
     for r in costs:
         rows.append(_row(r["measure"], r["value"], r["target"], r["kind"]))
-        if "arithmetic" in r:          # the least an exact product can cost at the forward's speed per multiply-add
+        if "arithmetic" in r:          # an exact product at the forward's speed per multiply-add, no unit skipped
             rows.append(_row(f"one HVP / one forward in multiply-adds, {r['model']} (every forward value kept)",
                              r["arithmetic"]["kept_in_forwards"], None, None))
     if pyh is not None:

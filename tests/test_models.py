@@ -257,6 +257,8 @@ def test_multiply_adds_are_the_layer_shapes_and_torch_flop_count(name, layers):
     x = torch.randn(1, 1, 28, 28)
     assert models.multiply_adds(net, x) == layers
     assert not net.training                                  # the mode is restored
+    net.train()
+    assert models.multiply_adds(net, x) == layers and net.training
     # torch's own count of the forward (2 flops per multiply-add) through the layer-by-layer graph
     assert _flops(lambda: torch.nn.Sequential.forward(net, x)) == 2 * sum(layers)
 

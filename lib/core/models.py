@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lib.core import fused_cnn
-from lib.core.tensors import n_params
+from lib.core.tensors import eval_mode, n_params
 
 __all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
            "preferred_chunk", "n_params", "Step", "plan", "step_names", "step_weights", "plan_accepts", "plan_forward",
@@ -143,7 +143,8 @@ def preferred_chunk(model: nn.Module) -> int | None:
 def multiply_adds(model: nn.Module, sample: torch.Tensor) -> list[int]:
     """Multiply-adds of the weight products of every Linear and Conv1d/2d/3d layer for one input ``sample`` (a
     batch of one), in the order the layers run (bias additions, activations, pooling and the loss not counted).
-    The layers run one by one (train mode, no gradients), so fused kernels that bypass them do not hide any."""
+    Eval mode, no gradients; a ``Sequential`` runs its layers one by one (``CNN``'s fused forward would bypass
+    them)."""
     counts, convs = [], (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
     def count(mod, _inputs, out):
@@ -153,13 +154,10 @@ def multiply_adds(model: nn.Module, sample: torch.Tensor) -> list[int]:
             counts.append(out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size))
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, *convs))]
-    training = model.training
     try:
-        model.train()
-        with torch.no_grad():
-            model(sample)
+        with torch.no_grad(), eval_mode(model):
+            nn.Sequential.forward(model, sample) if isinstance(model, nn.Sequential) else model(sample)
     finally:
-        model.train(training)
         for h in hooks:
             h.remove()
     return counts
