@@ -115,7 +115,8 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     """Every number the paper quotes, keyed by macro name."""
     out: dict[str, str] = {}
     out[macro("profile")] = store.profile
-    first = load(store, TRAINED, run_name(datasets[0], models[0], seeds[0])).meta["params"]
+    first_meta = load(store, TRAINED, run_name(datasets[0], models[0], seeds[0])).meta
+    first = first_meta["params"]
     out[macro("n", "train")] = fmt(int(first["n_train"]))
     out[macro("epochs")] = fmt(int(first["epochs"]))
     out[macro("train", "threads")] = fmt(int(first["threads"]))
@@ -220,9 +221,9 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
     out[macro("version", "torch")] = versions["torch"].split("+")[0]
     out[macro("version", "python")] = versions["python"]
     out[macro("git", "commit")] = git_commit()["commit"][:10]
-    out[macro("machine")] = platform.machine().replace("_", r"\_")
-    cpu = (load(store, TRAINED, run_name(datasets[0], models[0], seeds[0])).meta.get("provenance") or {}).get("cpu")
-    out[macro("cpu", "model")] = _tex_text((cpu or {}).get("model") or "not recorded")   # where 01 trained
+    out[macro("machine")] = _tex_text(platform.machine())
+    cpu = (first_meta.get("provenance") or {}).get("cpu") or {}
+    out[macro("cpu", "model")] = _tex_text(cpu.get("model") or "not recorded")   # where 01 trained
     out[macro("threads")] = fmt(int(torch.get_num_threads()))
     return out
 
