@@ -694,14 +694,16 @@ def test_bench_table_and_numbers_read_the_last_complete_bench_run(tmp_path):
     payload = {"summary": rows, "load_average": [[0.9, 1, 1], [1.25, 1, 1]], "minutes": 9.04}
     bench.save("bench", "quick", {**payload, "summary": rows[:1]}, {"n": 1000, "threads": 2}, overwrite=True)
     assert "has not been run" in report.bench_table(store)                # a quick run is not the table
-    bench.save("bench", "full", payload, {"n": 10_000, "threads": 2}, overwrite=True)
+    bench.save("bench", "full", payload, {"n": 10_000, "threads": 2, "mlp2": "results/paper/train/mnist_mlp2_s0"},
+               overwrite=True)
     table = report.bench_table(store)
     body = [line for line in table.splitlines() if line.endswith(r"\\") and "measure &" not in line]
     assert len(body) == 4
     assert r"delta\_curve s per theta" in table and r"\textbf{no}" in table and r"$\le$ 3" in table
     assert r"$\ge$ 10" in table and body[-1].split("&")[2].strip() == "--"
     values = report.bench_numbers(store)
-    assert values["BenchStatus"].endswith("10{,}000 MNIST images, 2 threads, load average 0.9 to 1.2, 9.0 minutes): "
-                                          "2 of its 3 targets are met")
+    assert values["BenchStatus"].endswith(
+        r"10{,}000 MNIST images, MLP-2 from results/paper/train/mnist\_mlp2\_s0, "
+        "2 threads, load average 0.9 to 1.2, 9.0 minutes): 2 of its 3 targets are met")
     assert "(CPU: " in values["BenchStatus"]
     assert values["BenchMissed"] == r"; missed: one HVP / one forward, cnn (N=10000), 6.27 against $\le$ 3"

@@ -824,7 +824,8 @@ def bench_numbers(store) -> dict:
         f"{' (with uncommitted changes)' if git.get('dirty') else ''} on {when} (CPU: "
         f"{_tex_text(meta['provenance'].get('cpu', {}).get('model') or 'not recorded')}; "
         f"{fmt(int(meta['params']['n']))} "
-        f"MNIST images, {meta['params']['threads']} threads, load average {before:.1f} to {after:.1f}, "
+        f"MNIST images, MLP-2 from {_tex_text(meta['params'].get('mlp2') or 'not recorded')}, "
+        f"{meta['params']['threads']} threads, load average {before:.1f} to {after:.1f}, "
         f"{res.payload['minutes']:.1f} minutes): {len(judged) - len(missed)} of its {len(judged)} targets are met")
     out[macro("bench", "missed")] = ("" if not missed else "; missed: " + "; ".join(
         f"{_tex_text(r['measure'])}, {fmt(r['value'], 3)} against {_bench_target(r)}" for r in missed))
