@@ -132,9 +132,10 @@ stage-args:
 stage: stage-args prereqs setup data  ## run one notebook: make stage STAGE=02_spectrum PROFILE=smoke [SET='key=value ...']
 	$(PY) -m lib $(RUN_ARGS) --only $(STAGE)
 
+# the kernels draw figures inline even when the shell exports MPLBACKEND=Agg (as CI does for headless runs)
 lab: prereqs setup  ## start JupyterLab (.py notebooks open as notebooks, .venv kernel); remote: LAB_ARGS='...'
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --MappingKernelManager.default_kernel_name=$(KERNEL) \
-	  $(ALLOW_ROOT) $(LAB_ARGS)
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) \
+	  --MappingKernelManager.default_kernel_name=$(KERNEL) $(ALLOW_ROOT) $(LAB_ARGS)
 
 bench: setup data  ## the benchmark table (costs, solvers, Monte Carlo, memory), read by the paper
 	$(PY) -m bench

@@ -8,7 +8,8 @@
 
 Notebooks run in number order, except ``06_figures`` (it reads every other stage's results), which runs last.
 The profile is validated before anything runs. Executed notebooks are saved under
-``results/<profile>/notebooks/``; per-stage wall times go to ``results/<profile>/timings.json``.
+``results/<profile>/notebooks/``, each figure a notebook shows embedded as a PNG (the kernels draw inline,
+``KERNEL_ENV``); per-stage wall times go to ``results/<profile>/timings.json``.
 A failing cell stops the run with a non-zero exit and the cell's error.
 """
 from __future__ import annotations
@@ -48,6 +49,9 @@ KERNEL_NAME = "landscape-hessian"
 #: that CPUs with newer instructions compute the same bits (docs/reproducibility.md); the Makefile sets the same.
 #: A variable already set wins; NATIVE_NUMERICS=1 turns the pins off.
 PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: the matplotlib backend of every kernel the runner starts, whatever the caller's MPLBACKEND (CI and the tests set
+#: Agg, which in a kernel would draw nothing): ``plt.show()`` embeds each figure as a PNG in the executed notebook
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
 
 
 #: the stage whose notebook reads every other stage's results (figures, tables, numbers of the paper): it runs last,
@@ -136,8 +140,9 @@ def marked_as_runner(profile: str, overrides: list[str]):
     """Mark the notebooks executed inside this block (their kernels inherit the environment) as run by the
     runner: their result store may replace results whose parameters changed (an edited profile or ``--set`` is
     an intended change; ``lib.infra.results``), a missing upstream result names this same command
-    (``lib.stages.base``), and their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them."""
-    values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)})}
+    (``lib.stages.base``), their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them, and their
+    figures are drawn inline (``KERNEL_ENV``)."""
+    values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)}), **KERNEL_ENV}
     if "avx2" in cpu_info()["isa_flags"] and not os.environ.get("NATIVE_NUMERICS"):
         values.update({k: v for k, v in PINNED_NUMERICS.items() if k not in os.environ})   # the caller's win
     previous = {k: os.environ.get(k) for k in values}

@@ -1,6 +1,9 @@
 """One plotting style for every figure: column-width sizes, labelled axes, colour-blind-safe palette.
 
-Figures are saved as PDF (for LaTeX) and PNG (for looking) with ``save``.
+Figures are saved as PDF (for LaTeX) and PNG (for looking) with ``save``, which renders through the file format's
+own canvas whatever the backend. No backend is chosen here: a Jupyter kernel keeps its inline backend (so that
+``plt.show()`` embeds the figure in the notebook; the runner sets it for the kernels it starts), and a script or
+test without a display gets matplotlib's own headless default (Agg).
 """
 from __future__ import annotations
 
@@ -9,12 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lib.infra.results import atomic_write_bytes  # noqa: E402
+from lib.infra.results import atomic_write_bytes
 
 # Okabe & Ito (2008) colour-blind-safe palette.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
