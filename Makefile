@@ -73,11 +73,12 @@ paper-test: prereqs  ## check the built PDFs of PROFILE: key numbers equal the r
 	PAPER_PROFILE=$(PROFILE) $(PY) -m pytest -q -m paper
 
 # nbval re-executes each executed smoke notebook (results cached: ~45 s for all six) and compares the outputs of
-# the cells tagged nbval-check-output (each notebook's last cell: its key numbers, fixed format)
+# the cells tagged nbval-check-output (each notebook's last cell: its key numbers, fixed format); its kernels draw
+# inline as the runner's did, so a checked cell that shows a figure has the same outputs (image bytes are not compared)
 nbval: setup  ## re-run the executed smoke notebooks and compare their key-number cells (nbval)
 	@ls results/smoke/notebooks/[0-9][0-9]_*.ipynb >/dev/null 2>&1 || { echo "error: no executed smoke notebooks: run make notebooks-smoke first"; exit 2; }
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	  results/smoke/notebooks/[0-9][0-9]_*.ipynb
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m pytest -q -p no:cacheprovider --nbval-lax \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg results/smoke/notebooks/[0-9][0-9]_*.ipynb
 
 test: prereqs setup data lint notebooks-smoke  ## lint, every notebook (smoke), nbval, unit tests, paper + slides + PDF checks
 	$(MAKE) nbval

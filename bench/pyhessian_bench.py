@@ -31,7 +31,7 @@ from lib.core import hessian, models, train  # noqa: E402
 from lib.core.tensors import eval_mode  # noqa: E402
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
-from lib.stages.base import load_trained  # noqa: E402
+from lib.records.runs import load_trained  # noqa: E402
 
 TARGET_SPEEDUP = 10.0
 OUR_TOLS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)

@@ -62,9 +62,9 @@ class Pipeline:
     """The six stages run once into a temporary store: what each ``run`` returned, and where 06 wrote."""
     profile: object                    # lib.infra.config.Profile
     store: object                      # lib.infra.results.ResultStore (root = results_root / profile)
-    results_root: Path                 # what lib.stages.figures.RESULTS_ROOT pointed to during 06
-    figures_dir: Path                  # where 06 wrote the figures: report.FIGURES (patched) / profile
-    generated_dir: Path                # where 06 wrote numbers and tables: report.GENERATED (patched) / profile
+    results_root: Path                 # the results root of the run
+    figures_dir: Path                  # where 06 wrote the figures: latex.FIGURES (patched) / profile
+    generated_dir: Path                # where 06 wrote numbers and tables: latex.GENERATED (patched) / profile
     out: dict                          # stage name -> the value its run() returned
     seconds: dict                      # stage name -> wall seconds
     repo_before: dict = field(default_factory=dict)   # snapshot of paper/{figures,generated}, results/
@@ -78,7 +78,7 @@ class Pipeline:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """Every stage entry point, in order, on ``TINY_PROFILE`` into a temporary ResultStore; notebook 06's
-    output folders (``report.FIGURES``/``GENERATED``) and the timings root are temporary folders too, so that
+    output folders (``latex.FIGURES``/``GENERATED``) and the timings root are temporary folders too, so that
     nothing under the repository's paper/ or results/ is touched (the snapshots let a test check it)."""
     import importlib
     import json
@@ -89,8 +89,8 @@ def tiny_pipeline(tmp_path_factory):
     from lib.infra import config
     from lib.infra import results as results_module
     from lib.infra.results import ResultStore
-    from lib.outputs import report
-    from lib.stages import REGISTRY
+    from lib.outputs import latex
+    from lib.records import REGISTRY
 
     base = tmp_path_factory.mktemp("pipeline")
     profile = config.validate(TINY_PROFILE, source="tests/conftest.py TINY_PROFILE")
@@ -107,12 +107,12 @@ def tiny_pipeline(tmp_path_factory):
     pipe = Pipeline(profile, store, results_root, figures_dir, generated_dir, {}, {}, repo_folders=repo_folders)
     pipe.repo_before = snapshot(*repo_folders)
     with torch_threads(1), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "FIGURES", figures_root)
-        mp.setattr(report, "GENERATED", generated_root)
+        mp.setattr(latex, "FIGURES", figures_root)
+        mp.setattr(latex, "GENERATED", generated_root)
         for stage in REGISTRY:
             common, section = profile.stage(stage)
             t0 = time.perf_counter()
-            pipe.out[stage] = importlib.import_module(f"lib.stages.{stage}").run(store, common, section)
+            pipe.out[stage] = importlib.import_module(REGISTRY[stage].entry).run(store, common, section)
             pipe.seconds[stage] = time.perf_counter() - t0
     pipe.repo_after = snapshot(*repo_folders)
     return pipe

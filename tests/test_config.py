@@ -132,7 +132,7 @@ def test_runner_rejects_bad_parameters_before_running(capsys):
 
 
 def test_spectrum_max_seeds_is_validated_and_applied():
-    from lib.stages.spectrum import spectrum_seeds
+    from lib.records.spectrum import spectrum_seeds
 
     cfg = config.load_profile("smoke", {"common.spectrum_max_seeds": {"cnn": 1}, "common.seeds": [0, 1, 2]})
     caps = cfg.common.spectrum_max_seeds

@@ -13,8 +13,8 @@ from PIL import Image
 from lib import REPO_ROOT
 from lib.infra.config import load_profile
 from lib.infra.results import ResultStore
-from lib.outputs import html, registry, report
-from lib.stages.convergence import load_table
+from lib.outputs import html, latex, registry
+from lib.records.convergence import load_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -70,8 +70,8 @@ def _check_images(page, folder, names):
 
 @pytest.fixture
 def tiny_report(tiny_pipeline, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "FIGURES", tiny_pipeline.figures_dir.parent)
-    monkeypatch.setattr(report, "GENERATED", tiny_pipeline.generated_dir.parent)
+    monkeypatch.setattr(latex, "FIGURES", tiny_pipeline.figures_dir.parent)
+    monkeypatch.setattr(latex, "GENERATED", tiny_pipeline.generated_dir.parent)
     common, _ = tiny_pipeline.stage("figures")
     out = html.build(tiny_pipeline.store, common, tmp_path / "site" / "report.html")
     return out, tiny_pipeline
@@ -104,13 +104,13 @@ def test_latex_cells_become_html(tex, text):
 
 
 def test_missing_figures_are_an_error_naming_the_command(tiny_pipeline, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "FIGURES", tmp_path / "no_figures")
-    monkeypatch.setattr(report, "GENERATED", tiny_pipeline.generated_dir.parent)
+    monkeypatch.setattr(latex, "FIGURES", tmp_path / "no_figures")
+    monkeypatch.setattr(latex, "GENERATED", tiny_pipeline.generated_dir.parent)
     with pytest.raises(FileNotFoundError, match="make paper PROFILE=pipeline_test"):
         html.build(tiny_pipeline.store, tiny_pipeline.stage("figures")[0], tmp_path / "r.html")
 
 
-SMOKE_SOURCE = report.generated_dir("smoke") / "source.json"
+SMOKE_SOURCE = latex.generated_dir("smoke") / "source.json"
 
 
 @pytest.mark.skipif(not SMOKE_SOURCE.is_file() or not (REPO_ROOT / "results" / "smoke" / "notebooks").is_dir(),

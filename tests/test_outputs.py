@@ -13,13 +13,14 @@ from scipy.stats import spearmanr
 
 from lib.core.convergence import first_k_below, fit_slope
 from lib.infra.results import ResultStore
-from lib.outputs import figures, registry, report
-from lib.outputs.report import fmt, macro, pct
-from lib.stages import convergence as convergence_stage
-from lib.stages import monte_carlo as mc_stage
-from lib.stages import projection as projection_stage
-from lib.stages import spectrum as spectrum_stage
-from lib.stages.base import run_name
+from lib.outputs import figures, latex, registry, tables
+from lib.outputs import numbers as paper_numbers
+from lib.outputs.latex import fmt, macro, pct
+from lib.records import convergence as convergence_records
+from lib.records import monte_carlo as mc_records
+from lib.records import projection as projection_records
+from lib.records import spectrum as spectrum_records
+from lib.records.runs import run_name
 from tests.conftest import TINY_TIMINGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -67,7 +68,7 @@ def _legend(ax):
 
 
 def _curve(store, spec):
-    return mc_stage.load_curve(store, spec)
+    return mc_records.load_curve(store, spec)
 
 
 def _check_line(line, k, values):
@@ -97,7 +98,7 @@ def test_every_figure_function_is_registered_and_every_entry_makes_its_files(mad
                     and next(iter(inspect.signature(f).parameters)) == "store")
     assert public == sorted(FIGURE_FUNCTIONS), "a figure function without a test below (or a test without one)"
     assert list(registry.FIGURES) == REGISTERED
-    runs = projection_stage.projected_runs(tiny_pipeline.store)
+    runs = projection_records.projected_runs(tiny_pipeline.store)
     assert runs == [(DS, MODEL, SEED)]
     assert list(made) == [n if n != "surfaces" else f"surfaces_{DS}_{MODEL}" for n in REGISTERED]
     for name, fig in made.items():
@@ -112,7 +113,7 @@ def test_every_figure_function_is_registered_and_every_entry_makes_its_files(mad
 # ------------------------------------------------------------------------------------------------ figures
 def test_spectrum_figure_plots_the_saved_eigenvalues_and_densities(made, tiny_pipeline):
     fig = made["spectrum"]
-    p = spectrum_stage.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
+    p = spectrum_records.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
     ax_ev, ax_d = _panels(fig)
     assert len(ax_ev.containers) == 1                     # one errorbar per model
     data_line = ax_ev.containers[0].lines[0]
@@ -136,7 +137,7 @@ def test_spectrum_figure_plots_the_saved_eigenvalues_and_densities(made, tiny_pi
 
 def test_surfaces_figure_plots_the_saved_grids(made, tiny_pipeline):
     fig = made[f"surfaces_{DS}_{MODEL}"]
-    p = projection_stage.load_projection(tiny_pipeline.store, DS, MODEL, SEED)
+    p = projection_records.load_projection(tiny_pipeline.store, DS, MODEL, SEED)
     panels = _panels(fig)
     assert len(panels) == 6 and len(fig.axes) == 12      # 6 surfaces, each with its colour bar
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
@@ -174,7 +175,7 @@ def test_delta_main_figure_plots_hessian_and_random_curves(made, tiny_pipeline, 
     lines = _labelled(ax)
     assert len(lines) == 2 and len(ax.collections) == 2     # a line and a 2-SE band each
     for line, sub in zip(lines, ("hessian", "random")):
-        spec = next(s for s in mc_stage.main_curves(mc_stage.load_plan(store)) if s.subspace == sub)
+        spec = next(s for s in mc_records.main_curves(mc_records.load_plan(store)) if s.subspace == sub)
         c = _curve(store, spec)
         _check_line(line, c["k"], c["delta"] * (c["k"] ** 2 if k2 else 1))
     assert ax.get_xscale() == ax.get_yscale() == "log"
@@ -194,7 +195,7 @@ def test_sweep_figure_plots_one_line_per_swept_curve(made, tiny_pipeline, which)
     attr, legends = SWEEPS[which]
     panels = _panels(made[f"sweep_{which}"])
     assert len(panels) == len(legends)
-    specs = mc_stage.group(mc_stage.load_plan(store), which)
+    specs = mc_records.group(mc_records.load_plan(store), which)
     for ax, labels, sub in zip(panels, legends, ("hessian", "random")):
         assert _legend(ax) == labels and sub in ax.get_title().lower() and "MLP-1" in ax.get_title()
         ss = [s for s in specs if s.subspace == sub]
@@ -207,10 +208,10 @@ def test_sweep_figure_plots_one_line_per_swept_curve(made, tiny_pipeline, which)
 def test_estimator_efficiency_figure_bars(made, tiny_pipeline):
     store = tiny_pipeline.store
     (ax,) = _panels(made["estimator_efficiency"])
-    plan = mc_stage.load_plan(store)
+    plan = mc_records.load_plan(store)
     expected = {}
     for which in ("estimator", "distribution"):
-        for s in mc_stage.group(plan, which):
+        for s in mc_records.group(plan, which):
             c = _curve(store, s)
             expected[f"{s.distribution}/{s.estimator}"] = np.median(c["stderr"] / c["delta"]) * np.sqrt(
                 s.n_samples + 1)
@@ -225,7 +226,7 @@ def test_theory_vs_mc_figure_plots_monte_carlo_q_and_t(made, tiny_pipeline):
     store = tiny_pipeline.store
     fig = made["theory_vs_mc"]
     panels = _panels(fig)
-    specs = sorted((s for s in mc_stage.group(mc_stage.load_plan(store), "sigma") if s.subspace == "hessian"),
+    specs = sorted((s for s in mc_records.group(mc_records.load_plan(store), "sigma") if s.subspace == "hessian"),
                    key=lambda s: s.sigma)
     assert len(panels) == len(specs) == 2
     assert [ax.get_title() for ax in panels] == ["$\\sigma$ = 0.1", "$\\sigma$ = 1"]
@@ -246,7 +247,7 @@ def test_order_average_figure_plots_k_k1_delta_and_vbar(made, tiny_pipeline):
     panels = _panels(made["order_average"])
     assert len(panels) == 2
     for ax, sub in zip(panels, ("hessian", "random")):
-        spec = next(s for s in mc_stage.main_curves(mc_stage.load_plan(store)) if s.subspace == sub)
+        spec = next(s for s in mc_records.main_curves(mc_records.load_plan(store)) if s.subspace == sub)
         c = _curve(store, spec)
         kk = c["k"] * (c["k"] + 1.0)
         fixed, mean, median, vbar = ax.get_lines()
@@ -263,7 +264,7 @@ def test_vbar_parts_figure_plots_monte_carlo_and_quadratic_parts(made, tiny_pipe
     panels = _panels(made["vbar_parts"])
     assert len(panels) == 2
     for ax, sub in zip(panels, ("hessian", "random")):
-        ss = sorted((s for s in mc_stage.group(mc_stage.load_plan(store), "sigma") if s.subspace == sub),
+        ss = sorted((s for s in mc_records.group(mc_records.load_plan(store), "sigma") if s.subspace == sub),
                     key=lambda s: s.sigma)
         cs = [_curve(store, s) for s in ss]
         (bars,) = ax.containers
@@ -280,7 +281,7 @@ def test_vbar_parts_figure_plots_monte_carlo_and_quadratic_parts(made, tiny_pipe
 def test_delta_vs_loss_figure_pairs_delta_with_the_prefix_loss(made, tiny_pipeline):
     store = tiny_pipeline.store
     (ax,) = _panels(made["delta_vs_loss"])
-    spec = next(s for s in mc_stage.main_curves(mc_stage.load_plan(store)) if s.subspace == "hessian")
+    spec = next(s for s in mc_records.main_curves(mc_records.load_plan(store)) if s.subspace == "hessian")
     c = _curve(store, spec)
     L = (np.cumsum(c["losses0"]) / np.arange(1, N + 1))[:-1]
     (line,) = _labelled(ax)
@@ -297,14 +298,14 @@ def test_delta_vs_loss_figure_pairs_delta_with_the_prefix_loss(made, tiny_pipeli
 def test_learning_curve_figure_plots_accuracy_and_the_predictions(made, tiny_pipeline):
     store = tiny_pipeline.store
     (ax,) = _panels(made["learning_curve"])
-    rows = convergence_stage.load_table(store, "learning_curve")
+    rows = convergence_records.load_table(store, "learning_curve")
     sizes = [r["n"] for r in rows]
     acc = np.array([100 * r["test_accuracy"] for r in rows])
     mean, *markers = ax.get_lines()
     np.testing.assert_array_equal(mean.get_xdata(), sizes)
     np.testing.assert_allclose(mean.get_ydata(), acc, rtol=1e-12)
     assert _legend(ax) == ["MLP-1 (1 seed)"] and len(ax.collections) == 1
-    pred = max((p for p in convergence_stage.load_table(store, "predictors") if p["gap"] == 0.01),
+    pred = max((p for p in convergence_records.load_table(store, "predictors") if p["gap"] == 0.01),
                key=lambda p: p["n0"])
     expected = [pred["n_within"]] + [pred[k] for k in ("n_learning_curve", "n_landscape_loss_gap",
                                                         "n_landscape_sigma")
@@ -318,13 +319,13 @@ def test_learning_curve_figure_plots_accuracy_and_the_predictions(made, tiny_pip
 
 def test_k_vs_scale_figure_plots_k_of_the_sweeps(made, tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
+    plan = mc_records.load_plan(store)
     panels = _panels(made["k_vs_scale"])
     assert len(panels) == 2
     thresholds = [0.01, 0.001]
     for ax, (specs, attr) in zip(panels, (
-            ([s for s in mc_stage.group(plan, "sigma") if s.subspace == "hessian"], "sigma"),
-            (mc_stage.group(plan, "dim"), "D"))):
+            ([s for s in mc_records.group(plan, "sigma") if s.subspace == "hessian"], "sigma"),
+            (mc_records.group(plan, "dim"), "D"))):
         specs = sorted(specs, key=lambda s: getattr(s, attr))
         curves = [_curve(store, s) for s in specs]
         lines = ax.get_lines()
@@ -347,8 +348,8 @@ def test_k_vs_scale_figure_plots_k_of_the_sweeps(made, tiny_pipeline):
 def test_r0_curves_figure_plots_the_mean_and_its_bound(made, tiny_pipeline):
     store = tiny_pipeline.store
     ax, ax2 = _panels(made["r0_curves"])
-    (row,) = convergence_stage.load_table(store, "r0")
-    p = convergence_stage.load_r0_curve(store, row["name"])
+    (row,) = convergence_records.load_table(store, "r0")
+    p = convergence_records.load_r0_curve(store, row["name"])
     raw, smooth, bound = ax.get_lines()
     x = np.asarray(raw.get_xdata(), dtype=float)
     assert x[0] == 1 and x[-1] == 99
@@ -367,7 +368,7 @@ def test_full_space_ratio_figure_plots_subspace_over_full_space(made, tiny_pipel
     """One row per full-space run, the sigma line and the D line; each line is Delta^(D)_k / Delta^(full)_k of the
     saved curves (solid: equal-norm scale, labelled; dashed: per-coordinate scale)."""
     store = tiny_pipeline.store
-    pairs = mc_stage.load_full_space_plan(store)
+    pairs = mc_records.load_full_space_plan(store)
     ax_sigma, ax_dim = _panels(made["full_space_ratio"])
     assert "D = 2" in ax_sigma.get_title() and r"$\sigma$ = 0.3" in ax_dim.get_title()
     for ax, line in ((ax_sigma, "sigma"), (ax_dim, "dim")):
@@ -375,7 +376,7 @@ def test_full_space_ratio_figure_plots_subspace_over_full_space(made, tiny_pipel
         curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2]
         assert len(curves) == len(mine) == 4
         for ln, p in zip(curves, mine):
-            a, b = (mc_stage.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
+            a, b = (mc_records.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
             _check_line(ln, a["k"], a["delta"] / b["delta"])
             assert ln.get_linestyle() == ("-" if p["scale"] == "norm" else "--")
         want = [f"$\\sigma$ = {p['sigma']:g}" if line == "sigma" else f"D = {p['D']}" for p in mine
@@ -396,11 +397,11 @@ def _k(value):
 
 def test_sample_size_table_has_one_row_per_saved_row(tiny_pipeline):
     store = tiny_pipeline.store
-    saved = convergence_stage.load_table(store, "sample_size")
-    rows = _rows(report.sample_size_table(store))
+    saved = convergence_records.load_table(store, "sample_size")
+    rows = _rows(tables.sample_size_table(store))
     assert len(rows) == len(saved) == 4
     for cells, r in zip(rows, saved):
-        assert len(cells) == len(_header(report.sample_size_table(store))) == 13
+        assert len(cells) == len(_header(tables.sample_size_table(store))) == 13
         assert cells[:3] == ["MNIST", "MLP-1", "0"]
         assert cells[3] == "$\\sigma=" + fmt(r["sigma"], 2) + "$" + (" (gap)" if r["scale"] == "loss_gap" else "")
         assert cells[4] == f"${fmt(r['delta'], 2)}$" and cells[4] in ("$0.01$", "$0.001$")
@@ -418,10 +419,10 @@ def test_sample_size_table_has_one_row_per_saved_row(tiny_pipeline):
 
 def test_solver_table_has_one_row_per_solver_and_pyhessian_pass(tiny_pipeline):
     store = tiny_pipeline.store
-    tex = report.solver_table(store)
+    tex = tables.solver_table(store)
     rows = _rows(tex)
-    solvers = spectrum_stage.load_solvers(store, DS, MODEL, SEED)["rows"]
-    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    solvers = spectrum_records.load_solvers(store, DS, MODEL, SEED)["rows"]
+    p = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
     assert [r["method"] for r in solvers] == ["lanczos (ours)", "power (ours)", "PyHessian 0.1"]
     assert len(rows) == len(solvers) + (4 if p.get("pyhessian") else 0)
     for cells, r in zip(rows, solvers):
@@ -436,14 +437,14 @@ def test_solver_table_has_one_row_per_solver_and_pyhessian_pass(tiny_pipeline):
 
 
 def test_solver_table_of_a_store_without_comparison_is_empty(tmp_path):
-    assert _rows(report.solver_table(ResultStore("none", root=tmp_path))) == []
+    assert _rows(tables.solver_table(ResultStore("none", root=tmp_path))) == []
 
 
 def test_theory_table_has_one_row_per_gaussian_plain_curve(tiny_pipeline):
     store = tiny_pipeline.store
-    saved = [r for r in convergence_stage.load_table(store, "theory")
+    saved = [r for r in convergence_records.load_table(store, "theory")
              if r["distribution"] == "gaussian" and r["estimator"] == "plain"]
-    rows = _rows(report.theory_table(store))
+    rows = _rows(tables.theory_table(store))
     assert len(rows) == len(saved) == 9            # main x 2, gap, sigma sweep x 4, D sweep x 2
     for cells, r in zip(rows, saved):
         scale = fmt(r["sigma"], 2) + (" (gap)" if r["scale"] == "loss_gap" else "")
@@ -457,8 +458,8 @@ def test_theory_table_has_one_row_per_gaussian_plain_curve(tiny_pipeline):
 
 def test_predictor_table_has_one_row_per_gap_of_the_largest_pilot(tiny_pipeline):
     store = tiny_pipeline.store
-    saved = [p for p in convergence_stage.load_table(store, "predictors") if p["n0"] == 100]
-    rows = _rows(report.predictor_table(store))
+    saved = [p for p in convergence_records.load_table(store, "predictors") if p["n0"] == 100]
+    rows = _rows(tables.predictor_table(store))
     assert len(rows) == len(saved) == 2
     for cells, p in zip(rows, saved):
         lc, ls = p["cost_learning_curve"], p["cost_landscape"]
@@ -469,8 +470,8 @@ def test_predictor_table_has_one_row_per_gap_of_the_largest_pilot(tiny_pipeline)
 
 
 def test_speed_table_has_one_row_per_saved_speed_row(tiny_pipeline):
-    saved = mc_stage.load_speed(tiny_pipeline.store)
-    rows = _rows(report.speed_table(tiny_pipeline.store))
+    saved = mc_records.load_speed(tiny_pipeline.store)
+    rows = _rows(tables.speed_table(tiny_pipeline.store))
     assert len(rows) == len(saved) == 3                         # the main Hessian curve and the sigma sweep x 2
     for cells, r in zip(rows, saved):
         assert cells == ["MNIST", "MLP-1", "2", fmt(r["sigma"], 2), "8", f"{100 * r['relative_se']:.1f}",
@@ -482,10 +483,10 @@ def test_speed_table_has_one_row_per_saved_speed_row(tiny_pipeline):
 def test_full_space_and_speed_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
     store = tiny_pipeline.store
     values = registry.numbers(inputs, timings=TINY_TIMINGS)
-    pairs = mc_stage.load_full_space_plan(store)
+    pairs = mc_records.load_full_space_plan(store)
 
     def ratio(p):
-        a, b = (mc_stage.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
+        a, b = (mc_records.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
         return float(np.median(a["delta"] / b["delta"]))
 
     (main,) = [p for p in pairs if (p["D"], p["sigma"], p["scale"]) == (2, 0.3, "norm")]
@@ -496,7 +497,7 @@ def test_full_space_and_speed_numbers_equal_what_the_results_hold(inputs, tiny_p
     assert values["FullRatioCoordSigmaHigh"] == fmt(ratio(hi), 2) and values["FullSigmaHigh"] == "1"
     (lo,) = [p for p in pairs if (p["line"], p["D"], p["scale"]) == ("dim", 1, "norm")]
     assert values["FullRatioDimLow"] == fmt(ratio(lo), 2) and values["FullDimLow"] == "1"
-    sub = mc_stage.load_full_space_curve(store, main["subspace"])
+    sub = mc_records.load_full_space_curve(store, main["subspace"])
     thr = 0.01                                                  # the middle of the sorted grid [0.001, 0.01]
     k = first_k_below(sub["k"], sub["delta"], thr)
     assert values["FullKSub"] == (fmt(k) if k else "not reached")
@@ -504,7 +505,7 @@ def test_full_space_and_speed_numbers_equal_what_the_results_hold(inputs, tiny_p
     assert values["FullKPointwise"] == (fmt(kp) if kp else "not reached")
     if k is not None:                   # Jensen per k: Delta_k < thr for k >= K gives E|d_k| < sqrt(thr) there
         assert kp is not None and kp <= k
-    speed = mc_stage.load_speed(store)
+    speed = mc_records.load_speed(store)
     assert values["SpeedRatioMnistMlpOne"] == fmt(speed[0]["speedup"], 2)
     assert values["SpeedMcMnistMlpOne"] == fmt(speed[0]["mc_seconds_target"], 2)
     assert values["SpeedAccuracySigmaHigh"] == fmt(speed[-1]["median_mc_over_q"], 2)
@@ -516,7 +517,7 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
     store = tiny_pipeline.store
     values = registry.numbers(inputs, timings=TINY_TIMINGS)
     trained = store.meta("train", RUN)["summary"]
-    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    p = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
     ev = p["eigenvalues"].numpy()
     assert values["Profile"] == "pipeline_test"
     assert (values["NTrain"], values["Epochs"], values["NSeeds"], values["KTop"]) == ("200", "1", "1", "4")
@@ -528,24 +529,24 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
     cpu = store.meta("train", RUN)["provenance"]["cpu"]["model"]
     assert cpu and values["CpuModel"] == cpu.replace("_", r"\_")
     assert (values["McD"], values["McSigma"], values["McT"], values["McOrders"]) == ("2", "0.3", "8", "2")
-    plan = mc_stage.load_plan(store)
+    plan = mc_records.load_plan(store)
     for sub, tag in (("hessian", "Hess"), ("random", "Rand")):
-        c = mc_stage.load_curve(store, next(s for s in mc_stage.main_curves(plan) if s.subspace == sub))
+        c = mc_records.load_curve(store, next(s for s in mc_records.main_curves(plan) if s.subspace == sub))
         assert values[f"SlopeMnistMlpOne{tag}"] == fmt(fit_slope(c["k"], c["delta"], k_min=10).slope)
         assert values[f"VbarMnistMlpOne{tag}"] == fmt(c["vbar"])
         assert values[f"KTwoMnistMlpOne{tag}"] == fmt(np.median((c["k"] ** 2 * c["delta"])[c["k"] >= 10]))
         L = (np.cumsum(c["losses0"]) / np.arange(1, N + 1))[:-1]
         assert values[f"RhoMnistMlpOne{tag}"] == fmt(spearmanr(c["delta"], L).statistic, 2)
-    sample = next(r for r in convergence_stage.load_table(store, "sample_size")
+    sample = next(r for r in convergence_records.load_table(store, "sample_size")
                   if r["scale"] == "sigma" and r["delta"] == 0.01)
     assert values["DeltaTable"] == "0.01"              # the middle of the sorted grid [0.001, 0.01]
     assert values["KMcMnistMlpOne"] == str(sample["K_fixed"])
-    c = mc_stage.load_curve(store, next(s for s in mc_stage.main_curves(plan) if s.subspace == "hessian"))
+    c = mc_records.load_curve(store, next(s for s in mc_records.main_curves(plan) if s.subspace == "hessian"))
     k = np.arange(1, 100 * N)
     assert values["KClosedMnistMlpOne"] == fmt(int(k[np.argmax(c["vbar"] * N / ((N - 1) * k * (k + 1)) < 0.01)]))
     assert values["AccKMnistMlpOne"] == pct(sample["test_accuracy_K"])
     assert (values["TheorySigmaLow"], values["TheorySigmaHigh"]) == ("0.1", "1")
-    (r0,) = convergence_stage.load_table(store, "r0")
+    (r0,) = convergence_records.load_table(store, "r0")
     assert values["RZeroSlopeMin"] == values["RZeroSlopeMax"] == fmt(r0["slope"])
     assert values["BoundOverMeasuredMin"] == fmt(r0["hessian_bound"] / r0["max_measured_norm"])
     assert (values["TimeTrain"], values["TimeMonteCarlo"], values["TimeTotal"]) == ("1", "1.5", "2.5")
@@ -556,8 +557,8 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
 
 def test_write_numbers_one_sorted_newcommand_per_value_and_placeholders(tmp_path):
     values = {"Beta": "2", "Alpha": "1{,}000", "Epsilon": r"\ensuremath{x}"}
-    missing = report.write_numbers(values, tmp_path / "n.tex")
-    assert missing == [m for m in report.placeholders(values) if m != "PlaceholderNote"] and "Alpha" not in missing
+    missing = latex.write_numbers(values, tmp_path / "n.tex")
+    assert missing == [m for m in latex.placeholders(values) if m != "PlaceholderNote"] and "Alpha" not in missing
     assert missing, "the paper uses numbers these three values do not give"
     # the setup sentence explaining "n/a" is there exactly when placeholders are
     full = {**values, **{m: "n/a" for m in missing}, "PlaceholderNote": "; entries ``n/a'' are not run in it"}
@@ -566,10 +567,10 @@ def test_write_numbers_one_sorted_newcommand_per_value_and_placeholders(tmp_path
     assert json.loads((tmp_path / "n.json").read_text()) == full
     assert (tmp_path / "placeholders.txt").read_text().split() == missing
     with pytest.raises(ValueError, match=f"{len(missing)} number\\(s\\) the paper or slides use have no result"):
-        report.write_numbers(values, tmp_path / "m.tex", allow_placeholders=False)
+        latex.write_numbers(values, tmp_path / "m.tex", allow_placeholders=False)
     assert not (tmp_path / "m.tex").exists()
-    complete = {m: "1" for m in report.required_macros()}
-    assert report.write_numbers(complete, tmp_path / "c.tex", allow_placeholders=False) == []
+    complete = {m: "1" for m in latex.required_macros()}
+    assert latex.write_numbers(complete, tmp_path / "c.tex", allow_placeholders=False) == []
     assert json.loads((tmp_path / "c.json").read_text())["PlaceholderNote"] == ""
 
 
@@ -577,8 +578,8 @@ def test_placeholders_are_the_macros_a_source_uses_without_a_value(tmp_path):
     tex = tmp_path / "main.tex"
     tex.write_text("\\newcommand{\\Local}{x}\nAcc \\AccMnistMlpTwo{} and \\KTop, $\\Delta$, \\Local, \\textbf{y}, "
                    "\\NTrain\n")
-    assert report.placeholders({"KTop": "4", "NTrain": "n/a"}, [tex]) == ["AccMnistMlpTwo", "NTrain"]
-    assert report.placeholders({"KTop": "4", "NTrain": "200", "AccMnistMlpTwo": "97.0"}, [tex]) == []
+    assert latex.placeholders({"KTop": "4", "NTrain": "n/a"}, [tex]) == ["AccMnistMlpTwo", "NTrain"]
+    assert latex.placeholders({"KTop": "4", "NTrain": "200", "AccMnistMlpTwo": "97.0"}, [tex]) == []
 
 
 # ------------------------------------------------------------------------------------------------ fmt, pct, macro
@@ -614,7 +615,7 @@ def test_macro_names_are_letters_only():
 def test_prune_figures_removes_only_files_not_made(tmp_path):
     for name in ("spectrum.pdf", "spectrum.png", "surfaces_old.pdf", "surfaces_old.png", "notes.txt"):
         (tmp_path / name).write_text("x")
-    assert report.prune_figures({"spectrum": None}, tmp_path) == ["surfaces_old.pdf", "surfaces_old.png"]
+    assert latex.prune_figures({"spectrum": None}, tmp_path) == ["surfaces_old.pdf", "surfaces_old.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "spectrum.pdf", "spectrum.png"]
 
 
@@ -624,12 +625,12 @@ P = "pipeline_test"      # the tiny pipeline's profile
 
 @pytest.fixture
 def outputs_copy(tiny_pipeline, tmp_path, monkeypatch):
-    """A copy of what notebook 06 wrote, under report.FIGURES / GENERATED (patched roots) / profile."""
+    """A copy of what notebook 06 wrote, under latex.FIGURES / GENERATED (patched roots) / profile."""
     figs, gen = tmp_path / "figures" / P, tmp_path / "generated" / P
     shutil.copytree(tiny_pipeline.figures_dir, figs)
     shutil.copytree(tiny_pipeline.generated_dir, gen)
-    monkeypatch.setattr(report, "FIGURES", tmp_path / "figures")
-    monkeypatch.setattr(report, "GENERATED", tmp_path / "generated")
+    monkeypatch.setattr(latex, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(latex, "GENERATED", tmp_path / "generated")
     return figs, gen
 
 
@@ -660,13 +661,13 @@ def test_missing_without_source_json_checks_tables_only(outputs_copy):
 
 
 def test_profile_folders_are_plain_names_under_the_roots(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "FIGURES", tmp_path / "f")
-    monkeypatch.setattr(report, "GENERATED", tmp_path / "g")
-    assert report.figures_dir("smoke") == tmp_path / "f" / "smoke"
-    assert report.generated_dir("paper") == tmp_path / "g" / "paper"
+    monkeypatch.setattr(latex, "FIGURES", tmp_path / "f")
+    monkeypatch.setattr(latex, "GENERATED", tmp_path / "g")
+    assert latex.figures_dir("smoke") == tmp_path / "f" / "smoke"
+    assert latex.generated_dir("paper") == tmp_path / "g" / "paper"
     for bad in ("", "../paper", "a/b", ".hidden"):
         with pytest.raises(ValueError, match="not a plain folder name"):
-            report.figures_dir(bad)
+            latex.figures_dir(bad)
 
 
 def _bench_row(measure, value, target, kind):
@@ -676,8 +677,8 @@ def _bench_row(measure, value, target, kind):
 
 def test_bench_table_and_numbers_without_a_bench_run(tmp_path):
     store = ResultStore("x", root=tmp_path / "results" / "x")
-    assert "has not been run" in report.bench_table(store)
-    values = report.bench_numbers(store)
+    assert "has not been run" in tables.bench_table(store)
+    values = paper_numbers.bench_numbers(store)
     assert values["BenchStatus"].startswith("have not been measured") and values["BenchMissed"] == ""
     # from the layer shapes alone: mlp2 (2 * 200,704 + 6 * 68,096) / 268,800, cnn (2 * 28,224 + 6 * 60,368) / 88,592
     assert values["HvpMultiplyAddsKeptMlpTwo"] == "3.01" and values["HvpMultiplyAddsKeptCnn"] == "4.73"
@@ -693,15 +694,15 @@ def test_bench_table_and_numbers_read_the_last_complete_bench_run(tmp_path):
     bench = ResultStore("bench", root=tmp_path / "results" / "bench")
     payload = {"summary": rows, "load_average": [[0.9, 1, 1], [1.25, 1, 1]], "minutes": 9.04}
     bench.save("bench", "quick", {**payload, "summary": rows[:1]}, {"n": 1000, "threads": 2}, overwrite=True)
-    assert "has not been run" in report.bench_table(store)                # a quick run is not the table
+    assert "has not been run" in tables.bench_table(store)                # a quick run is not the table
     bench.save("bench", "full", payload, {"n": 10_000, "threads": 2, "mlp2": "results/paper/train/mnist_mlp2_s0"},
                overwrite=True)
-    table = report.bench_table(store)
+    table = tables.bench_table(store)
     body = [line for line in table.splitlines() if line.endswith(r"\\") and "measure &" not in line]
     assert len(body) == 4
     assert r"delta\_curve s per theta" in table and r"\textbf{no}" in table and r"$\le$ 3" in table
     assert r"$\ge$ 10" in table and body[-1].split("&")[2].strip() == "--"
-    values = report.bench_numbers(store)
+    values = paper_numbers.bench_numbers(store)
     assert values["BenchStatus"].endswith(
         r"10{,}000 MNIST images, MLP-2 from results/paper/train/mnist\_mlp2\_s0, "
         "2 threads, load average 0.9 to 1.2, 9.0 minutes): 2 of its 3 targets are met")

@@ -16,7 +16,8 @@ from lib.infra.results import (
     cpu_info,
     param_differences,
 )
-from lib.stages.base import cached, load, rerun_command
+from lib.records.runs import load, rerun_command
+from lib.stages.base import cached
 
 PAPER = {"dataset": "mnist", "model": "mlp2", "seed": 0, "n_train": 10000, "epochs": 10, "lr": 0.001}
 SMOKE = {**PAPER, "n_train": 1000, "epochs": 1}

@@ -11,10 +11,10 @@ import pytest
 
 from lib import REPO_ROOT
 from lib.infra.results import ResultStore
-from lib.outputs.report import fmt, pct
-from lib.stages.base import run_name
-from lib.stages.convergence import load_table as load_analysis
-from lib.stages.spectrum import load_spectrum
+from lib.outputs.latex import fmt, pct
+from lib.records.convergence import load_table as load_analysis
+from lib.records.runs import run_name
+from lib.records.spectrum import load_spectrum
 
 pytestmark = pytest.mark.paper
 PROFILE = os.environ.get("PAPER_PROFILE", "paper")

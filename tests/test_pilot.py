@@ -4,7 +4,7 @@ import torch
 
 from lib.infra import data
 from lib.infra.config import Train
-from lib.stages.convergence import pilot_estimate
+from lib.stages.convergence.experiments import pilot_estimate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

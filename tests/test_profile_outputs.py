@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from lib.outputs import key_numbers, report
-from lib.stages import figures as figures_stage
-from lib.stages.base import run_name
-from lib.stages.convergence import load_table
+from lib.outputs import key_numbers, latex, registry
+from lib.records.convergence import load_table
+from lib.records.runs import run_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,10 +34,10 @@ def test_one_profile_never_touches_another_profiles_outputs(tiny_pipeline, tmp_p
     (own / "stale_figure.pdf").write_bytes(b"made by an older run")
     (own / "stale_figure.png").write_bytes(b"made by an older run")
     before = _tree(tmp_path / "paper")
-    monkeypatch.setattr(report, "FIGURES", figs_root)
-    monkeypatch.setattr(report, "GENERATED", gen_root)
+    monkeypatch.setattr(latex, "FIGURES", figs_root)
+    monkeypatch.setattr(latex, "GENERATED", gen_root)
     common, section = tiny_pipeline.stage("figures")
-    out = figures_stage.run(tiny_pipeline.store, common, section)
+    out = registry.run(tiny_pipeline.store, common, section)
     after = _tree(tmp_path / "paper")
     mine = f"{tiny_pipeline.store.profile}/"
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
@@ -64,7 +63,7 @@ def test_prune_figures_never_leaves_its_folder(tmp_path):
         for name in ("spectrum.pdf", "old.png"):
             (folder / name).write_text(folder.name)
     (tmp_path / "root_level.pdf").write_text("x")
-    assert report.prune_figures({"spectrum"}, own) == ["old.png"]
+    assert latex.prune_figures({"spectrum"}, own) == ["old.png"]
     assert sorted(p.name for p in own.iterdir()) == ["spectrum.pdf"]
     assert sorted(p.name for p in other.iterdir()) == ["old.png", "spectrum.pdf"]
     assert (tmp_path / "root_level.pdf").is_file()
@@ -101,5 +100,5 @@ def test_key_numbers_of_06_leave_out_timings_versions_and_commits(outputs_of_tin
 
 @pytest.fixture
 def outputs_of_tiny(tiny_pipeline, monkeypatch):
-    monkeypatch.setattr(report, "GENERATED", tiny_pipeline.generated_dir.parent)
+    monkeypatch.setattr(latex, "GENERATED", tiny_pipeline.generated_dir.parent)
     return tiny_pipeline.store, tiny_pipeline.stage("figures")[0]

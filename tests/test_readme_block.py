@@ -4,7 +4,7 @@ import json
 import pytest
 
 from lib.infra.results import RESULTS_ROOT
-from lib.outputs import readme, report
+from lib.outputs import latex, readme
 
 
 def test_block_markers_are_in_the_readme():
@@ -35,7 +35,7 @@ def test_results_doc_has_every_run_of_the_profile(tiny_pipeline):
     for ds in common.datasets:
         for m in common.models:
             label = f"| {readme.TEX_LABELS[ds]} | {readme.TEX_LABELS[m]} | "
-            acc = readme.plain(numbers[report.macro("acc", ds, m)])
+            acc = readme.plain(numbers[latex.macro("acc", ds, m)])
             assert f"{label}{acc} +- " in text
     summary = readme.load_table(store, "summary")
     assert text.count("| loss gap |") == len([r for r in summary if r["scale"] == "loss_gap"])

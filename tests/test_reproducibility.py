@@ -24,7 +24,7 @@ import pytest
 
 from lib import REPO_ROOT
 from lib.infra.results import ResultStore
-from lib.stages import REGISTRY
+from lib.records import REGISTRY
 from tests.key_numbers import REFERENCE, key_numbers, within
 
 STAGES = ["01_train", "02_spectrum", "03_projection", "04_monte_carlo", "05_convergence", "07_your_model"]

@@ -16,14 +16,19 @@ from lib.core.subspace import filter_normalized_directions, random_basis
 from lib.core.train import evaluate, train
 from lib.infra import data
 from lib.infra.results import MissingResultError, ResultStore, json_bytes
-from lib.outputs import registry, report
-from lib.stages import REGISTRY, folder, writer_of
+from lib.outputs import latex, registry, tables
+from lib.outputs import numbers as paper_numbers
+from lib.records import REGISTRY, folder, writer_of
+from lib.records import convergence as convergence_records
+from lib.records import monte_carlo as mc_records
+from lib.records import projection as projection_records
+from lib.records import spectrum as spectrum_records
+from lib.records.runs import load, load_trained, run_name
 from lib.stages import convergence as convergence_stage
 from lib.stages import monte_carlo as mc_stage
 from lib.stages import projection as projection_stage
 from lib.stages import spectrum as spectrum_stage
 from lib.stages import train as train_stage
-from lib.stages.base import load, load_trained, run_name
 from tests.cases import explicit_losses
 from tests.conftest import TINY_TIMINGS, snapshot
 
@@ -75,7 +80,7 @@ def _k_closed_brute(vbar, n, threshold):
 
 
 def _spec(plan, grp, **match):
-    found = [s for s in mc_stage.group(plan, grp) if all(getattr(s, a) == v for a, v in match.items())]
+    found = [s for s in mc_records.group(plan, grp) if all(getattr(s, a) == v for a, v in match.items())]
     assert len(found) == 1, (grp, match, found)
     return found[0]
 
@@ -86,7 +91,7 @@ def _files(root):
 
 # ------------------------------------------------------------------------------------------------ isolation
 def test_pipeline_never_touches_the_repository_paper_or_results(tiny_pipeline):
-    """Notebook 06 writes into report.FIGURES/GENERATED (paper/figures, paper/generated) and reads the store's
+    """Notebook 06 writes into latex.FIGURES/GENERATED (paper/figures, paper/generated) and reads the store's
     timings.json: the fixture points them at temporary folders. No file there changed
     (mtime and size) while the six stages ran, and nothing of this profile appeared under the real results root
     (other profiles' folders there are left out of the comparison: a concurrent `make reproduce` may write them)."""
@@ -108,7 +113,7 @@ def test_pipeline_never_touches_the_repository_paper_or_results(tiny_pipeline):
     assert changed == [], f"the tiny pipeline wrote into the repository: {changed}"
     assert not (results_root / profile).exists()
     assert tiny_pipeline.store.root == tiny_pipeline.results_root / profile
-    assert (report.FIGURES, report.GENERATED) == (figs, gen)          # the patches are undone after the stages
+    assert (latex.FIGURES, latex.GENERATED) == (figs, gen)          # the patches are undone after the stages
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -160,7 +165,7 @@ def test_spectrum_projection_and_curves_skip_on_a_second_run(tiny_pipeline):
 def test_spectrum_eigenvalues_are_rayleigh_quotients_of_the_saved_eigenvectors(tiny_pipeline):
     store = tiny_pipeline.store
     (row,) = tiny_pipeline.out["spectrum"]
-    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    p = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
     ev, vecs = p["eigenvalues"].numpy(), p["eigenvectors"]
     assert ev.shape == (4,) and np.all(np.diff(ev) <= 0) and ev[-1] > 0
     assert vecs.shape == (2, row["n_params"]) and vecs.dtype == torch.float32
@@ -182,7 +187,7 @@ def test_spectrum_trace_and_density_match_the_hutchinson_probes(tiny_pipeline):
     """The trace is the mean of z^T H z over the seeded Rademacher probes (recomputed here with a plain double
     backward); SLQ starts from the same first probe, so its first moment sum(w * nodes) is z^T H z / n_params."""
     store = tiny_pipeline.store
-    p = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    p = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
     samples = np.asarray(p["trace_samples"])
     assert samples.shape == (4,)
     assert p["trace"] == pytest.approx(samples.mean(), rel=1e-12)
@@ -205,7 +210,7 @@ def test_spectrum_trace_and_density_match_the_hutchinson_probes(tiny_pipeline):
 
 
 def test_spectrum_pyhessian_trace_and_density_on_the_same_probes(tiny_pipeline):
-    p = spectrum_stage.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
+    p = spectrum_records.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
     ph = p["pyhessian"]
     np.testing.assert_allclose(ph["trace"]["samples"], p["trace_samples"], rtol=1e-5)    # shared probes
     assert ph["trace"]["estimate"] == pytest.approx(np.mean(ph["trace"]["samples"]), rel=1e-12)
@@ -225,11 +230,11 @@ def test_spectrum_solver_comparison_rows(tiny_pipeline):
     quotients (never above lambda_1), residuals and counts as saved; Lanczos agrees with the spectrum's."""
     store = tiny_pipeline.store
     common, section = tiny_pipeline.stage("spectrum")
-    assert spectrum_stage.solver_runs(store) == [(DS, MODEL, SEED)]
+    assert spectrum_records.solver_runs(store) == [(DS, MODEL, SEED)]
     res = load(store, "solvers", RUN)
     rows = res.payload["rows"]
     assert [r["method"] for r in rows] == ["lanczos (ours)", "power (ours)", "PyHessian 0.1"]
-    ev = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvalues"].numpy()
+    ev = spectrum_records.load_spectrum(store, DS, MODEL, SEED)["eigenvalues"].numpy()
     for r in rows:
         values, residuals = np.asarray(r["eigenvalues"]), np.asarray(r["residuals"])
         assert (r["k"], r["n"]) == (section.solver_k, N) == (2, N) and values.shape == residuals.shape == (2,)
@@ -248,12 +253,12 @@ def test_projection_grids_are_prefix_means_of_plain_losses(tiny_pipeline):
     store = tiny_pipeline.store
     (row,) = tiny_pipeline.out["projection"]
     assert row["N"] == N and row["grid_points"] == 3 and row["skipped"] is False
-    p = projection_stage.load_projection(store, DS, MODEL, SEED)
+    p = projection_records.load_projection(store, DS, MODEL, SEED)
     assert p["k"] == [10, 11, N - 1, N] and p["N"] == N
     net, _ = load_trained(store, DS, MODEL, SEED)
     x, y = data.training_subset(DS, N, 0)
     w0 = _flat(net)
-    hess = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2]
+    hess = spectrum_records.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2]
     planes = {"hessian": hess, "filter_normalized": filter_normalized_directions(net, n=2, seed=SEED)}
     for plane, directions in planes.items():
         g = p[plane]
@@ -276,9 +281,9 @@ def test_monte_carlo_plan_groups_counts_and_saved_curves(tiny_pipeline):
     store = tiny_pipeline.store
     common, section = tiny_pipeline.stage("monte_carlo")
     rows = [r for r in tiny_pipeline.out["monte_carlo"] if r["group"] != "full_space"]
-    plan = mc_stage.load_plan(store)
+    plan = mc_records.load_plan(store)
     assert plan == mc_stage.plan(common, section, {(DS, MODEL, SEED): _gap_sigma(store)})
-    counts = {g: len(mc_stage.group(plan, g)) for g in mc_stage.GROUPS}
+    counts = {g: len(mc_records.group(plan, g)) for g in mc_records.GROUPS}
     assert counts == {"main": 2, "gap": 1, "sigma": 4, "dim": 2, "distribution": 4, "estimator": 3}
     assert len(rows) == 16 and sorted(r["group"] for r in rows) == sorted(g for g, _ in plan)
     distinct = {s for _, s in plan}
@@ -286,19 +291,19 @@ def test_monte_carlo_plan_groups_counts_and_saved_curves(tiny_pipeline):
     assert store.names("curves") == sorted(s.name for s in distinct)
     assert store.names("terms") == sorted([f"{RUN}_hessian_D1", f"{RUN}_hessian_D2", f"{RUN}_random_D2"])
     assert store.names("scales") == [RUN]
-    main = mc_stage.group(plan, "main")
+    main = mc_records.group(plan, "main")
     assert [(s.subspace, s.D, s.sigma, s.n_samples, s.n_orders, s.scale) for s in main] == [
         ("hessian", 2, 0.3, 8, 2, "sigma"), ("random", 2, 0.3, 8, 2, "sigma")]
-    assert mc_stage.main_curves(plan) == main
-    (gap,) = mc_stage.group(plan, "gap")
+    assert mc_records.main_curves(plan) == main
+    (gap,) = mc_records.group(plan, "gap")
     assert (gap.subspace, gap.D, gap.sigma, gap.n_samples, gap.n_orders, gap.scale) == (
         "hessian", 2, _gap_sigma(store), 8, 2, "loss_gap") and "_gap_" in gap.name
-    assert sorted((s.subspace, s.sigma) for s in mc_stage.group(plan, "sigma")) == [
+    assert sorted((s.subspace, s.sigma) for s in mc_records.group(plan, "sigma")) == [
         ("hessian", 0.1), ("hessian", 1.0), ("random", 0.1), ("random", 1.0)]
-    assert [s.D for s in mc_stage.group(plan, "dim")] == [1, 2]
-    assert [s.distribution for s in mc_stage.group(plan, "distribution")] == ["gaussian", "ball", "sphere",
+    assert [s.D for s in mc_records.group(plan, "dim")] == [1, 2]
+    assert [s.distribution for s in mc_records.group(plan, "distribution")] == ["gaussian", "ball", "sphere",
                                                                                "curvature"]
-    assert [s.estimator for s in mc_stage.group(plan, "estimator")] == ["plain", "antithetic", "sobol"]
+    assert [s.estimator for s in mc_records.group(plan, "estimator")] == ["plain", "antithetic", "sobol"]
     assert all(s.theory for s in distinct) and all(s.seed == SEED for s in distinct)
     for r in rows:
         meta = store.meta("curves", r["name"])
@@ -313,14 +318,14 @@ def test_monte_carlo_loss_gap_sigma_matches_the_generalisation_gap(tiny_pipeline
     trained = store.meta("train", RUN)["summary"]
     assert p["gap"] == pytest.approx(trained["test_loss"] - trained["train_loss"], rel=1e-12) and p["gap"] > 0
     net, x, y = _net64(store)
-    P = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2].double()
+    P = spectrum_records.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2].double()
     z = make_sampler("gaussian", sigma=1.0).sample(4, 2, seed=SEED + 7919)
     w0 = _flat(net)
     base = explicit_losses(net, x, y, w0).mean().item()
     rise = np.mean([explicit_losses(net, x, y, w0 + p["sigma"] * th @ P).mean().item() for th in z]) - base
     assert p["rise_at_sigma"] == pytest.approx(rise, rel=1e-4)
     assert rise == pytest.approx(p["gap"], rel=0.1)               # bisection to 2 % in sigma
-    ev = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvalues"][:2].numpy()
+    ev = spectrum_records.load_spectrum(store, DS, MODEL, SEED)["eigenvalues"][:2].numpy()
     assert p["quadratic_guess"] == pytest.approx(np.sqrt(2 * p["gap"] / ev.sum()), rel=1e-9)
 
 
@@ -337,11 +342,11 @@ def test_monte_carlo_curve_equals_explicit_recomputation(tiny_pipeline, which):
     sampler's thetas."""
     store = tiny_pipeline.store
     grp, match = CURVES[which]
-    spec = _spec(mc_stage.load_plan(store), grp, **match)
-    c = mc_stage.load_curve(store, spec)
+    spec = _spec(mc_records.load_plan(store), grp, **match)
+    c = mc_records.load_curve(store, spec)
     net, x, y = _net64(store)
     n_par = sum(q.numel() for q in net.parameters())
-    spectrum = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    spectrum = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
     if spec.subspace == "hessian":
         basis, eig = spectrum["eigenvectors"][:spec.D].double(), spectrum["eigenvalues"][:spec.D].numpy()
         np.testing.assert_array_equal(c["eigenvalues"], eig)
@@ -396,15 +401,15 @@ def test_monte_carlo_curve_equals_explicit_recomputation(tiny_pipeline, which):
 
 def test_monte_carlo_terms_are_per_sample_loss_gradient_and_hessian_in_the_subspace(tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
+    plan = mc_records.load_plan(store)
     spec = _spec(plan, "main", subspace="hessian")
-    t = mc_stage.load_terms(store, spec)
+    t = mc_records.load_terms(store, spec)
     assert t.a.shape == (N,) and t.b.shape == (N, 2) and t.C.shape == (N, 2, 2)
     torch.testing.assert_close(t.C, t.C.transpose(1, 2), rtol=1e-5, atol=1e-5)      # float32 jet
-    c = mc_stage.load_curve(store, spec)
+    c = mc_records.load_curve(store, spec)
     np.testing.assert_allclose(t.a.numpy(), c["losses0"], rtol=1e-5)
     net, x, y = _net64(store)
-    P = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2].double()
+    P = spectrum_records.load_spectrum(store, DS, MODEL, SEED)["eigenvectors"][:2].double()
     params = list(net.parameters())
     for i in (0, 1, N - 1):
         loss = F.cross_entropy(net(x[i:i + 1]), y[i:i + 1])
@@ -418,10 +423,10 @@ def test_monte_carlo_quadratic_prediction_equals_the_closed_form(tiny_pipeline):
     """Q_k of a Gaussian curve = da^2 + s|db|^2 + s da tr(dC) + (m/4)(2 tr(dC^2) + tr(dC)^2), s = sigma^2,
     m = sigma^4, from the saved per-sample terms (docs/specification.md 4.2); T_k only for isotropic samplers."""
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
+    plan = mc_records.load_plan(store)
     spec = _spec(plan, "sigma", subspace="hessian", sigma=1.0)
-    c = mc_stage.load_curve(store, spec)
-    t = mc_stage.load_terms(store, spec)
+    c = mc_records.load_curve(store, spec)
+    t = mc_records.load_terms(store, spec)
     da = _differences(t.a.numpy())
     db = _differences(t.b.numpy().T).T                                  # (N-1, D)
     dC = _differences(t.C.numpy().reshape(N, -1).T).T.reshape(N - 1, 2, 2)
@@ -431,7 +436,7 @@ def test_monte_carlo_quadratic_prediction_equals_the_closed_form(tiny_pipeline):
     np.testing.assert_allclose(c["Q"], Q, rtol=1e-8, atol=1e-14)
     assert c["T"] is not None and len(c["T"]) == N - 1
     assert set(c["vbar_quadratic"]) >= {"vbar", "V0", "grad_part", "curv_part"}
-    curv = mc_stage.load_curve(store, _spec(plan, "distribution", distribution="curvature"))
+    curv = mc_records.load_curve(store, _spec(plan, "distribution", distribution="curvature"))
     assert curv["T"] is None and curv["Q"].shape == (N - 1,)
 
 
@@ -444,7 +449,7 @@ def test_monte_carlo_full_space_group_equals_plain_forward_passes(tiny_pipeline)
 
     store = tiny_pipeline.store
     _, section = tiny_pipeline.stage("monte_carlo")
-    pairs = mc_stage.load_full_space_plan(store)
+    pairs = mc_records.load_full_space_plan(store)
     net, x, y = _net64(store)
     n_par = sum(q.numel() for q in net.parameters())
     assert sorted((p["line"], p["D"], p["sigma"], p["scale"]) for p in pairs) == sorted(
@@ -454,45 +459,45 @@ def test_monte_carlo_full_space_group_equals_plain_forward_passes(tiny_pipeline)
         want = p["sigma"] * np.sqrt(p["D"] / n_par) if p["scale"] == "norm" else p["sigma"]
         assert p["s"] == pytest.approx(want, rel=1e-5) and p["full"]["sigma"] == p["s"]
         assert p["subspace"]["n_samples"] == p["full"]["n_samples"] == section.full_space_samples
-    names = {mc_stage.FullSpaceSpec(**p[k]).name for p in pairs for k in ("subspace", "full")}
+    names = {mc_records.FullSpaceSpec(**p[k]).name for p in pairs for k in ("subspace", "full")}
     assert store.names("full_space") == sorted(names)
     assert len(names) == 4 + 4 + 3          # 4 (D, sigma) pairs; full: 4 distinct s (norm) + 3 sigmas (coordinate)
     w0 = _flat(net)
-    spectrum = spectrum_stage.load_spectrum(store, DS, MODEL, SEED)
+    spectrum = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
     T = section.full_space_samples
     main = next(p for p in pairs if (p["line"], p["D"], p["scale"]) == ("dim", 2, "norm"))
-    sub = mc_stage.load_full_space_curve(store, main["subspace"])
+    sub = mc_records.load_full_space_curve(store, main["subspace"])
     thetas = make_sampler("gaussian", sigma=0.3).sample(T, 2, seed=SEED)
     basis = spectrum["eigenvectors"][:2].double()
     L = np.stack([explicit_losses(net, x, y, w0 + th @ basis).numpy() for th in thetas])
     eps = full_space_perturbations(n_par, range(T), main["s"], seed=SEED)
     F_ = np.stack([explicit_losses(net, x, y, w0 + e.float().double()).numpy() for e in eps])
-    for c, losses in ((sub, L), (mc_stage.load_full_space_curve(store, main["full"]), F_)):
+    for c, losses in ((sub, L), (mc_records.load_full_space_curve(store, main["full"]), F_)):
         d = _differences(losses)
         np.testing.assert_allclose(c["delta"], (d ** 2).mean(0), rtol=1e-3, atol=1e-12)
         np.testing.assert_allclose(c["abs_mean"], np.abs(d).mean(0), rtol=1e-3, atol=1e-12)
         np.testing.assert_allclose(c["stderr"], (d ** 2).std(0, ddof=1) / np.sqrt(T), rtol=1e-2, atol=1e-12)
         assert c["n_forward"] == T + 1 and c["N"] == N
-    assert mc_stage.load_full_space_curve(store, main["full"])["D"] == n_par
+    assert mc_records.load_full_space_curve(store, main["full"])["D"] == n_par
     for name in names:
         c = store.load("full_space", name).payload
         assert np.all(c["abs_mean"] <= np.sqrt(c["delta"]) * (1 + 1e-9))        # Jensen, every k, real curves
     rows = [r for r in tiny_pipeline.out["monte_carlo"] if r["group"] == "full_space"]
     assert len(rows) == len(pairs)
     for r, p in zip(rows, pairs):
-        a, b = (mc_stage.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
+        a, b = (mc_records.load_full_space_curve(store, p[k]) for k in ("subspace", "full"))
         assert r["median_ratio"] == pytest.approx(float(np.median(a["delta"] / b["delta"])), rel=1e-12)
 
 
 def test_monte_carlo_closed_form_speed_rows_from_the_saved_curves(tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
-    rows = mc_stage.load_speed(store)
+    plan = mc_records.load_plan(store)
+    rows = mc_records.load_speed(store)
     want = [("main", _spec(plan, "main", subspace="hessian"))] + [
-        ("sigma", s) for s in mc_stage.group(plan, "sigma") if s.subspace == "hessian"]
+        ("sigma", s) for s in mc_records.group(plan, "sigma") if s.subspace == "hessian"]
     assert [(r["group"], r["name"]) for r in rows] == [(g, s.name) for g, s in want]
     for r, (_, spec) in zip(rows, want):
-        c = mc_stage.load_curve(store, spec)
+        c = mc_records.load_curve(store, spec)
         summary = store.meta("curves", spec.name)["summary"]
         rel = float(np.median(c["stderr"] / c["delta"]))
         assert r["relative_se"] == pytest.approx(rel, rel=1e-12)
@@ -511,7 +516,7 @@ def _hessian_curves(plan):
 
 
 def _learning(store):
-    rows = convergence_stage.load_table(store, "learning_curve")
+    rows = convergence_records.load_table(store, "learning_curve")
     sizes = sorted({r["n"] for r in rows})
     return sizes, [float(np.mean([r["test_accuracy"] for r in rows if r["n"] == n])) for n in sizes]
 
@@ -534,23 +539,23 @@ def _quantile(values, q):
 def test_convergence_saves_every_table_as_returned(tiny_pipeline):
     store = tiny_pipeline.store
     out = tiny_pipeline.out["convergence"]
-    assert list(out) == list(convergence_stage.TABLES)
-    assert store.names("analysis") == sorted(convergence_stage.TABLES)
+    assert list(out) == list(convergence_records.TABLES)
+    assert store.names("analysis") == sorted(convergence_records.TABLES)
     has_cnn = "cnn" in tiny_pipeline.profile.common.models
     for table, rows in out.items():
         assert bool(rows) == (table != "cnn_bound" or has_cnn), f"table {table}: {len(rows)} rows"
-        assert convergence_stage.load_table(store, table) == json.loads(json_bytes(rows))
+        assert convergence_records.load_table(store, table) == json.loads(json_bytes(rows))
     assert json.loads((store.root / "summary.json").read_text()) == json.loads(json_bytes(out["summary"]))
 
 
 def test_convergence_slopes_and_loss_correlation_from_the_saved_curves(tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
-    slopes = convergence_stage.load_table(store, "slopes")
-    corr = convergence_stage.load_table(store, "loss_correlation")
+    plan = mc_records.load_plan(store)
+    slopes = convergence_records.load_table(store, "slopes")
+    corr = convergence_records.load_table(store, "loss_correlation")
     assert [r["subspace"] for r in slopes] == [r["subspace"] for r in corr] == ["hessian", "random"]
     for row, rho in zip(slopes, corr):
-        c = mc_stage.load_curve(store, _spec(plan, "main", subspace=row["subspace"]))
+        c = mc_records.load_curve(store, _spec(plan, "main", subspace=row["subspace"]))
         fit = fit_slope(c["k"], c["delta"], k_min=10)
         assert row["slope"] == pytest.approx(fit.slope, rel=1e-12) and -3 < row["slope"] < -1
         assert row["slope_se"] == pytest.approx(fit.slope_stderr, rel=1e-12)
@@ -567,14 +572,14 @@ def test_convergence_slopes_and_loss_correlation_from_the_saved_curves(tiny_pipe
 
 def test_convergence_theory_rows_from_the_saved_curves(tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
-    rows = convergence_stage.load_table(store, "theory")
+    plan = mc_records.load_plan(store)
+    rows = convergence_records.load_table(store, "theory")
     distinct = list(dict.fromkeys(s for _, s in plan))
     assert len(rows) == len(distinct) == 14
     for row, spec in zip(rows, distinct):
         assert (row["subspace"], row["D"], row["distribution"], row["sigma"], row["estimator"]) == (
             spec.subspace, spec.D, spec.distribution, spec.sigma, spec.estimator)
-        c = mc_stage.load_curve(store, spec)
+        c = mc_records.load_curve(store, spec)
         assert row["median_mc_over_q"] == pytest.approx(np.median(c["delta"] / c["Q"]), rel=1e-12)
         within = np.mean(np.abs(c["delta"] - c["Q"]) <= 3 * c["stderr"])
         assert row["share_within_3se"] == pytest.approx(within, abs=1e-12)
@@ -583,15 +588,15 @@ def test_convergence_theory_rows_from_the_saved_curves(tiny_pipeline):
 
 def test_convergence_sample_size_rows_from_the_saved_curves(tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
-    rows = convergence_stage.load_table(store, "sample_size")
+    plan = mc_records.load_plan(store)
+    rows = convergence_records.load_table(store, "sample_size")
     specs = _hessian_curves(plan)
     assert [(r["scale"], r["delta"]) for r in rows] == [(s.scale, d) for s in specs for d in (0.01, 0.001)]
     trained = store.meta("train", RUN)["summary"]
     sizes, acc = _learning(store)
     for r in rows:
         spec = next(s for s in specs if s.scale == r["scale"])
-        c = mc_stage.load_curve(store, spec)
+        c = mc_records.load_curve(store, spec)
         thr = r["delta"]
         wall = store.meta("spectrum", RUN)["seconds"] + store.meta("curves", spec.name)["seconds"]
         assert (r["dataset"], r["model"], r["seed"], r["N"], r["n_params"]) == (DS, MODEL, SEED, N,
@@ -617,7 +622,7 @@ def test_convergence_sample_size_rows_from_the_saved_curves(tiny_pipeline):
 
 def test_convergence_learning_curve_trainings(tiny_pipeline):
     store = tiny_pipeline.store
-    rows = convergence_stage.load_table(store, "learning_curve")
+    rows = convergence_records.load_table(store, "learning_curve")
     assert [(r["dataset"], r["model"], r["seed"], r["n"]) for r in rows] == [(DS, MODEL, SEED, n)
                                                                              for n in (25, 50, 100, 200)]
     # n = n_train is the main trained model, reused
@@ -645,7 +650,7 @@ def test_convergence_pilot_sees_only_its_first_n0_samples(tiny_pipeline, n0):
     on them and on the test set; its lambda_1 is the top eigenvalue of its own n0-sample Hessian and its V-bar the
     across-sample loss variance at sigma = 0.3 in that Hessian subspace."""
     store = tiny_pipeline.store
-    row = next(r for r in convergence_stage.load_table(store, "pilots") if r["n0"] == n0)
+    row = next(r for r in convergence_records.load_table(store, "pilots") if r["n0"] == n0)
     res = load(store, "pilots", f"{RUN}_n{n0}")
     recipe = tiny_pipeline.stage("train")[1]
     x, y = data.training_subset(DS, n0, 0)
@@ -683,11 +688,11 @@ def test_convergence_pilot_sees_only_its_first_n0_samples(tiny_pipeline, n0):
 
 def test_convergence_calibration_and_predictors(tiny_pipeline):
     store = tiny_pipeline.store
-    cal = convergence_stage.load_table(store, "calibration")
-    pred = convergence_stage.load_table(store, "predictors")
+    cal = convergence_records.load_table(store, "calibration")
+    pred = convergence_records.load_table(store, "predictors")
     sizes, acc = _learning(store)
     gaps = [0.01, 0.005]
-    sample = {r["scale"]: r for r in convergence_stage.load_table(store, "sample_size")}
+    sample = {r["scale"]: r for r in convergence_records.load_table(store, "sample_size")}
     assert sorted((r["scale"], r["gap"]) for r in cal) == sorted((s, g) for s in ("loss_gap", "sigma") for g in gaps)
     for r in cal:
         ok = np.asarray(acc) >= acc[-1] - r["gap"]
@@ -696,8 +701,8 @@ def test_convergence_calibration_and_predictors(tiny_pipeline):
         assert r["n_within"] == n_obs and r["plateau"] == acc[-1] and r["n_max"] == sizes[-1]
         assert r["vbar"] == sample[r["scale"]]["vbar"] and r["N"] == N
         assert r["delta_star"] == pytest.approx(r["vbar"] * N / ((N - 1) * n_obs * (n_obs + 1)), rel=1e-12)
-    pilots = {p["n0"]: p for p in convergence_stage.load_table(store, "pilots")}
-    lc = convergence_stage.load_table(store, "learning_curve")
+    pilots = {p["n0"]: p for p in convergence_records.load_table(store, "pilots")}
+    lc = convergence_records.load_table(store, "learning_curve")
     assert sorted((p["gap"], p["n0"]) for p in pred) == sorted((g, n0) for g in gaps for n0 in (50, 100))
     for p in pred:
         used = [r for r in lc if r["n"] <= p["n0"]]
@@ -720,16 +725,16 @@ def test_convergence_calibration_and_predictors(tiny_pipeline):
 
 def test_convergence_summary_pools_orders_and_quotes_the_predictors(tiny_pipeline):
     store = tiny_pipeline.store
-    plan = mc_stage.load_plan(store)
-    rows = convergence_stage.load_table(store, "summary")
-    pred = convergence_stage.load_table(store, "predictors")
-    cal = convergence_stage.load_table(store, "calibration")
-    pilot = next(p for p in convergence_stage.load_table(store, "pilots") if p["n0"] == 100)
+    plan = mc_records.load_plan(store)
+    rows = convergence_records.load_table(store, "summary")
+    pred = convergence_records.load_table(store, "predictors")
+    cal = convergence_records.load_table(store, "calibration")
+    pilot = next(p for p in convergence_records.load_table(store, "pilots") if p["n0"] == 100)
     assert sorted((r["scale"], r["delta"]) for r in rows) == sorted(
         (s, d) for s in ("loss_gap", "sigma") for d in (0.01, 0.001))
     for r in rows:
         spec = next(s for s in _hessian_curves(plan) if s.scale == r["scale"])
-        c = mc_stage.load_curve(store, spec)
+        c = mc_records.load_curve(store, spec)
         orders = _k_of_orders(c["k"], c["order_suffix_max"], r["delta"])
         assert r["K_n"] == 2 and r["K_median"] == _quantile(orders, 0.5)
         assert r["K_q05"] == _quantile(orders, 0.05) and r["K_q95"] == _quantile(orders, 0.95)
@@ -743,10 +748,10 @@ def test_convergence_summary_pools_orders_and_quotes_the_predictors(tiny_pipelin
 
 def test_convergence_r0_curve_bound_and_measured_norms(tiny_pipeline):
     store = tiny_pipeline.store
-    (row,) = convergence_stage.load_table(store, "r0")
+    (row,) = convergence_records.load_table(store, "r0")
     name = "mnist_mlp8_nobias_s0"
     assert row["name"] == name and row["hidden"] == [8] and row["n_params"] == 784 * 8 + 8 * 10
-    p = convergence_stage.load_r0_curve(store, name)
+    p = convergence_records.load_r0_curve(store, name)
     losses = np.asarray(p["losses"])
     assert losses.shape == (100,) and np.all(losses > 0)
     np.testing.assert_array_equal(p["k"], np.arange(1, 100))
@@ -770,7 +775,7 @@ def test_convergence_r0_curve_bound_and_measured_norms(tiny_pipeline):
 
 # ------------------------------------------------------------------------------------------------ figures
 def _expected_figure_names(store):
-    runs = projection_stage.projected_runs(store)
+    runs = projection_records.projected_runs(store)
     return [n for key in registry.FIGURES for n in
             ([f"surfaces_{ds}_{m}" for ds, m, _ in runs] if key == "surfaces" else [key])]
 
@@ -792,9 +797,9 @@ def test_figures_stage_writes_the_tables_and_source(tiny_pipeline):
     out = tiny_pipeline.out["figures"]
     common, _ = tiny_pipeline.stage("figures")
     assert out["tables"] == list(registry.TABLES) and {"sample_size", "solvers", "theory"} <= set(out["tables"])
-    assert (gen / "sample_size.tex").read_text() == report.sample_size_table(store)
-    assert (gen / "solvers.tex").read_text() == report.solver_table(store)
-    assert (gen / "theory.tex").read_text() == report.theory_table(store)
+    assert (gen / "sample_size.tex").read_text() == tables.sample_size_table(store)
+    assert (gen / "solvers.tex").read_text() == tables.solver_table(store)
+    assert (gen / "theory.tex").read_text() == tables.theory_table(store)
     inputs = registry.Inputs.of(store, common)
     for name, make in registry.TABLES.items():
         assert (gen / f"{name}.tex").read_text() == make(inputs)
@@ -816,7 +821,7 @@ def test_figures_stage_numbers_tex_has_one_newcommand_per_value(tiny_pipeline):
         parsed[name] = value
     # every value, and an "n/a" for each macro the paper uses that these results do not give
     missing = tiny_pipeline.out["figures"]["placeholders"]
-    assert missing == [m for m in report.placeholders(values) if m != "PlaceholderNote"]
+    assert missing == [m for m in latex.placeholders(values) if m != "PlaceholderNote"]
     assert not set(missing) & {k for k, v in values.items() if v != "n/a"}
     note = "; entries ``n/a'' are not run in it" if missing else ""     # the setup sentence, only with placeholders
     assert parsed == {**values, **{m: "n/a" for m in missing}, "PlaceholderNote": note}
@@ -824,7 +829,7 @@ def test_figures_stage_numbers_tex_has_one_newcommand_per_value(tiny_pipeline):
     assert json.loads((tiny_pipeline.generated_dir / "numbers.json").read_text()) == parsed
     assert (tiny_pipeline.generated_dir / "placeholders.txt").read_text().split() == missing
     minutes = {k: v / 60 for k, v in TINY_TIMINGS.items()}                # the runner's timings, in minutes
-    assert values["TimeTrain"] == report.fmt(minutes["01_train"], 2) == "1"
+    assert values["TimeTrain"] == latex.fmt(minutes["01_train"], 2) == "1"
     assert values["TimeMonteCarlo"] == "1.5" and values["TimeTotal"] == "2.5"
     assert values["Profile"] == "pipeline_test"
 
@@ -846,7 +851,7 @@ def test_load_of_a_missing_result_names_the_notebook_and_the_command(tmp_path, m
 def test_folder_accepts_declared_and_rejects_undeclared_result_folders():
     assert folder("monte_carlo", "terms") == "terms" and folder("convergence", "r0") == "r0"
     with pytest.raises(ValueError, match=r"stage 'train' does not write the result folder 'curves'; it writes "
-                                         r"\['train'\] \(lib/stages/__init__.py\)"):
+                                         r"\['train'\] \(lib/records/__init__.py\)"):
         folder("train", "curves")
     with pytest.raises(ValueError, match="stage 'figures' does not write the result folder 'figures'"):
         folder("figures", "figures")
@@ -891,19 +896,19 @@ def test_specification_note_names_each_trimmed_value_read_from_the_results(tiny_
     store, common = tiny_pipeline.store, tiny_pipeline.stage("figures")[0]
     plan = registry.Inputs.of(store, common).plan
     args = (store, common.datasets, common.models, common.seeds, plan)
-    assert tiny_pipeline.out["figures"]["numbers"]["SpecificationNote"] == report.specification_note(*args)
+    assert tiny_pipeline.out["figures"]["numbers"]["SpecificationNote"] == paper_numbers.specification_note(*args)
     # the tiny profile: T = 8, 4 probes, 8 SLQ steps, 3 x 3 surfaces against the specification's values
-    assert report.specification_note(*args, {"mlp1": 1, "cnn": 1}) == (
+    assert paper_numbers.specification_note(*args, {"mlp1": 1, "cnn": 1}) == (
         "The profile trims the specification to fit a 2-core CPU: the main curves use $T=8$ draws rather than "
         "1{,}024, the trace 4 Hutchinson probes rather than 30, the density 8 Lanczos steps rather than 80, "
         "the surfaces a $3\\times3$ grid rather than $21\\times21$ (\\texttt{make reproduce FULL=1} runs it in "
         "full)")                                                          # one seed of one: nothing capped
     three = [0, 1, 2]
-    assert ", the MLP-1 spectrum 1 seed of 3 (" in report.specification_note(
+    assert ", the MLP-1 spectrum 1 seed of 3 (" in paper_numbers.specification_note(
         store, common.datasets, common.models, three, plan, {"mlp1": 1})
     # a build at (or above) every value of the specification says so
-    monkeypatch.setattr(report, "FULL_SPECIFICATION", {"monte_carlo.n_samples": 8, "spectrum.trace_probes": 4,
+    monkeypatch.setattr(paper_numbers, "FULL_SPECIFICATION", {"monte_carlo.n_samples": 8, "spectrum.trace_probes": 4,
                                                        "spectrum.slq_iter": 8, "projection.grid_points": 3,
                                                        "common.spectrum_max_seeds": {}})
-    assert report.specification_note(*args).startswith("The profile runs the specification in full ($T=8$")
+    assert paper_numbers.specification_note(*args).startswith("The profile runs the specification in full ($T=8$")
 

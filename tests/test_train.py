@@ -9,8 +9,8 @@ from lib.core.tensors import torch_threads
 from lib.core.train import check_recipe, evaluate, textbook_train, train
 from lib.infra import data
 from lib.infra.config import Train
+from lib.records.runs import load_trained
 from lib.stages import train as train_stage
-from lib.stages.base import load_trained
 from tests.cases import make
 
 

@@ -20,8 +20,10 @@ from lib.core.train import TRAINER, train
 from lib.infra import config, data, runner
 from lib.infra.config import Common, YourModel
 from lib.infra.results import MissingResultError, ResultStore
-from lib.outputs import figures, report
-from lib.stages import REGISTRY
+from lib.outputs import figures, latex
+from lib.outputs import numbers as paper_numbers
+from lib.records import REGISTRY
+from lib.records.your_model import load_your_model, your_model_runs
 from lib.stages import your_model as ym
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,7 +165,7 @@ def test_stage_saves_one_result_per_seed_and_skips_identical_work(tiny):
     assert [r["name"] for r in rows] == ["digits_rescnn_s0", "digits_rescnn_s1"] and store.names("your_model") == [
         "digits_rescnn_s0", "digits_rescnn_s1"]
     assert not any(r["skipped"] for r in rows) and all(r["skipped"] for r in again)
-    meta = ym.load_your_model(store, 0)["meta"]
+    meta = load_your_model(store, 0)["meta"]
     assert meta["params"] == {"dataset": "digits", "model": "rescnn", "seed": 0, "data_sha256": data.DIGITS_SHA256,
                               "split_seed": 0, "trainer": TRAINER, **json.loads(json.dumps(dataclasses.asdict(TINY)))}
     assert rows[0]["n_params"] == ym.parameter_count(2) and rows[0]["n_train"] == 60 and rows[0]["n_test"] == 297
@@ -172,7 +174,7 @@ def test_stage_saves_one_result_per_seed_and_skips_identical_work(tiny):
 def test_stage_report_is_analyze_on_the_retrained_model_and_its_summaries_follow(tiny):
     store, rows, _ = tiny
     for seed, row in zip(SEEDS, rows):
-        saved = ym.load_your_model(store, seed)
+        saved = load_your_model(store, seed)
         net, x, y = _retrained(seed)
         xt, yt = data.digits("test")
         with torch.no_grad():
@@ -215,13 +217,13 @@ def test_stage_report_is_analyze_on_the_retrained_model_and_its_summaries_follow
 
 def test_runs_of_other_settings_are_not_mixed_in(tiny, tmp_path):
     store, _, _ = tiny
-    assert ym.your_model_runs(store) == SEEDS
+    assert your_model_runs(store) == SEEDS
     other = ResultStore("ym_other", root=tmp_path / "ym_other")
     with pytest.raises(MissingResultError, match=r"run notebook notebooks/07_your_model.py first"):
-        ym.your_model_runs(other)
+        your_model_runs(other)
     ym.your_model_one(other, 0, TINY)
     ym.your_model_one(other, 4, dataclasses.replace(TINY, sigma=0.2))
-    assert ym.your_model_runs(other) == [0]
+    assert your_model_runs(other) == [0]
 
 
 def test_a_too_large_subspace_fails_fast_naming_the_parameter(tmp_store):
@@ -232,24 +234,24 @@ def test_a_too_large_subspace_fails_fast_naming_the_parameter(tmp_store):
 
 def test_paper_macros_are_the_saved_values(tiny):
     store, rows, _ = tiny
-    v = report.your_model_numbers(store)
+    v = paper_numbers.your_model_numbers(store)
     first = rows[0]
     z = first["sample_sizes"][1]                                      # the middle threshold, 1e-3
-    assert v["YourModelDelta"] == report.fmt(0.001) == "0.001"
-    assert v["YourModelK"] == (report.fmt(z["K"]) if z["K"] is not None else "not reached")
-    assert v["YourModelKClosed"] == report.fmt(z["K_closed"])
-    assert v["YourModelKUpper"] == (report.fmt(int(round(z["K_order_upper"]))) if z["K_order_upper"] is not None
+    assert v["YourModelDelta"] == latex.fmt(0.001) == "0.001"
+    assert v["YourModelK"] == (latex.fmt(z["K"]) if z["K"] is not None else "not reached")
+    assert v["YourModelKClosed"] == latex.fmt(z["K_closed"])
+    assert v["YourModelKUpper"] == (latex.fmt(int(round(z["K_order_upper"]))) if z["K_order_upper"] is not None
                                     else "not reached")
     assert v["YourModelAcc"] == f"{100 * np.mean([r['test_accuracy'] for r in rows]):.1f}"
     assert v["YourModelParams"] == "202" and v["YourModelNTrain"] == "60" and v["YourModelSeeds"] == "2"
-    assert v["YourModelSlope"] == report.fmt(first["slope"]) and v["YourModelVbar"] == report.fmt(first["vbar"])
+    assert v["YourModelSlope"] == latex.fmt(first["slope"]) and v["YourModelVbar"] == latex.fmt(first["vbar"])
     assert v["YourModelSigma"] == "0.1" and v["YourModelD"] == "2" and v["YourModelSeedList"] == "0, 1"
-    assert v["YourModelSeconds"] == report.fmt(np.mean([r["analyze_seconds"] for r in rows]), 2)
+    assert v["YourModelSeconds"] == latex.fmt(np.mean([r["analyze_seconds"] for r in rows]), 2)
     assert all(name.isalpha() for name in v)
-    needed = {m for m in report.required_macros() if m.startswith("YourModel")}
+    needed = {m for m in latex.required_macros() if m.startswith("YourModel")}
     assert len(needed) > 20 and needed <= set(v)          # the paper's "Beyond MNIST" macros, none a placeholder
-    assert report.placeholders(v) == sorted(m for m in report.required_macros() if m not in v)
-    assert report.your_model_numbers(ResultStore("none", root=store.root.parent / "none")) == {}
+    assert latex.placeholders(v) == sorted(m for m in latex.required_macros() if m not in v)
+    assert paper_numbers.your_model_numbers(ResultStore("none", root=store.root.parent / "none")) == {}
 
 
 def test_figure_draws_every_seed(tiny):

@@ -236,7 +236,7 @@ STAGES = tuple(s for s in SECTIONS if s != "common")
 #: the values docs/specification.md section 7 asks of the paper profile that a faster build may trim (configs/
 #: paper.yaml has all of them; a test keeps the two equal). ``python -m lib --full-specification`` (``make reproduce
 #: FULL=1``) applies them to any profile as overrides (an explicit ``--set`` still wins), and the paper's
-#: limitations paragraph states which of them its build trimmed (``report.specification_note``).
+#: limitations paragraph states which of them its build trimmed (``numbers.specification_note``).
 FULL_SPECIFICATION: dict[str, Any] = {"monte_carlo.n_samples": 1024, "spectrum.trace_probes": 30,
                                       "spectrum.slq_iter": 80, "projection.grid_points": 21,
                                       "common.spectrum_max_seeds": {}}

@@ -140,7 +140,7 @@ def marked_as_runner(profile: str, overrides: list[str]):
     """Mark the notebooks executed inside this block (their kernels inherit the environment) as run by the
     runner: their result store may replace results whose parameters changed (an edited profile or ``--set`` is
     an intended change; ``lib.infra.results``), a missing upstream result names this same command
-    (``lib.stages.base``), their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them, and their
+    (``lib.records.runs``), their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them, and their
     figures are drawn inline (``KERNEL_ENV``)."""
     values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)}), **KERNEL_ENV}
     if "avx2" in cpu_info()["isa_flags"] and not os.environ.get("NATIVE_NUMERICS"):

@@ -20,20 +20,20 @@ from pathlib import Path
 from lib import REPO_ROOT
 from lib.infra.config import Common, load_profile
 from lib.infra.results import RESULTS_ROOT, ResultStore, atomic_write_bytes
-from lib.outputs import figures, key_numbers, registry, report
+from lib.outputs import figures, key_numbers, latex, registry, tables
 
 #: where ``make report`` writes: next to the profile's PDF, ``paper/build/<profile>/report.html``
 BUILD = REPO_ROOT / "paper" / "build"
-TABLE_TITLES = {"sample_size": ("Sufficient sample size K(Delta) per run", report.sample_size_table),
-                "solvers": ("Hessian solvers (first seed)", report.solver_table),
-                "theory": ("Monte Carlo against the quadratic model and the surrogate", report.theory_table),
-                "predictors": ("Predicting the plateau of the learning curve", report.predictor_table)}
+TABLE_TITLES = {"sample_size": ("Sufficient sample size K(Delta) per run", tables.sample_size_table),
+                "solvers": ("Hessian solvers (first seed)", tables.solver_table),
+                "theory": ("Monte Carlo against the quadratic model and the surrogate", tables.theory_table),
+                "predictors": ("Predicting the plateau of the learning curve", tables.predictor_table)}
 _SYMBOLS = {r"\sigma": "σ", r"\Delta": "Δ", r"\lambda": "λ", r"\rho": "ρ", r"\%": "%", r"\ ": " ", r"\bar V": "V̄",
             r"\times": "×", r"\,": " "}
 
 
 def report_path(profile: str) -> Path:
-    return BUILD / report.generated_dir(profile).name / "report.html"
+    return BUILD / latex.generated_dir(profile).name / "report.html"
 
 
 def latex_cell(tex: str) -> str:
@@ -52,7 +52,7 @@ def latex_cell(tex: str) -> str:
 
 
 def tabular_cells(tex: str) -> tuple[list[str], list[list[str]]]:
-    """Header and body cells of a booktabs tabular written by ``report._tabular``."""
+    """Header and body cells of a booktabs tabular written by ``latex.tabular``."""
     lines = tex.splitlines()
     header = lines[lines.index(r"\toprule") + 1]
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
@@ -82,11 +82,11 @@ def build(store: ResultStore, common: Common, out: Path | None = None, notebooks
     """Write the page of ``store``'s profile to ``out`` (default ``report_path(profile)``); returns its path."""
     profile = store.profile
     out = Path(out) if out is not None else report_path(profile)
-    source = report.generated_dir(profile) / "source.json"
+    source = latex.generated_dir(profile) / "source.json"
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing: run 'make paper PROFILE={profile}' (notebook 06) first")
     names = json.loads(source.read_text())["figures"]
-    figs = report.figures_dir(profile)
+    figs = latex.figures_dir(profile)
     absent = [n for n in names if not (figs / f"{n}.png").is_file()]
     if absent:
         raise FileNotFoundError(f"figures {absent} are missing in {figs}: run 'make paper PROFILE={profile}' first")

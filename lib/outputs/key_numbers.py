@@ -101,7 +101,7 @@ STAGES = {"train": _train, "spectrum": _spectrum, "projection": _projection, "mo
 
 
 def text(stage: str, store: ResultStore, common: Common) -> str:
-    """The key numbers of ``stage`` (a name of ``lib.stages.REGISTRY``) for the profile of ``store``."""
+    """The key numbers of ``stage`` (a name of ``lib.records.REGISTRY``) for the profile of ``store``."""
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r} has no key numbers; choose one of {sorted(STAGES)}")
     lines = STAGES[stage](store, common)
