@@ -48,6 +48,7 @@ from lib.core import reference
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
 from lib.outputs import figures
+from lib.records.spectrum import load_spectrum, spectrum_seeds
 from lib.stages import spectrum
 from lib.stages.base import format_table
 
@@ -66,8 +67,8 @@ print(format_table(rows, ["dataset", "model", "seed", "lambda_1", f"lambda_{sect
 
 # %%
 if "mnist" in common.datasets and "mlp2" in common.models:
-    used = spectrum.spectrum_seeds("mlp2", common.seeds, common.spectrum_max_seeds)
-    ours = np.array([spectrum.load_spectrum(store, "mnist", "mlp2", s)["eigenvalues"].numpy() for s in used])
+    used = spectrum_seeds("mlp2", common.seeds, common.spectrum_max_seeds)
+    ours = np.array([load_spectrum(store, "mnist", "mlp2", s)["eigenvalues"].numpy() for s in used])
     n = min(len(reference.TOP_EIGENVALUES), ours.shape[1])
     print("index  ours (mean over seeds)  original")
     for i in range(n):

@@ -54,6 +54,7 @@ import matplotlib.pyplot as plt
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
 from lib.outputs import figures
+from lib.records.monte_carlo import load_plan, load_speed
 from lib.stages import monte_carlo
 from lib.stages.base import format_table
 
@@ -70,7 +71,7 @@ print(format_table([r for r in rows if r["group"] != "full_space"],
 # ## Preview: Hessian vs random subspace, and the quadratic prediction
 
 # %%
-plan = monte_carlo.load_plan(store)
+plan = load_plan(store)
 fig = figures.delta_main(store, plan)
 plt.show()
 fig = figures.theory_vs_mc(store, plan)
@@ -88,7 +89,7 @@ plt.show()
 print(format_table([r for r in rows if r["group"] == "full_space"],
                    ["dataset", "model", "line", "D", "sigma", "scale", "s", "n_samples", "median_ratio",
                     "vbar_ratio", "seconds_per_theta", "subspace_seconds_per_theta", "skipped"]))
-print(format_table(monte_carlo.load_speed(store),
+print(format_table(load_speed(store),
                    ["group", "dataset", "model", "sigma", "n_samples", "relative_se", "T_target",
                     "mc_seconds_target", "closed_seconds", "jet_seconds", "speedup", "speedup_with_jet",
                     "median_mc_over_q"]))

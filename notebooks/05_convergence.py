@@ -54,7 +54,8 @@ import matplotlib.pyplot as plt
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
 from lib.outputs import figures
-from lib.stages import convergence, monte_carlo
+from lib.records.monte_carlo import load_plan
+from lib.stages import convergence
 from lib.stages.base import format_table
 
 common, section = from_namespace("convergence", globals())
@@ -125,7 +126,7 @@ print(format_table(tables["r0"], ["name", "n_params", "n_layers", "M_W", "M_x", 
 # ## Previews
 
 # %%
-plan = monte_carlo.load_plan(store)
+plan = load_plan(store)
 for make in (figures.order_average, figures.vbar_parts, figures.theory_vs_mc, figures.delta_vs_loss):
     make(store, plan)
     plt.show()

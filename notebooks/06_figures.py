@@ -31,15 +31,14 @@ allow_placeholders = True
 # %%
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
-from lib.outputs import report
-from lib.stages import figures
+from lib.outputs import latex, registry
 
 common, section = from_namespace("figures", globals())
 store = ResultStore(common.profile)
 
 # %%
-made = figures.run(store, common, section)
-figs, gen = report.figures_dir(store.profile), report.generated_dir(store.profile)
+made = registry.run(store, common, section)
+figs, gen = latex.figures_dir(store.profile), latex.generated_dir(store.profile)
 print(f"{len(made['figures'])} figures written to {figs} (PDF + PNG); removed {len(made['removed'])} "
       f"stale file(s) {made['removed']}")
 print(f"{len(made['tables'])} tables and {len(made['numbers'])} numbers written to {gen}")

@@ -1,6 +1,8 @@
-"""The layers of ``lib`` import one way, no private name crosses a module, imports sit at module top, and every
-module's docstring says its one job."""
+"""The floors of ``lib`` import one way, no private name crosses a module, imports sit at module top, and every
+module's docstring says its one job; a planted wrong-way import is caught."""
 import ast
+import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,54 +11,124 @@ from lib import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
 MODULES = sorted(p for p in LIB.rglob("*.py"))
-#: package -> packages of lib it may import (notebooks -> stages -> outputs-readers -> core / infra)
+#: floor -> floors of lib it may import. A floor is a package of lib or a top-level module (api, __main__); "lib" is
+#: lib/__init__.py (REPO_ROOT). Stages compute, outputs render, and both read what the stages saved through records;
+#: notebooks, tests and bench sit above every floor.
 ALLOWED = {
+    "lib": set(),
     "core": {"core"},
-    "infra": {"core", "infra"},
-    "stages": {"core", "infra", "stages"},
-    "outputs": {"core", "infra", "stages", "outputs"},
+    "infra": {"lib", "core", "infra"},
+    "api": {"core"},
+    "records": {"lib", "core", "infra", "records"},
+    "stages": {"lib", "core", "infra", "api", "records", "stages"},
+    "outputs": {"lib", "core", "infra", "records", "outputs"},
+    "__main__": {"infra"},
 }
 #: the only imports allowed inside functions: optional dependencies
 OPTIONAL = {"pyhessian", "pyhessian.hessian", "pyhessian.utils", "sklearn.datasets"}
 
 
-def _layer(path: Path) -> str:
+def floor_of(path: Path) -> str:
+    """The floor of a module of lib: its package, or for a top-level module its name (``lib`` for __init__)."""
     rel = path.relative_to(LIB).parts
-    return rel[0] if len(rel) > 1 else "top"
+    if len(rel) > 1:
+        return rel[0]
+    return "lib" if rel[0] == "__init__.py" else Path(rel[0]).stem
 
 
 def _imports(tree):
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            yield node, node.module, [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom):        # a relative import keeps its dots: "." * level + module
+            yield node, "." * node.level + (node.module or ""), [a.name for a in node.names]
         elif isinstance(node, ast.Import):
             for a in node.names:
                 yield node, a.name, []
 
 
-def _lib_package(module: str) -> str | None:
+def _floors_imported(module: str, names: list[str]) -> set[str]:
+    """The floors of lib an import reaches: ``lib.<floor>...``, or for ``from lib import x`` the floor x names
+    (a package or top-level module of lib) or else lib itself."""
     parts = module.split(".")
-    return parts[1] if parts[0] == "lib" and len(parts) > 1 else None
+    if parts[0] != "lib":
+        return set()
+    if len(parts) > 1:
+        return {parts[1]}
+    return {n if (LIB / n).is_dir() or (LIB / f"{n}.py").is_file() else "lib" for n in names} or {"lib"}
+
+
+def violations(source: str, floor: str, name: str = "<source>") -> list[str]:
+    """Every breach of the house rules in the module ``source`` of floor ``floor``: an import of a floor it may not
+    use, a relative import, a private name imported, an import inside a function (other than optional
+    dependencies)."""
+    tree = ast.parse(source)
+    out = []
+    if floor not in ALLOWED:
+        return [f"{name}: floor {floor!r} is not in ALLOWED; give it its place there"]
+    top_level = {id(n) for n in tree.body}
+    for node, module, names in _imports(tree):
+        if module.startswith("."):
+            out.append(f"{name}: relative import {module}")
+        for reached in _floors_imported(module, names) - ALLOWED[floor]:
+            out.append(f"{name} ({floor}) imports floor {reached!r}: {module}; {floor} may import "
+                       f"{sorted(ALLOWED[floor])}")
+        private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+        if private:
+            out.append(f"{name} imports private names {private} from {module}")
+        if id(node) not in top_level and module not in OPTIONAL:
+            guarded = any(isinstance(n, ast.If) and id(node) in {id(x) for x in ast.walk(n)} for n in tree.body)
+            if not guarded:
+                out.append(f"{name}:{node.lineno} imports {module} inside a function")
+    return out
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(LIB)))
 def test_imports_run_one_way_and_at_module_top(path):
-    tree = ast.parse(path.read_text())
-    layer = _layer(path)
-    top_level = {id(n) for n in tree.body}
-    for node, module, names in _imports(tree):
-        assert not module.startswith("."), f"{path.name}: relative import {module}"
-        pkg = _lib_package(module)
-        allowed = ALLOWED.get(layer, set()) | ({"outputs"} if path == LIB / "stages" / "figures.py" else set())
-        if layer in ALLOWED and pkg is not None and pkg in ALLOWED:
-            assert pkg in allowed, f"{path.relative_to(LIB)} ({layer}) imports lib.{pkg}: {module}"
-        if layer == "stages" and path.stem != "figures":
-            assert pkg != "outputs", f"{path.name}: computing stages never import lib.outputs"
-        private = [n for n in names if n.startswith("_") and not n.startswith("__")]
-        assert not private, f"{path.name} imports private names {private} from {module}"
-        if id(node) not in top_level and module not in OPTIONAL:
-            guarded = any(isinstance(n, ast.If) and id(node) in {id(x) for x in ast.walk(n)} for n in tree.body)
-            assert guarded, f"{path.name}:{node.lineno} imports {module} inside a function"
+    assert violations(path.read_text(), floor_of(path), str(path.relative_to(LIB))) == []
+
+
+def test_the_floors_form_one_order_and_cover_every_module():
+    """ALLOWED names exactly the floors lib has, and its arrows (a floor to another) have no cycle: nothing imports
+    back up."""
+    assert {floor_of(p) for p in MODULES} == set(ALLOWED)
+    assert all(used <= set(ALLOWED) for used in ALLOWED.values())
+    done, order = set(), []
+    while len(done) < len(ALLOWED):
+        ready = [f for f in ALLOWED if f not in done and ALLOWED[f] - {f} <= done]
+        assert ready, f"the floors {sorted(set(ALLOWED) - done)} import each other in a cycle"
+        done |= set(ready)
+        order += sorted(ready)
+    assert order.index("records") < min(order.index("stages"), order.index("outputs"))
+    assert "outputs" not in ALLOWED["stages"] and "stages" not in ALLOWED["outputs"]
+
+
+@pytest.mark.parametrize("floor, source, caught", [
+    ("outputs", "from lib.stages.base import cached\n", "(outputs) imports floor 'stages'"),
+    ("stages", "from lib.outputs import latex\n", "(stages) imports floor 'outputs'"),
+    ("records", "import lib.stages.train\n", "(records) imports floor 'stages'"),
+    ("records", "from lib import stages\n", "(records) imports floor 'stages'"),
+    ("core", "from lib.infra.config import Common\n", "(core) imports floor 'infra'"),
+    ("core", "from lib import REPO_ROOT\n", "(core) imports floor 'lib'"),
+    ("infra", "from lib.records import REGISTRY\n", "(infra) imports floor 'records'"),
+    ("api", "from lib.stages import train\n", "(api) imports floor 'stages'"),
+    ("outputs", "from lib.outputs.latex import _plain\n", "imports private names ['_plain']"),
+    ("stages", "def f():\n    from lib.records import REGISTRY\n    return REGISTRY\n",
+     ":2 imports lib.records inside"),
+    ("records", "from .runs import load\n", "relative import"),
+    ("records", "from . import runs\n", "relative import"),
+    ("hessian", "import torch\n", "floor 'hessian' is not in ALLOWED"),
+])
+def test_a_planted_wrong_way_import_is_caught(floor, source, caught):
+    found = violations(source, floor, "planted.py")
+    assert len(found) == 1 and caught in found[0], found
+
+
+def test_the_checker_passes_imports_that_run_down():
+    source = ("from lib import REPO_ROOT\nfrom lib.core import models\nfrom lib.infra.results import ResultStore\n"
+              "from lib.records.runs import load\nimport numpy as np\n\n\ndef f():\n"
+              "    import pyhessian.hessian  # noqa: F401\n    return np\n")
+    assert violations(source, "outputs") == []
+    assert violations(source, "stages") == []
+    assert len(violations(source, "infra")) == 1          # records is above infra
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(LIB)))
@@ -65,15 +137,19 @@ def test_each_module_says_its_one_job(path):
     assert doc and len(doc.splitlines()[0]) > 20, f"{path.relative_to(LIB)} has no one-line docstring"
 
 
-def test_one_stage_module_per_notebook():
+def test_one_stage_entry_per_notebook():
     from lib.infra.config import STAGES
     from lib.infra.runner import notebooks as run_order
-    from lib.stages import REGISTRY
+    from lib.records import REGISTRY
 
     notebooks = [p.stem for p in run_order()]          # by number, 06_figures last (it reads every other stage)
     assert sorted(notebooks) == sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
     assert [REGISTRY[s].notebook for s in STAGES] == notebooks
     for stage in STAGES:
-        assert (LIB / "stages" / f"{stage}.py").is_file()
-        assert f"from lib.stages import {stage}" in (REPO_ROOT / "notebooks" / f"{REGISTRY[stage].notebook}.py"
+        entry = REGISTRY[stage].entry
+        assert importlib.util.find_spec(entry) is not None, f"stage {stage}: no module {entry}"
+        assert callable(importlib.import_module(entry).run), f"{entry} has no run(store, common, section)"
+        package, module = entry.rsplit(".", 1)
+        assert f"from {package} import {module}" in (REPO_ROOT / "notebooks" / f"{REGISTRY[stage].notebook}.py"
                                                      ).read_text()
+        assert entry.startswith(("lib.stages.", "lib.outputs."))

@@ -10,8 +10,8 @@ from matplotlib.ticker import MaxNLocator
 
 from lib.core.convergence import first_k_below, k_closed_form, spearman
 from lib.outputs import plotting
-from lib.stages.convergence import load_r0_curve, load_table
-from lib.stages.monte_carlo import (
+from lib.records.convergence import load_r0_curve, load_table
+from lib.records.monte_carlo import (
     CurveSpec,
     group,
     load_curve,
@@ -19,9 +19,9 @@ from lib.stages.monte_carlo import (
     load_full_space_plan,
     main_curves,
 )
-from lib.stages.projection import load_projection
-from lib.stages.spectrum import load_spectrum, spectrum_seeds
-from lib.stages.your_model import load_your_model, your_model_runs
+from lib.records.projection import load_projection
+from lib.records.spectrum import load_spectrum, spectrum_seeds
+from lib.records.your_model import load_your_model, your_model_runs
 
 LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "mlp1": "MLP-1", "mlp2": "MLP-2", "cnn": "CNN",
           "hessian": "Hessian subspace", "random": "random subspace"}

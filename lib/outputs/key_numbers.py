@@ -16,13 +16,13 @@ import numpy as np
 
 from lib.infra.config import Common
 from lib.infra.results import ResultStore
-from lib.outputs import report
-from lib.stages.base import run_name
-from lib.stages.convergence import load_table
-from lib.stages.monte_carlo import load_curve, load_plan
-from lib.stages.projection import load_projection, projected_runs
-from lib.stages.spectrum import load_spectrum, spectrum_seeds
-from lib.stages.train import FOLDER as TRAINED
+from lib.outputs import latex
+from lib.records.convergence import load_table
+from lib.records.monte_carlo import load_curve, load_plan
+from lib.records.projection import load_projection, projected_runs
+from lib.records.runs import run_name
+from lib.records.spectrum import load_spectrum, spectrum_seeds
+from lib.records.train import FOLDER as TRAINED
 
 #: numbers of notebook 06 that depend on the machine, the clock or the commit (left out of its key numbers)
 UNSTABLE_MACROS = re.compile(r"^(Time|Wall|Version|GitCommit|Machine|Threads)")
@@ -92,7 +92,7 @@ def _convergence(store: ResultStore, common: Common) -> list[str]:
 
 
 def _figures(store: ResultStore, common: Common) -> list[str]:
-    numbers = json.loads((report.generated_dir(store.profile) / "numbers.json").read_text())
+    numbers = json.loads((latex.generated_dir(store.profile) / "numbers.json").read_text())
     return [f"\\{k} = {v}" for k, v in sorted(numbers.items()) if not UNSTABLE_MACROS.match(k)]
 
 

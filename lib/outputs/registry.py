@@ -1,7 +1,9 @@
-"""The paper's outputs, registered once: output file -> the function that makes it.
+"""The paper's outputs, registered once (output file -> the function that makes it), and the stage of notebook 06.
 
-Notebook 06 (``lib.stages.figures``) iterates ``FIGURES``, ``TABLES`` and writes ``numbers.tex``; the paper build
-checks with ``missing(profile)`` that every registered output of that profile exists before LaTeX runs.
+``run`` (notebook 06's entry point) makes every registered figure (PDF + PNG), table and ``numbers.tex`` of a
+profile from its results into ``paper/figures/<profile>/`` and ``paper/generated/<profile>/``; the paper build
+checks with ``missing(profile)`` that every registered output of that profile exists before LaTeX runs. Adding a
+figure or table is one line in ``FIGURES`` or ``TABLES``.
 
     python -m lib.outputs.registry --check --profile smoke   # exit 1 listing the outputs that are missing
 """
@@ -13,12 +15,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lib.infra.config import Common
-from lib.infra.results import ResultStore
-from lib.outputs import figures, report
-from lib.stages.convergence import load_table
-from lib.stages.monte_carlo import CurveSpec, load_plan
-from lib.stages.projection import projected_runs
+from lib.infra.config import Common, Figures
+from lib.infra.results import ResultStore, atomic_write_json
+from lib.outputs import figures, latex, plotting, tables
+from lib.outputs import numbers as paper_numbers
+from lib.records.convergence import load_table
+from lib.records.monte_carlo import CurveSpec, load_plan
+from lib.records.projection import projected_runs
 
 
 @dataclass
@@ -69,26 +72,52 @@ FIGURES: dict[str, Callable[[Inputs], dict]] = {
 
 #: tables: file stem under paper/generated/<profile>/ -> LaTeX tabular
 TABLES: dict[str, Callable[[Inputs], str]] = {
-    "sample_size": lambda i: report.sample_size_table(i.store),
-    "solvers": lambda i: report.solver_table(i.store),
-    "theory": lambda i: report.theory_table(i.store),
-    "predictors": lambda i: report.predictor_table(i.store),
-    "speed": lambda i: report.speed_table(i.store),
-    "bench": lambda i: report.bench_table(i.store),
+    "sample_size": lambda i: tables.sample_size_table(i.store),
+    "solvers": lambda i: tables.solver_table(i.store),
+    "theory": lambda i: tables.theory_table(i.store),
+    "predictors": lambda i: tables.predictor_table(i.store),
+    "speed": lambda i: tables.speed_table(i.store),
+    "bench": lambda i: tables.bench_table(i.store),
 }
 
 
 def numbers(i: Inputs, timings: dict | None = None) -> dict:
     """Every number the paper quotes, keyed by macro name (``paper/generated/<profile>/numbers.tex``)."""
     c = i.common
-    return report.numbers(i.store, c.datasets, c.models, c.seeds, i.plan, timings=timings,
+    return paper_numbers.numbers(i.store, c.datasets, c.models, c.seeds, i.plan, timings=timings,
                           spectrum_max_seeds=c.spectrum_max_seeds)
+
+
+def run(store: ResultStore, common: Common, section: Figures | None = None) -> dict:
+    """Make every registered output of the profile of ``store``; remove figure files this run did not write.
+    Returns ``{"figures": [...], "tables": [...], "numbers": {...}, "removed": [...], "placeholders": [...]}``."""
+    inputs = Inputs.of(store, common)
+    figs, gen = latex.figures_dir(store.profile), latex.generated_dir(store.profile)
+    made = []
+    for make in FIGURES.values():
+        for name, fig in make(inputs).items():
+            plotting.save(fig, figs / name)
+            made.append(name)
+    removed = latex.prune_figures(made, figs)
+    for name, make in TABLES.items():
+        latex.write_table(name, make(inputs), gen)
+    timings_path = store.root / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    values = numbers(inputs, timings=timings)
+    missing_ = latex.write_numbers(values, gen / "numbers.tex",
+                                   allow_placeholders=section.allow_placeholders if section else True)
+    if missing_:
+        print(f"{len(missing_)} placeholder(s) 'n/a' in numbers.tex ({gen / 'placeholders.txt'}): {missing_}")
+    atomic_write_json(gen / "source.json", {"profile": store.profile, "figures": sorted(made),
+                                            "n_numbers": len(values)})
+    return {"figures": made, "tables": list(TABLES), "numbers": values, "removed": removed,
+            "placeholders": missing_}
 
 
 def missing(profile: str, figure_names: list[str] | None = None) -> list[str]:
     """Registered outputs of ``profile`` without their file: every table, ``numbers.tex``, and the figures recorded
     by its last 06 run in ``paper/generated/<profile>/source.json`` (PDF and PNG)."""
-    gen, figs = report.generated_dir(profile), report.figures_dir(profile)
+    gen, figs = latex.generated_dir(profile), latex.figures_dir(profile)
     out = [f"paper/generated/{profile}/{t}.tex" for t in TABLES if not (gen / f"{t}.tex").is_file()]
     if not (gen / "numbers.tex").is_file():
         out.append(f"paper/generated/{profile}/numbers.tex")

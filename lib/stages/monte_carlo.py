@@ -1,17 +1,16 @@
 """Stage of notebook 04: every Monte-Carlo Delta_k curve of the profile, with the quadratic prediction.
 
-Every curve is one ``CurveSpec``; ``plan`` expands the profile into specs (main comparison, sigma sweep, D sweep,
-distributions, estimators), ``run_curve`` computes one (skipping it when an identical result exists) and
-``load_curve`` reads it back for later stages. The ``full_space`` group (``FullSpaceSpec``, ``full_space``) sets the
-full-space isotropic criterion against the top-D subspace one, with the pointwise criterion E|L_{k+1} - L_k| from the
-same passes; ``closed_form_speed`` times the closed form Q_k against Monte Carlo at equal standard error.
+Every curve is one ``CurveSpec`` (``lib.records.monte_carlo``, with ``load_curve`` that reads it back for later
+stages); ``plan`` expands the profile into specs (main comparison, sigma sweep, D sweep, distributions,
+estimators) and ``run_curve`` computes one (skipping it when an identical result exists). The ``full_space`` group
+(``FullSpaceSpec``, ``full_space``) sets the full-space isotropic criterion against the top-D subspace one, with the
+pointwise criterion E|L_{k+1} - L_k| from the same passes; ``closed_form_speed`` times the closed form Q_k against
+Monte Carlo at equal standard error.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -27,49 +26,29 @@ from lib.core.tensors import n_params
 from lib.infra.config import Common, MonteCarlo
 from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore
-from lib.stages import folder
-from lib.stages.base import cached, load, run_name, trained_run
-from lib.stages.spectrum import SUBSPACES, basis_for, spectrum_seeds
-from lib.stages.train import FOLDER as TRAINED
+from lib.records.monte_carlo import (
+    CURVES,
+    FULL_SPACE,
+    PLAN,
+    SCALES,
+    SPEED,
+    TERMS,
+    CurveSpec,
+    FullSpaceSpec,
+    group,
+    load_curve,
+    load_speed,
+    load_terms,
+    main_curves,
+)
+from lib.records.runs import load, run_name, trained_run
+from lib.records.spectrum import SUBSPACES, basis_for, spectrum_seeds
+from lib.records.train import FOLDER as TRAINED
+from lib.stages.base import cached
 
-CURVES = folder("monte_carlo", "curves")
-TERMS = folder("monte_carlo", "terms")
-PLAN = folder("monte_carlo", "plan")
-SCALES = folder("monte_carlo", "scales")
-FULL_SPACE = folder("monte_carlo", "full_space")
-SPEED = folder("monte_carlo", "speed")
-GROUPS = ("main", "gap", "sigma", "dim", "distribution", "estimator")   # of the curve plan; + the full_space group
 CURVE_FIELDS = ("k", "delta", "stderr", "centred", "centred_stderr", "d0sq", "losses0", "v0", "vbar", "vbar_stderr",
                 "n_samples", "n_units", "n_forward", "N", "D", "order_mean", "order_median", "order_stderr",
                 "order_formula")
-
-
-@dataclass(frozen=True)
-class CurveSpec:
-    dataset: str
-    model: str
-    seed: int
-    subspace: str
-    D: int
-    distribution: str
-    sigma: float            # gaussian/ball/sphere: sigma; curvature: eps is matched to gaussian(sigma)
-    estimator: str
-    n_samples: int
-    n_orders: int
-    theory: bool
-    scale: str = "sigma"    # "sigma": the profile's fixed sigma; "loss_gap": sigma matched to the run's loss gap
-
-    @property
-    def name(self) -> str:
-        key = json.dumps(asdict(self), sort_keys=True)
-        tag = "_gap" if self.scale == "loss_gap" else ""
-        return (f"{run_name(self.dataset, self.model, self.seed)}_{self.subspace}_D{self.D}_{self.distribution}"
-                f"_s{self.sigma:.4g}{tag}_{self.estimator}_T{self.n_samples}_"
-                + hashlib.sha1(key.encode()).hexdigest()[:8])
-
-    @property
-    def terms_name(self) -> str:
-        return f"{run_name(self.dataset, self.model, self.seed)}_{self.subspace}_D{self.D}"
 
 
 def plan(common: Common, section: MonteCarlo, gap_sigma: dict | None = None) -> list[tuple[str, CurveSpec]]:
@@ -259,26 +238,6 @@ def run(store: ResultStore, common: Common, section: MonteCarlo) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ full space
-@dataclass(frozen=True)
-class FullSpaceSpec:
-    """One curve of the ``full_space`` group: ``kind`` "subspace" (theta ~ N(0, sigma^2 I_D) in the top-D Hessian
-    subspace, with the pointwise criterion) or "full" (eps ~ N(0, s^2 I_n) in all n parameters; ``D`` = 0 and
-    ``sigma`` = the per-parameter s)."""
-    dataset: str
-    model: str
-    seed: int
-    kind: str
-    D: int
-    sigma: float
-    n_samples: int
-
-    @property
-    def name(self) -> str:
-        key = json.dumps(asdict(self), sort_keys=True)
-        return (f"{run_name(self.dataset, self.model, self.seed)}_{self.kind}_D{self.D}_s{self.sigma:.4g}"
-                f"_T{self.n_samples}_" + hashlib.sha1(key.encode()).hexdigest()[:8])
-
-
 FULL_FIELDS = ("k", "delta", "stderr", "centred", "centred_stderr", "abs_mean", "abs_stderr", "abs0", "d0sq", "vbar",
                "vbar_stderr", "n_samples", "n_units", "n_forward", "N", "D")
 
@@ -381,18 +340,6 @@ def full_space(store: ResultStore, common: Common, section: MonteCarlo) -> list[
     return rows
 
 
-def load_full_space_plan(store: ResultStore) -> list[dict]:
-    """The comparisons the ``full_space`` group computed ([] for a store without them)."""
-    if store.meta(PLAN, "full_space") is None:
-        return []
-    return load(store, PLAN, "full_space").payload["pairs"]
-
-
-def load_full_space_curve(store: ResultStore, spec: dict | FullSpaceSpec) -> dict:
-    spec = spec if isinstance(spec, FullSpaceSpec) else FullSpaceSpec(**spec)
-    return load(store, FULL_SPACE, spec.name).payload
-
-
 # ------------------------------------------------------------------------------------- closed form vs MC
 #: the relative standard error at which Monte Carlo is compared with the closed form
 TARGET_RELATIVE_SE = 0.01
@@ -453,40 +400,7 @@ def closed_form_speed(store: ResultStore, curves: list[tuple[str, CurveSpec]]) -
     return load_speed(store)
 
 
-def load_speed(store: ResultStore) -> list[dict]:
-    """The rows of the closed-form vs Monte-Carlo speed comparison ([] for a store without them)."""
-    if store.meta(SPEED, "closed_form") is None:
-        return []
-    return load(store, SPEED, "closed_form").payload["rows"]
-
-
-def load_curve(store: ResultStore, spec: CurveSpec) -> dict:
-    return load(store, CURVES, spec.name).payload
-
-
-def load_terms(store: ResultStore, spec: CurveSpec) -> PerSampleTerms:
-    """The per-sample (a_i, b_i, C_i) saved for a curve's (run, subspace, D)."""
-    p = load(store, TERMS, spec.terms_name).payload
-    return PerSampleTerms(a=p["a"], b=p["b"], C=p["C"], method=p["method"])
-
-
 def save_plan(store: ResultStore, curves: list[tuple[str, CurveSpec]]) -> None:
     """Record the profile's curve plan so later stages read exactly the curves this stage computed."""
     store.save(PLAN, "monte_carlo", {"plan": [[g, asdict(s)] for g, s in curves]},
                {"specs": sorted(s.name for _, s in curves)}, ext="json")
-
-
-def load_plan(store: ResultStore) -> list[tuple[str, CurveSpec]]:
-    p = load(store, PLAN, "monte_carlo").payload
-    return [(g, CurveSpec(**s)) for g, s in p["plan"]]
-
-
-def group(curves: list[tuple[str, CurveSpec]], name: str) -> list[CurveSpec]:
-    return [s for g, s in curves if g == name]
-
-
-def main_curves(curves: list[tuple[str, CurveSpec]]) -> list[CurveSpec]:
-    """The main curves of the first seed (the seed that has both a Hessian and a random-subspace curve)."""
-    main = group(curves, "main")
-    first = next((s.seed for s in main if s.subspace == "random"), main[0].seed if main else None)
-    return [s for s in main if s.seed == first]

@@ -8,11 +8,10 @@ from lib.core.tensors import n_params
 from lib.infra.config import Common, Projection
 from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore
-from lib.stages import folder
-from lib.stages.base import cached, load, run_name, trained_run
-from lib.stages.spectrum import basis_for
-
-FOLDER = folder("projection", "projection")
+from lib.records.projection import FOLDER
+from lib.records.runs import run_name, trained_run
+from lib.records.spectrum import basis_for
+from lib.stages.base import cached
 
 
 def projection_one(store: ResultStore, dataset: str, model: str, seed: int, section: Projection, *,
@@ -55,16 +54,3 @@ def run(store: ResultStore, common: Common, section: Projection) -> list[dict]:
     """The surfaces of every (dataset, model) of the stage, for the first seed."""
     return [projection_one(store, ds, m, common.seeds[0], section, device=common.device, progress=common.progress)
             for ds in common.datasets for m in common.models]
-
-
-def load_projection(store: ResultStore, dataset: str, model: str, seed: int) -> dict:
-    return load(store, FOLDER, run_name(dataset, model, seed)).payload
-
-
-def projected_runs(store: ResultStore) -> list[tuple[str, str, int]]:
-    """(dataset, model, seed) of every saved projection."""
-    out = []
-    for name in store.names(FOLDER):
-        meta = store.meta(FOLDER, name)["params"]
-        out.append((meta["dataset"], meta["model"], int(meta["seed"])))
-    return out

@@ -10,10 +10,9 @@ from lib.infra import data
 from lib.infra.config import Common, Train
 from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore
-from lib.stages import folder
-from lib.stages.base import cached, load, run_missing, run_name
-
-FOLDER = folder("train", "train")
+from lib.records.runs import run_name
+from lib.records.train import FOLDER
+from lib.stages.base import cached, run_missing
 
 
 def training_params(dataset: str, model: str, seed: int, n_train: int, data_seed: int, recipe: Train) -> dict:
@@ -55,13 +54,6 @@ def train_one(store: ResultStore, params: dict, *, device: str = "cpu", progress
 
     summary, skipped = cached(store, result_folder, name, params, compute, force=force)
     return {**summary, "name": name, "skipped": skipped}
-
-
-def recipe_of(store: ResultStore, dataset: str, model: str, seed: int) -> tuple[dict, Train]:
-    """(n_train and data_seed, the training recipe) of a trained main run."""
-    p = load(store, FOLDER, run_name(dataset, model, seed)).meta["params"]
-    return ({"n_train": p["n_train"], "data_seed": p["data_seed"]},
-            Train(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], threads=p["threads"]))
 
 
 def training_task(store: ResultStore, params: dict, *, device: str = "cpu", progress: bool = False,

@@ -26,11 +26,10 @@ from lib.infra import data
 from lib.infra.config import Common, YourModel
 from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore
-from lib.stages import folder
-from lib.stages.base import cached, load, run_missing, run_name
+from lib.records.runs import run_name
+from lib.records.your_model import DATASET, FOLDER, MODEL
+from lib.stages.base import cached, run_missing
 
-FOLDER = folder("your_model", "your_model")
-DATASET, MODEL = "digits", "rescnn"
 #: the smallest k of the Delta_k slope fit (as the main pipeline's slopes)
 SLOPE_K_MIN = 10
 
@@ -151,21 +150,3 @@ def _report(row: dict) -> None:
     row["wall_seconds"] = 0.0 if row["skipped"] else row["seconds"]
     state = "skipped (identical parameters)" if row["skipped"] else f"computed in {row['seconds']:.1f} s"
     print(f"{row['name']}: {state}; test accuracy {row['test_accuracy']:.4f}", flush=True)
-
-
-def load_your_model(store: ResultStore, seed: int) -> dict:
-    """The saved payload of one seed plus its ``meta`` record (params, summary)."""
-    res = load(store, FOLDER, run_name(DATASET, MODEL, seed))
-    return {**res.payload, "meta": res.meta}
-
-
-def your_model_runs(store: ResultStore) -> list[int]:
-    """Seeds of the saved runs that share the parameters of the lowest seed's run (a run left over from other
-    settings is not mixed in); raises MissingResultError naming notebook 07 when there is none."""
-    metas = {int(store.meta(FOLDER, n)["params"]["seed"]): store.meta(FOLDER, n)["params"]
-             for n in store.names(FOLDER)}
-    if not metas:
-        load(store, FOLDER, run_name(DATASET, MODEL, 0))     # raises, naming the notebook and the command
-    first = metas[min(metas)]
-    same = {k: v for k, v in first.items() if k != "seed"}
-    return sorted(seed for seed, p in metas.items() if {k: v for k, v in p.items() if k != "seed"} == same)
