@@ -1,0 +1,156 @@
+"""``HessianOperator``: the exact Hessian of the mean cross-entropy over tensors held in memory, applied in chunks
+by one of the engines (fused, structured, graph, rebuild), with the per-chunk state kept between products."""
+from __future__ import annotations
+
+import torch
+
+from lib.core.checks import check_data, check_int, check_number
+from lib.core.hessian.auto import engine_for
+from lib.core.hessian.graph import loss_sum
+from lib.core.hessian.products import ProductOperator
+from lib.core.models import preferred_chunk
+from lib.core.tensors import eval_mode, flat_params
+
+#: default bound (MiB) of the per-chunk state kept between Hessian-vector products (``HessianOperator``)
+KEEP_GRAPHS_MB = 1024
+#: samples per chunk when the model names no preferred chunk (``lib.core.models.preferred_chunk``)
+DEFAULT_CHUNK = 4096
+
+
+class HessianOperator(ProductOperator):
+    """Exact Hessian of the mean cross-entropy over all of (inputs, targets), applied in chunks.
+
+    ``hvp(v)`` returns H v for a flat v (parameters_to_vector order) and increments ``hvp_count``;
+    ``gradient()`` returns the flat gradient. Chunk contributions are summed losses divided by N, so the result
+    does not depend on ``chunk_size`` (None: ``preferred_chunk(model)`` or ``DEFAULT_CHUNK``). Floating inputs are
+    cast to the parameters' dtype and every chunk is moved to their device. Build it once and pass it to
+    ``top_eigenpairs``, ``smallest_eigenvalue``, ``trace``, ``density``.
+
+    Products reuse per-chunk state while the weights are unchanged (``engine``):
+
+    * ``"structured"`` (``"auto"`` picks it when ``lib.core.models.plan(model)`` reads the model: ReLU MLPs,
+      conv-pool CNNs): the forward activations, ReLU / max-pool selections and backward deltas of every chunk are
+      kept, and a product is one tangent (R-op) forward and one backward pass over them (Pearlmutter 1994),
+      matrix products only (the first Linear skips input columns that are constant within the chunk, e.g. MNIST's
+      border pixels: their contribution is a rank-one term; ReLU units inactive on the whole chunk are dropped);
+    * ``"graph"`` (``"auto"`` for every other model): the autograd graph of each chunk's gradient
+      (``create_graph=True``) is kept and differentiated again per product (``retain_graph=True``);
+    * ``"rebuild"``: the gradient graph is rebuilt for every product (no state kept);
+    * ``"fused"`` (``"auto"`` picks it where ``lib.core.fused_cnn.applies``: float32 conv-pool CNNs on the CPU,
+      kernel built): the same R-op per image in the native kernel over all samples at once (nothing kept).
+
+    Each engine is a module of ``lib.core.hessian`` (the choice: ``auto.engine_for``).
+
+    Kept state is bounded by ``keep_graphs_mb`` (MiB over all chunks; bytes of the kept tensors, for ``"graph"``
+    the tensors autograd saves): chunks past the budget are rebuilt at every product. The state is dropped and
+    rebuilt whenever any parameter or buffer differs (``torch.equal``) from the values it was built with, so every
+    product uses the model's current weights. ``kept_chunks``, ``kept_bytes`` and ``state_builds`` describe it.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                 chunk_size: int | None = None, keep_graphs_mb: float = KEEP_GRAPHS_MB, engine: str = "auto"):
+        self.n_samples = check_data(inputs, targets)
+        super().__init__(model)
+        self.inputs, self.targets = inputs, targets
+        self.keep_bytes = check_number("keep_graphs_mb", keep_graphs_mb, ge=0) * 2 ** 20
+        self._engine = engine_for(model, inputs, targets, engine, self.dtype)
+        if chunk_size is None:
+            chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
+        self.chunk_size = check_int("chunk_size", chunk_size, 1)
+        self.engine = self._engine.name
+        self.state_builds = 0
+        self._snapshot: list[torch.Tensor] | None = None
+        self._states: list | None = None
+
+    def _chunks(self):
+        for start in range(0, self.n_samples, self.chunk_size):
+            yield self._chunk(start)
+
+    def _chunk(self, start: int):
+        """Samples start .. start + chunk_size on the operator's device (floating inputs in its dtype)."""
+        x = self.inputs[start:start + self.chunk_size].to(self.device)
+        y = self.targets[start:start + self.chunk_size].to(self.device)
+        return (x.to(self.dtype) if x.is_floating_point() else x), y
+
+    # ------------------------------------------------------------------------------------------- kept state
+    @property
+    def kept_chunks(self) -> int:
+        """Chunks whose state is kept now (0 before the first product and after a weight change)."""
+        return 0 if self._states is None else sum(s is not None for s in self._states)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the kept state (see ``keep_graphs_mb``)."""
+        return 0 if self._states is None else sum(s.nbytes for s in self._states if s is not None)
+
+    def _keeps(self) -> bool:
+        """Whether chunk states may be kept between products (not for "fused" and "rebuild", nor a zero budget)."""
+        return getattr(self._engine, "keeps", False) and self.keep_bytes > 0
+
+    def _weights_unchanged(self) -> bool:
+        current = [t.detach() for t in (*self.model.parameters(), *self.model.buffers())]
+        return (self._snapshot is not None and len(current) == len(self._snapshot)
+                and all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+                        for a, b in zip(current, self._snapshot)))
+
+    def _current_states(self) -> list:
+        """Per-chunk kept states (None: not kept); rebuilt lazily (at the next product) after a weight change."""
+        if self._states is None or not self._weights_unchanged():
+            self._states = None
+            self._snapshot = [t.detach().clone() for t in (*self.model.parameters(), *self.model.buffers())]
+            self._states = []
+            self.state_builds += 1
+        return self._states
+
+    def drop_state(self) -> None:
+        """Free the kept per-chunk state now (it is rebuilt at the next product)."""
+        self._states, self._snapshot = None, None
+        self._engine.drop()
+
+    def _chunk_product(self, i: int, start: int, w0, tangents, states: list, out) -> None:
+        """Add chunk i's H v (loss sum) to ``out``, keeping the chunk's state if the budget allows (the samples
+        are read only to build a state)."""
+        building = len(states) == i
+        state = None if building else states[i]
+        if state is None:
+            state = self._engine.build(*self._chunk(start), w0, count=building)
+        self._engine.apply(state, tangents, out)
+        if building:
+            fits = self.kept_bytes + state.nbytes <= self.keep_bytes
+            states.append(state if fits else None)
+
+    # ------------------------------------------------------------------------------------------- products
+    def product(self, v: torch.Tensor) -> torch.Tensor:
+        """H v of the mean loss: the fused kernel over all samples, or the engine's chunk products (from the kept
+        per-chunk state, built at the first product after a weight change) summed and divided by N."""
+        if self.engine == "fused":
+            return self._engine.hvp_sum(v) / self.n_samples
+        engine = self._engine
+        w0 = flat_params(self.model)
+        keeps = self._keeps()
+        states = self._current_states() if keeps else None
+        tangents, out = engine.start(v, w0)
+        with eval_mode(self.model), torch.enable_grad():
+            for i, start in enumerate(range(0, self.n_samples, self.chunk_size)):
+                if keeps:
+                    self._chunk_product(i, start, w0, tangents, states, out)
+                else:
+                    engine.apply(engine.build(*self._chunk(start), w0, count=False), tangents, out)
+        return engine.finish(out, w0) / self.n_samples
+
+    def gradient(self) -> torch.Tensor:
+        """Flat gradient of the mean loss (same chunking; counted in ``grad_count``)."""
+        w0 = flat_params(self.model)
+        out = torch.zeros_like(w0)
+        with eval_mode(self.model), torch.enable_grad():
+            for x, y in self._chunks():
+                w = w0.clone().requires_grad_(True)
+                out += torch.autograd.grad(loss_sum(self.model, w, x, y), w)[0]
+        self.grad_count += 1
+        return out / self.n_samples
+
+    def loss(self) -> float:
+        """Mean loss over all samples."""
+        w0 = flat_params(self.model)
+        with eval_mode(self.model), torch.no_grad():
+            return sum(float(loss_sum(self.model, w0, x, y)) for x, y in self._chunks()) / self.n_samples
