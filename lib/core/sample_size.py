@@ -7,7 +7,8 @@ All functions take arrays and return plain values:
 * ``order_summary``: median, 5-95 % range and the conformal upper K (a held-out order falls below it with
   probability >= level);
 * ``simultaneous_multiplier``: the max-t multiplier bootstrap over batches of thetas, so that
-  ``mean +- c * stderr`` covers the whole curve with the stated probability (not each k alone);
+  ``mean +- c * stderr`` covers the whole curve with the stated probability (not each k alone), or
+  ``bootstrap_t_multiplier``: a one-sided studentised bootstrap whose upper edge also holds for heavy tails;
 * ``fit_power_law`` / ``n_within``: the learning-curve extrapolation err(n) = a n^-b + c (Mahmood et al. 2022);
 * ``observed_n_within``: where a measured learning curve comes within ``gap`` of its plateau;
 * ``solve_increasing``: the scale sigma at which an increasing function reaches a target (bisection in log);
@@ -25,7 +26,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.stats import norm as normal
 from scipy.stats import t as student_t
 
-from lib.core.checks import check_int, check_number, check_positive
+from lib.core.checks import check_choice, check_int, check_number, check_positive
 
 
 # ----------------------------------------------------------------------------------------- orders
@@ -94,9 +95,17 @@ def order_summary(values, level: float = 0.95) -> OrderSummary:
 
 
 # -------------------------------------------------------------------------------- simultaneous band
+#: constructions of the simultaneous band (``simultaneous_multiplier``'s ``method``); the first is the default
+BAND_METHODS = ("max_t", "bootstrap_t")
+
+
 def simultaneous_multiplier(batch_means, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                            k_mask=None) -> float:
+                            k_mask=None, method: str = "max_t") -> float:
     """Multiplier c such that mean_k +- c SE_k covers all k at once with probability ~ ``level``.
+
+    ``method`` "max_t" (the default, described below) assumes near-Gaussian batch means; "bootstrap_t" is the
+    one-sided studentised bootstrap of ``bootstrap_t_multiplier`` (only the upper edge mean_k + c SE_k, the one
+    K_band uses, covers; it holds for skewed, heavy-tailed values: docs/sample_size.md has both coverage tables).
 
     ``batch_means``: (B, M) means of d_k^2 over B disjoint batches of thetas (i.i.d. batches). With
     m_k = mean over batches and SE_k = sd_k / sqrt(B), c is the ``level`` quantile of max_k |z*_k| with
@@ -104,11 +113,14 @@ def simultaneous_multiplier(batch_means, level: float = 0.95, n_boot: int = 2000
     statistic), mapped to a Student-t quantile with B - 1 degrees of freedom because SE_k is estimated from the
     same B batches. ``k_mask`` restricts the maximum to some k (e.g. the tail where K is decided).
     """
+    check_choice("method", method, BAND_METHODS)
     X = np.asarray(batch_means, dtype=np.float64)
     B = check_int("number of batches", X.shape[0], 3)
     n_boot = check_int("n_boot", n_boot, 10)
     if k_mask is not None:
         X = X[:, np.asarray(k_mask, dtype=bool)]
+    if method == "bootstrap_t":
+        return bootstrap_t_multiplier(X, level, n_boot, seed)
     centred = X - X.mean(axis=0)
     sd = X.std(axis=0, ddof=1)
     keep = sd > 0
@@ -123,6 +135,35 @@ def simultaneous_multiplier(batch_means, level: float = 0.95, n_boot: int = 2000
     c = float(np.quantile(maxima, level))
     # small-sample correction: SE_k is itself estimated from B batches, so map the normal quantile to Student-t
     return float(student_t.ppf(normal.cdf(c), df=B - 1))
+
+
+def bootstrap_t_multiplier(batch_means, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> float:
+    """One-sided simultaneous multiplier q: mean_k + q SE_k >= the true mean at every k with probability ~ level.
+
+    Studentised (bootstrap-t) resampling of the B batches (rows of ``batch_means``, (B, M)): for each of ``n_boot``
+    resamples (multinomial batch counts), t*_k = (m_k - m*_k) / SE*_k with SE*_k the resample's own standard error;
+    q is the ``level`` quantile of max_k t*_k. Resamples that miss a batch with a large value have a low mean and a
+    small SE*, as a sample that misses the tail of skewed values does, so q grows with the skew (a symmetric t-band
+    does not). k with SE_k = 0 are left out. Cost: two (n_boot, B) x (B, M) products.
+    """
+    level = check_number("level", level, gt=0, le=1)
+    X = np.asarray(batch_means, dtype=np.float64)
+    B = check_int("number of batches", X.shape[0], 3)
+    n_boot = check_int("n_boot", n_boot, 10)
+    sd = X.std(axis=0, ddof=1)
+    X = X[:, sd > 0]
+    if X.shape[1] == 0:
+        return 0.0
+    m, sq = X.mean(axis=0), X * X
+    rng = np.random.default_rng(seed)
+    maxima = np.empty(n_boot)
+    for start in range(0, n_boot, 256):
+        w = rng.multinomial(B, np.full(B, 1.0 / B), size=min(256, n_boot - start)) / B
+        m1 = w @ X
+        se1 = np.sqrt(np.maximum(w @ sq - m1 * m1, 0.0) / (B - 1))
+        t = np.divide(m - m1, se1, out=np.zeros_like(m1), where=se1 > 0)
+        maxima[start:start + len(w)] = t.max(axis=1)
+    return float(np.quantile(maxima, level))
 
 
 # ------------------------------------------------------------------------------------ learning curve
