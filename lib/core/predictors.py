@@ -1,0 +1,150 @@
+"""Every predictor of the prediction benchmark on one (n0, eps), its scores, and the pre-registered decision.
+
+Input: one row per task with its family, size grid, pool size, resolved target (or None) and what its pilot
+measured (``pilot_rows`` in ``lib.stages.prediction`` builds them). Predictors (all predict the same quantity: the
+smallest grid size n with acc(n) >= acc(n_max) - eps; each point and interval is snapped up to the task's grid):
+
+* ``constant``: the geometric mean of the other families' resolved targets;
+* ``power_law``: the pilot's weighted power law a n^-b + c (interval: parametric bootstrap);
+* ``high_shot_power_law``: the same fitted only to the pilot's upper sizes (>= n0 / 8 of its training pool), the
+  high-shot regime of Jain et al.'s (2023) piecewise power law, without their meta-learned parameters;
+* ``landscape_sigma`` / ``landscape_gap``: K(Delta*) of the pilot's own V-bar (at the fixed sigma / at the pilot's
+  loss-gap sigma) in the closed form k (k + 1) = V-bar N / ((N - 1) Delta*), Delta* the geometric mean of the other
+  families' calibration thresholds (the Delta at which each resolved task's own pilot gives its target);
+* ``power_law_recalibrated``: log n* regressed on the power law's log n over the other families (the control
+  for a combination);
+* ``combination``: log n* regressed on the power law's log n and the landscape's log sqrt(V-bar_gap).
+
+Calibrated predictors (constant, landscape, recalibrated, combination) are fitted leave-one-family-out on resolved
+tasks only, with intervals from the calibration tasks' leave-one-out residuals. A predictor without a point for a
+task (a failed fit, no loss gap) is scored at the pool size n_max with no interval (``fallback``).
+
+``DECISION`` is the rule fixed before the paper-profile numbers were computed (docs/sample_size.md).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lib.core.prediction import calibrated, delta_for_target, fit_calibration, k_closed, score, snap
+
+__all__ = ["PREDICTORS", "DECISION", "predict_tasks", "decide", "fit_shipped_calibration", "landscape_n"]
+
+PREDICTORS = ("constant", "power_law", "high_shot_power_law", "landscape_sigma", "landscape_gap",
+              "power_law_recalibrated", "combination")
+
+DECISION = ("The landscape helps if, at the primary eps and the first pilot size, over the resolved tasks with "
+            "calibration held out by family, landscape_gap has a smaller median |log2(predicted / target)| than "
+            "both constant and power_law, and a one-sided paired Wilcoxon signed-rank test of its errors gives "
+            "p < 0.05 against each. It adds to learning curves if combination beats power_law_recalibrated by the "
+            "same rule. Otherwise neither is claimed.")
+
+
+def _log(v) -> float:
+    return math.log(v) if v is not None and v > 0 else float("nan")
+
+
+def landscape_n(vbar, N, delta_triple) -> tuple | None:
+    """(point, low, high) sizes of K(Delta) for a (Delta, Delta_low, Delta_high) triple (a larger Delta gives a
+    smaller K, so the interval's ends swap)."""
+    if vbar is None or delta_triple is None:
+        return None
+    d, d_lo, d_hi = delta_triple
+    return k_closed(vbar, N, d), k_closed(vbar, N, d_hi), k_closed(vbar, N, d_lo)
+
+
+def _features(rows: list[dict]) -> dict:
+    pl = np.array([_log(r["power_law"][0]) for r in rows])
+    gap = np.array([0.5 * _log(r["vbar_gap"]) for r in rows])
+    return {"pl": pl, "gap": gap}
+
+
+def predict_tasks(rows: list[dict], level: float = 0.9) -> dict:
+    """{'tasks', 'task_families', 'targets' (None: unresolved), 'predictions': per task {predictor: {point, low, high, raw, fallback}}, 'scores': per predictor (over the
+    resolved tasks), 'families': per family {predictor: median |log2 error|}, 'n_resolved', 'n_unresolved'}."""
+    resolved = np.array([r["target"] is not None for r in rows])
+    fam = np.array([r["family"] for r in rows])
+    log_t = np.array([_log(r["target"]) for r in rows])
+    log_t_cal = np.where(resolved, log_t, np.nan)             # only resolved targets calibrate
+    f = _features(rows)
+    raw: dict[str, list] = {p: [None] * len(rows) for p in PREDICTORS}
+    raw["constant"] = calibrated(log_t_cal, np.empty((len(rows), 0)), fam, level)
+    raw["power_law"] = [tuple(r["power_law"]) if r["power_law"][0] is not None else None for r in rows]
+    raw["high_shot_power_law"] = [tuple(r["high_shot_power_law"]) if r["high_shot_power_law"][0] is not None
+                                  else None for r in rows]
+    for name, key in (("landscape_sigma", "vbar_sigma"), ("landscape_gap", "vbar_gap")):
+        log_delta = np.array([_log(delta_for_target(r[key], r["N"], r["target"]))
+                              if r["target"] is not None and r[key] is not None else float("nan") for r in rows])
+        deltas = calibrated(log_delta, np.empty((len(rows), 0)), fam, level)
+        raw[name] = [landscape_n(r[key], r["N"], d) for r, d in zip(rows, deltas)]
+    raw["power_law_recalibrated"] = calibrated(log_t_cal, f["pl"][:, None], fam, level)
+    raw["combination"] = calibrated(log_t_cal, np.column_stack([f["pl"], f["gap"]]), fam, level)
+    predictions = []
+    for i, r in enumerate(rows):
+        grid = r["grid"]
+        one = {}
+        for p in PREDICTORS:
+            v = raw[p][i]
+            if v is None or not all(math.isfinite(x) for x in v if x is not None):
+                one[p] = {"point": int(r["n_max"]), "low": None, "high": None, "raw": None, "fallback": True}
+            else:
+                one[p] = {"point": snap(v[0], grid), "low": snap(v[1], grid), "high": snap(v[2], grid),
+                          "raw": float(v[0]), "fallback": False}
+        predictions.append(one)
+    idx = np.flatnonzero(resolved)
+    targets = [rows[i]["target"] for i in idx]
+    scores = {}
+
+    def errors(p):
+        return np.abs(np.log2(np.array([predictions[i][p]["point"] for i in idx], float) / np.array(targets, float)))
+
+    if len(idx):
+        refs = {"constant": errors("constant"), "power_law": errors("power_law"),
+                "power_law_recalibrated": errors("power_law_recalibrated")}
+        for p in PREDICTORS:
+            s = score([predictions[i][p]["point"] for i in idx], [predictions[i][p]["low"] for i in idx],
+                      [predictions[i][p]["high"] for i in idx], targets,
+                      {k: v for k, v in refs.items() if k != p})
+            s["fallbacks"] = int(sum(predictions[i][p]["fallback"] for i in idx))
+            scores[p] = s
+    families = {}
+    for fname in sorted(set(fam[idx].tolist())):
+        members = [j for j, i in enumerate(idx) if fam[i] == fname]
+        families[fname] = {"n_tasks": len(members), **{p: float(np.median(np.asarray(scores[p]["errors"])[members]))
+                                                       for p in PREDICTORS}}
+    return {"tasks": [r["name"] for r in rows], "task_families": fam.tolist(),
+            "targets": [r["target"] for r in rows], "predictions": predictions, "scores": scores, "families": families,
+            "n_resolved": int(resolved.sum()), "n_unresolved": int((~resolved).sum())}
+
+
+def _wins(scores: dict, challenger: str, references: tuple) -> bool:
+    s = scores[challenger]
+    return all(s["median_abs_log2"] < scores[r]["median_abs_log2"] and s["wilcoxon_p"].get(r, 1.0) < 0.05
+               for r in references)
+
+
+def decide(scores: dict) -> dict:
+    """The pre-registered decision (``DECISION``) from one (n0, eps) scores table."""
+    if not scores:
+        return {"landscape_helps": None, "adds_to_learning_curves": None, "rule": DECISION}
+    return {"landscape_helps": bool(_wins(scores, "landscape_gap", ("constant", "power_law"))),
+            "adds_to_learning_curves": bool(_wins(scores, "combination", ("power_law_recalibrated",))),
+            "rule": DECISION}
+
+
+def fit_shipped_calibration(rows: list[dict], level: float = 0.9) -> dict:
+    """The calibration ``lib.api.predict_sample_size`` ships: every resolved task of the benchmark (no holdout)
+    for the constant, both landscape thresholds, the recalibrated power law and the combination."""
+    res = [r for r in rows if r["target"] is not None]
+    log_t = np.array([_log(r["target"]) for r in res])
+    f = _features(res)
+    out = {"constant": fit_calibration(log_t, np.empty((len(res), 0)), level)}
+    for name, key in (("landscape_sigma", "vbar_sigma"), ("landscape_gap", "vbar_gap")):
+        log_delta = np.array([_log(delta_for_target(r[key], r["N"], r["target"])) if r[key] is not None
+                              else float("nan") for r in res])
+        out[name] = fit_calibration(log_delta, np.empty((len(res), 0)), level)
+    out["power_law_recalibrated"] = fit_calibration(log_t, f["pl"][:, None], level)
+    out["combination"] = fit_calibration(log_t, np.column_stack([f["pl"], f["gap"]]), level)
+    out["n_tasks"] = len(res)
+    return out
