@@ -32,6 +32,7 @@ from lib.core.sampling import DEFAULT_SOBOL_REPLICATES
 from lib.core.tensors import n_params
 from lib.infra.data import DATASETS, DIGITS_TRAIN_SIZE, TRAIN_SIZE
 from lib.infra.device import DEVICES, resolve_device
+from lib.infra.tasks import SMOKE_TASKS, TASKS
 
 CONFIG_DIR = REPO_ROOT / "configs"
 DISTRIBUTIONS = ("gaussian", "ball", "sphere", "curvature")
@@ -137,7 +138,7 @@ class Spectrum:
     slq_iter: int = param(30, integer(2), "Lanczos steps per SLQ run")
     full_seeds: int = param(1, integer(1), "the first seeds that also get smallest eigenvalue, trace, density")
     pyhessian_density: bool = param(True, boolean, "with the extras, on the solver_datasets, also PyHessian's "
-                                    "own trace and density (through lib.core.pyhessian_fixed) on the same probes")
+                                    "own trace and density (through lib.core.hessian.pyhessian) on the same probes")
     solver_k: int = param(4, integer(1), "eigenpairs of the solver comparison (Lanczos, PyHessian, fixed power)")
     solver_datasets: list = param(["mnist"], list_of(choice(sorted(DATASETS)), min_len=0),
                                   "datasets whose first-seed models get the solver comparison")
@@ -228,9 +229,39 @@ class YourModel:
     quadratic: bool = param(True, boolean, "also Q_k of the quadratic model (exact, per-sample terms)")
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """Notebook 08: the prediction benchmark. For every task, a learning curve on a fine size grid (the target
+    n*(eps)), pilots on the first n0 samples (their own learning curve and landscape), every predictor and the
+    scores (docs/sample_size.md, "Prediction benchmark"; the decision rule is fixed there)."""
+    tasks: list = param(list(SMOKE_TASKS), list_of(choice(list(TASKS))), "task names (lib.infra.tasks.TASKS)")
+    seeds: int = param(3, integer(2), "training seeds per size of a task's learning curve (init and minibatches)")
+    steps: int = param(300, integer(1), "Adam steps of every training, whatever its size (one fixed budget)")
+    batch_size: int = param(64, integer(1), "minibatch size (drawn with replacement from the training set)")
+    lr: float = param(0.001, number(gt=0), "Adam learning rate")
+    grid_ratio: float = param(1.25, number(gt=1), "ratio of consecutive sizes of the target grid (<= 1.25)")
+    n_min: int = param(32, integer(1), "smallest size of the target grid")
+    max_pool: int = param(4000, integer(64), "cap on a task's pool (the plateau is measured at the pool size)")
+    plateau_factor: float = param(4.0, number(ge=1), "a target is resolved only if n* <= pool / plateau_factor")
+    eps: list = param([0.005, 0.01, 0.02], list_of(number(gt=0)), "accuracy gaps eps (fractions: 0.01 = 1 point)")
+    primary_eps: float = param(0.01, number(gt=0), "the eps of the pre-registered decision (one of eps)")
+    pilot_sizes: list = param([250, 500], list_of(integer(16)), "pilot sizes n0 (capped at pool / plateau_factor "
+                              "per task); the first is the decision's")
+    pilot_folds: int = param(4, integer(2), "folds of a pilot's own learning curve (validation inside the n0)")
+    pilot_ratio: float = param(1.5, number(gt=1), "ratio of consecutive sizes of a pilot's learning curve")
+    pilot_n_min: int = param(24, integer(1), "smallest size of a pilot's learning curve")
+    D: int = param(5, integer(1), "subspace dimension of the landscape pilot (top-D Hessian eigenvectors)")
+    sigma: float = param(1.0, number(gt=0), "fixed theta scale of the landscape pilot (the original study's 1)")
+    n_thetas: int = param(32, integer(2), "thetas of the pilot's V-bar")
+    gap_thetas: int = param(8, integer(1), "thetas of the loss-gap sigma's bisection")
+    n_boot: int = param(100, integer(10), "bootstrap draws of the power-law intervals")
+    level: float = param(0.9, number(gt=0), "nominal level of every predictor's interval")
+    threads: int = param(1, integer(1, 256), "intra-op threads of each task (tasks run common.workers at a time)")
+
+
 SECTIONS: dict[str, type] = {"common": Common, "train": Train, "spectrum": Spectrum, "projection": Projection,
                              "monte_carlo": MonteCarlo, "convergence": Convergence, "your_model": YourModel,
-                             "figures": Figures}
+                             "prediction": Prediction, "figures": Figures}
 STAGES = tuple(s for s in SECTIONS if s != "common")
 
 #: the values docs/specification.md section 7 asks of the paper profile that a faster build may trim (configs/
@@ -252,6 +283,7 @@ COMMON_KEYS: dict[str, tuple[str, ...]] = {
     "monte_carlo": (*_RUNS, "spectrum_max_seeds"),
     "convergence": (*_RUNS, "n_train", "data_seed", "spectrum_max_seeds", "workers"),
     "your_model": ("profile", "device", "seeds", "progress", "workers"),
+    "prediction": ("profile", "device", "progress", "workers", "data_seed"),
     "figures": ("profile", "datasets", "models", "seeds", "spectrum_max_seeds"),
 }
 
@@ -384,6 +416,13 @@ def check_across_sections(profile: Profile) -> list[str]:
     for n0 in conv.pilot_sizes:
         if not n0 < n_train:
             errors.append(f"convergence.pilot_sizes contains {n0}, which must be smaller than n_train={n_train}")
+    pred = profile.section("prediction")
+    if pred.primary_eps not in pred.eps:
+        errors.append(f"prediction.primary_eps={pred.primary_eps} must be one of prediction.eps={pred.eps}")
+    if pred.grid_ratio > 1.25:
+        errors.append(f"prediction.grid_ratio={pred.grid_ratio} must be <= 1.25 (the targets' resolution)")
+    if pred.level >= 1:
+        errors.append(f"prediction.level={pred.level} must be < 1 (a nominal coverage such as 0.9)")
     if len(conv.learning_sizes) < 4:
         errors.append(f"convergence.learning_sizes={conv.learning_sizes} needs at least 4 sizes (a power law with "
                       "a plateau has 3 parameters)")
