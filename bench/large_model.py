@@ -4,7 +4,7 @@ The model is ``lib.core.models.mlp((3000, 3000))`` (784-3000-3000-10, 11,388,010
 epoch by the study's recipe on the first N = 2,000 MNIST images of the fixed insertion order
 (``lib.infra.data.training_subset``). The Hessian of the mean cross-entropy is applied by
 
-* ``batched`` (default): ``lib.core.batched.BatchedHessianOperator`` over a ``DataLoader(shuffle=False)`` of
+* ``batched`` (default): ``lib.core.hessian.batched.BatchedHessianOperator`` over a ``DataLoader(shuffle=False)`` of
   ``--batch-size`` images: every product streams the batches (double backward per batch, nothing kept between
   products); the records of the Lanczos Ritz step are capped at 1 GiB;
 * ``structured``: ``lib.core.hessian.HessianOperator`` (the study's engine) with ``chunk_size = --batch-size``; it
@@ -37,7 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.core import hessian, models, train  # noqa: E402
-from lib.core.batched import BatchedHessianOperator  # noqa: E402
+from lib.core.hessian.batched import BatchedHessianOperator  # noqa: E402
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 

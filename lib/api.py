@@ -34,10 +34,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from lib.core.batched import BatchedHessianOperator, as_batches
 from lib.core.checks import check_choice, check_int, check_number, check_positive
 from lib.core.convergence import first_k_below, k_closed_form
 from lib.core.hessian import density, top_eigenpairs, trace
+from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.montecarlo import DeltaCurve, delta_curve
 from lib.core.quadratic import delta_quadratic, per_sample_terms, variance_quadratic
 from lib.core.sample_size import k_per_order, order_summary, simultaneous_multiplier
@@ -229,7 +229,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
 
     ``data``: (inputs, targets) tensors, a list of (inputs, targets) batches, a DataLoader with ``shuffle=False``
     (a shuffling one is refused), a map-style Dataset or a function returning a fresh iterator of batches
-    (``lib.core.batched.as_batches``); the order it yields is the insertion order. ``loss_fn(outputs, targets)``
+    (``lib.core.hessian.batched.as_batches``); the order it yields is the insertion order. ``loss_fn(outputs, targets)``
     returns one loss per sample (default: cross-entropy, ``reduction="none"``). ``D``: subspace dimension (top-D
     eigenvectors); ``sigma``: scale of theta (``distribution`` "gaussian": N(0, sigma^2 I); "ball", "sphere": the
     same second moment); ``n_samples`` = T thetas; ``n_orders`` = R random insertion orders (>= 19 for a 95 %

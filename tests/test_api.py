@@ -12,10 +12,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lib.api import analyze
 from lib.core import hessian
-from lib.core.batched import BatchedHessianOperator, as_batches
 from lib.core.convergence import first_k_below, k_closed_form
+from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.sample_size import k_per_order, order_summary, simultaneous_multiplier
 from lib.core.sampling import make_sampler
+from lib.core.tensors import n_params
 from tests.cases import explicit_hessian, make, seeded_model
 
 
@@ -135,7 +136,7 @@ def test_refuses_data_it_cannot_read_twice_in_one_order(tanh_case):
         BatchedHessianOperator(model, (b for b in batch_list(x, y)), mse_onehot)
     with pytest.raises(ValueError, match="one loss per sample"):
         BatchedHessianOperator(model, (x, y), lambda out, t: mse_onehot(out, t).mean()).hvp(
-            torch.zeros(hessian.n_params(model), dtype=torch.float64))
+            torch.zeros(n_params(model), dtype=torch.float64))
     sizes = iter([40, 39])
 
     def shrinking():

@@ -14,13 +14,13 @@ import torch.multiprocessing as mp
 
 from lib import REPO_ROOT
 from lib.core import hessian
-from lib.core.batched import BatchedHessianOperator
 from lib.core.distributed import (
     DistributedHessianOperator,
     distributed_delta_curve,
     shard,
     shard_bounds,
 )
+from lib.core.hessian.batched import BatchedHessianOperator
 from lib.core.montecarlo import delta_curve
 from lib.core.sampling import make_sampler
 from tests.cases import make

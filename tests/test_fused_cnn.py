@@ -207,6 +207,20 @@ def test_engine_choice_of_the_hessian_operator():
     assert HessianOperator(net.double(), x.double(), y).engine == "structured"
     with pytest.raises(ParameterError, match="engine"):
         HessianOperator(net.double(), x.double(), y, engine="fused")
+    with pytest.raises(ParameterError, match="engine='fused' is not allowed"):
+        HessianOperator(build("mlp2", 0), x, y, engine="fused")
+
+
+@needs_kernel
+def test_the_fused_engine_by_name_is_the_auto_choice():
+    """engine="fused" (named, not only chosen by "auto") runs the kernel: the same products, bit for bit."""
+    from lib.core.hessian import HessianOperator
+    net = build("cnn", 0).eval()
+    x, y = seeded_data(37, (1, 28, 28), 10, dtype=torch.float32)
+    named, auto = HessianOperator(net, x, y, engine="fused"), HessianOperator(net, x, y)
+    assert named.engine == auto.engine == "fused"
+    v = torch.randn(n_params(net), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(named.hvp(v), auto.hvp(v))
 
 
 @needs_kernel

@@ -8,6 +8,9 @@ from torch import nn
 
 from lib.core import hessian as H
 from lib.core.checks import ParameterError
+from lib.core.hessian import solvers as S
+from lib.core.hessian.products import ProductOperator
+from lib.core.models import preferred_chunk
 from tests.cases import explicit_hessian, make
 
 N = 48
@@ -70,9 +73,9 @@ def test_hvp_matches_explicit_hessian_for_every_chunk_size(kind):
 def test_default_chunk_size_comes_from_the_model():
     assert operator("relu").chunk_size == H.DEFAULT_CHUNK
     cnn = operator("cnn")
-    assert cnn.chunk_size == H.preferred_chunk(cnn.model) and cnn.chunk_size != H.DEFAULT_CHUNK
+    assert cnn.chunk_size == preferred_chunk(cnn.model) and cnn.chunk_size != H.DEFAULT_CHUNK
     pooled = operator("pooled_cnn")
-    assert pooled.engine == "structured" and pooled.chunk_size == H.preferred_chunk(pooled.model)
+    assert pooled.engine == "structured" and pooled.chunk_size == preferred_chunk(pooled.model)
 
 
 def test_gradient_and_loss_match_autograd():
@@ -151,18 +154,18 @@ def test_lanczos_ritz_step_reuses_recorded_products(kind, monkeypatch):
     k = 4
     reused = H.top_eigenpairs(operator(kind), k=k, tol=1e-10, seed=3)
     calls = []
-    real_eigsh = H._eigsh
+    real_eigsh = S._eigsh
 
     def counting_eigsh(op, *a, **kw):
         out = real_eigsh(op, *a, **kw)
         calls.append(op.hvp_count)
         return out
-    monkeypatch.setattr(H, "_eigsh", counting_eigsh)
+    monkeypatch.setattr(S, "_eigsh", counting_eigsh)
     op = operator(kind)
     again = H.top_eigenpairs(op, k=k, tol=1e-10, seed=3)
     assert len(calls) == 1 and calls[0] > k
     assert again.hvp_count == calls[0] == op.hvp_count, "the Ritz step made new products"
-    monkeypatch.setattr(H, "REUSE_TOL", -1.0)            # forbid reuse: k fresh products
+    monkeypatch.setattr(S, "REUSE_TOL", -1.0)            # forbid reuse: k fresh products
     fresh = H.top_eigenpairs(operator(kind), k=k, tol=1e-10, seed=3)
     assert fresh.hvp_count == reused.hvp_count + k
     torch.testing.assert_close(reused.eigenvalues, fresh.eigenvalues, rtol=1e-10, atol=1e-12)
@@ -181,7 +184,7 @@ def test_products_fall_back_to_fresh_ones_outside_the_recorded_span():
         for col in basis.T[:2]:
             op.hvp(col)
         before = op.hvp_count
-        hq = H._products(op, basis)                       # 2 columns recorded, the third is not in their span
+        hq = S._products(op, basis)                       # 2 columns recorded, the third is not in their span
     assert op.hvp_count == before + 1
     torch.testing.assert_close(hq, hess @ basis, rtol=1e-8, atol=1e-10)
     assert op.records() is None                          # records are dropped after the block
@@ -316,7 +319,7 @@ def test_density_quadrature_equals_dense_eigh_of_the_tridiagonal(kind, n_iter, p
         alphas, betas = real(op, start, steps)
         tridiagonals.append((alphas, betas))
         return alphas, betas
-    monkeypatch.setattr(H, "lanczos_tridiagonal", keep)
+    monkeypatch.setattr(S, "lanczos_tridiagonal", keep)
     runs = 3
     d = H.density(operator(kind), n_runs=runs, n_iter=n_iter, seed=2, probe=probe)
     assert len(tridiagonals) == runs
@@ -335,7 +338,7 @@ def test_gauss_quadrature_on_fixed_tridiagonals():
     rng = np.random.default_rng(0)
     for m in (1, 2, 5, 40):
         alphas, betas = rng.standard_normal(m), np.abs(rng.standard_normal(m - 1)) + 0.1
-        nodes, weights = H._gauss_quadrature(alphas, betas)
+        nodes, weights = S._gauss_quadrature(alphas, betas)
         t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         dense_nodes, dense_vecs = np.linalg.eigh(t)
         np.testing.assert_allclose(nodes, dense_nodes, rtol=0, atol=1e-12)
@@ -380,6 +383,55 @@ def test_one_operator_serves_all_four_solvers():
     assert alone[1].value == low.value and torch.equal(alone[1].eigenvector, low.eigenvector)
     assert np.array_equal(alone[2].samples, tr.samples)
     assert np.array_equal(alone[3].nodes, dens.nodes) and np.array_equal(alone[3].weights, dens.weights)
+
+
+class MatrixOperator(ProductOperator):
+    """The protocol on an explicit matrix: no chunks, no engine, only ``product`` (the solvers see no difference)."""
+
+    def __init__(self, model, hess):
+        super().__init__(model)
+        self.hess = hess
+
+    def product(self, v):
+        return self.hess @ v
+
+
+@pytest.mark.parametrize("kind", ["relu", "tanh"])
+def test_solvers_run_on_any_product_operator(kind):
+    """Every solver (Lanczos and power eigenpairs, smallest eigenvalue, trace, density) takes a ProductOperator
+    that is not a HessianOperator, records and counts its products through the protocol's one ``hvp``, and
+    returns what it returns on the HessianOperator of the same Hessian, to rounding."""
+    model, x, y, hess, vals, _ = case(kind)
+    ours, mat = H.HessianOperator(model, x, y), MatrixOperator(model, hess)
+    assert not isinstance(mat, H.HessianOperator)
+    for op in (ours, mat):
+        top = H.top_eigenpairs(op, k=3, tol=1e-10, seed=1)
+        np.testing.assert_allclose(top.eigenvalues.numpy(), vals[:3], rtol=1e-8, atol=1e-12)
+        assert top.residuals.max() < 1e-8
+    a, b = (H.top_eigenpairs(op, k=2, method="power", tol=1e-10, max_iter=3000) for op in (ours, mat))
+    torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-8, atol=1e-12)
+    a, b = (H.smallest_eigenvalue(op, tol=1e-10) for op in (ours, mat))
+    assert a.value == pytest.approx(vals[-1], rel=1e-6, abs=1e-10) and b.value == pytest.approx(a.value, abs=1e-9)
+    a, b = (H.trace(op, n_probes=5, seed=2) for op in (ours, mat))
+    np.testing.assert_allclose(b.samples, a.samples, rtol=1e-10)
+    a, b = (H.density(op, n_runs=2, n_iter=6, seed=3, n_grid=50) for op in (ours, mat))
+    np.testing.assert_allclose(b.nodes, a.nodes, rtol=1e-8, atol=1e-12)
+    assert mat.hvp_count == ours.hvp_count > 0
+    with mat.recording():
+        v = torch.ones(mat.n_params, dtype=torch.float64)
+        mat.hvp(v)
+        X, HX = mat.records()
+    assert torch.equal(X[0], v) and torch.equal(HX[0], hess @ v) and mat.records() is None
+    mat.max_records = 0
+    with mat.recording():
+        mat.hvp(v)
+        assert mat.records() is None                       # the cap applies to every operator alike
+
+
+def test_an_operator_without_a_product_says_so():
+    model = case("relu")[0]
+    with pytest.raises(NotImplementedError, match="must implement product"):
+        ProductOperator(model).hvp(torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64))
 
 
 def test_solvers_take_an_operator_not_a_model():

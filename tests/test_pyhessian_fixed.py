@@ -1,4 +1,4 @@
-"""lib.core.pyhessian_fixed: each fix of PyHessian 0.1 is shown by a check that fails on the unpatched package (or,
+"""lib.core.hessian.pyhessian: each fix of PyHessian 0.1 is shown by a check that fails on the unpatched package (or,
 where the unpatched call cannot get that far, with only that fix switched off) and passes through the wrapper;
 PyHessian's eigenvalues, trace and density through the wrapper, and our density, against an explicit float64
 Hessian of a small network (tests.cases "tanh": 63 parameters, 48 samples)."""
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from pyhessian import hessian as unpatched  # the installed PyHessian 0.1 class, used as its users call it
 
 from lib.core import hessian as H
-from lib.core import pyhessian_fixed as P
 from lib.core.checks import ParameterError
+from lib.core.hessian import pyhessian as P
 from tests.cases import explicit_hessian, make
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -272,19 +272,19 @@ def test_density_matches_the_explicit_eigenvalue_histogram(explicit):
 
 def test_compare_density_and_trace_in_one_call():
     model, x, y = make("tanh")
-    out = P.compare_density(model, x, y, n_iter=12, n_runs=2, seed=5, n_grid=500)
+    ours = H.density(H.HessianOperator(model, x, y), n_runs=2, n_iter=12, seed=5, n_grid=500)
+    out = P.compare_density(model, x, y, n_iter=12, n_runs=2, seed=5, ours=ours)
     assert out["ours"]["products"] == out["pyhessian"]["products"] == 24
     assert out["grid"].shape == out["ours"]["density"].shape == out["pyhessian"]["density"].shape == (500,)
     assert out["pyhessian"]["nodes"].shape == (2, 12) and out["ours"]["seconds"] > 0 < out["pyhessian"]["seconds"]
     assert out["l1_difference"] < 1e-10 and out["max_difference"] < 1e-10
-    op = H.HessianOperator(model, x, y)
-    ours = H.density(op, n_runs=2, n_iter=12, seed=5, n_grid=500)
-    again = P.compare_density(model, x, y, n_iter=12, n_runs=2, seed=5, ours=ours)
-    assert again["ours"]["seconds"] == ours.seconds
-    np.testing.assert_allclose(again["pyhessian"]["density"], out["pyhessian"]["density"], rtol=1e-10, atol=0)
+    assert out["ours"]["seconds"] == ours.seconds and np.array_equal(out["grid"], ours.grid)
     with pytest.raises(ParameterError):
         P.compare_density(model, x, y, n_iter=10, n_runs=2, seed=5, ours=ours)
-    tr = P.compare_trace(model, x, y, n_probes=20, tol=1e-3, seed=2)
+    with pytest.raises(TypeError, match="ours"):
+        P.compare_density(model, x, y, n_iter=12, n_runs=2, seed=5)      # ours is computed by lib.core.hessian
+    tr = P.compare_trace(model, x, y, n_probes=20, tol=1e-3, seed=2,
+                         ours=H.trace(H.HessianOperator(model, x, y), n_probes=20, seed=2))
     k = tr["pyhessian"]["n_probes"]
     assert tr["ours"]["n_probes"] == tr["ours"]["products"] == 20 and tr["pyhessian"]["products"] == k
     np.testing.assert_allclose(tr["pyhessian"]["samples"], tr["ours"]["samples"][:k], rtol=1e-12)

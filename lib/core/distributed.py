@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lib.core.batched import BatchedHessianOperator
 from lib.core.checks import check_data, check_int
+from lib.core.hessian.batched import BatchedHessianOperator
 from lib.core.montecarlo import DeltaCurve, delta_curve
 from lib.core.subspace import cross_entropy_per_sample
 from lib.core.tensors import device_dtype

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.core import hessian, pyhessian_fixed
+from lib.core import hessian
+from lib.core.hessian import pyhessian as pyhessian_fixed
 from lib.core.tensors import n_params
 from lib.infra.config import Common, Spectrum
 from lib.infra.device import resolve_device

@@ -10,8 +10,8 @@ targets)`` returns one loss per sample (shape ``(batch,)``; default: cross-entro
 
 The data (``as_batches``) may be
 
-* a pair of tensors ``(inputs, targets)`` (sliced into ``batch_size`` samples, default ``hessian.DEFAULT_CHUNK``
-  or the model's preferred chunk),
+* a pair of tensors ``(inputs, targets)`` (sliced into ``batch_size`` samples, default the model's preferred
+  chunk or ``lib.core.hessian.DEFAULT_CHUNK``),
 * a list or tuple of ``(inputs, targets)`` batches,
 * a ``torch.utils.data.DataLoader`` (or a map-style ``Dataset``, wrapped in one) that does not shuffle,
 * a function of no arguments returning a fresh iterator of batches (data read from disk, say).
@@ -21,13 +21,13 @@ shuffling ``DataLoader`` and one-shot iterators (generators) are refused, and a 
 samples than the first raises. Floating inputs and targets are cast to the parameters' dtype, everything is moved
 to their device.
 
-The class is a ``lib.core.hessian.HessianOperator`` (a subclass: the solvers check ``isinstance``) with the whole
-interface the solvers use, implemented here: ``hvp``, ``hvp_count``, ``n_params``, ``dtype``, ``device``,
-``model``, ``as_vector``, ``recording()`` / ``records()`` (the Lanczos Ritz step reuses recorded products),
-``hvp_numpy`` / ``linear_operator`` (scipy), plus ``gradient()`` and ``loss()``. So::
+The class is a ``lib.core.hessian.ProductOperator``, the protocol the solvers take: it implements ``product``
+(streamed over the batches) and inherits ``hvp`` / ``hvp_count``, ``n_params``, ``dtype``, ``device``,
+``as_vector``, ``recording()`` / ``records()`` (the Lanczos Ritz step reuses recorded products) and
+``hvp_numpy`` / ``linear_operator`` (scipy); ``gradient()`` and ``loss()`` are its own. So::
 
     op = BatchedHessianOperator(model, loader, loss_fn)
-    top = hessian.top_eigenpairs(op, k=10)
+    top = hessian.top_eigenpairs(op, k=10)               # from lib.core import hessian
     tr = hessian.trace(op, n_probes=30)
 
 Products are sums over samples divided by the global N; the sum over this process's batches is ``hvp_sum`` and
@@ -35,7 +35,6 @@ Products are sums over samples divided by the global N; the sum over this proces
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -51,10 +50,11 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 from lib.core.checks import check_data, check_int
-from lib.core.hessian import DEFAULT_CHUNK, MAX_RECORDS, HessianOperator
+from lib.core.hessian.operator import DEFAULT_CHUNK
+from lib.core.hessian.products import MAX_RECORDS, ProductOperator
 from lib.core.models import preferred_chunk
 from lib.core.subspace import cross_entropy_per_sample
-from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, unflatten
+from lib.core.tensors import chunks, eval_mode, flat_params, unflatten
 
 __all__ = ["Batches", "as_batches", "BatchedHessianOperator", "RECORD_BUDGET"]
 
@@ -164,14 +164,14 @@ def as_batches(data, batch_size: int | None = None) -> Batches:
 
 
 # ----------------------------------------------------------------------------------------------- operator
-class BatchedHessianOperator(HessianOperator):
+class BatchedHessianOperator(ProductOperator):
     """Exact Hessian of (1/N) sum_i loss_fn(model(x_i), y_i) over every sample of ``batches``, one batch at a time.
 
     ``batches``: anything ``as_batches`` accepts (tensor pairs are sliced into ``batch_size`` samples, default:
-    the model's preferred chunk or ``hessian.DEFAULT_CHUNK``); ``chunk_size`` additionally splits every batch
+    the model's preferred chunk or ``lib.core.hessian.DEFAULT_CHUNK``); ``chunk_size`` additionally splits every batch
     (bounded memory for large loader batches; the result does not depend on it). ``n_samples``: the number of
     samples if known (else one pass counts them); every pass is checked against it. ``max_records``: products
-    kept for the Lanczos Ritz step (None: ``hessian.MAX_RECORDS``, at most ``RECORD_BUDGET`` bytes; a product
+    kept for the Lanczos Ritz step (None: ``lib.core.hessian.MAX_RECORDS``, at most ``RECORD_BUDGET`` bytes; a product
     not reproduced from the records costs a fresh one). Uses the model's current weights at each call, in eval
     mode; ``.grad`` fields are never read or written.
     """
@@ -179,22 +179,16 @@ class BatchedHessianOperator(HessianOperator):
     def __init__(self, model: torch.nn.Module, batches, loss_fn: LossFn | None = None, *,
                  batch_size: int | None = None, chunk_size: int | None = None, n_samples: int | None = None,
                  max_records: int | None = None):
-        # HessianOperator.__init__ is not called: its in-memory tensors are replaced by the batch stream
-        self.model = model
-        self.device, self.dtype = device_dtype(model)
-        self.n_params = n_params(model)
+        super().__init__(model)
         self.loss_fn = loss_fn or cross_entropy_per_sample
         self.batches = as_batches(batches, batch_size)
         if self.batches.kind == "tensors" and self.batches.batch_size is None:
             self.batches = self.batches.with_batch_size(preferred_chunk(model) or DEFAULT_CHUNK)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, 1)
-        self.hvp_count = 0
-        self.grad_count = 0
         if max_records is None:
             per = 2 * self.n_params * torch.finfo(self.dtype).bits // 8
             max_records = min(MAX_RECORDS, RECORD_BUDGET // per)
         self.max_records = check_int("max_records", max_records, 0)
-        self._kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.local_samples = (self.count_samples() if n_samples is None
                               else check_int("n_samples", n_samples, 1))
         self.n_samples = int(self.all_sum(torch.tensor(float(self.local_samples), dtype=torch.float64,
@@ -202,22 +196,8 @@ class BatchedHessianOperator(HessianOperator):
         if self.n_samples < 1:
             raise ValueError("the data has no samples")
 
-    # ------------------------------------------------------------------ kept state: none (streamed)
+    #: nothing is kept between products: every product streams the batches
     engine = "stream"
-    state_builds = 0
-
-    @property
-    def kept_chunks(self) -> int:
-        """Always 0: nothing is kept between products (every product streams the batches)."""
-        return 0
-
-    @property
-    def kept_bytes(self) -> int:
-        """Always 0 (see ``kept_chunks``)."""
-        return 0
-
-    def drop_state(self) -> None:
-        """Nothing to drop."""
 
     # ------------------------------------------------------------------ data
     def count_samples(self) -> int:
@@ -275,14 +255,10 @@ class BatchedHessianOperator(HessianOperator):
                     out += hv
         return out
 
-    def hvp(self, v) -> torch.Tensor:
-        """H v for a flat v (counted in ``hvp_count``; recorded inside ``recording()``)."""
-        v = self.as_vector(v)
-        out = self.all_sum(self.hvp_sum(v)) / self.n_samples
-        self.hvp_count += 1
-        if self._kept is not None and len(self._kept) < self.max_records:
-            self._kept.append((v.detach().clone(), out.detach().clone()))
-        return out
+    def product(self, v: torch.Tensor) -> torch.Tensor:
+        """H v of the mean loss over every process's samples: this one's ``hvp_sum``, combined by ``all_sum``,
+        divided by the global N (``hvp`` counts and records it)."""
+        return self.all_sum(self.hvp_sum(v)) / self.n_samples
 
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the mean loss (counted in ``grad_count``)."""
@@ -303,19 +279,3 @@ class BatchedHessianOperator(HessianOperator):
             for x, y in self.pieces():
                 total += self.losses(w0, x, y).double().sum()
         return float(self.all_sum(total)) / self.n_samples
-
-    # ------------------------------------------------------------------ records (Lanczos Ritz step)
-    @contextlib.contextmanager
-    def recording(self):
-        """Keep the products (v, H v) made inside the block (at most ``max_records``) in ``records()``."""
-        self._kept = []
-        try:
-            yield self
-        finally:
-            self._kept = None
-
-    def records(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(X, HX), each (m, n_params), of the recorded products, or None."""
-        if not self._kept:
-            return None
-        return torch.stack([x for x, _ in self._kept]), torch.stack([hx for _, hx in self._kept])
