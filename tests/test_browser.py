@@ -1,7 +1,10 @@
 """A real browser (headless Chromium driven by Selenium) uses the JupyterLab that `make lab` serves: it opens a
 jupytext ``.py`` notebook as a notebook (Open With > Notebook), runs its parameters cell and a new cell, and reads
-the output. The server is started with ``make lab LAB_ARGS=...`` exactly as a user on a remote machine would (as
-root here, which ``make lab`` handles with --allow-root).
+the output; then a cell that draws a figure with the project's plotting module and ``plt.show()``, and finds the
+rendered figure (an ``img`` in an output area, decoded with a nonzero width): no image, and the test fails. The
+test's environment exports ``MPLBACKEND=Agg`` (tests/conftest.py, CI), which ``make lab`` overrides. The server
+is started with ``make lab LAB_ARGS=...`` exactly as a user on a remote machine would (as root here, which
+``make lab`` handles with --allow-root).
 
 Skipped only when Chromium or chromedriver is not installed and this is not CI; with ``CI=true`` it must run
 (``make test`` installs ``chromium chromium-driver`` as root, see lib/infra/prereqs.py).
@@ -26,6 +29,9 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1400,1000")
 NOTEBOOK = "01_train.py"
+#: typed on one line (no auto-indent): a 3.4 x 2.55 inch figure, ~340 px wide at matplotlib's 100 dpi
+FIGURE_CELL = ("import matplotlib.pyplot as plt; from lib.outputs import plotting; fig, axes = plotting.figure(); "
+               "axes[0, 0].plot([0, 1, 2], [2, 0, 1]); plt.show()")
 
 if not (CHROMIUM and CHROMEDRIVER) and not IN_CI:
     pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)",
@@ -34,7 +40,7 @@ if not IN_CI:
     pytest.importorskip("selenium")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -145,6 +151,18 @@ def test_make_lab_opens_a_py_notebook_and_runs_a_cell(lab, browser, tmp_path):
         _shift_enter(browser)
         out = WebDriverWait(browser, 180).until(lambda d: [
             e.text for e in d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output") if "browser test:" in e.text])
+        # a figure: one more cell, drawn with lib.outputs.plotting and shown with plt.show()
+        assert not browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")
+        ActionChains(browser).send_keys(Keys.ESCAPE).send_keys("a").send_keys(Keys.ENTER).perform()
+        ActionChains(browser).send_keys(FIGURE_CELL).perform()
+        _shift_enter(browser)
+        try:
+            widths = WebDriverWait(browser, 180).until(lambda d: [
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                for img in d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")] or None)
+        except TimeoutException:
+            outputs = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")]
+            pytest.fail(f"no figure rendered in an output area after plt.show(); outputs: {outputs}")
     except Exception:
         browser.save_screenshot(str(tmp_path / "failure.png"))
         raise
@@ -154,6 +172,7 @@ def test_make_lab_opens_a_py_notebook_and_runs_a_cell(lab, browser, tmp_path):
                 made.unlink()
             if not any(checkpoints.iterdir()):
                 checkpoints.rmdir()
+    assert len(widths) == 1 and widths[0] > 100, f"one decoded figure expected, natural widths {widths}"
     words = out[0].split()
     assert words[2:4] == ["smoke", "1000"], out
     assert Path(words[4]).resolve() == (REPO_ROOT / ".venv").resolve(), f"kernel not from .venv: {out}"

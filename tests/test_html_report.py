@@ -1,12 +1,17 @@
 """The static HTML page of a profile (``lib.outputs.html``, ``make report``): every ``<img>`` is a file that decodes
-as a PNG, every registered table is there with the rows of the saved results, the notebook links resolve; in a
-headless Chromium (when installed) every image loads with a nonzero natural width."""
+as a PNG, every registered table is there with the rows of the saved results, the notebook links resolve and each
+executed notebook is rendered to HTML with its figures embedded; in a headless Chromium (when installed) every image
+loads with a nonzero natural width."""
+import base64
+import io
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nbformat
 import pytest
 from PIL import Image
 
@@ -110,19 +115,69 @@ def test_missing_figures_are_an_error_naming_the_command(tiny_pipeline, tmp_path
         html.build(tiny_pipeline.store, tiny_pipeline.stage("figures")[0], tmp_path / "r.html")
 
 
+def _png(width, height, colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _embedded_pngs(page: Path) -> list[bytes]:
+    """The PNGs a rendered notebook page carries inline (``<img src="data:image/png;base64,...">``)."""
+    return [base64.b64decode(b) for b in re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page.read_text())]
+
+
+def test_executed_notebooks_are_rendered_to_html_with_their_figures(tiny_pipeline, tmp_path, monkeypatch):
+    monkeypatch.setattr(latex, "FIGURES", tiny_pipeline.figures_dir.parent)
+    monkeypatch.setattr(latex, "GENERATED", tiny_pipeline.generated_dir.parent)
+    books = tmp_path / "results" / "notebooks"
+    books.mkdir(parents=True)
+    figures = [_png(160, 120, "red"), _png(200, 100, "blue")]
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# A worked run"),
+        nbformat.v4.new_code_cell("print(k)", outputs=[nbformat.v4.new_output("stream", text="K = 253\n")]),
+        nbformat.v4.new_code_cell("plt.show()", outputs=[
+            nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(f).decode(),
+                                                         "text/plain": "<Figure>"}) for f in figures])])
+    nbformat.write(nb, books / "01_train.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), books / "02_spectrum.ipynb")
+    stale = tmp_path / "site" / "notebooks" / "09_gone.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("a page of a notebook that no longer exists")
+    out = html.build(tiny_pipeline.store, tiny_pipeline.stage("figures")[0], tmp_path / "site" / "report.html",
+                     notebooks=books)
+    page = _parse(out)
+    assert page.links == ["notebooks/01_train.html", "../results/notebooks/01_train.ipynb",
+                          "notebooks/02_spectrum.html", "../results/notebooks/02_spectrum.ipynb"]
+    assert all((out.parent / href).is_file() for href in page.links) and not stale.exists()
+    assert "01_train</a> (2 figures;" in out.read_text() and "02_spectrum</a> (0 figures;" in out.read_text()
+    rendered = out.parent / "notebooks" / "01_train.html"
+    assert _embedded_pngs(rendered) == figures                    # the notebook's own bytes, in order
+    assert "K = 253" in rendered.read_text() and "A worked run" in rendered.read_text()
+    assert _embedded_pngs(out.parent / "notebooks" / "02_spectrum.html") == []
+
+
 SMOKE_SOURCE = latex.generated_dir("smoke") / "source.json"
 
 
 @pytest.mark.skipif(not SMOKE_SOURCE.is_file() or not (REPO_ROOT / "results" / "smoke" / "notebooks").is_dir(),
-                    reason="no smoke outputs (make reproduce PROFILE=smoke)")
+                    reason="builds the page of the smoke profile from results/smoke/notebooks and paper/generated/"
+                           "smoke, which `make notebooks-smoke` writes (make test runs it before pytest; a fresh "
+                           "clone's make pytest has none); the same page of the tiny pipeline is checked by "
+                           "test_report_of_the_tiny_pipeline_has_every_figure_and_table")
 def test_report_of_the_smoke_results(tmp_path):
     common, _ = load_profile("smoke").stage("figures")
     out = html.build(ResultStore("smoke"), common, tmp_path / "smoke" / "report.html")
     page = _parse(out)
     _check_images(page, out.parent, json.loads(SMOKE_SOURCE.read_text())["figures"])
-    books = [Path(href).name for href in page.links]
-    assert books and books == sorted(p.name for p in (REPO_ROOT / "results" / "smoke" / "notebooks").glob("*.ipynb"))
+    executed = sorted((REPO_ROOT / "results" / "smoke" / "notebooks").glob("*.ipynb"))
+    assert executed and [Path(href).name for href in page.links] == [
+        name for p in executed for name in (f"{p.stem}.html", p.name)]          # the rendering, then the notebook
     assert all((out.parent / href).resolve().is_file() for href in page.links)
+    for book, href in zip(executed, page.links[::2]):
+        cells = json.loads(book.read_text())["cells"]
+        shown = [base64.b64decode(o["data"]["image/png"]) for c in cells for o in c.get("outputs", [])
+                 if "image/png" in o.get("data", {})]
+        assert _embedded_pngs(out.parent / href) == shown, book.name
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")

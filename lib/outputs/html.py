@@ -4,8 +4,9 @@
 
 The figures are the PNGs notebook 06 wrote into ``paper/figures/<profile>/`` (listed in its ``source.json``), linked
 by relative paths; the tables are the registry's table functions (``lib.outputs.registry.TABLES``, the same LaTeX the
-paper inputs) turned into HTML; the page links to the executed notebooks ``results/<profile>/notebooks/*.ipynb``.
-Nothing is copied by hand: rerun it after ``make paper PROFILE=<profile>``.
+paper inputs) turned into HTML; the page links each executed notebook ``results/<profile>/notebooks/*.ipynb``,
+rendered by nbconvert to a standalone page with its figures embedded (``paper/build/<profile>/notebooks/*.html``),
+and the ``.ipynb`` itself. Nothing is copied by hand: rerun it after ``make paper PROFILE=<profile>``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import os
 import re
 import sys
 from pathlib import Path
+
+from nbconvert import HTMLExporter
 
 from lib import REPO_ROOT
 from lib.infra.config import Common, load_profile
@@ -74,8 +77,33 @@ def _caption(name: str) -> str:
     return " ".join(((fn.__doc__ if fn else None) or "").split())
 
 
+def _figures(n: int) -> str:
+    return f"{n} figure{'s' * (n != 1)}"
+
+
 def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
+
+
+def embedded_figures(book: Path) -> int:
+    """How many ``image/png`` outputs an executed notebook holds."""
+    cells = json.loads(book.read_text())["cells"]
+    return sum("image/png" in out.get("data", {}) for c in cells for out in c.get("outputs", []))
+
+
+def render_notebooks(books: list[Path], folder: Path) -> list[Path]:
+    """Each executed notebook as a standalone HTML page ``folder/<stem>.html`` (nbconvert's lab template: inputs,
+    outputs, figures as embedded PNGs); pages of notebooks no longer there are removed. Returns the pages."""
+    exporter = HTMLExporter()
+    pages = []
+    for book in books:
+        body, _ = exporter.from_filename(str(book))
+        pages.append(folder / f"{book.stem}.html")
+        atomic_write_bytes(pages[-1], body.encode())
+    if folder.is_dir():
+        for stale in set(folder.glob("*.html")) - set(pages):
+            stale.unlink()
+    return pages
 
 
 def build(store: ResultStore, common: Common, out: Path | None = None, notebooks: Path | None = None) -> Path:
@@ -114,8 +142,12 @@ def build(store: ResultStore, common: Common, out: Path | None = None, notebooks
                      f"{html.escape(key_numbers.text(stage, store, common))}</pre></details>")
     notebooks = Path(notebooks) if notebooks is not None else store.root / "notebooks"
     books = sorted(notebooks.glob("*.ipynb")) if notebooks.is_dir() else []
-    parts.append("<h2 id='notebooks'>Executed notebooks</h2><ul>" + "".join(
-        f"<li><a href='{html.escape(_rel(b, out.parent))}'>{b.name}</a></li>" for b in books) + "</ul>"
+    pages = render_notebooks(books, out.parent / "notebooks")
+    parts.append("<h2 id='notebooks'>Executed notebooks</h2><p>Each notebook as it ran for this profile, with its "
+                 f"outputs and figures (from <code>{html.escape(_rel(notebooks, REPO_ROOT))}</code>).</p><ul>"
+                 + "".join(f"<li><a href='{html.escape(_rel(page, out.parent))}'>{b.stem}</a> "
+                           f"({_figures(embedded_figures(b))}; <a href='{html.escape(_rel(b, out.parent))}'>{b.name}"
+                           "</a>)</li>" for b, page in zip(books, pages)) + "</ul>"
         + ("" if books else f"<p>none in {html.escape(str(notebooks))}</p>"))
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>landscape-hessian: profile {html.escape(profile)}</title><style>"
