@@ -34,13 +34,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from lib.core.checks import check_choice, check_int, check_number, check_positive
+from lib.core.checks import ParameterError, check_choice, check_int, check_number, check_positive
 from lib.core.convergence import first_k_below, k_closed_form
 from lib.core.hessian import density, top_eigenpairs, trace
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
+from lib.core.inputs import check_device, check_weights, checked_batches
 from lib.core.montecarlo import DeltaCurve, delta_curve
 from lib.core.quadratic import delta_quadratic, per_sample_terms, variance_quadratic
-from lib.core.sample_size import k_per_order, order_summary, simultaneous_multiplier
+from lib.core.sample_size import BAND_METHODS, k_per_order, order_summary, simultaneous_multiplier
 from lib.core.sampling import ESTIMATORS, make_sampler
 from lib.core.subspace import cross_entropy_per_sample
 from lib.core.tensors import device_dtype, n_params
@@ -223,7 +224,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
             n_samples: int = 64, n_orders: int = 20, thresholds=(1e-2, 1e-3, 1e-4), seed: int = 0,
             device: str | torch.device = "cpu", distribution: str = "gaussian", estimator: str = "plain",
             tol: float = 1e-4, batch_size: int | None = None, quadratic: bool = True, level: float = 0.95,
-            n_batches: int = 32, progress: bool = False) -> LandscapeReport:
+            n_batches: int = 32, band_method: str = "max_t", progress: bool = False) -> LandscapeReport:
     """Top eigenpairs, Delta_k with standard errors, V-bar, Q_k and K(Delta) with its uncertainty for a trained
     ``model`` and its training ``data`` in insertion order.
 
@@ -235,7 +236,13 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     same second moment); ``n_samples`` = T thetas; ``n_orders`` = R random insertion orders (>= 19 for a 95 %
     conformal bound); ``thresholds``: the Delta values of K(Delta); ``seed`` seeds the Lanczos start, the thetas,
     the orders (seed + 1) and the band's bootstrap; ``tol``: Lanczos tolerance; ``quadratic``: also Q_k (skipped
-    with a note if the per-sample terms fail for this model); ``level``: coverage of the conformal bound.
+    with a note if the per-sample terms fail for this model); ``level``: coverage of the conformal bound;
+    ``band_method``: the simultaneous band's construction (``sample_size.simultaneous_multiplier``: "max_t", or
+    "bootstrap_t", whose upper edge also holds for heavy-tailed d_k^2; docs/sample_size.md).
+
+    Bad inputs fail before any compute with a ``ParameterError`` naming them (``lib.core.inputs``): a device this
+    machine lacks, non-finite weights, inputs or targets, targets outside the model's classes, empty data, inputs
+    the model rejects (the batch is named).
 
     The Hessian products stream the batches (memory O(D n_params) plus one batch); the Monte-Carlo curve holds the
     data as tensors on ``device``. The model's weights, ``.grad`` and train/eval flags are left as they were (a
@@ -248,15 +255,20 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     check_choice("estimator", estimator, ESTIMATORS)
     level = check_number("level", level, gt=0, le=1)
     thresholds = [check_positive("threshold", float(t)) for t in np.atleast_1d(thresholds)]
-    dev = torch.device(device)
-    home, _ = device_dtype(model)
-    if home.type != dev.type or (dev.index is not None and home != dev):
-        model = copy.deepcopy(model).to(dev)
+    check_choice("band_method", band_method, BAND_METHODS)
+    dev = check_device(device)
+    home, dtype = device_dtype(model)
+    check_weights(model)
     n = n_params(model)
     if D >= n:
-        raise ValueError(f"D={D} must be smaller than n_params={n}")
+        raise ParameterError("D", D, f"an integer in [1, {n - 1}] (fewer than the model's {n} parameters)")
+    if home.type != dev.type or (dev.index is not None and home != dev):
+        model = copy.deepcopy(model).to(dev)
+    # every batch through the model and the loss once, so that bad data fail here and not inside a solver
+    batches = checked_batches(model, data, loss_fn or cross_entropy_per_sample, batch_size=batch_size,
+                              class_targets=loss_fn is None or loss_fn is cross_entropy_per_sample, device=dev,
+                              dtype=dtype)
     loss_fn = loss_fn or cross_entropy_per_sample
-    batches = as_batches(data, batch_size)
     seconds, notes = {}, []
 
     op = BatchedHessianOperator(model, batches, loss_fn)
@@ -274,7 +286,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     band_se = band_c = None
     if B >= 3:
         band_se = curve.batch_means.std(axis=0, ddof=1) / np.sqrt(B)
-        band_c = simultaneous_multiplier(curve.batch_means, level=level, seed=seed)
+        band_c = simultaneous_multiplier(curve.batch_means, level=level, seed=seed, method=band_method)
     else:
         notes.append(f"no simultaneous band: {B} batches of thetas (needs >= 3; raise n_samples)")
     if n_orders < 1:
@@ -300,7 +312,8 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     seconds["total"] = time.perf_counter() - t0
     settings = {"D": D, "sigma": sigma, "distribution": distribution, "estimator": estimator,
                 "n_samples": int(n_samples), "n_orders": int(n_orders), "thresholds": thresholds, "seed": int(seed),
-                "tol": float(tol), "level": level, "n_batches": int(n_batches), "device": str(dev),
+                "tol": float(tol), "level": level, "n_batches": int(n_batches), "band_method": band_method,
+                "device": str(dev),
                 "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__), "dtype": str(op.dtype)}
     return LandscapeReport(
         N=curve.N, D=D, n_params=n, eigenvalues=top.eigenvalues.numpy().astype(np.float64),

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lib.api import analyze
 from lib.core import hessian
+from lib.core.checks import ParameterError
 from lib.core.convergence import first_k_below, k_closed_form
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.sample_size import k_per_order, order_summary, simultaneous_multiplier
@@ -236,3 +237,96 @@ def test_analyze_tensors_equal_loader_and_skips_quadratic_with_a_note(one_thread
     assert b.Q is None and "Q_k not computed (quadratic=False)" in b.notes
     with pytest.raises(ValueError, match="shuffle"):
         analyze(model, DataLoader(TensorDataset(x, y), shuffle=True), mse_onehot, **kw)
+
+
+# ------------------------------------------------------------------------------- bad inputs fail before compute
+@pytest.fixture
+def no_compute(monkeypatch):
+    """``analyze`` must refuse before its first solver: building the Hessian operator fails the test."""
+    def started(*args, **kwargs):
+        raise AssertionError("analyze started computing on a bad input")
+
+    monkeypatch.setattr("lib.api.BatchedHessianOperator", started)
+
+
+def refused(capfd, match, model, data, loss_fn=mse_onehot, **kw):
+    """The ParameterError ``analyze`` raises (its message matched), with nothing printed to the terminal."""
+    with pytest.raises(ParameterError, match=match) as err:
+        analyze(model, data, loss_fn, D=2, n_samples=4, n_orders=0, quadratic=False, **kw)
+    out, printed = capfd.readouterr()
+    assert out == "" and printed == "", (out, printed)
+    return str(err.value)
+
+
+def test_analyze_refuses_a_device_this_machine_lacks(capfd, no_compute):
+    model, x, y = residual_case(n=20)
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    msg = refused(capfd, rf"^device='{missing}' is not allowed: one of the devices of this machine: \['cpu'",
+                  model, (x, y), device=missing)
+    assert "pass device='cpu'" in msg
+    if not torch.cuda.is_available():
+        assert "torch finds no CUDA device on this machine" in msg
+    refused(capfd, r"^device='gpu' is not allowed: one of the devices of this machine: \['cpu'", model, (x, y),
+            device="gpu")
+
+
+def test_analyze_names_the_first_non_finite_input_and_weight(capfd, no_compute):
+    model, x, y = residual_case(n=40)
+    bad = x.clone()
+    bad[23, 4] = float("nan")
+    bad[30, 0] = float("inf")
+    msg = refused(capfd, r"^batch 3 inputs\[2, 4\]=nan is not allowed: finite inputs", model, batch_list(bad, y))
+    assert "sample 23 of the data (row 2 of batch 3)" in msg and "batch 3 has 1" in msg
+    refused(capfd, r"^batch 0 inputs\[23, 4\]=nan is not allowed", model, (bad, y), batch_size=40)
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.blocks[0].weight[2, 1] = float("inf")
+        broken.out.bias[1] = float("nan")
+    msg = refused(capfd, r"^model parameter 'blocks.0.weight'\[2, 1\]=inf is not allowed: finite weights",
+                  broken, (x, y))
+    assert "1 of its 64 values are NaN or inf" in msg
+    targets = torch.randn(40, 3, dtype=torch.float64)
+    targets[11, 2] = float("nan")
+    refused(capfd, r"^batch 1 targets\[4, 2\]=nan is not allowed: finite targets", model, batch_list(x, targets),
+            loss_fn=lambda out, t: ((out - t) ** 2).sum(1))
+
+
+def test_analyze_refuses_labels_outside_the_model_classes(capfd, no_compute):
+    model, x, _ = residual_case(n=30)
+    ten = seeded_model(lambda: ResidualMLP(n_out=10), 4)
+    y = torch.arange(30) % 10
+    y[17] = 12
+    msg = refused(capfd, r"^batch 2 targets\[3\]=12 is not allowed: a class index in \[0, 9\] \(the model has 10 "
+                  "outputs\\)", ten, batch_list(x, y), loss_fn=None)
+    assert "sample 17 of the data" in msg and "span [0, 12]" in msg
+    y[17], y[4] = 3, -1
+    refused(capfd, r"^batch 0 targets\[4\]=-1 is not allowed: a class index in \[0, 9\]", ten, (x, y), loss_fn=None)
+    # a loss of its own: its error, with the targets' range, names the batch
+    y3 = torch.arange(30) % 3
+    y3[8] = 12
+    msg = refused(capfd, r"^batch 1 targets='shape \(7,\), dtype torch.int64' is not allowed: targets loss_fn "
+                  r"accepts for the model's outputs \(shape \(7, 3\), dtype torch.float64\); this batch's targets "
+                  r"span \[0, 12\]", model, batch_list(x, y3))
+    assert "loss_fn raised RuntimeError" in msg
+
+
+def test_analyze_refuses_empty_data(capfd, no_compute):
+    model, x, y = residual_case(n=20)
+    refused(capfd, r"^data='inputs of shape \(0, 6\)' is not allowed: at least one sample .*empty data", model,
+            (x[:0], y[:0]))
+    refused(capfd, r"^data=\[\] is not allowed: at least 2 samples", model, [])
+    refused(capfd, r"^data='0 sample\(s\)' is not allowed: at least 2 samples", model,
+            DataLoader(TensorDataset(x[:0], y[:0]), batch_size=4))
+    refused(capfd, r"^data='1 sample\(s\)' is not allowed: at least 2 samples", model, [(x[:1], y[:1])])
+
+
+def test_analyze_names_the_batch_whose_inputs_the_model_rejects(capfd, no_compute):
+    model, x, y = residual_case(n=30)
+    batches = batch_list(x, y)
+    batches[2] = (batches[2][0][:, :5], batches[2][1])
+    msg = refused(capfd, r"^batch 2 inputs='shape \(7, 5\), dtype torch.float64' is not allowed: inputs the model "
+                  r"accepts \(its parameters: torch.float64 on cpu\)", model, batches)
+    assert "mat1 and mat2 shapes cannot be multiplied" in msg
+    msg = refused(capfd, r"^batch 0 inputs='shape \(30, 6\), dtype torch.int64' is not allowed", model,
+                  (x.long(), y), batch_size=30)
+    assert "the model raised RuntimeError" in msg

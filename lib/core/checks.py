@@ -81,9 +81,13 @@ def check_bool(name: str, value) -> bool:
 def check_data(inputs, targets) -> int:
     """Tensors of equal, non-zero length; returns that length N."""
     if not torch.is_tensor(inputs) or not torch.is_tensor(targets):
-        raise ValueError("inputs and targets must be torch tensors")
+        raise ParameterError("data", f"({type(inputs).__name__}, {type(targets).__name__})",
+                             "inputs and targets as torch tensors")
     if inputs.dim() == 0 or targets.dim() == 0 or len(inputs) == 0:
-        raise ValueError("empty data: pass at least one sample (inputs and targets with len >= 1)")
+        raise ParameterError("data", f"inputs of shape {tuple(inputs.shape)}",
+                             "at least one sample (inputs and targets with len >= 1)",
+                             hint="empty data: pass the samples the model was trained on")
     if len(inputs) != len(targets):
-        raise ValueError(f"inputs and targets must have the same length, got {len(inputs)} and {len(targets)}")
+        raise ParameterError("data", f"{len(inputs)} inputs, {len(targets)} targets",
+                             f"one target per input (the same length, got {len(inputs)} and {len(targets)})")
     return len(inputs)
