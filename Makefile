@@ -60,8 +60,9 @@ $(DATA_STAMP): $(STAMP) data/SHA256SUMS lib/infra/data.py
 data: $(DATA_STAMP)  ## download or rebuild MNIST + Fashion-MNIST under data/, verify sha256 (and of the sklearn digits)
 	@$(PY) -c "import lib.infra.data as d; [d.verify(n) for n in d.DATASETS]" && echo "data verified"
 
-pytest: setup data  ## run the unit tests only (makes its own smoke runs)
-	$(PY) -m pytest -q -m "not paper"
+# FAST=1 deselects the slow integration tests (marker slow: the tiny pipeline, notebooks, several processes)
+pytest: setup data  ## run the unit tests only (makes its own smoke runs; FAST=1: the fast ones only)
+	$(PY) -m pytest -q -m "$(if $(FAST),not slow and not paper,not paper)"
 
 lint: setup  ## ruff check of lib, tests, bench and notebooks
 	$(VENV)/bin/ruff check lib tests bench notebooks

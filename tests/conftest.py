@@ -7,6 +7,20 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+#: test modules that execute notebooks, the runner, nbval, several processes or a browser: slow as a whole
+SLOW_MODULES = {"test_browser", "test_distributed", "test_jupyter", "test_nbval", "test_notebook_figures",
+                "test_reproducibility", "test_runner"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses the tiny pipeline (all stages in-process, about a minute on first use) and
+    every test of ``SLOW_MODULES``; ``make pytest FAST=1`` runs ``-m "not slow and not paper"``."""
+    for item in items:
+        module = getattr(getattr(item, "module", None), "__name__", "")
+        if "tiny_pipeline" in getattr(item, "fixturenames", ()) or module.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def tmp_store(tmp_path):
     from lib.infra.results import ResultStore

@@ -149,7 +149,8 @@ def test_one_stage_entry_per_notebook():
         entry = REGISTRY[stage].entry
         assert importlib.util.find_spec(entry) is not None, f"stage {stage}: no module {entry}"
         assert callable(importlib.import_module(entry).run), f"{entry} has no run(store, common, section)"
-        package, module = entry.rsplit(".", 1)
-        assert f"from {package} import {module}" in (REPO_ROOT / "notebooks" / f"{REGISTRY[stage].notebook}.py"
-                                                     ).read_text()
+        notebook = ast.parse((REPO_ROOT / "notebooks" / f"{REGISTRY[stage].notebook}.py").read_text())
+        imported = {f"{n.module}.{a.name}" for n in ast.walk(notebook) if isinstance(n, ast.ImportFrom)
+                    for a in n.names}
+        assert entry in imported, f"notebooks/{REGISTRY[stage].notebook}.py does not import {entry}"
         assert entry.startswith(("lib.stages.", "lib.outputs."))

@@ -63,7 +63,10 @@ def test_sanitizers_replace_run_dependent_parts_but_no_number():
 
 
 @pytest.mark.skipif(not CHEAPEST.is_file() or _checked_cell(json.loads(CHEAPEST.read_text())) is None,
-                    reason="no executed smoke notebook with a key-number cell (make notebooks-smoke)")
+                    reason="re-executes results/smoke/notebooks/01_train.ipynb with its cached smoke results, which "
+                           "`make notebooks-smoke` writes (make test runs it before pytest; a fresh clone's make "
+                           "pytest has none); the same pass/fail check on a notebook the test executes itself is "
+                           "test_a_checked_cell_showing_a_figure_is_compared_on_its_numbers_not_its_image")
 def test_nbval_passes_the_executed_notebook_and_fails_on_a_changed_number(tmp_path):
     nb = json.loads(CHEAPEST.read_text())
     ok = tmp_path / "ok" / CHEAPEST.name

@@ -24,11 +24,11 @@ from lib.records import monte_carlo as mc_records
 from lib.records import projection as projection_records
 from lib.records import spectrum as spectrum_records
 from lib.records.runs import load, load_trained, run_name
-from lib.stages import convergence as convergence_stage
 from lib.stages import monte_carlo as mc_stage
 from lib.stages import projection as projection_stage
 from lib.stages import spectrum as spectrum_stage
 from lib.stages import train as train_stage
+from lib.stages.convergence import bounds as convergence_bounds
 from tests.cases import explicit_losses
 from tests.conftest import TINY_TIMINGS, snapshot
 
@@ -880,9 +880,9 @@ def test_cnn_bound_rows_save_the_measured_norms_of_a_cnn_run(tmp_path, monkeypat
     net = models.build("cnn", 0).eval()
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(6, 1, 28, 28, generator=gen), torch.randint(0, 10, (6,), generator=gen)
-    monkeypatch.setattr(convergence_stage, "trained_run", lambda *a, **k: (net, x, y, {"train/x": "0"}))
+    monkeypatch.setattr(convergence_bounds, "trained_run", lambda *a, **k: (net, x, y, {"train/x": "0"}))
     store = ResultStore("cnn_bound_test", root=tmp_path / "cnn_bound_test")
-    rows = convergence_stage.cnn_bound_rows(store, common, section)
+    rows = convergence_bounds.cnn_bound_rows(store, common, section)
     assert len(rows) == 1
     ref = bounds.cnn_bound_comparison(net, x, y, 2, common.seeds[0])
     row = rows[0]

@@ -41,9 +41,9 @@ def _where(store: ResultStore) -> str:
     return f"commit {commit}, {prov['written_at'][:10]}, {model}, {prov['torch_threads']} threads"
 
 
-def _stage_times(profile: str) -> str:
-    """``; stage wall times 01_train 12 s, ...`` from results/<profile>/timings.json (empty when absent)."""
-    path = RESULTS_ROOT / profile / "timings.json"
+def _stage_times(store: ResultStore) -> str:
+    """``; stage wall times 01_train 12 s, ...`` from the store's timings.json (empty when absent)."""
+    path = store.root / "timings.json"
     if not path.is_file():
         return ""
     times = json.loads(path.read_text())
@@ -52,13 +52,14 @@ def _stage_times(profile: str) -> str:
             + f" (total {total / 60:.0f} min, each as last run; a cached stage counts its reuse only)")
 
 
-def block(profile: str = "paper") -> str:
-    """The markdown block for ``profile`` (raises MissingResultError when its results are absent)."""
-    store = ResultStore(profile)
+def block(profile: str = "paper", store: ResultStore | None = None) -> str:
+    """The markdown block for ``profile`` (``store``: its results, by default ``results/<profile>``; raises
+    MissingResultError when they are absent)."""
+    store = store or ResultStore(profile)
     summary = load_table(store, "summary")
     predictors = load_table(store, "predictors")
     lines = [BEGIN.format(profile=profile), "",
-             f"Measured with `make reproduce PROFILE={profile}` ({_where(store)}){_stage_times(profile)}.", "",
+             f"Measured with `make reproduce PROFILE={profile}` ({_where(store)}){_stage_times(store)}.", "",
              "| data | model | scale | Delta | K median (5-95 %) over orders x seeds | pilot K | "
              "n within 1 pt (measured) | power law | landscape |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -174,10 +175,11 @@ def current(text: str, profile: str = "paper") -> str | None:
     return text[i:text.index(END, i) + len(END)] + "\n"
 
 
-def write(profile: str = "paper", path=README) -> None:
+def write(profile: str = "paper", path=README, store: ResultStore | None = None) -> None:
+    """Replace the block of ``profile`` in ``path`` by the one its results give (``store``: as for ``block``)."""
     text = path.read_text()
     old = current(text, profile)
-    new = block(profile)
+    new = block(profile, store)
     if old is None:
         raise ValueError(f"{path.name} has no results block markers for profile {profile!r}; add the two lines\n"
                          f"{BEGIN.format(profile=profile)}\n{END}")
