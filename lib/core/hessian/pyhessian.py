@@ -64,13 +64,15 @@ reorthogonalised once (modified Gram-Schmidt); probes come from torch's global R
 forked RNG here) unless ``shared_probes`` feeds ours.
 
 ``power_vectors(op, k, tol, max_iter, seed)`` runs PyHessian's own ``eigenvalues`` loop (power iteration with
-deflation) with our exact product ``op.hvp`` in place of its ``dataloader_hv_product``, and none of the fixes
-above: ``lib.core.hessian.top_eigenpairs(method="power")`` keeps only its vectors and fixes the rest itself
-(Rayleigh-Ritz: signed Rayleigh quotients sorted algebraically, orthonormal vectors, measured residuals). What
-that loop gets wrong, besides 4-7 above: unseeded float32 start vectors (seeded here, forked RNG); reported
-eigenvalues are Rayleigh quotients of the previous iterate and the returned vector is the next iterate (not
-re-orthogonalised); it converges to the largest ``|lambda|``; its stop rule ``|d lambda| / (|lambda| + 1e-6) <
-tol`` is on the eigenvalue, not the residual.
+deflation) with our exact product ``op.hvp`` in place of its ``dataloader_hv_product``, outside ``session``:
+its ``__init__`` is replaced (no ``cuda``, no forward/backward, no ``.grad`` use), train/eval flags and ``.grad``
+are restored (its loop calls ``zero_grad``), and its ``normalization`` keeps the ``+ 1e-6`` of defect 7 (~2e-6
+on a vector renormalised every iteration). What the loop gets wrong: unseeded start vectors (seeded here, forked
+RNG); reported eigenvalues are Rayleigh quotients of the previous iterate and the returned vector is the next
+iterate (not re-orthogonalised); it converges to the largest ``|lambda|``; its stop rule ``|d lambda| / (|lambda|
++ 1e-6) < tol`` is on the eigenvalue, not the residual. ``lib.core.hessian.top_eigenpairs(method="power")`` keeps
+only its vectors and fixes the rest (Rayleigh-Ritz: signed Rayleigh quotients sorted algebraically, orthonormal
+vectors, measured residuals).
 """
 from __future__ import annotations
 
