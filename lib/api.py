@@ -27,8 +27,10 @@ solvers and the operator are re-exported (``BatchedHessianOperator``, ``as_batch
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,15 +40,20 @@ from lib.core.checks import ParameterError, check_choice, check_int, check_numbe
 from lib.core.convergence import first_k_below, k_closed_form
 from lib.core.hessian import density, top_eigenpairs, trace
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
+from lib.core.inputs import REJECTED as REJECTED_INPUTS
 from lib.core.inputs import check_device, check_weights, checked_batches
 from lib.core.montecarlo import DeltaCurve, delta_curve
+from lib.core.pilot import landscape_features, pilot_curve
+from lib.core.prediction import bootstrap_power_law, fold_curve
+from lib.core.predictors import HIGH_SHOT, apply_shipped_calibration, nearest_calibration
 from lib.core.quadratic import delta_quadratic, per_sample_terms, variance_quadratic
 from lib.core.sample_size import BAND_METHODS, k_per_order, order_summary, simultaneous_multiplier
 from lib.core.sampling import ESTIMATORS, make_sampler
 from lib.core.subspace import cross_entropy_per_sample
 from lib.core.tensors import device_dtype, n_params
 
-__all__ = ["analyze", "LandscapeReport", "SampleSize", "BatchedHessianOperator", "as_batches", "top_eigenpairs",
+__all__ = ["analyze", "LandscapeReport", "SampleSize", "predict_sample_size", "SampleSizePrediction",
+           "BatchedHessianOperator", "as_batches", "top_eigenpairs",
            "trace", "density", "DISTRIBUTIONS"]
 
 #: theta distributions ``analyze`` accepts (isotropic, one scale sigma); see lib.core.sampling
@@ -320,3 +327,108 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
         residuals=top.residuals.numpy().astype(np.float64), basis=basis, curve=curve, band_se=band_se,
         band_multiplier=band_c, Q=Q, Q_centred=Q_centred, vbar_quadratic=vq, sample_sizes=sizes, notes=notes,
         settings=settings, seconds=seconds, hvp_count=op.hvp_count, operator=op)
+
+
+# ------------------------------------------------------------------------------------ sample-size prediction
+#: the calibration shipped with the package: fitted by the prediction benchmark (notebook 08, paper profile) on
+#: every resolved task, written by ``make readme-results`` (``lib.outputs.prediction_tables.write_calibration``)
+CALIBRATION_FILE = Path(__file__).with_name("prediction_calibration.json")
+
+
+@dataclass
+class SampleSizePrediction:
+    """What ``predict_sample_size`` returns: per predictor (``lib.core.predictors.PREDICTORS``) a dict with
+    ``point``, ``low``, ``high`` (sizes; None where the predictor has no value for this pilot), the pilot's learning
+    curve and landscape features, and the calibration used (its source, n0, eps and number of tasks)."""
+    eps: float
+    n0: int
+    n_max: int
+    predictions: dict
+    pilot_curve: dict
+    landscape: dict
+    calibration: dict
+    notes: list[str]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load_calibration(calibration) -> dict:
+    if isinstance(calibration, dict):
+        return calibration
+    path = Path(calibration) if calibration is not None else CALIBRATION_FILE
+    if not path.is_file():
+        raise ParameterError("calibration", str(path), "a calibration file written by the prediction benchmark",
+                             hint="run `make reproduce` then `make readme-results`, or pass calibration=None to "
+                             "use the shipped lib/prediction_calibration.json")
+    return json.loads(path.read_text())
+
+
+def predict_sample_size(model_factory, x: torch.Tensor, y: torch.Tensor, *, n_max: int, eps: float = 0.01,
+                        n0: int | None = None, train_fn=None, steps: int = 800, batch_size: int = 64,
+                        lr: float = 1e-3, folds: int = 4, D: int = 10, sigma: float = 1.0, n_thetas: int = 64,
+                        n_boot: int = 200, level: float = 0.9, calibration=None, seed: int = 0) -> SampleSizePrediction:
+    """How many samples until test accuracy is within ``eps`` of its value at ``n_max`` samples, predicted from a
+    pilot on the first ``n0`` samples of (x, y) only (default: all of them), by every predictor of the prediction
+    benchmark (docs/sample_size.md): the power law and its high-shot variant fitted to the pilot's own learning
+    curve (validated inside the pilot), the landscape's K(Delta*) of the pilot model's V-bar, and the calibrated
+    ones (a constant, the recalibrated power law, the combination) from the shipped calibration.
+
+    ``model_factory(seed)`` returns a freshly initialised ``nn.Module`` (classification: logits over classes);
+    ``train_fn(model, x, y, seed)``, if given, trains one model and returns it (default: the benchmark's recipe,
+    ``steps`` Adam steps of ``batch_size`` at ``lr``, all the pilot's trainings at once; the shipped calibration
+    was fitted with that recipe). ``x``, ``y``: inputs and integer class targets in insertion order. The benchmark
+    found which predictors beat which (the paper's scores table); read the intervals with it."""
+    t0 = time.perf_counter()
+    if not callable(model_factory):
+        raise ParameterError("model_factory", model_factory, "a function seed -> freshly initialised nn.Module")
+    net = model_factory(seed)
+    if not isinstance(net, torch.nn.Module):
+        raise ParameterError("model_factory", type(net).__name__, "a function returning a torch.nn.Module")
+    if train_fn is not None and not callable(train_fn):
+        raise ParameterError("train_fn", train_fn, "None (the recipe) or a function (model, x, y, seed) -> model")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y) or len(x) == 0:
+        raise ParameterError("x, y", (type(x).__name__, type(y).__name__),
+                             "two tensors with the same, non-zero number of samples (inputs, class targets)")
+    n0 = check_int("n0", len(x) if n0 is None else n0, 8 * folds, len(x))
+    check_int("folds", folds, 2)
+    n_max = check_int("n_max", n_max, n0 + 1)
+    check_number("eps", eps, gt=0)
+    if eps >= 1:
+        raise ParameterError("eps", eps, "an accuracy gap as a fraction in (0, 1), e.g. 0.01 for 1 point")
+    check_number("level", level, gt=0)
+    xp, yp = x[:n0], y[:n0]
+    if not torch.isfinite(xp).all():
+        first = int(torch.nonzero(~torch.isfinite(xp.reshape(len(xp), -1)).any(1))[0])
+        raise ParameterError("x", f"non-finite value in sample {first}", "finite inputs in the first n0 samples")
+    if yp.dtype not in (torch.int64, torch.int32) or int(yp.min()) < 0:
+        raise ParameterError("y", str(yp.dtype), "integer class labels >= 0 (torch.int64)")
+    with torch.no_grad():
+        try:
+            n_out = net(xp[:2]).shape[-1]
+        except REJECTED_INPUTS as exc:
+            raise ParameterError("x", tuple(xp.shape), f"inputs the model accepts (it raised: {exc})") from None
+    if int(yp.max()) >= n_out:
+        raise ParameterError("y", int(yp.max()), f"class labels in [0, {n_out}) (the model has {n_out} outputs)")
+    cal = _load_calibration(calibration)
+    pc = pilot_curve(model_factory, xp, yp, n0, folds=folds, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                     train_fn=train_fn)
+    sizes = np.asarray(pc["sizes"])
+    err, se = fold_curve(pc["accuracy"])
+    pl = bootstrap_power_law(sizes, err, se, [eps], n_max, n_boot, seed=seed, level=level)
+    high = sizes >= HIGH_SHOT * sizes[-1]
+    hs = bootstrap_power_law(sizes[high], err[high], se[high], [eps], n_max, n_boot, seed=seed + 1, level=level)
+    lf = landscape_features(pc["model"], xp[pc["train_index"]], yp[pc["train_index"]], xp[pc["val_index"]],
+                            yp[pc["val_index"]], D=D, sigma=sigma, n_thetas=n_thetas, seed=seed)
+    key, notes = nearest_calibration(cal, n0, eps)
+    if train_fn is not None:
+        notes.append("train_fn given: the shipped calibration was fitted with the benchmark's recipe")
+    row = {"power_law": list(pl["predictions"][eps]), "high_shot_power_law": list(hs["predictions"][eps]),
+           "vbar_sigma": lf["vbar_sigma"], "vbar_gap": lf["vbar_gap"], "N": lf["N"]}
+    predictions = apply_shipped_calibration(cal.get(key) if key else None, row)
+    return SampleSizePrediction(eps, n0, n_max, predictions,
+                                {"sizes": sizes.tolist(), "error": err.tolist(), "stderr": se.tolist()},
+                                {k: v for k, v in lf.items() if k != "eigenvalues"},
+                                {"key": key, "source": cal.get("source"), "n_tasks": (cal.get(key) or {}).get(
+                                    "n_tasks")}, notes, time.perf_counter() - t0)

@@ -15,6 +15,7 @@ A ``factory(seed)`` returns a freshly initialised model; the recipe is ``steps``
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -61,8 +62,11 @@ def learning_curve(factory, x, y, x_test, y_test, sizes, seeds: int, *, steps: i
 
 
 def pilot_curve(factory, x, y, n0: int, *, folds: int = 4, ratio: float = 1.5, n_min: int = 24, steps: int,
-                batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> dict:
+                batch_size: int = 64, lr: float = 1e-3, seed: int = 0, train_fn=None) -> dict:
     """A pilot's own learning curve on the first ``n0`` samples of (x, y), validated inside them.
+
+    ``train_fn(model, x, y, seed)``, if given, trains one model at a time (returning the trained model) instead of
+    the recipe of ``lib.core.many_models`` (all trainings at once).
 
     Returns {'sizes', 'accuracy' (n_sizes, folds) on each fold's validation block, 'loss' (the same, mean
     cross-entropy), 'model' (the fold-0 model at the largest size), 'train_index', 'val_index' (its training and
@@ -84,16 +88,28 @@ def pilot_curve(factory, x, y, n0: int, *, folds: int = 4, ratio: float = 1.5, n
             models.append(inits[f])
             subsets.append(train_pool[f][:int(n)])
             batch_seeds.append(2_000_003 * (seed * 1000 + f) + i)
-    stack = train_many(models, xp, yp, subsets, batch_seeds, steps=steps, batch_size=batch_size, lr=lr,
-                       chunk=_chunk(inits[0]))
     acc = np.zeros((len(sizes), folds))
     loss = np.zeros((len(sizes), folds))
-    for f in range(folds):
-        ev = evaluate_many(stack, xp[val[f]], yp[val[f]])
-        acc[:, f] = ev["accuracy"].numpy().reshape(len(sizes), folds)[:, f]
-        loss[:, f] = ev["loss"].numpy().reshape(len(sizes), folds)[:, f]
     last = (len(sizes) - 1) * folds                          # fold 0 at the largest size
-    return {"sizes": sizes.tolist(), "accuracy": acc, "loss": loss, "model": stack.model(last),
+    if train_fn is None:
+        stack = train_many(models, xp, yp, subsets, batch_seeds, steps=steps, batch_size=batch_size, lr=lr,
+                           chunk=_chunk(inits[0]))
+        for f in range(folds):
+            ev = evaluate_many(stack, xp[val[f]], yp[val[f]])
+            acc[:, f] = ev["accuracy"].numpy().reshape(len(sizes), folds)[:, f]
+            loss[:, f] = ev["loss"].numpy().reshape(len(sizes), folds)[:, f]
+        model = stack.model(last)
+    else:
+        for m, (init, subset, bs) in enumerate(zip(models, subsets, batch_seeds)):
+            i, f = divmod(m, folds)
+            net = train_fn(copy.deepcopy(init), xp[subset], yp[subset], bs).eval()
+            with torch.no_grad():
+                logits = net(xp[val[f]])
+            acc[i, f] = float((logits.argmax(1) == yp[val[f]]).double().mean())
+            loss[i, f] = float(torch.nn.functional.cross_entropy(logits, yp[val[f]]))
+            if m == last:
+                model = net
+    return {"sizes": sizes.tolist(), "accuracy": acc, "loss": loss, "model": model,
             "train_index": train_pool[0][:int(sizes[-1])], "val_index": val[0],
             "seconds": time.perf_counter() - t0}
 

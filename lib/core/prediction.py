@@ -148,10 +148,11 @@ def fit_power_law(sizes, errors, stderr=None, floor: float = 1e-3) -> PowerLaw |
 
 
 def power_law_n(law: PowerLaw | None, eps: float, n_max: int) -> float | None:
-    """The n with fitted err(n) = err(n_max) + eps, i.e. a n^-b = a n_max^-b + eps (<= n_max); None without a fit."""
+    """The n with fitted err(n) = err(n_max) + eps, i.e. a n^-b = a n_max^-b + eps, in [1, n_max] (a fit that is
+    within eps everywhere gives 1); None without a fit."""
     if law is None:
         return None
-    return float((n_max ** (-law.b) + eps / law.a) ** (-1.0 / law.b))
+    return float(max(1.0, (n_max ** (-law.b) + eps / law.a) ** (-1.0 / law.b)))
 
 
 def bootstrap_power_law(sizes, errors, stderr, eps_list, n_max: int, n_boot: int = 100, seed: int = 0,

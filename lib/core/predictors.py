@@ -27,9 +27,13 @@ import math
 
 import numpy as np
 
-from lib.core.prediction import calibrated, delta_for_target, fit_calibration, k_closed, score, snap
+from lib.core.prediction import apply_calibration, calibrated, delta_for_target, fit_calibration, k_closed, score, snap
 
-__all__ = ["PREDICTORS", "DECISION", "predict_tasks", "decide", "fit_shipped_calibration", "landscape_n"]
+__all__ = ["PREDICTORS", "DECISION", "HIGH_SHOT", "predict_tasks", "decide", "fit_shipped_calibration", "landscape_n",
+           "nearest_calibration", "apply_shipped_calibration"]
+
+#: a pilot's high-shot regime: its sizes >= this fraction of its training pool
+HIGH_SHOT = 1 / 8
 
 PREDICTORS = ("constant", "power_law", "high_shot_power_law", "landscape_sigma", "landscape_gap",
               "power_law_recalibrated", "combination")
@@ -61,7 +65,8 @@ def _features(rows: list[dict]) -> dict:
 
 
 def predict_tasks(rows: list[dict], level: float = 0.9) -> dict:
-    """{'tasks', 'task_families', 'targets' (None: unresolved), 'predictions': per task {predictor: {point, low, high, raw, fallback}}, 'scores': per predictor (over the
+    """{'tasks', 'task_families', 'targets' (None: unresolved), 'predictions': per task {predictor: {point, low,
+    high, raw, fallback}}, 'scores': per predictor (over the
     resolved tasks), 'families': per family {predictor: median |log2 error|}, 'n_resolved', 'n_unresolved'}."""
     resolved = np.array([r["target"] is not None for r in rows])
     fam = np.array([r["family"] for r in rows])
@@ -147,4 +152,43 @@ def fit_shipped_calibration(rows: list[dict], level: float = 0.9) -> dict:
     out["power_law_recalibrated"] = fit_calibration(log_t, f["pl"][:, None], level)
     out["combination"] = fit_calibration(log_t, np.column_stack([f["pl"], f["gap"]]), level)
     out["n_tasks"] = len(res)
+    return out
+
+
+def nearest_calibration(calibration: dict, n0: int, eps: float) -> tuple[str | None, list[str]]:
+    """The key ``"n0=...,eps=..."`` of ``calibration`` with the same eps and the n0 nearest in log; notes on what
+    differs (None when no entry has this eps)."""
+    entries = []
+    for key in calibration:
+        if key.startswith("n0="):
+            a, b = key.split(",")
+            entries.append((key, int(a[3:]), float(b[4:])))
+    same = [e for e in entries if math.isclose(e[2], eps, rel_tol=1e-9)]
+    if not same:
+        return None, [f"no shipped calibration for eps = {eps:g} (it has eps {sorted({e[2] for e in entries})}): "
+                      "the calibrated predictors are None"]
+    key, cal_n0, _ = min(same, key=lambda e: abs(math.log(e[1] / n0)))
+    notes = [] if cal_n0 == n0 else [f"calibration fitted with pilots of n0 = {cal_n0}, this pilot has n0 = {n0}"]
+    return key, notes
+
+
+def apply_shipped_calibration(entry: dict | None, row: dict) -> dict:
+    """Every predictor's {point, low, high} (sizes, unsnapped; None where unavailable) for one pilot ``row``
+    (power_law and high_shot_power_law triples, vbar_sigma, vbar_gap, N) with one calibration entry."""
+    def triple(v):
+        return dict(zip(("point", "low", "high"), v)) if v is not None and v[0] is not None else \
+            {"point": None, "low": None, "high": None}
+
+    def exp3(r):
+        return None if r is None else tuple(math.exp(v) for v in r)
+
+    out = {"power_law": triple(row["power_law"]), "high_shot_power_law": triple(row["high_shot_power_law"])}
+    entry = entry or {}
+    out["constant"] = triple(exp3(apply_calibration(entry.get("constant"), [])))
+    for name, key in (("landscape_sigma", "vbar_sigma"), ("landscape_gap", "vbar_gap")):
+        out[name] = triple(landscape_n(row[key], row["N"], exp3(apply_calibration(entry.get(name), []))))
+    log_pl = _log(row["power_law"][0])
+    out["power_law_recalibrated"] = triple(exp3(apply_calibration(entry.get("power_law_recalibrated"), [log_pl])))
+    out["combination"] = triple(exp3(apply_calibration(entry.get("combination"),
+                                                       [log_pl, 0.5 * _log(row["vbar_gap"])])))
     return out

@@ -10,7 +10,7 @@ forward is written with plain tensor operations that ``torch.func.vmap`` batches
 * ``cnn``: two 3x3 convolutions (``channels``) with ReLU and 2x2 max-pooling, then a linear head;
 * ``vit``: a one-block Vision Transformer: ``patch`` x ``patch`` patches embedded in ``dim`` dimensions with a
   learned position embedding, pre-norm multi-head self-attention (``heads``) and a ReLU MLP (2 ``dim``), both
-  residual, mean-pooled tokens, a linear head.
+  residual (no q/k/v bias), mean-pooled tokens, a linear head.
 
 ``build_task_model(family, input_shape, n_classes, seed, **widths)`` is the one constructor; ``FAMILIES`` names them.
 """
@@ -104,7 +104,9 @@ class TinyViT(nn.Module):
         self.embed = nn.Linear(c * patch * patch, dim)
         self.position = nn.Parameter(0.02 * torch.randn(self.tokens, dim))
         self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
+        # no bias on q, k, v: a key bias has gradient exactly 0 (softmax ignores a shift shared by all keys), and
+        # Adam turns the rounding noise of such a gradient into steps of size lr
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp1 = nn.Linear(dim, 2 * dim)

@@ -19,6 +19,7 @@ from lib.infra.results import ResultStore
 from lib.outputs import latex
 from lib.records.convergence import load_table
 from lib.records.monte_carlo import load_curve, load_plan
+from lib.records.prediction import load_scores
 from lib.records.projection import load_projection, projected_runs
 from lib.records.runs import run_name
 from lib.records.spectrum import load_spectrum, spectrum_seeds
@@ -96,8 +97,23 @@ def _figures(store: ResultStore, common: Common) -> list[str]:
     return [f"\\{k} = {v}" for k, v in sorted(numbers.items()) if not UNSTABLE_MACROS.match(k)]
 
 
+def _prediction(store: ResultStore, common: Common) -> list[str]:
+    scores = load_scores(store)
+    out = []
+    for key, table in scores["tables"].items():
+        out.append(f"{key}: resolved {table['n_resolved']}, unresolved {table['n_unresolved']}, targets "
+                   f"{table['targets']}")
+        for p, s in table["scores"].items():
+            out.append(f"  {p}: median |log2| {_g(s['median_abs_log2'])}, p90 {_g(s['p90_abs_log2'])}, within 2x "
+                       f"{_g(s['within_2x'])}, coverage {_g(s['coverage'])}")
+    out.append(f"decision: landscape helps {scores['decision']['landscape_helps']}, adds to learning curves "
+               f"{scores['decision']['adds_to_learning_curves']}")
+    return out
+
+
 STAGES = {"train": _train, "spectrum": _spectrum, "projection": _projection, "monte_carlo": _monte_carlo,
-          "convergence": _convergence, "figures": _figures}
+          "convergence": _convergence, "figures": _figures,
+          "prediction": _prediction}
 
 
 def text(stage: str, store: ResultStore, common: Common) -> str:
