@@ -27,6 +27,8 @@ from lib.stages.base import cached, run_missing
 
 #: the training recipe and record layout of this stage (part of every record's parameters)
 RECIPE = "many-models/adam/minibatches-with-replacement/fixed-steps/v2"
+#: the version of the predictors and scores (``lib.core.predictors``; part of the scores result's parameters)
+SCORING = "v1"
 
 
 def task_params(name: str, section: Prediction, data_seed: int) -> dict:
@@ -150,7 +152,7 @@ def run(store: ResultStore, common: Common, section: Prediction) -> list[dict]:
                             desc="prediction tasks")
     records = [load_task(store, p["task"]["name"]) for p in params]
     upstream = {r["name"]: r["meta"]["sha256"] for r in records}
-    scores_params = {"section": dataclasses.asdict(section), "upstream": upstream}
+    scores_params = {"section": dataclasses.asdict(section), "upstream": upstream, "scoring": SCORING}
     cached(store, FOLDER, SCORES, scores_params, lambda: (compute_scores(records, section), {
         "tasks": len(records)}), ext="json")
     return summaries
