@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from lib.core import sample_size as ss
-from lib.core.band_coverage import DISTRIBUTIONS, batch_means, coverage
+from lib.core.band_coverage import DISTRIBUTIONS, batch_means, coverage, oracle_multiplier
 from lib.core.checks import ParameterError
 
 
@@ -51,3 +52,11 @@ def test_bootstrap_t_band_covers_heavy_tailed_values_where_max_t_does_not():
     g_old, g_new = cells["max_t", "gaussian"], cells["bootstrap_t", "gaussian"]
     assert g_old.covered >= 0.875 and g_new.covered >= 0.875
     assert g_new.median_width <= 1.02 * g_old.median_width
+
+
+def test_oracle_multiplier_of_gaussian_values_is_the_student_t_quantile():
+    """Gaussian batch means: (mean - m) / SE is Student-t with B - 1 degrees of freedom, so the oracle c for
+    n_k independent k is its 0.95^(1/n_k) quantile."""
+    for n_k in (1, 10):
+        c = oracle_multiplier("gaussian", n_k, per_batch=4, n_sim=200_000, seed=3)
+        assert c == pytest.approx(student_t.ppf(0.95 ** (1 / n_k), df=31), abs=0.03), n_k
