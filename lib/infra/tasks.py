@@ -85,8 +85,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("digits_linear", "digits", "digits", "linear", side=8),
 )}
 
-#: the smoke profile's tasks: small pools, four families, four model families
-SMOKE_TASKS = ["mnist2b_mlp", "fashion2a_linear", "teacher_g8_b8_mlp", "digits_linear"]
+#: the smoke profile's tasks: small pools (prediction.max_pool), five families, two model families
+SMOKE_TASKS = ["mnist2b_mlp", "mnist2a_linear", "fashion2a_linear", "teacher_g8_b8_mlp", "teacher_s8_b4_mlp",
+               "digits_linear"]
 
 
 def _relabel(y: torch.Tensor, classes: tuple) -> torch.Tensor:

@@ -61,7 +61,7 @@ def predicted_vs_target(scores: dict, key: str, predictors=PREDICTORS):
             x = np.array([t for _, t in pts], float)
             y = np.array([pp["point"] for pp, _ in pts], float)
             fb = np.array([pp["fallback"] for pp, _ in pts], bool)
-            targets += list(x)
+            targets += list(x) + list(y)
             ax.loglog(x[~fb], y[~fb], "o", ms=3, color=plotting.PALETTE[i % 8])
             ax.loglog(x[fb], y[fb], "o", ms=3, mfc="none", color=plotting.PALETTE[i % 8])
             s = table["scores"][p]
@@ -79,8 +79,9 @@ def predicted_vs_target(scores: dict, key: str, predictors=PREDICTORS):
                 ax.set_ylabel("predicted n")
             if i // cols == rows - 1:
                 ax.set_xlabel("target n*")
-        fig.suptitle(f"{table['n_resolved']} resolved tasks, {key} (pilot-only predictions, grey: within 2x)",
-                     fontsize=8)
+        fig.suptitle(f"{table['n_resolved']} resolved tasks, pilot n0 = {table['n0']:,}, eps = "
+                     f"{100 * table['eps']:g} point(s); open markers: no prediction, scored at the pool size; "
+                     "grey: within 2x", fontsize=8)
         fig.tight_layout()
     return fig
 

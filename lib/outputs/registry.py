@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from lib.infra.config import Common, Figures
 from lib.infra.results import ResultStore, atomic_write_json
-from lib.outputs import figures, latex, plotting, tables
+from lib.outputs import figures, latex, plotting, prediction_figures, prediction_tables, tables
 from lib.outputs import numbers as paper_numbers
 from lib.records.convergence import load_table
 from lib.records.monte_carlo import CurveSpec, load_plan
+from lib.records.prediction import load_scores, load_task
 from lib.records.projection import projected_runs
 
 
@@ -68,6 +69,11 @@ FIGURES: dict[str, Callable[[Inputs], dict]] = {
     "full_space_ratio": _one("full_space_ratio", lambda i: figures.full_space_ratio(i.store)),
     # notebook 07's runs (residual CNN on digits through lib.api): the runner runs 06 after 07
     "your_model": _one("your_model", lambda i: figures.your_model(i.store)),
+    # notebook 08 (the prediction benchmark): every predictor against the targets; the first task worked through
+    "prediction_scatter": _one("prediction_scatter", lambda i: prediction_figures.predicted_vs_target(
+        load_scores(i.store), _primary_key(i))),
+    "prediction_task": _one("prediction_task", lambda i: prediction_figures.task_curve(
+        load_task(i.store, load_scores(i.store)["tasks"][0]), load_scores(i.store)["primary"]["n0"])),
 }
 
 #: tables: file stem under paper/generated/<profile>/ -> LaTeX tabular
@@ -78,14 +84,22 @@ TABLES: dict[str, Callable[[Inputs], str]] = {
     "predictors": lambda i: tables.predictor_table(i.store),
     "speed": lambda i: tables.speed_table(i.store),
     "bench": lambda i: tables.bench_table(i.store),
+    "prediction_scores": lambda i: prediction_tables.scores_table(i.store),
+    "prediction_tasks": lambda i: prediction_tables.tasks_table(i.store),
 }
+
+
+def _primary_key(i: Inputs) -> str:
+    primary = load_scores(i.store)["primary"]
+    return f"n0={primary['n0']},eps={primary['eps']}"
 
 
 def numbers(i: Inputs, timings: dict | None = None) -> dict:
     """Every number the paper quotes, keyed by macro name (``paper/generated/<profile>/numbers.tex``)."""
     c = i.common
-    return paper_numbers.numbers(i.store, c.datasets, c.models, c.seeds, i.plan, timings=timings,
-                          spectrum_max_seeds=c.spectrum_max_seeds)
+    return {**paper_numbers.numbers(i.store, c.datasets, c.models, c.seeds, i.plan, timings=timings,
+                                    spectrum_max_seeds=c.spectrum_max_seeds),
+            **prediction_tables.prediction_numbers(i.store)}
 
 
 def run(store: ResultStore, common: Common, section: Figures | None = None) -> dict:

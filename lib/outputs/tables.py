@@ -38,14 +38,18 @@ def sample_size_table(store) -> str:
 
 
 def predictor_table(store) -> str:
-    """Per (dataset, model) and accuracy gap: the measured n within the gap of the plateau, the power-law
-    learning-curve prediction and the landscape pilot prediction from the largest pilot, with their costs."""
+    """Per (dataset, model) and accuracy gap: the measured n within the gap of the plateau (">= n (censored)" where
+    it is the largest learning-curve size), the power-law learning-curve prediction and the landscape pilot
+    prediction from the largest pilot, with their costs."""
     rows = []
     predictors = load_table(store, "predictors")
     n0 = max((p["n0"] for p in predictors), default=None)
+    n_max = max((r["n"] for r in load_table(store, "learning_curve")), default=None)
     for p in [p for p in predictors if p["n0"] == n0]:
         lc, ls = p["cost_learning_curve"], p["cost_landscape"]
-        rows.append([TEX_LABELS[p["dataset"]], TEX_LABELS[p["model"]], pct(p["gap"]), fmt_k(p["n_within"]),
+        measured = (r"$\ge$" + fmt_k(p["n_within"]) + " (censored)" if p["n_within"] is not None
+                    and n_max is not None and p["n_within"] >= n_max else fmt_k(p["n_within"]))
+        rows.append([TEX_LABELS[p["dataset"]], TEX_LABELS[p["model"]], pct(p["gap"]), measured,
                      fmt_k(p["n_learning_curve"]), fmt_k(p.get("n_landscape_loss_gap")),
                      fmt_k(p.get("n_landscape_sigma")),
                      f"{lc['trainings']} / {fmt(int(round(lc['seconds'])))}",
