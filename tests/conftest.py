@@ -54,6 +54,9 @@ TINY_PROFILE = {
     "convergence": {"delta_grid": [0.01, 0.001], "pilot_sizes": [50, 100], "pilot_samples": 4,
                     "learning_sizes": [25, 50, 100, 200], "learning_models": ["mlp1"], "r0_n_train": 100,
                     "r0_architectures": [[8]], "r0_orders": 2, "r0_hessian_samples": 1},
+    "prediction": {"tasks": ["mnist2b_mlp", "fashion2a_linear", "teacher_g8_b8_mlp", "teacher_s8_b4_mlp",
+                             "digits_linear"], "n_seeds": 2, "steps": 60, "max_pool": 1200, "n_min": 40,
+                   "pilot_sizes": [160], "pilot_n_min": 16, "D": 2, "n_thetas": 8, "gap_thetas": 4, "n_boot": 20},
 }
 #: stage timings the figures stage reads (as the runner writes them) and turns into \Time... numbers
 TINY_TIMINGS = {"01_train": 60.0, "04_monte_carlo": 90.0}

@@ -235,7 +235,7 @@ class Prediction:
     n*(eps)), pilots on the first n0 samples (their own learning curve and landscape), every predictor and the
     scores (docs/sample_size.md, "Prediction benchmark"; the decision rule is fixed there)."""
     tasks: list = param(list(SMOKE_TASKS), list_of(choice(list(TASKS))), "task names (lib.infra.tasks.TASKS)")
-    seeds: int = param(3, integer(2), "training seeds per size of a task's learning curve (init and minibatches)")
+    n_seeds: int = param(3, integer(2), "training seeds per size of a task's learning curve (init and minibatches)")
     steps: int = param(300, integer(1), "Adam steps of every training, whatever its size (one fixed budget)")
     batch_size: int = param(64, integer(1), "minibatch size (drawn with replacement from the training set)")
     lr: float = param(0.001, number(gt=0), "Adam learning rate")

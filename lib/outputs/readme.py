@@ -205,7 +205,7 @@ def prediction_section(store: ResultStore, heading: str = "") -> str:
         f"resolved target at eps = {100 * primary['eps']:g} point ({table['n_unresolved']} unresolved, never "
         f"scored); every predictor sees only the first n0 = {primary['n0']:,} samples; calibration held out by "
         "family. Errors are |log2(predicted / target)|; coverage of the nominal "
-        f"{100 * scores['calibration'][key].get('constant', {}).get('level', 0.9):g} % intervals; p: one-sided "
+        f"{100 * scores['level']:g} % intervals; p: one-sided "
         "paired Wilcoxon test.", "",
         "| predictor | median | 90th pct | within 2x | coverage | fallbacks | p vs constant | p vs power law |",
         "|---|---|---|---|---|---|---|---|"]

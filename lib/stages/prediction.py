@@ -34,10 +34,10 @@ SCORING = "v1"
 def task_params(name: str, section: Prediction, data_seed: int) -> dict:
     """What defines one task's record (its identity in the result store)."""
     s = dataclasses.asdict(section)
-    keep = ("seeds", "steps", "batch_size", "lr", "grid_ratio", "n_min", "max_pool", "plateau_factor", "eps",
+    keep = ("steps", "batch_size", "lr", "grid_ratio", "n_min", "max_pool", "plateau_factor", "eps",
             "pilot_sizes", "pilot_folds", "pilot_ratio", "pilot_n_min", "D", "sigma", "n_thetas", "gap_thetas",
             "n_boot", "level", "threads")
-    return {"task": TASKS[name].params(), "data_seed": data_seed, "recipe": RECIPE,
+    return {"task": TASKS[name].params(), "data_seed": data_seed, "recipe": RECIPE, "seeds": section.n_seeds,
             **{k: s[k] for k in keep}}
 
 
@@ -137,7 +137,7 @@ def compute_scores(records: list[dict], section: Prediction) -> dict:
             tables[key] = {"n0": n0, "eps": eps, **predict_tasks(rows, section.level)}
             calibration[key] = fit_shipped_calibration(rows, section.level)
     primary = tables[f"n0={section.pilot_sizes[0]},eps={section.primary_eps}"]
-    return {"tables": tables, "decision": decide(primary["scores"]), "calibration": calibration,
+    return {"tables": tables, "decision": decide(primary["scores"]), "calibration": calibration, "level": section.level,
             "tasks": [r["name"] for r in records], "primary": {"n0": section.pilot_sizes[0],
                                                               "eps": section.primary_eps}}
 
