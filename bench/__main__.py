@@ -59,7 +59,7 @@ def _row(measure: str, value, target, kind: str | None, details: dict | None = N
 def summary_rows(costs: list[dict], pyh: dict | None, hess: list[dict], mc: list[dict],
                  judged: bool = True, training: list[dict] | None = None) -> list[dict]:
     """The summary table's rows; ``judged=False`` (quick runs) keeps measured / target but leaves "met" empty."""
-    rows = _summary_rows(costs, pyh, hess, mc) + [_row(r["measure"], r["value"], None, None)
+    rows = _summary_rows(costs, pyh, hess, mc) + [_row(r["measure"], r["value"], r.get("target"), r.get("kind"))
                                                   for r in training or []]
     if not judged:
         for r in rows:

@@ -6,19 +6,31 @@ Both are wall-time ratios measured in this run on the recipe's minibatches (batc
 median over interleaved repeats, the second from two spawned workers that start their timed training at the same
 instant (their start-up is not timed) against the same training with two threads in this process, measured just
 before and after (the faster one is used).
+
+The prediction benchmark's trainings (``lib.core.many_models``): M small models trained at once (stacked
+parameters, one vmapped forward) against the same M trainings one at a time (``train_one``, the same minibatches),
+in trainings per minute on one thread, for the benchmark's MLP and softmax regression on 14 x 14 MNIST
+(target: >= ``TARGET_MANY_MLP`` for the MLP).
 """
 from __future__ import annotations
 
 import statistics
 import time
 
+import torch
+import torch.nn.functional as F
+
 from lib.core import models
+from lib.core.many_models import train_many, train_one
+from lib.core.task_models import build_task_model
 from lib.core.tensors import torch_threads
 from lib.core.train import textbook_train, train
 from lib.infra import data
 from lib.infra.parallel import run_tasks
 
 BATCH, LR = 64, 1e-3
+#: stacked trainings of the benchmark's MLP: at least this many times the trainings per minute of one at a time
+TARGET_MANY_MLP = 3.0
 
 
 def _one_training(model: str, n: int, epochs: int, threads: int, textbook: bool = False,
@@ -65,9 +77,37 @@ def side_by_side_gain(model: str, n: int, epochs: int, workers: int = 2) -> dict
             "alone_seconds": alone, "n": n, "epochs": epochs}
 
 
+def many_models_throughput(family: str, n_models: int, steps: int) -> dict:
+    """Trainings per minute of ``n_models`` stacked trainings over the same trainings one at a time (one thread,
+    14 x 14 MNIST, sizes 100..n of the first 5,000 images, the benchmark's recipe)."""
+    x, y = data.training_subset("mnist", 5000, 0)
+    x = F.avg_pool2d(x, 2)
+    nets = [build_task_model(family, (1, 14, 14), 10, s % 3) for s in range(n_models)]
+    subsets = [torch.arange(100 + (4900 * i) // max(n_models - 1, 1)) for i in range(n_models)]
+    with torch_threads(1):
+        t0 = time.perf_counter()
+        train_many(nets, x, y, subsets, list(range(n_models)), steps=steps, batch_size=BATCH, lr=LR)
+        stacked = time.perf_counter() - t0
+        single = []
+        for i in range(min(n_models, 8)):            # one at a time: 8 of them, scaled to n_models
+            t0 = time.perf_counter()
+            train_one(nets[i], x, y, subsets[i], i, steps=steps, batch_size=BATCH, lr=LR)
+            single.append(time.perf_counter() - t0)
+    per_minute_stacked = 60 * n_models / stacked
+    per_minute_single = 60 / statistics.mean(single)
+    return {"measure": f"stacked / one-at-a-time trainings per minute, {n_models} {family}s, 1 thread",
+            "value": per_minute_stacked / per_minute_single, "stacked_per_minute": per_minute_stacked,
+            "single_per_minute": per_minute_single, "steps": steps,
+            "target": TARGET_MANY_MLP if family == "mlp" else None, "kind": "min" if family == "mlp" else None}
+
+
 def run(quick: bool = False, log=None) -> list[dict]:
     n, epochs = (1000, 1) if quick else (5000, 2)
     rows = []
+    for family in ("mlp", "linear"):
+        if log:
+            log(f"training: {family} x 64 stacked against one at a time")
+        rows.append(many_models_throughput(family, 16 if quick else 64, 50 if quick else 200))
     for model in ("cnn", "mlp2"):
         if log:
             log(f"training: {model}, n = {n}, {epochs} epochs")
