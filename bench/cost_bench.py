@@ -6,7 +6,7 @@
    with the layer-by-layer torch forward beside it;
 3. ``delta_curve`` seconds per theta / one forward pass (mlp1, mlp2, CNN; target <= 1.0);
 4. informational: the insertion-order sums of one block of thetas (R = 50 orders), torch's operations against the
-   C kernel (``lib.core.order_sums``);
+   C kernel (``lib.core.native.order_sums``);
 5. informational, beside each HVP row: the same ratio in multiply-adds (``lib.core.models.hvp_multiply_adds``),
    what an exact product costs when it runs as fast per multiply-add as the forward and skips no unit (the trained
    mlp2's product skips the ReLU units inactive on a whole chunk, so it can measure below it).
@@ -32,8 +32,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, models, order_sums  # noqa: E402
+from lib.core import hessian, models  # noqa: E402
 from lib.core.montecarlo import OrderSums, delta_curve  # noqa: E402
+from lib.core.native import fused_cnn, order_sums  # noqa: E402
 from lib.core.sampling import Gaussian  # noqa: E402
 from lib.core.subspace import random_basis  # noqa: E402
 
@@ -121,7 +122,7 @@ def cnn_forward_cost(x, repeats: int = 7) -> dict:
     row.update({"measure": f"cnn forward / mlp2 forward (N={len(x)})", "target": TARGET_CNN_FORWARD_IN_MLP2,
                 "kind": "max", "layer_by_layer_in_mlp2": ref["value"], "layer_by_layer_seconds": ref["seconds"],
                 "plan_forward_in_mlp2": plan_row["value"], "plan_forward_seconds": plan_row["seconds"],
-                "fused_kernel": models.fused_cnn.available(), "max_abs_logit_difference": diff, "N": len(x)})
+                "fused_kernel": fused_cnn.available(), "max_abs_logit_difference": diff, "N": len(x)})
     return row
 
 

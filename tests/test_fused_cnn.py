@@ -1,4 +1,4 @@
-"""The fused CNN kernel (lib.core.fused_cnn): its losses equal float64 layer-by-layer cross-entropies, for the
+"""The fused CNN kernel (lib.core.native.fused_cnn): its losses equal float64 layer-by-layer cross-entropies, for the
 study's CNN and for other conv-pool shapes, and the Monte Carlo uses it exactly where it applies."""
 import copy
 import platform
@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core import fused_cnn
 from lib.core.models import build, cnn, plan
 from lib.core.montecarlo import delta_curve
+from lib.core.native import fused_cnn, refresh, status
 from lib.core.sampling import make_sampler
 from lib.core.subspace import SubspaceLosses, random_basis
 from lib.core.tensors import flat_params, n_params, unflatten
 from tests.cases import seeded_data, seeded_model
 
 needs_kernel = pytest.mark.skipif(not fused_cnn.available(),
-                                  reason=f"fused CNN kernel unavailable: {fused_cnn.unavailable_reason()}")
+                                  reason=f"fused CNN kernel unavailable: {status()['fused_cnn']['reason']}")
 
 
 def reference_losses(net: nn.Module, x, y, P, thetas) -> torch.Tensor:
@@ -45,9 +45,9 @@ def test_the_kernel_builds_wherever_it_can():
     can = (platform.machine().lower() in ("x86_64", "amd64") and shutil.which("cc") is not None
            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
     if can:
-        assert fused_cnn.available(), fused_cnn.unavailable_reason()
+        assert fused_cnn.available(), status()["fused_cnn"]["reason"]
     else:
-        assert not fused_cnn.available() and fused_cnn.unavailable_reason()
+        assert not fused_cnn.available() and status()["fused_cnn"]["reason"]
 
 
 @needs_kernel
@@ -114,9 +114,9 @@ def test_the_torch_engine_serves_what_the_kernel_does_not():
 
 def test_disabled_by_the_environment(monkeypatch):
     monkeypatch.setenv("LIB_FUSED_CNN", "0")
-    fused_cnn._library.cache_clear()
+    refresh()
     try:
-        assert not fused_cnn.available() and "LIB_FUSED_CNN" in fused_cnn.unavailable_reason()
+        assert not fused_cnn.available() and "LIB_FUSED_CNN" in status()["fused_cnn"]["reason"]
         net = build("cnn", 0).eval()
         x, y = seeded_data(5, (1, 28, 28), 10, dtype=torch.float32)
         assert SubspaceLosses(net, x, y, random_basis(n_params(net), 2, seed=0)).engine == "torch"
@@ -124,7 +124,7 @@ def test_disabled_by_the_environment(monkeypatch):
             fused_cnn.losses(plan(net), [], x, y)
     finally:
         monkeypatch.delenv("LIB_FUSED_CNN")
-        fused_cnn._library.cache_clear()
+        refresh()
 
 
 @needs_kernel
@@ -136,12 +136,12 @@ def test_delta_curve_records_its_engine_and_matches_the_torch_engine(monkeypatch
     fast = delta_curve(net, x, y, P, sampler, 24, n_orders=3, progress=False)
     assert fast.meta["engine"] == "fused_cnn"
     monkeypatch.setenv("LIB_FUSED_CNN", "0")
-    fused_cnn._library.cache_clear()
+    refresh()
     try:
         slow = delta_curve(net, x, y, P, sampler, 24, n_orders=3, progress=False)
     finally:
         monkeypatch.delenv("LIB_FUSED_CNN")
-        fused_cnn._library.cache_clear()
+        refresh()
     assert slow.meta["engine"] == "torch"
     np.testing.assert_allclose(fast.delta, slow.delta, rtol=2e-3, atol=1e-12)
     np.testing.assert_allclose(fast.order_mean, slow.order_mean, rtol=2e-3, atol=1e-12)

@@ -240,22 +240,22 @@ def test_delta_curve_on_the_batched_paths_equals_the_generic_forward(name, monke
 def test_order_sums_equal_explicit_loops_on_both_engines(monkeypatch, B):
     """OrderSums (the C kernel where it builds, and torch's operations) against explicit loops over orders, thetas
     and k; several add() calls of ragged sizes (lane padding, more than 16 thetas per call)."""
-    from lib.core import order_sums
     from lib.core.montecarlo import OrderSums
+    from lib.core.native import order_sums, refresh
     N, R = 23, 4
     L = torch.rand(B, N, dtype=torch.float64, generator=torch.Generator().manual_seed(B)) * 3
     engines = {}
     for engine in ("native", "torch"):
         if engine == "torch":
             monkeypatch.setenv("LIB_ORDER_SUMS", "0")
-        order_sums._library.cache_clear()
+        refresh()
         try:
             acc = OrderSums(N, R, seed=7, device="cpu")
             acc.add(L[:B // 2 + 1])
             acc.add(L[B // 2 + 1:])
         finally:
             monkeypatch.delenv("LIB_ORDER_SUMS", raising=False)
-            order_sums._library.cache_clear()
+            refresh()
         engines[acc.engine] = acc
     assert "torch" in engines
     if order_sums.available():
@@ -271,8 +271,8 @@ def test_order_sums_equal_explicit_loops_on_both_engines(monkeypatch, B):
 
 
 def test_order_sums_engine_choice_is_validated():
-    from lib.core import order_sums
     from lib.core.montecarlo import OrderSums
+    from lib.core.native import order_sums
     assert OrderSums(9, 2, 0, "cpu", engine="torch").engine == "torch"
     assert OrderSums(9, 2, 0, "cpu").engine == ("native" if order_sums.available() else "torch")
     with pytest.raises(ValueError, match="engine"):

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lib.core import native
+from lib.core.native import fused_cnn, order_sums
 from lib.infra.results import NUMERIC_ENV, cpu_info, cpu_libraries, provenance
 
 
@@ -14,11 +16,11 @@ def test_provenance_names_the_cpu_and_its_libraries(tmp_store, monkeypatch):
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     tmp_store.save("s", "r", {"v": 1}, {"p": 1})
     prov = json.loads((tmp_store.root / "s" / "r.meta.json").read_text())["provenance"]
-    assert set(prov) >= {"cpu", "cpu_libraries", "numeric_env", "torch_threads", "machine", "fused_cnn",
-                         "order_sums"}
-    from lib.core import fused_cnn, order_sums
-    assert prov["fused_cnn"] == ("built" if fused_cnn.available() else fused_cnn.unavailable_reason())
-    assert prov["order_sums"] == ("built" if order_sums.available() else order_sums.unavailable_reason())
+    assert set(prov) >= {"cpu", "cpu_libraries", "numeric_env", "torch_threads", "machine", "native"}
+    assert prov["native"] == native.status()
+    assert set(prov["native"]) == {"fused_cnn", "order_sums"}
+    assert prov["native"]["fused_cnn"]["built"] == fused_cnn.available()
+    assert prov["native"]["order_sums"]["built"] == order_sums.available()
     assert set(prov["numeric_env"]) == set(NUMERIC_ENV) and prov["numeric_env"]["MKL_CBWR"] == "COMPATIBLE"
     libs = prov["cpu_libraries"]
     assert libs["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -25,8 +25,8 @@ mlp2's layer by layer and 3.1x with these kernels, 2.5x on one thread; mlp2 has 
 ``CNN`` (what ``cnn()`` and ``build("cnn", seed)`` return) is an ``nn.Sequential`` of the usual torch layers, so its
 ``state_dict``, initialisation and torch.fx graph are those of the plain Sequential; in eval mode its forward is
 ``plan_forward`` (the kernels above), in train mode the layer-by-layer forward (training is bitwise unchanged).
-Without gradients (``torch.no_grad``) on float32 CPU tensors it is ``lib.core.fused_cnn.logits`` where that kernel
-is built (eight images per AVX2 register, every stage in cache; 3x faster than ``plan_forward`` here).
+Without gradients (``torch.no_grad``) on float32 CPU tensors it is ``lib.core.native.fused_cnn.logits`` where that
+kernel is built (eight images per AVX2 register, every stage in cache; 3x faster than ``plan_forward`` here).
 ``lib.core.hessian`` (exact Hessian-vector products) and ``lib.core.subspace`` (many weight vectors at once) reuse
 the same steps and kernels.
 """
@@ -40,7 +40,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lib.core import fused_cnn
+from lib.core.native import fused_cnn
 from lib.core.tensors import eval_mode, n_params
 
 __all__ = ["IMAGE_SHAPE", "N_CLASSES", "MODELS", "CONV_CHUNK", "FUSED_CHUNK", "mlp", "cnn", "CNN", "build",
@@ -91,7 +91,7 @@ def _plain_tensor(t: torch.Tensor) -> bool:
 
 
 def _fused_eligible(steps, x: torch.Tensor, params: list) -> bool:
-    """Whether an eval-mode forward may run on ``lib.core.fused_cnn.logits``: no gradient wanted, plain float32
+    """Whether an eval-mode forward may run on ``lib.core.native.fused_cnn.logits``: no gradient wanted, plain float32
     CPU inputs and weights (no AD or transform tracing them), and ``fused_cnn.applies``."""
     return (not torch.is_grad_enabled() and _plain_tensor(x) and all(_plain_tensor(p) for p in params)
             and fused_cnn.applies(steps, params))

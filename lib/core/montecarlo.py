@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.core import order_sums
 from lib.core.checks import check_choice, check_data, check_int, check_positive
+from lib.core.native import order_sums, status
 from lib.core.sampling import DEFAULT_SOBOL_REPLICATES, ESTIMATORS, Sampler, estimator_units
 from lib.core.subspace import SubspaceLosses, check_basis
 from lib.core.tensors import device_dtype, flat_params
@@ -163,9 +163,9 @@ class _UnitAccumulator:
 class OrderSums:
     """The sum over thetas of d_k^2 in each of R random insertion orders (permutations of the N samples drawn from
     ``torch.Generator().manual_seed(seed)``): ``order_sum`` (R, N-1) float64, fed with (B, N) float64 rows. On the
-    CPU with the C kernel built (``lib.core.order_sums``, ``engine == "native"``) one pass per order with the thetas
-    in the register lanes; elsewhere (``engine == "torch"``) torch's operations, the same sums to a few units in
-    the last place."""
+    CPU with the C kernel built (``lib.core.native.order_sums``, ``engine == "native"``) one pass per order with
+    the thetas in the register lanes; elsewhere (``engine == "torch"``) torch's operations, the same sums to a few
+    units in the last place."""
 
     def __init__(self, N: int, n_orders: int, seed: int, device, engine: str = "auto"):
         check_choice("engine", engine, ("auto", "native", "torch"))
@@ -174,7 +174,7 @@ class OrderSums:
         self.order_sum = torch.zeros(n_orders, N - 1, dtype=torch.float64, device=device)
         native = torch.device(device).type == "cpu" and order_sums.available()
         if engine == "native" and not native:
-            why = order_sums.unavailable_reason() or f"not a CPU device: {device}"
+            why = status()["order_sums"]["reason"] or f"not a CPU device: {device}"
             raise ValueError(f"engine='native' is not available here ({why}); use engine='auto'")
         self.engine = "native" if native and engine != "torch" else "torch"
         if self.engine == "native":

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from lib.core import fused_cnn
 from lib.core.checks import check_data, check_int
 from lib.core.hessian import HessianOperator, top_eigenpairs
 from lib.core.models import plan, plan_accepts, plan_forward_many, preferred_chunk, step_names, step_weights
+from lib.core.native import fused_cnn
 from lib.core.tensors import chunks, device_dtype, eval_mode, flat_params, n_params, param_layout, unflatten
 
 __all__ = [
@@ -159,7 +159,7 @@ def _forward_rows(model, inputs, targets, n_rows, weight_of, chunk, loss_fn, pro
 
 
 def _fused_rows(model, steps, inputs, targets, weights: torch.Tensor, progress: bool) -> torch.Tensor:
-    """Cross-entropies (T, N) at T flat weight vectors of a conv-pool CNN by ``lib.core.fused_cnn.losses``,
+    """Cross-entropies (T, N) at T flat weight vectors of a conv-pool CNN by ``lib.core.native.fused_cnn.losses``,
     ``WEIGHT_BLOCK`` vectors at a time (eight per register)."""
     names = step_names(model, steps)
     x, y = inputs.to(torch.float32).contiguous(), targets.to(torch.int64).contiguous()
@@ -176,7 +176,7 @@ def losses_at_weights(model, inputs, targets, weights: torch.Tensor, chunk_size:
 
     ``weights``: (n_params,) or (T, n_params). Returns (T, N) (or (N,) for a single vector), in the model's
     dtype, samples in the given order. No autograd graph, model weights untouched, eval mode. Conv-pool CNNs with
-    the default cross-entropy run through the fused kernel (``lib.core.fused_cnn``) where it is built.
+    the default cross-entropy run through the fused kernel (``lib.core.native.fused_cnn``) where it is built.
     """
     check_data(inputs, targets)
     chunk = _chunk_size(chunk_size, model)
@@ -230,7 +230,7 @@ class SubspaceLosses:
       take (D + 1) 16 x 196 floats per image, 1.4 GB for D = 10 and N = 10,000, and combining them costs about
       what the conv itself costs: the stacked product is used instead.)
       On a CPU with AVX2, conv-pool CNNs with cross-entropy (``engine == "fused_cnn"``) run the batched path in
-      ``lib.core.fused_cnn`` instead: eight thetas per SIMD register, one image through every stage in cache
+      ``lib.core.native.fused_cnn`` instead: eight thetas per SIMD register, one image through every stage in cache
       (4-5x faster than the torch operations for the study's CNN); elsewhere, or with ``fused=False``,
       ``engine == "torch"``.
     * first-layer shortcut (``path == "shortcut"``): other ``Sequential(Flatten, Linear, ...)`` models (tanh

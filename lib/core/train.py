@@ -2,7 +2,7 @@
 
 How it runs (``TRAINER``, part of every trained result's parameters): torch's fused Adam kernel (one kernel for
 every parameter instead of a loop of small ones: 1.3x faster steps for mlp2 at batch 64). Conv-pool CNNs on a CPU
-where ``lib.core.fused_cnn`` is built take each minibatch's gradient from that kernel (one forward and backward
+where ``lib.core.native.fused_cnn`` is built take each minibatch's gradient from that kernel (one forward and backward
 pass per image in cache, eight images per register: 0.66 against 3.6 ms per step of the study CNN at batch 64 on
 one thread); other models with a 2-D convolution train in channels-last memory (the input batch and the 4-D
 weights; torch's oneDNN convolution and max-pooling run 1.8x faster there at the study CNN's 4 and 8 channels;
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lib.core import fused_cnn
 from lib.core.checks import ParameterError, check_data, check_int, check_positive
 from lib.core.models import plan, plan_accepts
+from lib.core.native import fused_cnn
 from lib.core.tensors import chunks, eval_mode
 
 __all__ = ["TRAINER", "TrainHistory", "check_recipe", "train", "textbook_train", "evaluate"]
@@ -123,7 +123,7 @@ def textbook_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
 
 
 def _fused_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """The model's ``plan`` when its minibatch gradients may come from ``lib.core.fused_cnn`` (float32 CPU
+    """The model's ``plan`` when its minibatch gradients may come from ``lib.core.native.fused_cnn`` (float32 CPU
     conv-pool stages and one Linear, no Dropout, class targets in range, the kernel built here), else None."""
     steps = plan(model)
     if steps is None or any(isinstance(m, nn.Dropout) for m in model.modules()):

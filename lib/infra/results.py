@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from lib import REPO_ROOT
-from lib.core import fused_cnn, order_sums
+from lib.core import native
 
 RESULTS_ROOT = Path(os.environ.get("LANDSCAPE_RESULTS", REPO_ROOT / "results"))
 _UMASK = os.umask(0o022)
@@ -192,8 +192,7 @@ def provenance() -> dict:
         "cpu": cpu_info(),
         "cpu_libraries": cpu_libraries(),
         "numeric_env": {k: os.environ.get(k) for k in NUMERIC_ENV},
-        "fused_cnn": fused_cnn.unavailable_reason() or "built",
-        "order_sums": order_sums.unavailable_reason() or "built",
+        "native": native.status(),
         "torch_threads": torch.get_num_threads(),
         "argv": sys.argv[:1],
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

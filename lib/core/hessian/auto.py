@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lib.core import fused_cnn
 from lib.core.checks import ParameterError, check_choice
 from lib.core.hessian.fused import FusedEngine, applies
 from lib.core.hessian.graph import GraphEngine
 from lib.core.hessian.rebuild import RebuildEngine
 from lib.core.hessian.structured import Structured
 from lib.core.models import plan, plan_accepts
+from lib.core.native import status
 
 ENGINES = ("auto", "fused", "structured", "graph", "rebuild")
 
@@ -32,8 +32,8 @@ def engine_for(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, en
     fusable = applies(steps, model, targets)
     if engine == "fused" and not fusable:
         raise ParameterError("engine", engine, "a float32 CPU model of conv-pool stages and one Linear "
-                             f"(lib.core.fused_cnn.supports) and a kernel built here "
-                             f"({fused_cnn.unavailable_reason() or 'it is'})", hint="use engine='auto'")
+                             f"(lib.core.native.fused_cnn.supports) and a kernel built here "
+                             f"({status()['fused_cnn']['reason'] or 'it is'})", hint="use engine='auto'")
     if engine in ("auto", "fused") and fusable:
         return FusedEngine(Structured(model, steps, inputs), inputs, targets)
     if steps is not None:

@@ -1,18 +1,18 @@
-"""The fused engine: Hessian-vector products of conv-pool CNNs by the native kernel ``lib.core.fused_cnn.hvp``
+"""The fused engine: Hessian-vector products of conv-pool CNNs by the native kernel ``lib.core.native.fused_cnn.hvp``
 (forward, tangent and backward pass per image in cache; nothing kept between products)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from lib.core import fused_cnn
 from lib.core.hessian.structured import Structured
 from lib.core.models import Step, step_weights
+from lib.core.native import fused_cnn
 from lib.core.tensors import unflatten
 
 
 def applies(steps: list[Step] | None, model: nn.Module, targets: torch.Tensor) -> bool:
-    """Whether the kernel runs this plan, model and targets (``lib.core.fused_cnn.applies``: a float32 CPU model
+    """Whether the kernel runs this plan, model and targets (``lib.core.native.fused_cnn.applies``: a float32 CPU model
     of conv-pool stages and one Linear, class targets, a kernel built here)."""
     return fused_cnn.applies(steps, list(model.parameters()), targets)
 

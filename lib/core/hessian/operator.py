@@ -36,7 +36,7 @@ class HessianOperator(ProductOperator):
     * ``"graph"`` (``"auto"`` for every other model): the autograd graph of each chunk's gradient
       (``create_graph=True``) is kept and differentiated again per product (``retain_graph=True``);
     * ``"rebuild"``: the gradient graph is rebuilt for every product (no state kept);
-    * ``"fused"`` (``"auto"`` picks it where ``lib.core.fused_cnn.applies``: float32 conv-pool CNNs on the CPU,
+    * ``"fused"`` (``"auto"`` picks it where ``lib.core.native.fused_cnn.applies``: float32 conv-pool CNNs on the CPU,
       kernel built): the same R-op per image in the native kernel over all samples at once (nothing kept).
 
     Each engine is a module of ``lib.core.hessian`` (the choice: ``auto.engine_for``).

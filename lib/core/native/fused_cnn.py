@@ -8,10 +8,9 @@ every stage, the linear head and the cross-entropy in buffers that stay in the c
 
 * ``supports(steps)``: a ``lib.core.models.plan`` of conv-pool stages, a Flatten and one Linear (no ReLU after it).
 * ``applies(steps, params, targets)``: both of the above, float32 CPU weights and class targets in range.
-* ``available()``: an x86-64 CPU on which torch runs its AVX2 (or AVX-512) kernels, a C compiler (``$CC`` or
-  ``cc``) that built the kernel, and ``LIB_FUSED_CNN`` not set to 0. The library is compiled once per source and
-  flags into ``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``; the temporary directory if that is
-  not writable); without a compiler or AVX2 the torch path
+* ``available()``: the kernel is built and usable here (``lib.core.native.build``: an x86-64 CPU on which torch
+  runs its AVX2 (or AVX-512) kernels, a C compiler (``$CC`` or ``cc``), neither ``LIB_NATIVE`` nor
+  ``LIB_FUSED_CNN`` set to 0); ``lib.core.native.status()["fused_cnn"]`` says why not. Without it the torch path
   serves, with the same losses to float rounding.
 * ``losses(steps, weights, x, y)``: the (B, n) cross-entropy losses for B weight sets (the ``weights`` list of
   ``plan_forward_many``), split over ``torch.get_num_threads()`` threads (the foreign call releases the GIL).
@@ -26,14 +25,13 @@ from pathlib import Path
 
 import torch
 
-from lib.core import native
+from lib.core.native import build
 
-__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "applies", "available", "unavailable_reason", "losses", "logits",
-           "hvp", "gradient"]
+__all__ = ["SOURCE", "FLAGS", "LANES", "supports", "applies", "available", "losses", "logits", "hvp", "gradient"]
 
 SOURCE = Path(__file__).with_suffix(".c")
-#: compiler flags (``lib.core.native``): AVX2 + FMA code whatever the CPU, no contraction of the scalar code
-FLAGS = native.FLAGS
+#: compiler flags (``lib.core.native.build``): AVX2 + FMA code whatever the CPU, no contraction of the scalar code
+FLAGS = build.FLAGS
 #: weight sets per SIMD register (float32 lanes of AVX2)
 LANES = 8
 _MAX_STAGES, _MAX_K = 8, 64
@@ -68,7 +66,7 @@ def applies(steps, params, targets: torch.Tensor | None = None) -> bool:
 
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-_library = native.kernel(SOURCE, "LIB_FUSED_CNN", {
+_library = build.kernel(SOURCE, "LIB_FUSED_CNN", {
     "conv_pool_ce_losses": [_P, _I64, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, _P, _I64],
     "conv_pool_ce_hvp": [_P, _I64, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P],
     "conv_pool_ce_grad": [_P, _I64, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P],
@@ -79,10 +77,6 @@ def available() -> bool:
     """Whether the kernel is built and usable here (see the module docstring)."""
     return _library()[0] is not None
 
-
-def unavailable_reason() -> str | None:
-    """Why the kernel is not used here, or None when it is."""
-    return _library()[1]
 
 
 def _function(name: str):
@@ -131,7 +125,7 @@ def losses(steps, weights: list, x: torch.Tensor, y: torch.Tensor, threads: int 
     args = (xs.data_ptr(), n, len(convs), ch, H, Wd, cw.data_ptr(), cb.data_ptr(), lin_w.data_ptr(),
             lin_b.data_ptr(), K, ys.data_ptr(), G, out.data_ptr(), out.shape[1])
 
-    codes = native.run(native.split(n, threads), lambda s0, s1: fn(args[0], args[1], s0, s1, *args[2:]))
+    codes = build.run(build.split(n, threads), lambda s0, s1: fn(args[0], args[1], s0, s1, *args[2:]))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {channels}, image {H}x{Wd}, K = {K}")
     return out[:B, :n]
@@ -187,7 +181,7 @@ def logits(steps, weights: list, x: torch.Tensor, threads: int | None = None) ->
     S, channels, K, arrays, lin, _, keep = _single(steps, weights, xl, None)
     out = torch.empty(n, K, dtype=torch.float32)
     H, Wd = int(x.shape[2]), int(x.shape[3])
-    codes = native.run(native.split(n, threads, LANES), lambda s0, s1: fn(
+    codes = build.run(build.split(n, threads, LANES), lambda s0, s1: fn(
         xl.data_ptr(), n, s0, s1, S, arrays[0], H, Wd, arrays[1], arrays[2], lin[0], lin[1], K,
         None, None, None, None, None, None, out.data_ptr()))
     if any(codes):
@@ -203,7 +197,7 @@ def _reduction(steps, weights: list, x: torch.Tensor, y: torch.Tensor, tangents,
     S, channels, K, arrays, lin, tan_lin, keep = _single(steps, weights, xl, tangents)
     affine = [k for k, s in enumerate(steps) if s.module is not None]
     sizes = [(weights[k][0].numel(), weights[k][0].shape[0]) for k in affine]
-    parts = native.split(len(xl), threads, LANES)
+    parts = build.split(len(xl), threads, LANES)
     acc = torch.zeros(len(parts), sum(a + b for a, b in sizes) * LANES, dtype=torch.float32)
     head = (xl.data_ptr(), len(xl), S, arrays[0], int(xl.shape[2]), int(xl.shape[3]), arrays[1], arrays[2],
             lin[0], lin[1], K)
@@ -214,7 +208,7 @@ def _reduction(steps, weights: list, x: torch.Tensor, y: torch.Tensor, tangents,
 def _call(fn, r: dict, tail) -> None:
     """fn(images, n, s0, s1, stages..., *tail(part index)) for every thread's range; errors named."""
     h = r["head"]
-    codes = native.run(r["parts"], lambda s0, s1: fn(h[0], h[1], s0, s1, *h[2:], *tail(r["parts"].index((s0, s1)))))
+    codes = build.run(r["parts"], lambda s0, s1: fn(h[0], h[1], s0, s1, *h[2:], *tail(r["parts"].index((s0, s1)))))
     if any(codes):
         raise RuntimeError(f"fused CNN kernel rejected the sizes: channels {r['channels']}, image "
                            f"{h[4]}x{h[5]}, K = {h[10]}")

@@ -1,4 +1,4 @@
-/* Per-sample cross-entropy losses of a conv-pool CNN for eight weight sets at once (lib/core/fused_cnn.py).
+/* Per-sample cross-entropy losses of a conv-pool CNN for eight weight sets at once (lib/core/native/fused_cnn.py).
  *
  * Network: S stages "conv 3x3 (stride 1, zero padding 1) -> ReLU -> max-pool 2x2", then flatten (C, H, W order)
  * and one Linear with K outputs; loss = logsumexp(logits) - logits[target]. The eight SIMD lanes of an AVX2

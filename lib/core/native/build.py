@@ -1,16 +1,20 @@
-"""Building and calling the project's small C kernels (``fused_cnn.c``, ``order_sums.c``): one copy of the compiler
-call, the library cache and the thread pool.
+"""Compiling, caching and loading the native C kernels (``fused_cnn.c``, ``order_sums.c``), and their thread pool.
 
-* ``load(source, disable_var)``: the ctypes library of ``source`` (a ``.c`` file beside this module), compiled
+* ``load(source, disable_var)``: the ctypes library of ``source`` (a ``.c`` file of this package), compiled
   once per source text, compiler and ``FLAGS`` into ``$XDG_CACHE_HOME/curvature-subspace`` (default ``~/.cache``;
   a per-user folder in the temporary directory when that one cannot be written), as ``(library, None)``; or
   ``(None, reason)``: ``LIB_NATIVE=0`` or the kernel's own ``disable_var`` set to 0, not an x86-64 CPU on which
   torch runs its AVX2 (or AVX-512) kernels, no C compiler (``$CC`` or ``cc``), a failed build. Callers fall back
   to torch's operations then, with the same results to float rounding.
 * ``kernel(source, disable_var, signatures)``: a cached ``() -> (library, reason)`` of ``load`` with the argument
-  types of its functions set (each returns a C ``int``, 0 on success).
+  types of its functions set (each returns a C ``int``, 0 on success), registered in ``KERNELS`` under the
+  source's stem; ``refresh()`` forgets every cached answer (re-reads the switches, e.g. after the environment
+  changed).
+* ``compiler_command()`` / ``compiler_version()``: the compiler command and the first line of its ``--version``.
 * ``split(n, threads, unit)`` / ``run(parts, call)``: contiguous ranges, one per thread, and the calls on a shared
   thread pool (a ctypes call releases the GIL, so the threads run in parallel).
+
+Why plain ``cc`` + ctypes and not ``torch.utils.cpp_extension``: docs/engine.md ("Building the kernels").
 """
 from __future__ import annotations
 
@@ -28,13 +32,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FLAGS", "load", "kernel", "split", "run"]
+__all__ = ["FLAGS", "KERNELS", "cache_dir", "cpu_reason", "compiler_command", "compiler_version", "load", "kernel",
+           "refresh", "split", "run"]
 
 #: compiler flags: AVX2 + FMA code whatever the CPU (AVX-512 machines run the same instructions), no contraction
 #: of the scalar code (its rounding is then the compiler's choice no more)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-std=c11")
 _lock = threading.Lock()
 _pool: dict = {}
+#: kernel name (the source's stem) -> (cached library(), its own switch), filled by ``kernel``
+KERNELS: dict = {}
 
 
 def cache_dir() -> Path:
@@ -61,6 +68,27 @@ def cpu_reason() -> str | None:
     return None
 
 
+def compiler_command() -> str:
+    """The C compiler the kernels are built with: ``$CC``, else ``cc``."""
+    return os.environ.get("CC") or "cc"
+
+
+@lru_cache(maxsize=8)
+def _version_line(command: str) -> str | None:
+    try:
+        done = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def compiler_version() -> str | None:
+    """First line of ``$CC --version`` (None: no such compiler)."""
+    command = compiler_command()
+    return _version_line(command) if shutil.which(command) else None
+
+
 def load(source: Path, disable_var: str):
     """(ctypes library, None) or (None, reason); see the module docstring. Not cached and no argument types set:
     ``kernel`` does both."""
@@ -70,7 +98,7 @@ def load(source: Path, disable_var: str):
     reason = cpu_reason()
     if reason:
         return None, reason
-    compiler = os.environ.get("CC") or "cc"
+    compiler = compiler_command()
     if shutil.which(compiler) is None:
         return None, f"no C compiler ({compiler!r} not found)"
     text = source.read_bytes()
@@ -108,7 +136,15 @@ def kernel(source: Path, disable_var: str, signatures: dict):
             fn.argtypes, fn.restype = argtypes, ctypes.c_int
         return lib, None
 
+    KERNELS[source.stem] = (library, disable_var)
     return library
+
+
+def refresh() -> None:
+    """Forget every kernel's cached answer: the next call reads ``LIB_NATIVE``, the kernels' switches and ``CC``
+    again (and builds or loads the library)."""
+    for library, _ in KERNELS.values():
+        library.cache_clear()
 
 
 def split(n: int, threads: int | None, unit: int = 1) -> list[tuple[int, int]]:

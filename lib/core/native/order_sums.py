@@ -6,9 +6,9 @@ d_k^2 of the permuted losses to a running (R, N-1) sum. With torch's operations 
 ``order_sums.c`` makes one pass per order with the thetas in the register lanes (0.16 ms per theta,
 ``make bench``).
 
-* ``available()`` / ``unavailable_reason()``: built by ``lib.core.native`` (x86-64 with AVX2, a C compiler, neither
-  ``LIB_NATIVE`` nor ``LIB_ORDER_SUMS`` set to 0); elsewhere ``OrderSums`` uses torch's operations, with the same
-  sums to a few units in the last place (tested).
+* ``available()``: built by ``lib.core.native.build`` (x86-64 with AVX2, a C compiler, neither ``LIB_NATIVE`` nor
+  ``LIB_ORDER_SUMS`` set to 0; ``lib.core.native.status()["order_sums"]`` says why not); elsewhere ``OrderSums``
+  uses torch's operations, with the same sums to a few units in the last place (tested).
 * ``add(order_sum, L, perms, inv)``: ``order_sum[r, k-1] += sum_b d_k(L[b][perms[r]])^2``, orders split over
   ``torch.get_num_threads()`` threads.
 """
@@ -19,25 +19,21 @@ from pathlib import Path
 
 import torch
 
-from lib.core import native
+from lib.core.native import build
 
-__all__ = ["available", "unavailable_reason", "add"]
+__all__ = ["available", "add"]
 
 SOURCE = Path(__file__).with_suffix(".c")
 
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-_library = native.kernel(SOURCE, "LIB_ORDER_SUMS", {"order_sums_add": [_P, _I64, _I, _P, _I, _I, _P, _P]})
+_library = build.kernel(SOURCE, "LIB_ORDER_SUMS", {"order_sums_add": [_P, _I64, _I, _P, _I, _I, _P, _P]})
 
 
 def available() -> bool:
     """Whether the kernel is built and usable here."""
     return _library()[0] is not None
 
-
-def unavailable_reason() -> str | None:
-    """Why the kernel is not used here, or None when it is."""
-    return _library()[1]
 
 
 def add(order_sum: torch.Tensor, L: torch.Tensor, perms: torch.Tensor, inv: torch.Tensor,
@@ -57,7 +53,7 @@ def add(order_sum: torch.Tensor, L: torch.Tensor, perms: torch.Tensor, inv: torc
         if not t.is_contiguous():
             raise ValueError("order_sum, perms and inv must be contiguous")
     R = perms.shape[0]
-    codes = native.run(native.split(R, threads), lambda r0, r1: lib.order_sums_add(
+    codes = build.run(build.split(R, threads), lambda r0, r1: lib.order_sums_add(
         lt.data_ptr(), N, bp, perms.data_ptr(), r0, r1, inv.data_ptr(), order_sum.data_ptr()))
     if any(codes):
         raise RuntimeError(f"order-sums kernel rejected the sizes: N = {N}, B = {B}")
