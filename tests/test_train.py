@@ -49,6 +49,33 @@ def test_training_reduces_loss_and_evaluate_matches_manual():
     assert not net.training
 
 
+@pytest.mark.parametrize("name", ["mlp1", "cnn"])       # the plain loop and (where built) the fused CNN gradient
+def test_step_losses_are_the_minibatch_losses_of_the_textbook_loop(name):
+    x, y = data.training_subset("mnist", 200, seed=0)
+    net = models.build(name, seed=3)
+    with torch_threads(1):
+        hist = train(net, x, y, epochs=2, batch_size=64, seed=4, progress=False)
+    assert len(hist.step_loss) == 2 * 4                          # ceil(200 / 64) minibatches per epoch
+    sizes = torch.tensor([64, 64, 64, 8] * 2, dtype=torch.float64)
+    per_epoch = (torch.tensor(hist.step_loss, dtype=torch.float64) * sizes).reshape(2, 4).sum(1) / 200
+    assert per_epoch.tolist() == pytest.approx(hist.epoch_loss, rel=1e-12)
+    # an independent loop: the same minibatches (the seeded permutation of each epoch), the loss before each step
+    ref = models.build(name, seed=3)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3, foreach=False)
+    gen, expected = torch.Generator().manual_seed(4), []
+    ref.train()
+    for _ in range(2):
+        order = torch.randperm(200, generator=gen)
+        for start in range(0, 200, 64):
+            idx = order[start:start + 64]
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(ref(x[idx]), y[idx])
+            loss.backward()
+            expected.append(loss.item())
+            opt.step()
+    assert hist.step_loss == pytest.approx(expected, rel=1e-4)
+
+
 def test_evaluate_in_eval_mode_restores_every_flag():
     net, x, y = make("dropout", n=30)
     net.train()

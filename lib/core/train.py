@@ -39,6 +39,7 @@ class TrainHistory:
     lr: float
     seed: int
     epoch_loss: list[float] = field(default_factory=list)   # mean training minibatch loss per epoch
+    step_loss: list[float] = field(default_factory=list)    # mean loss of each minibatch, in step order
     seconds: float = 0.0
 
 
@@ -87,11 +88,13 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1
             idx = order[start:start + batch_size]
             opt.zero_grad(set_to_none=True)
             if steps is not None:
-                total += _fused_gradient(steps, xd[idx], yd[idx])
+                batch_sum = _fused_gradient(steps, xd[idx], yd[idx])
             else:
                 loss = nn.functional.cross_entropy(model(xd[idx]), yd[idx])
                 loss.backward()
-                total += loss.item() * len(idx)
+                batch_sum = loss.item() * len(idx)
+            total += batch_sum
+            hist.step_loss.append(batch_sum / len(idx))
             opt.step()
         hist.epoch_loss.append(total / n)
         bar.set_postfix(loss=f"{hist.epoch_loss[-1]:.4f}")
