@@ -1,5 +1,5 @@
-"""Shared test cases: tiny seeded networks, seeded data and independent references (explicit Hessians, per-sample
-losses from a plain forward pass). One copy for every test module."""
+"""Shared test cases: tiny seeded networks, seeded data and independent references (explicit Hessians, an explicit
+matrix as a product operator, per-sample losses from a plain forward pass). One copy for every test module."""
 from __future__ import annotations
 
 import copy
@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from lib.core.hessian.products import ProductOperator
 
 
 def relu_mlp():
@@ -88,3 +90,15 @@ def explicit_losses(model: nn.Module, x, y, w) -> torch.Tensor:
     m.eval()
     with torch.no_grad():
         return F.cross_entropy(m(x), y, reduction="none")
+
+
+class MatrixOperator(ProductOperator):
+    """The protocol on an explicit matrix: no chunks, no engine, only ``product`` (the solvers see no difference).
+    ``model`` only gives n_params, dtype and device (any module with as many parameters as ``hess`` has rows)."""
+
+    def __init__(self, model: nn.Module, hess: torch.Tensor):
+        super().__init__(model)
+        self.hess = hess
+
+    def product(self, v):
+        return self.hess @ v

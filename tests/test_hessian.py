@@ -11,7 +11,7 @@ from lib.core.checks import ParameterError
 from lib.core.hessian import solvers as S
 from lib.core.hessian.products import ProductOperator
 from lib.core.models import preferred_chunk
-from tests.cases import explicit_hessian, make
+from tests.cases import MatrixOperator, explicit_hessian, make
 
 N = 48
 KINDS = ["relu", "tanh", "nobias", "cnn"]
@@ -383,17 +383,6 @@ def test_one_operator_serves_all_four_solvers():
     assert alone[1].value == low.value and torch.equal(alone[1].eigenvector, low.eigenvector)
     assert np.array_equal(alone[2].samples, tr.samples)
     assert np.array_equal(alone[3].nodes, dens.nodes) and np.array_equal(alone[3].weights, dens.weights)
-
-
-class MatrixOperator(ProductOperator):
-    """The protocol on an explicit matrix: no chunks, no engine, only ``product`` (the solvers see no difference)."""
-
-    def __init__(self, model, hess):
-        super().__init__(model)
-        self.hess = hess
-
-    def product(self, v):
-        return self.hess @ v
 
 
 @pytest.mark.parametrize("kind", ["relu", "tanh"])

@@ -11,9 +11,10 @@ number of products that call made and ``seconds`` its wall time::
     op = HessianOperator(model, inputs, targets)          # chunk_size=None: the model's preferred chunk
     top = top_eigenpairs(op, k=10)                        # method="lanczos" (default) or "power"
     low = smallest_eigenvalue(op, tol=1e-4)
-    tr = trace(op, n_probes=100)
+    tr = trace(op, n_probes=100)                          # Hutchinson; hutchpp(op, n_products=99) and
+    tr_k = deflated_trace(op, top, n_probes=30)           # deflated_trace reduce its variance
     dens = density(op, n_runs=4, n_iter=80)
-    assert op.hvp_count == top.hvp_count + low.hvp_count + tr.hvp_count + dens.hvp_count
+    assert op.hvp_count == top.hvp_count + low.hvp_count + tr.hvp_count + tr_k.hvp_count + dens.hvp_count
 
 The model is evaluated in eval mode and its train/eval flags are restored afterwards; parameters' ``.grad``
 fields are never read or written (products use detached copies of the weights). Products reuse per-chunk state
@@ -45,6 +46,9 @@ The package, bottom to top (each module imports only those above it in this list
   Both eigen-solvers end with the same Rayleigh-Ritz step, so eigenvalues are signed Rayleigh quotients sorted
   algebraically (largest first), eigenvectors are orthonormal, and residuals ``||H v - lambda v|| / max|lambda|``
   are measured, not estimated.
+* ``trace_estimators``: ``hutchpp`` (Hutch++: a sketched subspace's trace exactly, Hutchinson on the rest) and
+  ``deflated_trace`` (the sum of top-k eigenvalues already computed, Hutchinson on the rest), both returning a
+  ``TraceEstimate`` like ``trace``.
 """
 from lib.core.hessian.auto import ENGINES
 from lib.core.hessian.operator import DEFAULT_CHUNK, KEEP_GRAPHS_MB, HessianOperator
@@ -61,8 +65,9 @@ from lib.core.hessian.solvers import (
     top_eigenpairs,
     trace,
 )
+from lib.core.hessian.trace_estimators import deflated_trace, error_per_product, hutchpp
 
 __all__ = ["ENGINES", "DEFAULT_CHUNK", "KEEP_GRAPHS_MB", "HessianOperator", "MAX_RECORDS", "ProductOperator",
            "Density", "Eigenpairs", "SmallestEigenpair", "TraceEstimate", "smooth_density", "METHODS",
            "POWER_MAX_ITER", "PROBES", "canonical_signs", "density", "lanczos_tridiagonal", "smallest_eigenvalue",
-           "top_eigenpairs", "trace"]
+           "top_eigenpairs", "trace", "hutchpp", "deflated_trace", "error_per_product"]

@@ -34,13 +34,19 @@ class SmallestEigenpair:
 
 @dataclass
 class TraceEstimate:
-    """Hutchinson estimate of tr(H): mean of ``samples`` (z^T H z per probe), ``stderr`` = std / sqrt(n_probes)."""
+    """Estimate of tr(H) = ``exact_part`` + mean of ``samples`` (z^T H z per probe), ``stderr`` = std(ddof=1) /
+    sqrt(n_probes). ``method`` "hutchinson" (``exact_part`` 0, ``rank`` 0); "hutch++" and "deflated": ``exact_part``
+    is the trace on a ``rank``-dimensional subspace (sketched, or spanned by eigenvectors) and the probes z are
+    projected off it, so ``stderr`` is that of the remainder's Hutchinson estimate."""
     estimate: float
     stderr: float
     n_probes: int
     samples: np.ndarray
     hvp_count: int
     seconds: float
+    method: str = "hutchinson"
+    exact_part: float = 0.0
+    rank: int = 0
 
 
 @dataclass

@@ -24,7 +24,7 @@ REUSE_TOL = 1e-5
 REUSE_MAX_GAIN = 100.0
 
 
-def _check_operator(op) -> ProductOperator:
+def check_operator(op) -> ProductOperator:
     if not isinstance(op, ProductOperator):
         raise TypeError("pass a HessianOperator(model, inputs, targets, chunk_size=None), a BatchedHessianOperator "
                         f"or another lib.core.hessian.ProductOperator as the first argument, got {type(op).__name__}")
@@ -98,7 +98,7 @@ def top_eigenpairs(op: ProductOperator, k: int, method: str = "lanczos", tol: fl
     recorded products where they reproduce v (linearity; no new products), power iteration spends k fresh
     products. ``hvp_count`` = products made by this call.
     """
-    op = _check_operator(op)
+    op = check_operator(op)
     method = check_choice("method", method, METHODS)
     tol = check_positive("tol", tol)
     k = check_int("k", k, 1)
@@ -137,7 +137,7 @@ def smallest_eigenvalue(op: ProductOperator, tol: float = 1e-4, max_iter: int | 
     |lambda_min|), so ``residual`` = ||Hv - lambda v|| / max(|lambda_1|, |lambda|) is about ``tol`` or below.
     ``hvp_count`` = products made by this call.
     """
-    op = _check_operator(op)
+    op = check_operator(op)
     tol = check_positive("tol", tol)
     count0, t0 = op.hvp_count, time.perf_counter()
     with op.recording():
@@ -152,7 +152,7 @@ def smallest_eigenvalue(op: ProductOperator, tol: float = 1e-4, max_iter: int | 
 
 
 # ----------------------------------------------------------------------------------------------- trace
-def _probe(op: ProductOperator, gen: torch.Generator, kind: str) -> torch.Tensor:
+def probe_vector(op: ProductOperator, gen: torch.Generator, kind: str) -> torch.Tensor:
     """Rademacher (+-1) or standard Gaussian vector from ``gen`` (CPU), in op's dtype/device."""
     if kind == "rademacher":
         z = torch.randint(0, 2, (op.n_params,), generator=gen, dtype=torch.float64) * 2 - 1
@@ -164,14 +164,14 @@ def _probe(op: ProductOperator, gen: torch.Generator, kind: str) -> torch.Tensor
 def trace(op: ProductOperator, n_probes: int = 100, probe: str = "rademacher", seed: int = 0) -> TraceEstimate:
     """Hutchinson estimate of tr(H) from ``n_probes`` seeded probes z (Rademacher, or ``probe="gaussian"``):
     mean of z^T H z, with its standard error std(ddof=1) / sqrt(n_probes). ``hvp_count`` = n_probes."""
-    op = _check_operator(op)
+    op = check_operator(op)
     n_probes = check_int("n_probes", n_probes, 2)
     probe = check_choice("probe", probe, PROBES)
     count0, t0 = op.hvp_count, time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     samples = np.empty(n_probes)
     for i in range(n_probes):
-        z = _probe(op, gen, probe)
+        z = probe_vector(op, gen, probe)
         samples[i] = float(op.hvp(z).double() @ z.double())
     return TraceEstimate(estimate=float(samples.mean()), stderr=float(samples.std(ddof=1) / np.sqrt(n_probes)),
                          n_probes=n_probes, samples=samples, hvp_count=op.hvp_count - count0,
@@ -225,7 +225,7 @@ def density(op: ProductOperator, n_runs: int = 1, n_iter: int = 100, seed: int =
     covering all nodes +- (0.01 + 5 sigma), so the smoothed density integrates to ~1 (it is not renormalised).
     ``hvp_count`` = products made by this call (n_runs * n_iter unless a run stops early).
     """
-    op = _check_operator(op)
+    op = check_operator(op)
     n_runs = check_int("n_runs", n_runs, 1)
     n_iter = check_int("n_iter", n_iter, 1)
     probe = check_choice("probe", probe, PROBES)
@@ -238,7 +238,7 @@ def density(op: ProductOperator, n_runs: int = 1, n_iter: int = 100, seed: int =
     nodes = np.empty((n_runs, n_iter))
     weights = np.zeros((n_runs, n_iter))
     for r in range(n_runs):
-        alphas, betas = lanczos_tridiagonal(op, _probe(op, gen, probe), n_iter)
+        alphas, betas = lanczos_tridiagonal(op, probe_vector(op, gen, probe), n_iter)
         x, w = _gauss_quadrature(alphas, betas)
         nodes[r, :len(x)], nodes[r, len(x):] = x, x[-1]
         weights[r, :len(x)] = w / n_runs
