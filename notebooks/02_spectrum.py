@@ -44,10 +44,12 @@ solver_models = ['mlp2']
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lib.core import reference
+from lib.core import hessian, reference
+from lib.core.tensors import torch_threads
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
 from lib.outputs import figures
+from lib.records.runs import trained_run
 from lib.records.spectrum import load_spectrum, spectrum_seeds
 from lib.stages import spectrum
 from lib.stages.base import format_table
@@ -55,10 +57,80 @@ from lib.stages.base import format_table
 common, section = from_namespace("spectrum", globals())
 store = ResultStore(common.profile)
 
+# %% [markdown]
+# ## One run worked through
+# The first seed of the first model on the first dataset, with `lib.core.hessian` on one operator: exact
+# Hessian-vector products of `L_n`, the mean loss of the first `n = min(N, 1000)` training samples in insertion order
+# (all N on the smoke profile). The sweep below does the same on all N samples of every run, with `k_top`
+# eigenpairs. One thread, so that the numbers repeat bit for bit.
+
+# %%
+ds, m, seed = common.datasets[0], common.models[0], common.seeds[0]
+net, x, y, _ = trained_run(store, ds, m, seed)
+n, k = min(len(x), 1000), min(4, section.k_top)
+op = hessian.HessianOperator(net, x[:n], y[:n])
+print(f"{ds} {m} seed {seed}: H is {op.n_params} x {op.n_params}, L_n over n = {n} of N = {len(x)} samples")
+
+# %% [markdown]
+# **Lanczos** (`top_eigenpairs`, ARPACK's implicitly restarted Lanczos on the products) for the top `k`, and the
+# **residuals** `||H v - lambda v|| / |lambda_1|`: the solver's own, and measured again with fresh products.
+
+# %%
+with torch_threads(1):
+    top = hessian.top_eigenpairs(op, k, method="lanczos", tol=section.tol, seed=seed)
+    fresh = spectrum.residuals(op, top.eigenvalues, top.eigenvectors)
+print(format_table([{"i": i + 1, "lambda_i": float(top.eigenvalues[i]), "residual": float(top.residuals[i]),
+                     "residual_fresh": float(fresh[i])} for i in range(k)],
+                   ["i", "lambda_i", "residual", "residual_fresh"]))
+print(f"{top.hvp_count} Hessian-vector products, {top.seconds:.2f} s")
+
+# %% [markdown]
+# **Trace** by Hutchinson's estimator (`trace_probes` Rademacher probes z, the mean of z^T H z) with its standard
+# error, against the sum of the top-k eigenvalues.
+
+# %%
+with torch_threads(1):
+    tr = hessian.trace(op, n_probes=section.trace_probes, seed=seed)
+print(f"tr(H) = {tr.estimate:.2f} +- {tr.stderr:.2f} (1 SE, {tr.n_probes} probes; z^T H z from "
+      f"{tr.samples.min():.1f} to {tr.samples.max():.1f}); the top {k} eigenvalues sum to "
+      f"{float(top.eigenvalues.sum()):.2f}")
+
+# %% [markdown]
+# **Density** by stochastic Lanczos quadrature (`slq_iter` Lanczos steps from one probe: Ritz values as nodes, the
+# squared first components as weights, Gaussian-smoothed), with the top eigenvalues from above.
+
+# %%
+with torch_threads(1):
+    dens = hessian.density(op, n_runs=section.slq_runs, n_iter=section.slq_iter, seed=seed, n_grid=2000)
+print(f"{dens.nodes.size} nodes from {dens.nodes.min():.3g} to {dens.nodes.max():.3g}; sum(w * node) * n_params = "
+      f"{float((dens.weights * dens.nodes).sum()) * op.n_params:.2f} (another trace estimate)")
+fig, ax = plt.subplots(figsize=(4.5, 2.8))
+ax.semilogy(dens.grid, np.maximum(dens.density, 1e-8), lw=0.8)
+for lam in top.eigenvalues.tolist():
+    ax.axvline(lam, color="C3", lw=0.6, ls=":")
+ax.set_xlabel("eigenvalue")
+ax.set_ylabel("smoothed density")
+ax.set_title(f"{ds} {m} seed {seed}: SLQ density (dotted: top {k} by Lanczos)", fontsize=9)
+plt.show()
+
+# %% [markdown]
+# ## Every run of the profile
+
 # %%
 rows = spectrum.run(store, common, section)
 print(format_table(rows, ["dataset", "model", "seed", "lambda_1", f"lambda_{section.k_top}", "lambda_min", "trace",
                           "trace_stderr", "max_residual", "hvp_top", "seconds"]))
+
+# %% [markdown]
+# The worked run against the sweep's saved spectrum of the same run (all N samples, `k_top` eigenpairs, `tol`).
+
+# %% tags=["nbval-check-output"]
+saved = load_spectrum(store, ds, m, seed)
+print(f"lambda_1..{k} worked (n = {n}):", [f"{v:.4f}" for v in top.eigenvalues.tolist()])
+print(f"lambda_1..{k} saved  (N = {len(x)}):", [f"{v:.4f}" for v in saved["eigenvalues"][:k].tolist()])
+if saved["trace"] is not None:
+    print(f"trace worked {tr.estimate:.2f} +- {tr.stderr:.2f}, "
+          f"saved {saved['trace']:.2f} +- {saved['trace_stderr']:.2f}")
 
 # %% [markdown]
 # ## Comparison with the original paper (mlp2 on MNIST)

@@ -51,21 +51,112 @@ tol = 0.001
 quadratic = True
 
 # %%
-import matplotlib.pyplot as plt
+import dataclasses
 
+import matplotlib.pyplot as plt
+import torch
+
+from lib.api import analyze
+from lib.core import hessian
+from lib.core.tensors import n_params, torch_threads
+from lib.core.train import evaluate, train
+from lib.infra import data
 from lib.infra.config import from_namespace
+from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore
 from lib.outputs import figures
+from lib.records.your_model import load_your_model
 from lib.stages import your_model
 from lib.stages.base import format_table
 
 common, section = from_namespace("your_model", globals())
 store = ResultStore(common.profile)
 
+# %% [markdown]
+# ## One run worked through
+# The first seed, step by step: the data and the model, its training (`lib.core.train`), then one `analyze` call and
+# what each part of the report it returns holds. The same settings and one thread, as the stage runs them, so the
+# report is the one the sweep below saves for this seed.
+
+# %%
+seed, dev = common.seeds[0], resolve_device(common.device)
+x, y = data.digits("train", section.n_train)              # the first n_train of the fixed training split
+xt, yt = data.digits("test")
+net = your_model.build_model(section.channels, seed)
+print(f"digits: x {tuple(x.shape)}, test {tuple(xt.shape)}; class counts {torch.bincount(y, minlength=10).tolist()}")
+print(f"residual CNN, channels = {section.channels}: {n_params(net)} parameters "
+      f"(36 c^2 + 24 c + 10 = {your_model.parameter_count(section.channels)})")
+with torch_threads(1):
+    hist = train(net, x, y, epochs=section.epochs, batch_size=section.batch_size, lr=section.lr, seed=seed,
+                 device=dev, progress=False)
+    on_test = evaluate(net, xt, yt, device=dev)
+print(f"trained {section.epochs} epochs: epoch loss {hist.epoch_loss[0]:.4f} -> {hist.epoch_loss[-1]:.4f}, "
+      f"test accuracy {on_test['accuracy']:.4f}")
+
+# %% [markdown]
+# **`analyze`**: the model, its training data in insertion order, the subspace dimension and the theta scale; it
+# returns a `LandscapeReport`.
+
+# %%
+with torch_threads(1):
+    rep = analyze(net, (x, y), D=section.D, sigma=section.sigma, n_samples=section.n_samples,
+                  n_orders=section.n_orders, thresholds=section.thresholds, seed=seed, device=dev, tol=section.tol,
+                  batch_size=len(x), quadratic=section.quadratic)
+print(f"N = {rep.N}, D = {rep.D}, n_params = {rep.n_params}, {rep.hvp_count} Hessian-vector products; seconds:",
+      {k: round(v, 2) for k, v in rep.seconds.items()})
+print("notes:", rep.notes)
+
+# %% [markdown]
+# **1. The subspace**: the top-D eigenvalues (Lanczos), their residuals and the basis P (rows).
+
+# %%
+print("eigenvalues:", [f"{v:.4f}" for v in rep.eigenvalues], "\nresiduals:", [f"{v:.1e}" for v in rep.residuals])
+print(f"basis {tuple(rep.basis.shape)}; the operator stays on the report: tr(H) by 10 Hutchinson probes = ", end="")
+with torch_threads(1):
+    tr = hessian.trace(rep.operator, n_probes=10, seed=seed)
+print(f"{tr.estimate:.3f} +- {tr.stderr:.3f}")
+
+# %% [markdown]
+# **2. The curve** `Delta_k` with its standard error, V-bar, the simultaneous band's multiplier, and the random
+# orders (`rep.curve`, a `lib.core.montecarlo.DeltaCurve`); **3. the quadratic model's** `Q_k` beside it.
+
+# %%
+print(f"V-bar = {rep.vbar:.6f} +- {rep.vbar_stderr:.6f}; band multiplier c = {rep.band_multiplier:.3f}; "
+      f"{rep.curve.n_orders} random orders, their curves {rep.curve.order_curves.shape}")
+print(format_table([{"k": kk, "Delta_k": rep.delta[kk - 1], "SE": rep.stderr[kk - 1],
+                     "Q_k": None if rep.Q is None else rep.Q[kk - 1],
+                     "order_formula": rep.curve.order_formula[kk - 1]}
+                    for kk in (1, 10, 100, rep.N - 1) if kk <= rep.N - 1],
+                   ["k", "Delta_k", "SE", "Q_k", "order_formula"]))
+
+# %% [markdown]
+# **4. K(Delta)** per threshold with its uncertainty (`rep.sample_sizes`), and the report's own figure
+# (`rep.plot()`).
+
+# %%
+print(format_table([dataclasses.asdict(z) for z in rep.sample_sizes],
+                   ["threshold", "K", "K_band", "K_order_median", "K_order_q05", "K_order_q95", "K_order_upper",
+                    "orders_reached", "K_closed"]))
+fig = rep.plot()
+plt.show()
+
+# %% [markdown]
+# ## Every seed
+
 # %%
 rows = your_model.run(store, common, section)
 print(format_table(rows, ["name", "n_params", "n_train", "test_accuracy", "lambda_1", "vbar", "slope",
                           "loss_star", "loss_theta", "analyze_seconds", "skipped"]))
+
+# %% [markdown]
+# The worked run is the sweep's first seed: its report equals the saved one.
+
+# %% tags=["nbval-check-output"]
+saved = load_your_model(store, seed)["report"]
+mine = rep.to_dict()
+same = {key: mine[key] == saved[key] for key in ("eigenvalues", "delta", "stderr", "vbar", "sample_sizes")}
+print(f"seed {seed}: lambda_1 {rep.eigenvalues[0]:.6f}, V-bar {rep.vbar:.6e}, K {[z.K for z in rep.sample_sizes]}")
+print("equal to the saved report:", same)
 
 # %% [markdown]
 # ## K(Delta) with its uncertainty

@@ -24,7 +24,9 @@ CHEAPEST = NOTEBOOKS / "01_train.ipynb"     # ~5 s to re-execute (the trained we
 
 
 def _checked_cell(nb: dict) -> dict | None:
-    return next((c for c in nb["cells"] if "nbval-check-output" in c.get("metadata", {}).get("tags", [])), None)
+    """The last cell tagged ``nbval-check-output``: the key numbers (a worked run's checked cell comes before it)."""
+    return next((c for c in reversed(nb["cells"]) if "nbval-check-output" in c.get("metadata", {}).get("tags", [])),
+                None)
 
 
 def _nbval(path):
