@@ -230,6 +230,11 @@ def summary_rows(store: ResultStore, curves, common: Common, section: Convergenc
                         else None,
                         "n_learning_curve": pred["n_learning_curve"] if pred else None,
                         "n_within_1pt": cal[0]["n_within"] if cal else None,
+                        # right-censoring, shown the same way everywhere: a quantile of K not reached within N
+                        # (its value is None) and a measured n at the largest learning-curve size (only bounded)
+                        "K_median_censored": k.median is None, "K_q95_censored": k.q95 is None,
+                        "n_within_1pt_censored": bool(cal and cal[0]["n_within"] is not None
+                                                      and cal[0]["n_within"] >= max(section.learning_sizes)),
                         "delta_star": float(np.exp(np.mean(np.log(stars)))) if stars and len(stars) == len(cal)
                         else None})
     return out
