@@ -92,7 +92,14 @@ def prediction_numbers(store: ResultStore) -> dict:
     out[macro("pred", "combination", "decision")] = (
         "adds to the learning curve" if d["adds_to_learning_curves"] else "does not add to the learning curve")
     medians = {p: s["median_abs_log2"] for p, s in table["scores"].items()}
-    out[macro("pred", "best")] = ("the " + TEX_PREDICTORS[min(medians, key=medians.get)]) if medians else "n/a"
+    best = sorted(p for p in medians if medians[p] == min(medians.values())) if medians else []
+    out[macro("pred", "best")] = (" and ".join(f"the {TEX_PREDICTORS[p]}" for p in best)
+                                  + (" (tied)" if len(best) > 1 else "")) if best else "n/a"
+    g, r = table["scores"].get("landscape_gap"), table["scores"].get("power_law_recalibrated")
+    p_control = g["wilcoxon_p"].get("power_law_recalibrated", 1.0) if g and r else 1.0
+    out[macro("pred", "control", "verdict")] = (
+        r"significant at the 5\,\% level" if g and r and g["median_abs_log2"] < r["median_abs_log2"]
+        and p_control < 0.05 else r"not significant at the 5\,\% level")
     others = [k for k in scores["tables"] if k != key]
     wins = sum(1 for k in others if scores["tables"][k]["scores"] and _wins(scores["tables"][k]["scores"]))
     out[macro("pred", "secondary", "wins")] = f"{wins} of {len(others)}"

@@ -198,28 +198,40 @@ def prediction_section(store: ResultStore, heading: str = "") -> str:
     table = scores["tables"][key]
     prov = store.meta(PREDICTION, SCORES)["provenance"]
     commit = prov["git"]["commit"][:10] + (" (dirty tree)" if prov["git"].get("dirty") else "")
+    first = store.meta(PREDICTION, table["tasks"][0])["provenance"] if table["tasks"] else prov
+    records = first["git"]["commit"][:10] + (" (dirty tree)" if first["git"].get("dirty") else "")
+    cpu = (first.get("cpu") or {}).get("model") or first.get("machine", "unknown CPU")
     d = scores["decision"]
     lines = ([heading, ""] if heading else []) + [
-        f"Measured with notebook 08 of profile {store.profile} (commit {commit}, {prov['written_at'][:10]}): "
+        f"Measured with notebook 08 of profile {store.profile} (task records at commit {records}, scores at "
+        f"{commit}, {prov['written_at'][:10]}, {cpu}): "
         f"{len(table['tasks'])} tasks in {len(set(table['task_families']))} families, {table['n_resolved']} with a "
         f"resolved target at eps = {100 * primary['eps']:g} point ({table['n_unresolved']} unresolved, never "
         f"scored); every predictor sees only the first n0 = {primary['n0']:,} samples; calibration held out by "
         "family. Errors are |log2(predicted / target)|; coverage of the nominal "
         f"{100 * scores['level']:g} % intervals; p: one-sided "
         "paired Wilcoxon test.", "",
-        "| predictor | median | 90th pct | within 2x | coverage | fallbacks | p vs constant | p vs power law |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| predictor | median | 90th pct | within 2x | coverage | fallbacks | p vs constant | p vs power law | "
+        "p vs recalibrated power law |", "|---|---|---|---|---|---|---|---|---|"]
     for p in [p for p in PREDICTORS if p in table["scores"]]:
         s, pv = table["scores"][p], table["scores"][p]["wilcoxon_p"]
         lines.append(f"| {p} | {s['median_abs_log2']:.2f} | {s['p90_abs_log2']:.2f} | {100 * s['within_2x']:.0f} % | "
                      f"{100 * s['coverage']:.0f} % | {s['fallbacks']} | {_pval(pv.get('constant'))} | "
-                     f"{_pval(pv.get('power_law'))} |")
-    lines += ["", f"Decision (rule fixed before the numbers, docs/sample_size.md): the landscape "
-              f"{'helps' if d['landscape_helps'] else 'does not beat both the constant and the power law'}; as a "
+                     f"{_pval(pv.get('power_law'))} | {_pval(pv.get('power_law_recalibrated'))} |")
+    g, r = table["scores"].get("landscape_gap"), table["scores"].get("power_law_recalibrated")
+    control = (f" Against the power law recalibrated on the other families (the control that is calibrated like "
+               f"the landscape) its median error is {g['median_abs_log2']:.2f} against {r['median_abs_log2']:.2f}, "
+               f"p = {_pval(g['wilcoxon_p'].get('power_law_recalibrated'))}." if g and r else "")
+    lines += ["", f"Decision (rule fixed before the numbers, docs/sample_size.md): the landscape (loss-gap sigma) "
+              f"{HELPS if d['landscape_helps'] else 'does not beat both the constant and the power law'}; as a "
               f"feature next to the power law it {'adds' if d['adds_to_learning_curves'] else 'does not add'} "
-              "(combination against the recalibrated power law). Every task and (n0, eps): "
-              f"`results/{store.profile}/prediction/`.", ""]
+              f"(combination against the recalibrated power law).{control} One run: "
+              f"{len(table['tasks'])} tasks, one training budget, the seeds of each task's curve; every task and "
+              f"(n0, eps): `results/{store.profile}/prediction/`.", ""]
     return "\n".join(lines)
+
+
+HELPS = "helps: it beats both the constant and the power law"
 
 
 def _pval(v) -> str:
