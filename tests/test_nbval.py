@@ -30,7 +30,8 @@ def _checked_cell(nb: dict) -> dict | None:
 
 
 def _nbval(path):
-    env = {**os.environ, **runner.KERNEL_ENV, "OMP_NUM_THREADS": "1"}     # as make nbval: kernels draw inline
+    # as make nbval: kernels draw inline, one thread, the numerics pinned as the runner's kernels had them
+    env = {**os.environ, **runner.KERNEL_ENV, **runner.numerics_pins(), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                            "--nbval-sanitize-with", str(SANITIZE), str(path)], cwd=path.parent, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -135,6 +135,14 @@ def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = KERNEL_N
     return time.perf_counter() - t0
 
 
+def numerics_pins() -> dict[str, str]:
+    """The ``PINNED_NUMERICS`` a kernel started now gets (a re-execution must get the same to repeat its bits): on a
+    CPU with AVX2 unless NATIVE_NUMERICS is set, each variable the caller has not set itself (the caller's win)."""
+    if "avx2" not in cpu_info()["isa_flags"] or os.environ.get("NATIVE_NUMERICS"):
+        return {}
+    return {k: v for k, v in PINNED_NUMERICS.items() if k not in os.environ}
+
+
 @contextlib.contextmanager
 def marked_as_runner(profile: str, overrides: list[str]):
     """Mark the notebooks executed inside this block (their kernels inherit the environment) as run by the
@@ -142,9 +150,7 @@ def marked_as_runner(profile: str, overrides: list[str]):
     an intended change; ``lib.infra.results``), a missing upstream result names this same command
     (``lib.records.runs``), their numerics are pinned (``PINNED_NUMERICS``) unless the caller set them, and their
     figures are drawn inline (``KERNEL_ENV``)."""
-    values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)}), **KERNEL_ENV}
-    if "avx2" in cpu_info()["isa_flags"] and not os.environ.get("NATIVE_NUMERICS"):
-        values.update({k: v for k, v in PINNED_NUMERICS.items() if k not in os.environ})   # the caller's win
+    values = {RUNNER_ENV: json.dumps({"profile": profile, "set": list(overrides)}), **KERNEL_ENV, **numerics_pins()}
     previous = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
