@@ -16,7 +16,9 @@ bound for speed-ups):
   gradients) and the Monte-Carlo memory and closed-form rows (``bench.montecarlo_bench``);
 * training (``bench.train_bench``, informational: no target): ``lib.core.train``'s fused-Adam, channels-last
   trainer over the textbook loop, and two one-thread trainings side by side (``common.workers = 2``) over one
-  two-thread training, for the CNN and mlp2.
+  two-thread training, for the CNN and mlp2;
+* the trace (``bench.trace_bench``, informational): error per product (sd over seeds x sqrt(products)) of
+  Hutchinson, Hutch++ and deflation by the solvers section's top-32 eigenpairs, 30 products each, on mlp2.
 
 mlp2 is the paper's trained network (``results/paper/train/mnist_mlp2_s0`` when present with the same N, else
 trained here with the paper recipe, 10 epochs; 1 epoch with ``--quick``); mlp1 and the CNN are seed-0
@@ -38,11 +40,11 @@ import time
 
 import torch
 
-from bench import cost_bench, hessian_bench, montecarlo_bench, pyhessian_bench, train_bench
+from bench import cost_bench, hessian_bench, montecarlo_bench, pyhessian_bench, trace_bench, train_bench
 from lib.infra import data
 from lib.infra.results import ResultStore
 
-SECTIONS = ("costs", "pyhessian", "solvers", "montecarlo", "memory", "training")
+SECTIONS = ("costs", "pyhessian", "solvers", "trace", "montecarlo", "memory", "training")
 
 
 def _row(measure: str, value, target, kind: str | None, details: dict | None = None) -> dict:
@@ -57,10 +59,12 @@ def _row(measure: str, value, target, kind: str | None, details: dict | None = N
 
 
 def summary_rows(costs: list[dict], pyh: dict | None, hess: list[dict], mc: list[dict],
-                 judged: bool = True, training: list[dict] | None = None) -> list[dict]:
+                 judged: bool = True, training: list[dict] | None = None,
+                 trace: list[dict] | None = None) -> list[dict]:
     """The summary table's rows; ``judged=False`` (quick runs) keeps measured / target but leaves "met" empty."""
     rows = _summary_rows(costs, pyh, hess, mc) + [_row(r["measure"], r["value"], r.get("target"), r.get("kind"))
                                                   for r in training or []]
+    rows += [_row(r["measure"], r["value"], None, None) for r in trace_bench.summary_rows(trace or [])]
     if not judged:
         for r in rows:
             r["ok"] = None
@@ -137,10 +141,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_before[0]:.1f}", flush=True)
     costs = [] if "costs" in skip else cost_bench.run(model, x, y, args.quick, log=log)
     pyh = None if "pyhessian" in skip else pyhessian_bench.run(model, x, y, k=10, log=log)
+    pairs = {}     # k -> the solvers section's Lanczos eigenpairs, deflated by the trace section
     hess = [] if "solvers" in skip else hessian_bench.run(model, x, y, ks=(1, 4) if args.quick else (1, 10, 32),
-                                                          log=log)
+                                                          log=log, keep=pairs)
     if hess:
         print(hessian_bench.format_table(hess, 1e-3), flush=True)
+    trace = [] if "trace" in skip else trace_bench.run(
+        model, x, y, pairs.get(max(pairs)) if pairs else None, k=trace_bench.QUICK_K if args.quick else trace_bench.K,
+        seeds=trace_bench.QUICK_SEEDS if args.quick else trace_bench.SEEDS, log=log)
+    if trace:
+        print(trace_bench.format_table(trace), flush=True)
     mc = []
     if "montecarlo" not in skip:
         theta = next((r for r in costs if r["measure"].startswith("delta_curve") and ", mlp2 " in r["measure"]),
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if mc:
         print(montecarlo_bench.format_table(mc), flush=True)
     training = [] if "training" in skip else train_bench.run(args.quick, log=log)
-    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick, training=training)
+    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick, training=training, trace=trace)
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - t_start) / 60
     print(format_summary(rows, f"N = {n}, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY="
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     name = ("quick" if args.quick else "full") + ("_skip_" + "_".join(sorted(skip)) if skip else "")
     ResultStore("bench").save("bench", name,
                               {"summary": rows, "costs": costs, "pyhessian": pyh, "hessian": hess, "mc": mc,
-                               "training": training,
+                               "training": training, "trace": trace,
                                "load_average": [load_before, load_after], "minutes": minutes},
                               params, ext="json", seconds=minutes * 60, overwrite=True)
     return 0

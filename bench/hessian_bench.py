@@ -30,9 +30,10 @@ TOLS = {"lanczos": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6), "power": (1e-2, 1e-3, 1e-4, 1
 
 def solve_to_residual(model, inputs, targets, k: int, method: str, target_residual: float,
                       chunk_size: int, max_iter: int | None, max_search_hvps: int = 50_000,
-                      log=None) -> dict:
+                      log=None, keep: dict | None = None) -> dict:
     """Tighten tol until max residual <= target (or the search used ``max_search_hvps`` products); return the
-    final run's numbers and the search totals."""
+    final run's numbers and the search totals (``keep``: a dict that receives the final run's ``Eigenpairs``
+    under ``(k, method)``)."""
     search_hvps, search_seconds = 0, 0.0
     op = hessian.HessianOperator(model, inputs, targets, chunk_size)
     for tol in TOLS[method]:
@@ -45,6 +46,8 @@ def solve_to_residual(model, inputs, targets, k: int, method: str, target_residu
                 f"max residual {float(eig.residuals.max()):.1e}")
         if float(eig.residuals.max()) <= target_residual or search_hvps >= max_search_hvps:
             break
+    if keep is not None:
+        keep[(k, method)] = eig
     return {"tol": tol, "hvps": eig.hvp_count, "seconds": eig.seconds, "residual": float(eig.residuals.max()),
             "reached": float(eig.residuals.max()) <= target_residual, "search_hvps": search_hvps,
             "search_seconds": search_seconds, "eigenvalues": eig.eigenvalues.tolist()}
@@ -70,12 +73,15 @@ def product_cost(model, inputs, targets, chunk_size: int, repeats: int = 5) -> d
 
 
 def run(model, inputs, targets, ks=(1, 10, 32), target_residual: float = 1e-3, chunk_size: int = 4096,
-        power_max_iter: int = 1000, repeats: int = 5, log=None) -> list[dict]:
+        power_max_iter: int = 1000, repeats: int = 5, log=None, keep: dict | None = None) -> list[dict]:
     """One row per k (Lanczos vs power at the same target residual) plus a final row with the product cost.
-    ``log``: optional callable receiving one progress line per solver run."""
+    ``log``: optional callable receiving one progress line per solver run; ``keep``: optional dict that receives
+    each k's final Lanczos ``Eigenpairs`` under k (the trace bench deflates them)."""
+    found = {}
     rows = []
     for k in ks:
-        lan = solve_to_residual(model, inputs, targets, k, "lanczos", target_residual, chunk_size, None, log=log)
+        lan = solve_to_residual(model, inputs, targets, k, "lanczos", target_residual, chunk_size, None, log=log,
+                                keep=found)
         pw = solve_to_residual(model, inputs, targets, k, "power", target_residual, chunk_size, power_max_iter,
                                log=log)
         row = {"k": k}
@@ -87,6 +93,8 @@ def run(model, inputs, targets, ks=(1, 10, 32), target_residual: float = 1e-3, c
         row["eigenvalue_gap"] = float((lan_vals - pw_vals).abs().max() / lan_vals.abs().max())
         rows.append(row)
     rows.append({"k": None, **product_cost(model, inputs, targets, chunk_size, repeats)})
+    if keep is not None:
+        keep.update({k: eig for (k, _), eig in found.items()})
     return rows
 
 
