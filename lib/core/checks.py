@@ -89,5 +89,6 @@ def check_data(inputs, targets) -> int:
                              hint="empty data: pass the samples the model was trained on")
     if len(inputs) != len(targets):
         raise ParameterError("data", f"{len(inputs)} inputs, {len(targets)} targets",
-                             f"one target per input (the same length, got {len(inputs)} and {len(targets)})")
+                             f"one target per input (inputs and targets must have the same length, got "
+                             f"{len(inputs)} and {len(targets)})")
     return len(inputs)
