@@ -5,13 +5,13 @@ Each estimator spends the same ``products`` products (30: the paper profile's ``
 estimate, once per seed 0 .. ``seeds`` - 1 on one ``HessianOperator``. The error per product is the empirical
 standard deviation of the estimates over seeds x sqrt(products): the spread that one product would give, so a
 ratio of two such numbers squared is the ratio of products needed for equal error. With few seeds that standard
-deviation is rough (5 seeds: about +-35%), so the table also gives the same quantity from the reported standard
+deviation is rough (4 seeds: about +-40%), so the table also gives the same quantity from the reported standard
 errors, sqrt(mean stderr^2) x sqrt(products), which pools every probe of every seed (the tests check both agree
 on explicit Hessians). The deflated estimator reuses the Lanczos top-k of ``bench.hessian_bench`` (k = 32, or 4
 with ``--quick``): their products are not counted, as the spectrum stage computes them anyway; without them
 (``--skip solvers``) they are computed here and their products are reported.
 
-    python -m bench.trace_bench            # mlp2 trained on 10,000 MNIST images (or the paper's), 5 seeds
+    python -m bench.trace_bench            # mlp2 trained on 10,000 MNIST images (or the paper's), 4 seeds
     python -m bench.trace_bench --quick    # N = 1,000, 1 epoch, k = 4, 3 seeds
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from lib.core import hessian  # noqa: E402
 from lib.infra import data  # noqa: E402
 
 PRODUCTS = 30          # the paper profile's trace budget (spectrum.trace_probes)
-SEEDS, QUICK_SEEDS = 5, 3
+SEEDS, QUICK_SEEDS = 4, 3      # 4 x 3 x 30 = 360 products: ~50 s on this 2-core CPU when quiet
 K, QUICK_K = 32, 4     # the eigenpairs deflated when they have to be computed here
 
 
