@@ -75,10 +75,9 @@ def predicted_vs_target(scores: dict, key: str, predictors=PREDICTORS):
             ax.plot(lim, lim, color="0.3", lw=0.6)
             ax.fill_between(lim, [lim[0] / 2, lim[1] / 2], [lim[0] * 2, lim[1] * 2], color="0.85", lw=0)
             ax.set(xlim=lim, ylim=lim)
+            ax.set_xlabel("target n*")
             if i % cols == 0:
                 ax.set_ylabel("predicted n")
-            if i // cols == rows - 1:
-                ax.set_xlabel("target n*")
         fig.suptitle(f"{table['n_resolved']} resolved tasks, pilot n0 = {table['n0']:,}, eps = "
                      f"{100 * table['eps']:g} point(s); open markers: no prediction, scored at the pool size; "
                      "grey: within 2x", fontsize=8)
