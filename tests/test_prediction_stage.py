@@ -74,7 +74,7 @@ def test_figures_show_every_resolved_target_and_the_worked_task(pipe):
     scores = load_scores(pipe.store)
     key = f"n0={scores['primary']['n0']},eps={scores['primary']['eps']}"
     fig = prediction_figures.predicted_vs_target(scores, key)
-    panels = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    panels = fig.axes
     assert len(panels) == len(PREDICTORS)
     n_resolved = scores["tables"][key]["n_resolved"]
     for ax in panels:                     # two marker series (predictions, fallbacks) + the diagonal

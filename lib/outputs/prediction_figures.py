@@ -70,7 +70,7 @@ def predicted_vs_target(scores: dict, key: str, predictors=PREDICTORS):
         for i in range(rows * cols):
             ax = axes[i // cols][i % cols]
             if i >= len(predictors):
-                ax.axis("off")
+                fig.delaxes(ax)
                 continue
             ax.plot(lim, lim, color="0.3", lw=0.6)
             ax.fill_between(lim, [lim[0] / 2, lim[1] / 2], [lim[0] * 2, lim[1] * 2], color="0.85", lw=0)
