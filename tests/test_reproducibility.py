@@ -27,7 +27,8 @@ from lib.infra.results import ResultStore
 from lib.records import REGISTRY
 from tests.key_numbers import REFERENCE, key_numbers, within
 
-STAGES = ["01_train", "02_spectrum", "03_projection", "04_monte_carlo", "05_convergence", "07_your_model"]
+STAGES = ["01_train", "02_spectrum", "03_projection", "04_monte_carlo", "05_convergence", "07_your_model",
+          "08_prediction"]
 #: summaries rewritten by design on every run of their notebook (cheap, derived from the stored results)
 ALWAYS_REWRITTEN = {"plan", "analysis"}
 assert ALWAYS_REWRITTEN <= {f for s in REGISTRY.values() for f in s.folders}

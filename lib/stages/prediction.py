@@ -11,6 +11,8 @@ table per (n0, eps) (``lib.core.predictors``), the pre-registered decision, and 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 
@@ -28,7 +30,7 @@ from lib.stages.base import cached, run_missing
 #: the training recipe and record layout of this stage (part of every record's parameters)
 RECIPE = "many-models/adam/minibatches-with-replacement/fixed-steps/v2"
 #: the version of the predictors and scores (``lib.core.predictors``; part of the scores result's parameters)
-SCORING = "v1"
+SCORING = "v2"
 
 
 def task_params(name: str, section: Prediction, data_seed: int) -> dict:
@@ -151,7 +153,9 @@ def run(store: ResultStore, common: Common, section: Prediction) -> list[dict]:
                             task_one, common.workers, cost=_cost, progress=common.progress,
                             desc="prediction tasks")
     records = [load_task(store, p["task"]["name"]) for p in params]
-    upstream = {r["name"]: r["meta"]["sha256"] for r in records}
+    # each record's identity is its parameters (its payload also holds wall times, which differ between runs)
+    upstream = {r["name"]: hashlib.sha256(json.dumps(r["meta"]["params"], sort_keys=True).encode()).hexdigest()
+                for r in records}
     scores_params = {"section": dataclasses.asdict(section), "upstream": upstream, "scoring": SCORING}
     cached(store, FOLDER, SCORES, scores_params, lambda: (compute_scores(records, section), {
         "tasks": len(records)}), ext="json")
