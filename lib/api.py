@@ -43,9 +43,8 @@ from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.inputs import REJECTED as REJECTED_INPUTS
 from lib.core.inputs import check_device, check_weights, checked_batches
 from lib.core.montecarlo import DeltaCurve, delta_curve
-from lib.core.pilot import landscape_features, pilot_curve
-from lib.core.prediction import bootstrap_power_law, fold_curve
-from lib.core.predictors import HIGH_SHOT, apply_shipped_calibration, nearest_calibration
+from lib.core.pilot import pilot_estimates
+from lib.core.predictors import apply_shipped_calibration, nearest_calibration
 from lib.core.quadratic import delta_quadratic, per_sample_terms, variance_quadratic
 from lib.core.sample_size import BAND_METHODS, k_per_order, order_summary, simultaneous_multiplier
 from lib.core.sampling import ESTIMATORS, make_sampler
@@ -412,23 +411,19 @@ def predict_sample_size(model_factory, x: torch.Tensor, y: torch.Tensor, *, n_ma
     if int(yp.max()) >= n_out:
         raise ParameterError("y", int(yp.max()), f"class labels in [0, {n_out}) (the model has {n_out} outputs)")
     cal = _load_calibration(calibration)
-    pc = pilot_curve(model_factory, xp, yp, n0, folds=folds, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                     train_fn=train_fn)
-    sizes = np.asarray(pc["sizes"])
-    err, se = fold_curve(pc["accuracy"])
-    pl = bootstrap_power_law(sizes, err, se, [eps], n_max, n_boot, seed=seed, level=level)
-    high = sizes >= HIGH_SHOT * sizes[-1]
-    hs = bootstrap_power_law(sizes[high], err[high], se[high], [eps], n_max, n_boot, seed=seed + 1, level=level)
-    lf = landscape_features(pc["model"], xp[pc["train_index"]], yp[pc["train_index"]], xp[pc["val_index"]],
-                            yp[pc["val_index"]], D=D, sigma=sigma, n_thetas=n_thetas, seed=seed)
+    est = pilot_estimates(model_factory, xp, yp, n0, n_max, [eps], folds=folds, steps=steps, batch_size=batch_size,
+                          lr=lr, n_boot=n_boot, level=level, D=D, sigma=sigma, n_thetas=n_thetas, seed=seed,
+                          train_fn=train_fn)
+    sizes, err, se, lf = est["curve"]["sizes"], est["error"], est["stderr"], est["landscape"]
     key, notes = nearest_calibration(cal, n0, eps)
     if train_fn is not None:
         notes.append("train_fn given: the shipped calibration was fitted with the benchmark's recipe")
-    row = {"power_law": list(pl["predictions"][eps]), "high_shot_power_law": list(hs["predictions"][eps]),
+    row = {"power_law": list(est["power_law"]["predictions"][eps]),
+           "high_shot_power_law": list(est["high_shot_power_law"]["predictions"][eps]),
            "vbar_sigma": lf["vbar_sigma"], "vbar_gap": lf["vbar_gap"], "N": lf["N"]}
     predictions = apply_shipped_calibration(cal.get(key) if key else None, row)
     return SampleSizePrediction(eps, n0, n_max, predictions,
-                                {"sizes": sizes.tolist(), "error": err.tolist(), "stderr": se.tolist()},
+                                {"sizes": list(sizes), "error": err.tolist(), "stderr": se.tolist()},
                                 {k: v for k, v in lf.items() if k != "eigenvalues"},
                                 {"key": key, "source": cal.get("source"), "n_tasks": (cal.get(key) or {}).get(
                                     "n_tasks")}, notes, time.perf_counter() - t0)

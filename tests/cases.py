@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,3 +103,16 @@ class MatrixOperator(ProductOperator):
 
     def product(self, v):
         return self.hess @ v
+
+
+_CASES: dict = {}
+
+
+def case(kind: str):
+    """Model, data, explicit Hessian, its eigenvalues (descending) and eigenvectors as columns, cached per kind."""
+    if kind not in _CASES:
+        model, x, y = make(kind)
+        hess = explicit_hessian(model, x, y)
+        vals, vecs = np.linalg.eigh(hess.numpy())
+        _CASES[kind] = (model, x, y, hess, vals[::-1].copy(), vecs[:, ::-1].copy())
+    return _CASES[kind]

@@ -11,23 +11,12 @@ from lib.core.checks import ParameterError
 from lib.core.hessian import solvers as S
 from lib.core.hessian.products import ProductOperator
 from lib.core.models import preferred_chunk
-from tests.cases import MatrixOperator, explicit_hessian, make
+from tests.cases import MatrixOperator, case, explicit_hessian, make
 
 N = 48
 KINDS = ["relu", "tanh", "nobias", "cnn"]
 
 
-_CACHE = {}
-
-
-def case(kind):
-    """Model, data, explicit Hessian and its eigen-decomposition (descending), cached per kind."""
-    if kind not in _CACHE:
-        model, x, y = make(kind)
-        hess = explicit_hessian(model, x, y)
-        vals, vecs = np.linalg.eigh(hess.numpy())
-        _CACHE[kind] = (model, x, y, hess, vals[::-1].copy(), vecs[:, ::-1].copy())
-    return _CACHE[kind]
 
 
 def operator(kind, chunk_size=None):

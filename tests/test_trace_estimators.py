@@ -9,23 +9,17 @@ from torch import nn
 
 from lib.core import hessian as H
 from lib.core.checks import ParameterError
-from tests.cases import MatrixOperator, explicit_hessian, make
+from tests.cases import MatrixOperator
+from tests.cases import case as shared_case
 
 SEEDS = 600          # seeds per statistical check (deterministic: seeds 0 .. SEEDS - 1)
 PRODUCTS = 30        # the paper profile's trace budget
 K = 8                # eigenpairs deflated on the small networks
 
-_CACHE = {}
-
-
 def case(kind):
-    """Model, data, explicit Hessian, its eigenvalues (descending) and eigenvectors as rows, cached per kind."""
-    if kind not in _CACHE:
-        model, x, y = make(kind)
-        hess = explicit_hessian(model, x, y)
-        vals, vecs = np.linalg.eigh(hess.numpy())
-        _CACHE[kind] = (model, x, y, hess, vals[::-1].copy(), vecs[:, ::-1].T.copy())
-    return _CACHE[kind]
+    """``tests.cases.case`` with the eigenvectors as rows (the layout deflation takes)."""
+    model, x, y, hess, vals, vecs = shared_case(kind)
+    return model, x, y, hess, vals, vecs.T.copy()
 
 
 def decaying(n=300, seed=0):

@@ -25,12 +25,13 @@ import torch
 from lib.core import hessian
 from lib.core.checks import ParameterError, check_int
 from lib.core.many_models import evaluate_many, train_many
-from lib.core.prediction import size_grid
+from lib.core.prediction import bootstrap_power_law, fold_curve, size_grid
+from lib.core.predictors import HIGH_SHOT
 from lib.core.sample_size import solve_increasing
 from lib.core.sampling import make_sampler
 from lib.core.subspace import SubspaceLosses
 
-__all__ = ["learning_curve", "pilot_curve", "landscape_features"]
+__all__ = ["learning_curve", "pilot_curve", "landscape_features", "pilot_estimates"]
 
 
 def _chunk(model) -> int:
@@ -154,3 +155,26 @@ def landscape_features(net, x, y, x_val, y_val, *, D: int, sigma: float, n_theta
             "val_loss": val_loss, "lambda_1": float(top.eigenvalues[0]),
             "eigenvalues": [float(v) for v in top.eigenvalues], "hessian_products": int(top.hvp_count),
             "forward_passes": forward[0], "seconds": time.perf_counter() - t0}
+
+
+def pilot_estimates(factory, x, y, n0: int, n_max: int, eps_list, *, folds: int = 4, ratio: float = 1.5,
+                    n_min: int = 24, steps: int, batch_size: int = 64, lr: float = 1e-3, n_boot: int = 100,
+                    level: float = 0.9, D: int, sigma: float, n_thetas: int = 32, gap_thetas: int = 8, seed: int = 0,
+                    train_fn=None) -> dict:
+    """Everything a pilot on the first ``n0`` samples measures, in the one sequence the benchmark and
+    ``lib.api.predict_sample_size`` share: its own learning curve (``pilot_curve``), its error and standard error
+    per size, the power law and its high-shot variant (sizes >= ``HIGH_SHOT`` of the largest) with bootstrap
+    intervals for every eps of ``eps_list``, and the landscape features of its fold-0 model at the largest size.
+    Returns {'curve', 'error', 'stderr', 'power_law', 'high_shot_power_law', 'landscape'}."""
+    pc = pilot_curve(factory, x, y, n0, folds=folds, ratio=ratio, n_min=n_min, steps=steps, batch_size=batch_size,
+                     lr=lr, seed=seed, train_fn=train_fn)
+    sizes = np.asarray(pc["sizes"])
+    err, se = fold_curve(pc["accuracy"])
+    pl = bootstrap_power_law(sizes, err, se, eps_list, n_max, n_boot, seed=seed, level=level)
+    high = sizes >= HIGH_SHOT * sizes[-1]
+    hs = bootstrap_power_law(sizes[high], err[high], se[high], eps_list, n_max, n_boot, seed=seed + 1, level=level)
+    xp, yp = x[:n0], y[:n0]
+    lf = landscape_features(pc["model"], xp[pc["train_index"]], yp[pc["train_index"]], xp[pc["val_index"]],
+                            yp[pc["val_index"]], D=D, sigma=sigma, n_thetas=n_thetas, gap_thetas=gap_thetas,
+                            seed=seed)
+    return {"curve": pc, "error": err, "stderr": se, "power_law": pl, "high_shot_power_law": hs, "landscape": lf}

@@ -14,11 +14,9 @@ import dataclasses
 import hashlib
 import json
 
-import numpy as np
-
-from lib.core.pilot import landscape_features, learning_curve, pilot_curve
-from lib.core.prediction import bootstrap_power_law, fold_curve, size_grid, target
-from lib.core.predictors import HIGH_SHOT, decide, fit_shipped_calibration, predict_tasks
+from lib.core.pilot import learning_curve, pilot_estimates
+from lib.core.prediction import size_grid, target
+from lib.core.predictors import decide, fit_shipped_calibration, predict_tasks
 from lib.core.task_models import build_task_model
 from lib.core.tensors import torch_threads
 from lib.infra.config import Common, Prediction
@@ -54,23 +52,16 @@ def _triples(boot: dict) -> dict:
 
 
 def _pilot(factory, x, y, n0: int, n_max: int, p: dict, seed: int) -> dict:
-    pc = pilot_curve(factory, x, y, n0, folds=p["pilot_folds"], ratio=p["pilot_ratio"], n_min=p["pilot_n_min"],
-                     steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], seed=seed)
-    sizes = np.asarray(pc["sizes"])
-    err, se = fold_curve(pc["accuracy"])
-    pl = bootstrap_power_law(sizes, err, se, p["eps"], n_max, p["n_boot"], seed=seed, level=p["level"])
-    high = sizes >= HIGH_SHOT * sizes[-1]
-    hs = bootstrap_power_law(sizes[high], err[high], se[high], p["eps"], n_max, p["n_boot"], seed=seed + 1,
-                             level=p["level"])
-    xp, yp = x[:n0], y[:n0]
-    lf = landscape_features(pc["model"], xp[pc["train_index"]], yp[pc["train_index"]], xp[pc["val_index"]],
-                            yp[pc["val_index"]], D=p["D"], sigma=p["sigma"], n_thetas=p["n_thetas"],
-                            gap_thetas=p["gap_thetas"], seed=seed)
-    return {"n0": n0, "sizes": sizes.tolist(), "accuracy": pc["accuracy"].tolist(), "loss": pc["loss"].tolist(),
-            "error": err.tolist(), "stderr": se.tolist(), "power_law": _triples(pl),
+    est = pilot_estimates(factory, x, y, n0, n_max, p["eps"], folds=p["pilot_folds"], ratio=p["pilot_ratio"],
+                          n_min=p["pilot_n_min"], steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"],
+                          n_boot=p["n_boot"], level=p["level"], D=p["D"], sigma=p["sigma"], n_thetas=p["n_thetas"],
+                          gap_thetas=p["gap_thetas"], seed=seed)
+    pc, pl, lf = est["curve"], est["power_law"], est["landscape"]
+    return {"n0": n0, "sizes": list(pc["sizes"]), "accuracy": pc["accuracy"].tolist(), "loss": pc["loss"].tolist(),
+            "error": est["error"].tolist(), "stderr": est["stderr"].tolist(), "power_law": _triples(pl),
             "power_law_fit": dataclasses.asdict(pl["law"]) if pl["law"] else None,
-            "high_shot_power_law": _triples(hs), "landscape": lf,
-            "cost": {"trainings": len(sizes) * p["pilot_folds"], "steps_each": p["steps"],
+            "high_shot_power_law": _triples(est["high_shot_power_law"]), "landscape": lf,
+            "cost": {"trainings": len(pc["sizes"]) * p["pilot_folds"], "steps_each": p["steps"],
                      "curve_seconds": pc["seconds"], "landscape_seconds": lf["seconds"]}}
 
 
