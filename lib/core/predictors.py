@@ -58,10 +58,29 @@ def landscape_n(vbar, N, delta_triple) -> tuple | None:
     return k_closed(vbar, N, d), k_closed(vbar, N, d_hi), k_closed(vbar, N, d_lo)
 
 
-def _features(rows: list[dict]) -> dict:
+#: the calibrated landscape predictors and the V-bar each reads
+LANDSCAPE = {"landscape_sigma": "vbar_sigma", "landscape_gap": "vbar_gap"}
+
+
+def _calibration_features(rows: list[dict]) -> dict:
+    """Per calibrated predictor, its log-scale features (n_rows, p): none for the constant and the landscape
+    thresholds, the power law's log n, and that with log sqrt(V-bar_gap) for the combination."""
     pl = np.array([_log(r["power_law"][0]) for r in rows])
     gap = np.array([0.5 * _log(r["vbar_gap"]) for r in rows])
-    return {"pl": pl, "gap": gap}
+    none = np.empty((len(rows), 0))
+    return {"constant": none, **{name: none for name in LANDSCAPE}, "power_law_recalibrated": pl[:, None],
+            "combination": np.column_stack([pl, gap])}
+
+
+def _calibration_targets(rows: list[dict]) -> dict:
+    """Per calibrated predictor, what it is fitted to: log n* (NaN where unresolved), or for a landscape predictor
+    log Delta*, the threshold at which the task's own pilot V-bar gives its target (NaN where either is missing)."""
+    log_t = np.array([_log(r["target"]) for r in rows])
+    out = {"constant": log_t, "power_law_recalibrated": log_t, "combination": log_t}
+    for name, key in LANDSCAPE.items():
+        out[name] = np.array([_log(delta_for_target(r[key], r["N"], r["target"]))
+                              if r["target"] is not None and r[key] is not None else float("nan") for r in rows])
+    return out
 
 
 def predict_tasks(rows: list[dict], level: float = 0.9) -> dict:
@@ -70,21 +89,13 @@ def predict_tasks(rows: list[dict], level: float = 0.9) -> dict:
     resolved tasks), 'families': per family {predictor: median |log2 error|}, 'n_resolved', 'n_unresolved'}."""
     resolved = np.array([r["target"] is not None for r in rows])
     fam = np.array([r["family"] for r in rows])
-    log_t = np.array([_log(r["target"]) for r in rows])
-    log_t_cal = np.where(resolved, log_t, np.nan)             # only resolved targets calibrate
-    f = _features(rows)
-    raw: dict[str, list] = {p: [None] * len(rows) for p in PREDICTORS}
-    raw["constant"] = calibrated(log_t_cal, np.empty((len(rows), 0)), fam, level)
+    targets, features = _calibration_targets(rows), _calibration_features(rows)
+    raw: dict[str, list] = {p: calibrated(targets[p], features[p], fam, level) for p in targets}
     raw["power_law"] = [tuple(r["power_law"]) if r["power_law"][0] is not None else None for r in rows]
     raw["high_shot_power_law"] = [tuple(r["high_shot_power_law"]) if r["high_shot_power_law"][0] is not None
                                   else None for r in rows]
-    for name, key in (("landscape_sigma", "vbar_sigma"), ("landscape_gap", "vbar_gap")):
-        log_delta = np.array([_log(delta_for_target(r[key], r["N"], r["target"]))
-                              if r["target"] is not None and r[key] is not None else float("nan") for r in rows])
-        deltas = calibrated(log_delta, np.empty((len(rows), 0)), fam, level)
-        raw[name] = [landscape_n(r[key], r["N"], d) for r, d in zip(rows, deltas)]
-    raw["power_law_recalibrated"] = calibrated(log_t_cal, f["pl"][:, None], fam, level)
-    raw["combination"] = calibrated(log_t_cal, np.column_stack([f["pl"], f["gap"]]), fam, level)
+    for name, key in LANDSCAPE.items():        # calibrated thresholds Delta* -> K(Delta*) of each task's own V-bar
+        raw[name] = [landscape_n(r[key], r["N"], d) for r, d in zip(rows, raw[name])]
     predictions = []
     for i, r in enumerate(rows):
         grid = r["grid"]
@@ -142,15 +153,8 @@ def fit_shipped_calibration(rows: list[dict], level: float = 0.9) -> dict:
     """The calibration ``lib.api.predict_sample_size`` ships: every resolved task of the benchmark (no holdout)
     for the constant, both landscape thresholds, the recalibrated power law and the combination."""
     res = [r for r in rows if r["target"] is not None]
-    log_t = np.array([_log(r["target"]) for r in res])
-    f = _features(res)
-    out = {"constant": fit_calibration(log_t, np.empty((len(res), 0)), level)}
-    for name, key in (("landscape_sigma", "vbar_sigma"), ("landscape_gap", "vbar_gap")):
-        log_delta = np.array([_log(delta_for_target(r[key], r["N"], r["target"])) if r[key] is not None
-                              else float("nan") for r in res])
-        out[name] = fit_calibration(log_delta, np.empty((len(res), 0)), level)
-    out["power_law_recalibrated"] = fit_calibration(log_t, f["pl"][:, None], level)
-    out["combination"] = fit_calibration(log_t, np.column_stack([f["pl"], f["gap"]]), level)
+    targets, features = _calibration_targets(res), _calibration_features(res)
+    out = {p: fit_calibration(targets[p], features[p], level) for p in targets}
     out["n_tasks"] = len(res)
     return out
 
@@ -182,13 +186,11 @@ def apply_shipped_calibration(entry: dict | None, row: dict) -> dict:
     def exp3(r):
         return None if r is None else tuple(math.exp(v) for v in r)
 
-    out = {"power_law": triple(row["power_law"]), "high_shot_power_law": triple(row["high_shot_power_law"])}
+    out = {"power_law": tuple(row["power_law"]), "high_shot_power_law": tuple(row["high_shot_power_law"])}
     entry = entry or {}
-    out["constant"] = triple(exp3(apply_calibration(entry.get("constant"), [])))
-    for name, key in (("landscape_sigma", "vbar_sigma"), ("landscape_gap", "vbar_gap")):
-        out[name] = triple(landscape_n(row[key], row["N"], exp3(apply_calibration(entry.get(name), []))))
-    log_pl = _log(row["power_law"][0])
-    out["power_law_recalibrated"] = triple(exp3(apply_calibration(entry.get("power_law_recalibrated"), [log_pl])))
-    out["combination"] = triple(exp3(apply_calibration(entry.get("combination"),
-                                                       [log_pl, 0.5 * _log(row["vbar_gap"])])))
-    return out
+    x = {p: f[0] for p, f in _calibration_features([row]).items()}
+    for p in x:
+        out[p] = exp3(apply_calibration(entry.get(p), x[p]))
+    for name, key in LANDSCAPE.items():        # the calibrated value is a threshold Delta*: K(Delta*) of this V-bar
+        out[name] = landscape_n(row[key], row["N"], out[name])
+    return {p: triple(v) for p, v in out.items()}
