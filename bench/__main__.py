@@ -14,7 +14,7 @@ bound for speed-ups):
   residual <= 1e-3 (>= 10);
 * the solver comparison (``bench.hessian_bench``: power / Lanczos products at equal residual, one product in
   gradients) and the Monte-Carlo memory and closed-form rows (``bench.montecarlo_bench``);
-* training (``bench.train_bench``, informational: no target): ``lib.core.train``'s fused-Adam, channels-last
+* training (``bench.train_bench``, informational: no target): ``lib.core.training.recipe``'s fused-Adam, channels-last
   trainer over the textbook loop, and two one-thread trainings side by side (``common.workers = 2``) over one
   two-thread training, for the CNN and mlp2;
 * the trace (``bench.trace_bench``, informational): error per product (sd over seeds x sqrt(products)) of

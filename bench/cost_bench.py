@@ -7,12 +7,12 @@
 3. ``delta_curve`` seconds per theta / one forward pass (mlp1, mlp2, CNN; target <= 1.0);
 4. informational: the insertion-order sums of one block of thetas (R = 50 orders), torch's operations against the
    C kernel (``lib.core.native.order_sums``);
-5. informational, beside each HVP row: the same ratio in multiply-adds (``lib.core.models.hvp_multiply_adds``),
+5. informational, beside each HVP row: the same ratio in multiply-adds (``lib.core.training.models.hvp_multiply_adds``),
    what an exact product costs when it runs as fast per multiply-add as the forward and skips no unit (the trained
    mlp2's product skips the ReLU units inactive on a whole chunk, so it can measure below it).
 
 A "forward pass" is ``model(x)`` over all N samples without autograd, in eval mode (the CNN runs its conv-pool
-kernels in blocks of ``lib.core.models.FUSED_CHUNK`` samples itself). Every ratio is the median over repeats of
+kernels in blocks of ``lib.core.training.models.FUSED_CHUNK`` samples itself). Every ratio is the median over repeats of
 interleaved pairs (forward, then the measured call), so a busy machine slows both alike.
 
     python -m bench.cost_bench            # N = 10,000 MNIST images
@@ -33,10 +33,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.core import hessian, models  # noqa: E402
-from lib.core.montecarlo import OrderSums, delta_curve  # noqa: E402
+from lib.core.landscape.delta import OrderSums, delta_curve  # noqa: E402
+from lib.core.landscape.sampling import Gaussian  # noqa: E402
+from lib.core.landscape.subspace import random_basis  # noqa: E402
 from lib.core.native import fused_cnn, order_sums  # noqa: E402
-from lib.core.sampling import Gaussian  # noqa: E402
-from lib.core.subspace import random_basis  # noqa: E402
 
 TARGET_HVP_IN_FORWARDS = 3.0
 TARGET_CNN_FORWARD_IN_MLP2 = 2.0

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-residual", type=float, default=1e-3)
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="eigenpair counts (default 1 10 32)")
     args = parser.parse_args(argv)
-    from lib.core import models, train
+    from lib.core.training import models
+    from lib.core.training import recipe as train
     from lib.infra import data
 
     n = args.n or (1000 if args.quick else 10_000)

@@ -1,6 +1,6 @@
 """Scale benchmark: top-k Hessian eigenpairs and a Hutchinson trace of a >10M-parameter MLP on this CPU, data streamed.
 
-The model is ``lib.core.models.mlp((3000, 3000))`` (784-3000-3000-10, 11,388,010 parameters), trained for one
+The model is ``lib.core.training.models.mlp((3000, 3000))`` (784-3000-3000-10, 11,388,010 parameters), trained for one
 epoch by the study's recipe on the first N = 2,000 MNIST images of the fixed insertion order
 (``lib.infra.data.training_subset``). The Hessian of the mean cross-entropy is applied by
 
@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, TensorDataset
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, models, train  # noqa: E402
+from lib.core import hessian, train  # noqa: E402
 from lib.core.hessian.batched import BatchedHessianOperator  # noqa: E402
+from lib.core.training import models
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 

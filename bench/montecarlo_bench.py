@@ -1,4 +1,4 @@
-"""Monte-Carlo and closed-form cost benchmark (lib.core.montecarlo, lib.core.quadratic).
+"""Monte-Carlo and closed-form cost benchmark (lib.core.landscape.delta, lib.core.landscape.quadratic).
 
 Measures, on mlp2 and the first N MNIST training images of the fixed insertion order:
 
@@ -29,10 +29,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core.montecarlo import delta_curve  # noqa: E402
-from lib.core.quadratic import delta_quadratic, per_sample_terms  # noqa: E402
-from lib.core.sampling import Gaussian  # noqa: E402
-from lib.core.subspace import random_basis  # noqa: E402
+from lib.core.landscape.delta import delta_curve  # noqa: E402
+from lib.core.landscape.quadratic import delta_quadratic, per_sample_terms  # noqa: E402
+from lib.core.landscape.sampling import Gaussian  # noqa: E402
+from lib.core.landscape.subspace import random_basis  # noqa: E402
 from lib.core.tensors import n_params  # noqa: E402
 
 TARGET_THETA_RATIO = 1.0        # seconds per theta / seconds of one forward pass
@@ -205,7 +205,7 @@ def run(model, inputs, targets, D: int = 10, sigma: float = 0.1, n_thetas: int =
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["Monte-Carlo / closed-form cost (lib.core.montecarlo, lib.core.quadratic)"]
+    lines = ["Monte-Carlo / closed-form cost (lib.core.landscape.delta, lib.core.landscape.quadratic)"]
     for r in rows:
         v = r["value"]
         val = ", ".join(f"{u:.1f}" for u in v) if isinstance(v, list) else f"{v:.2f}"
@@ -224,9 +224,10 @@ def format_table(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------------------------- setup
 def load_setup(model_name: str, dataset: str, n: int, seed: int, train: bool = False, log=None):
-    """(model, x, y, note): lib.core.models / lib.infra.data when available, else a random-init MLP on random data."""
+    """(model, x, y, note): lib.core.training.models / lib.infra.data when available, else a random-init MLP on
+    random data."""
     try:
-        from lib.core import models
+        from lib.core.training import models
         from lib.infra import data
         x, y = data.training_subset(dataset, n, seed)
         model = models.build(model_name, seed)
@@ -240,7 +241,7 @@ def load_setup(model_name: str, dataset: str, n: int, seed: int, train: bool = F
                                     torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
         note = f"FALLBACK random-init mlp2 on random data ({type(e).__name__}: {e})"
     if train:
-        from lib.core import train as training
+        from lib.core.training import recipe as training
         t0 = time.perf_counter()
         training.train(model, x, y, epochs=10, batch_size=64, lr=1e-3, seed=seed, progress=False)
         note += f", trained 10 epochs in {time.perf_counter() - t0:.0f} s"

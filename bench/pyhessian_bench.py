@@ -27,8 +27,9 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, models, train  # noqa: E402
+from lib.core import hessian, train  # noqa: E402
 from lib.core.tensors import eval_mode  # noqa: E402
+from lib.core.training import models
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 from lib.records.runs import load_trained  # noqa: E402

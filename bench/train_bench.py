@@ -1,4 +1,5 @@
-"""Training rows of ``make bench``: ``lib.core.train.train`` (fused Adam, channels-last convolutions) against the
+"""Training rows of ``make bench``: ``lib.core.training.recipe.train`` (fused Adam, channels-last convolutions)
+against the
 textbook loop (``textbook_train``), and two one-thread trainings side by side (``common.workers = 2``,
 ``lib.infra.parallel``) against one two-thread training.
 
@@ -7,7 +8,7 @@ median over interleaved repeats, the second from two spawned workers that start 
 instant (their start-up is not timed) against the same training with two threads in this process, measured just
 before and after (the faster one is used).
 
-The prediction benchmark's trainings (``lib.core.many_models``): M small models trained at once (stacked
+The prediction benchmark's trainings (``lib.core.training.many_models``): M small models trained at once (stacked
 parameters, one vmapped forward) against the same M trainings one at a time (``train_one``, the same minibatches),
 in trainings per minute on one thread, for the benchmark's MLP and softmax regression on 14 x 14 MNIST
 (target: >= ``TARGET_MANY_MLP`` for the MLP).
@@ -20,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lib.core import models
-from lib.core.many_models import train_many, train_one
-from lib.core.task_models import build_task_model
 from lib.core.tensors import torch_threads
-from lib.core.train import textbook_train, train
+from lib.core.training import models
+from lib.core.training.many_models import train_many, train_one
+from lib.core.training.recipe import textbook_train, train
+from lib.core.training.task_models import build_task_model
 from lib.infra import data
 from lib.infra.parallel import run_tasks
 
@@ -59,7 +60,7 @@ def trainer_speedup(model: str, n: int, epochs: int, repeats: int = 3, threads: 
         plain.append(_one_training(model, n, epochs, threads, textbook=True))
         fast.append(_one_training(model, n, epochs, threads))
     value = statistics.median(plain) / statistics.median(fast)
-    return {"measure": f"training step speed-up of lib.core.train over the textbook loop, {model}",
+    return {"measure": f"training step speed-up of lib.core.training.recipe over the textbook loop, {model}",
             "value": value, "textbook_seconds": plain, "train_seconds": fast, "n": n, "epochs": epochs,
             "threads": threads}
 

@@ -2,7 +2,7 @@
 
 The heavy lifting of the notebooks lives here, in small tested modules:
 ``data`` (MNIST / Fashion-MNIST), ``models``, ``train``, ``hessian`` (PyHessian, fixed),
-``subspace``, ``sampling``, ``montecarlo``, ``quadratic``, ``results`` (provenance, atomic files),
+``subspace``, ``sampling``, ``delta`` (Monte Carlo), ``quadratic``, ``results`` (provenance, atomic files),
 ``config`` (profiles) and ``runner`` (papermill pipeline).
 """
 from pathlib import Path

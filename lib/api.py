@@ -13,7 +13,7 @@ What ``analyze`` computes (docs/api.md explains every quantity without the paper
 2. Delta_k = E_theta (L_{k+1} - L_k)^2 (w* + P^T theta), k = 1..N-1, with P the eigenvectors, theta ~ N(0, sigma^2 I)
    (or another ``distribution``), L_k the mean loss of the first k samples in the given insertion order, with its
    Monte-Carlo standard error and V-bar = E_theta V(w* + P^T theta), V the per-sample loss variance
-   (``montecarlo.delta_curve``);
+   (``lib.core.landscape.delta.delta_curve``);
 3. Q_k, the exact Delta_k of the second-order Taylor model of the losses in the subspace (``quadratic``), when the
    per-sample terms can be computed for the model (otherwise skipped with a note);
 4. K(Delta) = the first k after which Delta_k stays below Delta, with its uncertainty: K of the given order, the
@@ -37,25 +37,25 @@ import numpy as np
 import torch
 
 from lib.core.checks import ParameterError, check_choice, check_int, check_number, check_positive
-from lib.core.convergence import first_k_below, k_closed_form
 from lib.core.hessian import density, top_eigenpairs, trace
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.inputs import REJECTED as REJECTED_INPUTS
 from lib.core.inputs import check_device, check_weights, checked_batches
-from lib.core.montecarlo import DeltaCurve, delta_curve
-from lib.core.pilot import pilot_estimates
-from lib.core.predictors import apply_shipped_calibration, nearest_calibration
-from lib.core.quadratic import delta_quadratic, per_sample_terms, variance_quadratic
-from lib.core.sample_size import BAND_METHODS, k_per_order, order_summary, simultaneous_multiplier
-from lib.core.sampling import ESTIMATORS, make_sampler
-from lib.core.subspace import cross_entropy_per_sample
+from lib.core.landscape.delta import DeltaCurve, delta_curve
+from lib.core.landscape.quadratic import delta_quadratic, per_sample_terms, variance_quadratic
+from lib.core.landscape.sampling import ESTIMATORS, make_sampler
+from lib.core.landscape.subspace import cross_entropy_per_sample
+from lib.core.sample_size.decay import first_k_below, k_closed_form
+from lib.core.sample_size.pilot import pilot_estimates
+from lib.core.sample_size.predictors import apply_shipped_calibration, nearest_calibration
+from lib.core.sample_size.sufficient import BAND_METHODS, k_per_order, order_summary, simultaneous_multiplier
 from lib.core.tensors import device_dtype, n_params
 
 __all__ = ["analyze", "LandscapeReport", "SampleSize", "predict_sample_size", "SampleSizePrediction",
            "BatchedHessianOperator", "as_batches", "top_eigenpairs",
            "trace", "density", "DISTRIBUTIONS"]
 
-#: theta distributions ``analyze`` accepts (isotropic, one scale sigma); see lib.core.sampling
+#: theta distributions ``analyze`` accepts (isotropic, one scale sigma); see lib.core.landscape.sampling
 DISTRIBUTIONS = ("gaussian", "ball", "sphere")
 
 
@@ -95,7 +95,7 @@ class LandscapeReport:
 
     eigenvalues, residuals   top-D Hessian eigenvalues (largest first) and ||Hv - lambda v|| / max|lambda|
     basis                    (D, n_params) eigenvectors (rows, ``parameters_to_vector`` order), the subspace
-    curve                    the full ``lib.core.montecarlo.DeltaCurve`` (per-order curves, batch means, ...)
+    curve                    the full ``lib.core.landscape.delta.DeltaCurve`` (per-order curves, batch means, ...)
     band_se, band_multiplier standard error of the batch means and the simultaneous-band multiplier c
     Q, Q_centred             Q_k of the quadratic model (None when skipped, see ``notes``)
     vbar_quadratic           the quadratic model's V-bar and its parts (dict; None when skipped)
@@ -336,7 +336,7 @@ CALIBRATION_FILE = Path(__file__).with_name("prediction_calibration.json")
 
 @dataclass
 class SampleSizePrediction:
-    """What ``predict_sample_size`` returns: per predictor (``lib.core.predictors.PREDICTORS``) a dict with
+    """What ``predict_sample_size`` returns: per predictor (``lib.core.sample_size.predictors.PREDICTORS``) a dict with
     ``point``, ``low``, ``high`` (sizes; None where the predictor has no value for this pilot), the pilot's learning
     curve and landscape features, and the calibration used (its source, n0, eps and number of tasks)."""
     eps: float

@@ -58,10 +58,10 @@ store = ResultStore(common.profile)
 # %%
 import torch
 
-from lib.core.models import build as build_model
 from lib.core.tensors import torch_threads
-from lib.core.train import evaluate
-from lib.core.train import train as train_recipe
+from lib.core.training.models import build as build_model
+from lib.core.training.recipe import evaluate
+from lib.core.training.recipe import train as train_recipe
 from lib.infra import data
 
 ds, m, seed = common.datasets[0], common.models[0], common.seeds[0]

@@ -36,8 +36,8 @@ k_small = 10
 import matplotlib.pyplot as plt
 import torch
 
-from lib.core.montecarlo import prefix_means
-from lib.core.subspace import per_sample_losses
+from lib.core.landscape.delta import prefix_means
+from lib.core.landscape.subspace import per_sample_losses
 from lib.core.tensors import n_params, torch_threads
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
@@ -55,7 +55,7 @@ store = ResultStore(common.profile)
 # ## One run worked through
 # The first model on the first dataset (first seed), on a coarse 7 x 7 grid: the plane through w* spanned by the top-2
 # Hessian eigenvectors u, v that notebook 02 saved, `L_k(w* + a u + b v)` from one forward pass per grid point
-# (`lib.core.subspace.per_sample_losses`: every per-sample loss l_i, so every `L_k` is a prefix mean of them).
+# (`lib.core.landscape.subspace.per_sample_losses`: every per-sample loss l_i, so every `L_k` is a prefix mean of them).
 
 # %%
 ds, m, seed = common.datasets[0], common.models[0], common.seeds[0]

@@ -53,10 +53,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from lib.core.montecarlo import delta_curve, prefix_means
-from lib.core.sample_size import simultaneous_multiplier
-from lib.core.sampling import make_sampler
-from lib.core.subspace import per_sample_losses
+from lib.core.landscape.delta import delta_curve, prefix_means
+from lib.core.landscape.sampling import make_sampler
+from lib.core.landscape.subspace import per_sample_losses
+from lib.core.sample_size.sufficient import simultaneous_multiplier
 from lib.core.tensors import n_params, torch_threads
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore

@@ -52,14 +52,14 @@ cnn_bound_samples = 4
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lib.core import convergence as cv
 from lib.core import hessian
-from lib.core import sample_size as ss
-from lib.core.models import build as build_model
-from lib.core.sampling import make_sampler
-from lib.core.subspace import per_sample_losses
+from lib.core.landscape.sampling import make_sampler
+from lib.core.landscape.subspace import per_sample_losses
+from lib.core.sample_size import decay as cv
+from lib.core.sample_size import sufficient as ss
 from lib.core.tensors import torch_threads
-from lib.core.train import train
+from lib.core.training.models import build as build_model
+from lib.core.training.recipe import train
 from lib.infra import data
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
@@ -75,7 +75,7 @@ store = ResultStore(common.profile)
 # %% [markdown]
 # ## One run worked through
 # The main Hessian-subspace curve of the first seed of the first model on the first dataset (notebook 04's, read
-# back with `load_curve`), with `lib.core.convergence` and `lib.core.sample_size`. **K on that curve**:
+# back with `load_curve`), with `lib.core.sample_size.decay` and `lib.core.sample_size.sufficient`. **K on that curve**:
 # `K(Delta) = min{k : Delta_k' < Delta for every k' >= k}` on the given insertion order; on the upper edge of the
 # simultaneous band (a conservative K); over the `R` random insertion orders (median, 5-95 %, conformal 95 % upper
 # bound); and the closed form of the order-averaged curve `V-bar N / ((N-1) k (k+1)) < Delta`.

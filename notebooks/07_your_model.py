@@ -21,7 +21,7 @@
 #   pinned scikit-learn wheel and is checked against its sha256, `lib.infra.data.digits`). A fixed seeded
 #   permutation splits them into 1,500 training images (the insertion order) and 297 test images; the run uses the
 #   first `n_train` training images.
-# * **model**: a small residual CNN defined in `lib/stages/your_model.py` (not in `lib/core/models.py`): 3x3
+# * **model**: a small residual CNN defined in `lib/stages/your_model.py` (not in `lib/core/training/models.py`): 3x3
 #   convolution 1 -> `channels`, two residual blocks `h -> tanh(h + conv(tanh(conv(h))))` with identity skips and
 #   biases, global average pooling, linear `channels` -> 10.
 #
@@ -59,7 +59,7 @@ import torch
 from lib.api import analyze
 from lib.core import hessian
 from lib.core.tensors import n_params, torch_threads
-from lib.core.train import evaluate, train
+from lib.core.training.recipe import evaluate, train
 from lib.infra import data
 from lib.infra.config import from_namespace
 from lib.infra.device import resolve_device
@@ -74,7 +74,8 @@ store = ResultStore(common.profile)
 
 # %% [markdown]
 # ## One run worked through
-# The first seed, step by step: the data and the model, its training (`lib.core.train`), then one `analyze` call and
+# The first seed, step by step: the data and the model, its training (`lib.core.training.recipe`), then one
+# `analyze` call and
 # what each part of the report it returns holds. The same settings and one thread, as the stage runs them, so the
 # report is the one the sweep below saves for this seed.
 
@@ -118,7 +119,7 @@ print(f"{tr.estimate:.3f} +- {tr.stderr:.3f}")
 
 # %% [markdown]
 # **2. The curve** `Delta_k` with its standard error, V-bar, the simultaneous band's multiplier, and the random
-# orders (`rep.curve`, a `lib.core.montecarlo.DeltaCurve`); **3. the quadratic model's** `Q_k` beside it.
+# orders (`rep.curve`, a `lib.core.landscape.delta.DeltaCurve`); **3. the quadratic model's** `Q_k` beside it.
 
 # %%
 print(f"V-bar = {rep.vbar:.6f} +- {rep.vbar_stderr:.6f}; band multiplier c = {rep.band_multiplier:.3f}; "

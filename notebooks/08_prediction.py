@@ -21,7 +21,7 @@
 # sees only a **pilot**, the first `n0` samples, and predicts that same quantity: a constant, the power law and its
 # high-shot variant fitted to the pilot's own learning curve, the landscape's K(Delta*) of the pilot's V-bar, and
 # a combination. The decision rule was written down before the paper-profile numbers existed
-# (`lib.core.predictors.DECISION`, docs/sample_size.md).
+# (`lib.core.sample_size.predictors.DECISION`, docs/sample_size.md).
 
 # %% tags=["parameters"]
 # Defaults = the smoke profile (lib/infra/config.py); papermill replaces them with the profile's values.
@@ -56,7 +56,7 @@ threads = 1
 # %%
 import matplotlib.pyplot as plt
 
-from lib.core.predictors import DECISION
+from lib.core.sample_size.predictors import DECISION
 from lib.infra.config import from_namespace
 from lib.infra.results import ResultStore
 from lib.outputs import prediction_figures

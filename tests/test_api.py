@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from lib.api import analyze
 from lib.core import hessian
 from lib.core.checks import ParameterError
-from lib.core.convergence import first_k_below, k_closed_form
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
-from lib.core.sample_size import k_per_order, order_summary, simultaneous_multiplier
-from lib.core.sampling import make_sampler
+from lib.core.landscape.sampling import make_sampler
+from lib.core.sample_size.decay import first_k_below, k_closed_form
+from lib.core.sample_size.sufficient import k_per_order, order_summary, simultaneous_multiplier
 from lib.core.tensors import n_params
 from tests.cases import explicit_hessian, make, seeded_model
 
@@ -27,7 +27,7 @@ def mse_onehot(outputs, targets):
 
 
 class ResidualMLP(nn.Module):
-    """A tanh MLP with two residual blocks and biases: not one of lib.core.models."""
+    """A tanh MLP with two residual blocks and biases: not one of lib.core.training.models."""
 
     def __init__(self, d_in=6, width=8, n_out=3):
         super().__init__()

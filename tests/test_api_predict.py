@@ -7,10 +7,10 @@ import torch
 
 from lib.api import CALIBRATION_FILE, predict_sample_size
 from lib.core.checks import ParameterError
-from lib.core.predictors import PREDICTORS, fit_shipped_calibration
-from lib.core.task_models import build_task_model
-from lib.core.teacher import teacher_task
-from tests.test_prediction import _rows
+from lib.core.sample_size.predictors import PREDICTORS, fit_shipped_calibration
+from lib.core.training.task_models import build_task_model
+from lib.core.training.teacher import teacher_task
+from tests.core.sample_size.test_prediction import _rows
 
 
 def _factory(seed):

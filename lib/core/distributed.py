@@ -32,7 +32,7 @@ arithmetic were to differ.
 rank computes the per-sample losses of its shard; ``ShardedLosses`` places them at their global positions in a
 zero vector and all-reduces (sum): every other rank adds an exact zero, so each rank holds the exact global loss
 vector l_1..l_N in insertion order. ``distributed_delta_curve`` then runs the unchanged
-``lib.core.montecarlo.delta_curve`` on it (with ``ShardedLosses`` as the "model" over global sample indices):
+``lib.core.landscape.delta.delta_curve`` on it (with ``ShardedLosses`` as the "model" over global sample indices):
 prefix sums over the global order are those of one process, and the running (Welford) sums and the random
 insertion orders are the single-process ones on every rank, so nothing needs merging. Cost per theta: one forward
 pass over the shard and an all-reduce of N numbers.
@@ -45,8 +45,8 @@ from torch import nn
 
 from lib.core.checks import check_data, check_int
 from lib.core.hessian.batched import BatchedHessianOperator
-from lib.core.montecarlo import DeltaCurve, delta_curve
-from lib.core.subspace import cross_entropy_per_sample
+from lib.core.landscape.delta import DeltaCurve, delta_curve
+from lib.core.landscape.subspace import cross_entropy_per_sample
 from lib.core.tensors import device_dtype
 
 __all__ = ["shard_bounds", "shard", "shard_layout", "DistributedHessianOperator", "ShardedLosses",
@@ -172,7 +172,7 @@ class ShardedLosses(nn.Module):
 def distributed_delta_curve(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, basis: torch.Tensor,
                             sampler, n_samples: int, *, loss_fn=None, group=None, progress: bool = False,
                             **kwargs) -> DeltaCurve:
-    """``lib.core.montecarlo.delta_curve`` over the samples of all ranks, this rank holding ``(inputs, targets)``,
+    """``lib.core.landscape.delta.delta_curve`` over the samples of all ranks, this rank holding ``(inputs, targets)``,
     the next contiguous block of the global insertion order after the lower ranks' blocks.
 
     Same arguments as ``delta_curve`` (``estimator``, ``seed``, ``n_orders``, ``order_seed``, ``batch_thetas``,

@@ -26,10 +26,10 @@ import yaml
 
 from lib import REPO_ROOT
 from lib.core import checks
-from lib.core.models import MODELS, build
-from lib.core.montecarlo import FULL_SPACE_SCALES
-from lib.core.sampling import DEFAULT_SOBOL_REPLICATES
+from lib.core.landscape.delta import FULL_SPACE_SCALES
+from lib.core.landscape.sampling import DEFAULT_SOBOL_REPLICATES
 from lib.core.tensors import n_params
+from lib.core.training.models import MODELS, build
 from lib.infra.data import DATASETS, DIGITS_TRAIN_SIZE, TRAIN_SIZE
 from lib.infra.device import DEVICES, resolve_device
 from lib.infra.tasks import SMOKE_TASKS, TASKS

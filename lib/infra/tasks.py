@@ -1,10 +1,11 @@
 """The tasks of the prediction benchmark: which data, classes, resolution, label noise and model family each uses.
 
 A task is a pool of training samples in a fixed insertion order (its first n samples are "n samples"), a test set,
-a model family (``lib.core.task_models``) and a *family* label, the unit of leave-one-family-out calibration (one
+a model family (``lib.core.training.task_models``) and a *family* label, the unit of leave-one-family-out
+calibration (one
 data source: a new family is a new data set to a practitioner). ``TASKS`` lists every task by name; a profile's
 ``prediction.tasks`` picks some. ``task_data(spec)`` builds the tensors; it only reads verified local files
-(``lib.infra.data``) or draws synthetic data (``lib.core.teacher``).
+(``lib.infra.data``) or draws synthetic data (``lib.core.training.teacher``).
 
 Variation that moves the needed n: class subsets (2, 3, 5, 10 classes), 14 x 14 average-pooled images against the
 28 x 28 originals, label noise (10 or 20 % of the pool's labels replaced by a uniformly drawn other class; the test
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lib.core.teacher import teacher_task
+from lib.core.training.teacher import teacher_task
 from lib.infra import data
 
 __all__ = ["TaskSpec", "TASKS", "SMOKE_TASKS", "task_data"]
@@ -36,8 +37,8 @@ class TaskSpec:
     side: int = 14                # image side (14: 2x2 average pooling of the 28 x 28 images)
     noise: float = 0.0            # share of pool labels replaced by another class
     pool: int | None = None       # pool size cap (None: every training image of the classes)
-    teacher: dict = field(default_factory=dict)   # lib.core.teacher.teacher_task keywords (source = teacher)
-    widths: dict = field(default_factory=dict)    # lib.core.task_models keywords
+    teacher: dict = field(default_factory=dict)   # lib.core.training.teacher.teacher_task keywords (source = teacher)
+    widths: dict = field(default_factory=dict)    # lib.core.training.task_models keywords
 
     def params(self) -> dict:
         return {"name": self.name, "family": self.family, "source": self.source, "model": self.model,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from lib.core.convergence import first_k_below, k_closed_form, spearman
+from lib.core.sample_size.decay import first_k_below, k_closed_form, spearman
 from lib.outputs import plotting
 from lib.records.convergence import load_r0_curve, load_table
 from lib.records.monte_carlo import (

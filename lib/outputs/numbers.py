@@ -9,9 +9,9 @@ import re
 import numpy as np
 import torch
 
-from lib.core.convergence import first_k_below
-from lib.core.models import MODELS, build, hvp_multiply_adds
+from lib.core.sample_size.decay import first_k_below
 from lib.core.tensors import n_params
+from lib.core.training.models import MODELS, build, hvp_multiply_adds
 from lib.infra.config import FULL_SPECIFICATION
 from lib.infra.results import git_commit, package_versions
 from lib.outputs.latex import TEX_LABELS, fmt, fmt_k, macro, pct, tex_text
@@ -531,7 +531,8 @@ def speed_numbers(store) -> dict:
 
 def bench_numbers(store) -> dict:
     """The arithmetic of one exact Hessian-vector product of MLP-2 and of the CNN in their forward passes (from the
-    layer shapes: ``lib.core.models.hvp_multiply_adds``), and what the last ``make bench`` run says: when, where
+    layer shapes: ``lib.core.training.models.hvp_multiply_adds``), and what the last ``make bench`` run says: when,
+    where
     and how many of its targets it met (``BenchStatus``), and which it missed (``BenchMissed``, a clause)."""
     out = {}
     for m in ("mlp2", "cnn"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.core.predictors import PREDICTORS
+from lib.core.sample_size.predictors import PREDICTORS
 from lib.outputs import plotting
 
 LABELS = {"constant": "constant", "power_law": "power law", "high_shot_power_law": "high-shot power law",

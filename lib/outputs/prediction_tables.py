@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lib import REPO_ROOT
-from lib.core.predictors import PREDICTORS
+from lib.core.sample_size.predictors import PREDICTORS
 from lib.infra.results import ResultStore, atomic_write_bytes, provenance
 from lib.outputs.latex import fmt, fmt_k, macro, pct, tabular, tex_text
 from lib.records.prediction import load_scores, load_task, task_names

@@ -5,7 +5,8 @@
 
 The block comes from ``summary.json``, the analysis tables and provenance; ``docs/results.md`` from the same tables
 and the paper's numbers (``paper/generated/<profile>/numbers.json``, written by notebook 06). Both say which commit,
-date and CPU the numbers come from; ``tests/test_readme_block.py`` checks that the README and docs/results.md hold
+date and CPU the numbers come from; ``tests/outputs/test_readme_block.py`` checks that the README and
+docs/results.md hold
 exactly what this module produces whenever the profile's results are present.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import sys
 
 from lib import REPO_ROOT
-from lib.core.predictors import PREDICTORS
+from lib.core.sample_size.predictors import PREDICTORS
 from lib.infra.results import RESULTS_ROOT, ResultStore, atomic_write_bytes
 from lib.outputs.latex import TEX_LABELS, generated_dir
 from lib.outputs.prediction_tables import write_calibration

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from lib.core.quadratic import PerSampleTerms
+from lib.core.landscape.quadratic import PerSampleTerms
 from lib.infra.results import ResultStore
 from lib.records import folder
 from lib.records.runs import load, run_name

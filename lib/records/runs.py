@@ -6,7 +6,7 @@ import shlex
 
 import torch
 
-from lib.core import models
+from lib.core.training import models
 from lib.infra import data
 from lib.infra.results import Result, ResultStore, runner_context
 from lib.records import writer_of

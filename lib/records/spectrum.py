@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.core.subspace import random_basis
+from lib.core.landscape.subspace import random_basis
 from lib.infra.results import ResultStore
 from lib.records import folder
 from lib.records.runs import load, run_name

@@ -15,14 +15,20 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from lib.core import models
-from lib.core.montecarlo import delta_curve, full_space_curves, full_space_scale
-from lib.core.quadratic import PerSampleTerms, delta_quadratic, delta_theorem1, per_sample_terms, variance_quadratic
-from lib.core.sample_size import simultaneous_multiplier, solve_increasing, suffix_max
-from lib.core.sampling import Sampler, make_sampler
-from lib.core.subspace import SubspaceLosses
-from lib.core.surrogate import logit_jets, surrogate_curve
+from lib.core.landscape.delta import delta_curve, full_space_curves, full_space_scale
+from lib.core.landscape.quadratic import (
+    PerSampleTerms,
+    delta_quadratic,
+    delta_theorem1,
+    per_sample_terms,
+    variance_quadratic,
+)
+from lib.core.landscape.sampling import Sampler, make_sampler
+from lib.core.landscape.subspace import SubspaceLosses
+from lib.core.landscape.surrogate import logit_jets, surrogate_curve
+from lib.core.sample_size.sufficient import simultaneous_multiplier, solve_increasing, suffix_max
 from lib.core.tensors import n_params
+from lib.core.training import models
 from lib.infra.config import Common, MonteCarlo
 from lib.infra.device import resolve_device
 from lib.infra.results import ResultStore

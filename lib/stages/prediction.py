@@ -4,8 +4,9 @@ For each task of ``prediction.tasks`` (``lib.infra.tasks``), one cached record (
 <task>.json``): the learning curve on the fine size grid (every size x seed trained at once), its target n*(eps)
 with a bootstrap interval over seeds (or why it is unresolved), and per pilot size n0 the pilot's own learning
 curve (validated inside the n0), its power-law predictions with bootstrap intervals and its landscape features
-(``lib.core.pilot``). Then one ``scores`` result: every predictor's point and interval per task and the scores
-table per (n0, eps) (``lib.core.predictors``), the pre-registered decision, and the calibration that
+(``lib.core.sample_size.pilot``). Then one ``scores`` result: every predictor's point and interval per task and the
+scores
+table per (n0, eps) (``lib.core.sample_size.predictors``), the pre-registered decision, and the calibration that
 ``lib.api.predict_sample_size`` ships. Tasks run ``common.workers`` at a time, one line each as it finishes.
 """
 from __future__ import annotations
@@ -14,11 +15,11 @@ import dataclasses
 import hashlib
 import json
 
-from lib.core.pilot import learning_curve, pilot_estimates
-from lib.core.prediction import size_grid, target
-from lib.core.predictors import decide, fit_shipped_calibration, predict_tasks
-from lib.core.task_models import build_task_model
+from lib.core.sample_size.pilot import learning_curve, pilot_estimates
+from lib.core.sample_size.prediction import size_grid, target
+from lib.core.sample_size.predictors import decide, fit_shipped_calibration, predict_tasks
 from lib.core.tensors import torch_threads
+from lib.core.training.task_models import build_task_model
 from lib.infra.config import Common, Prediction
 from lib.infra.results import ResultStore
 from lib.infra.tasks import TASKS, task_data
@@ -27,7 +28,8 @@ from lib.stages.base import cached, run_missing
 
 #: the training recipe and record layout of this stage (part of every record's parameters)
 RECIPE = "many-models/adam/minibatches-with-replacement/fixed-steps/v2"
-#: the version of the predictors and scores (``lib.core.predictors``; part of the scores result's parameters)
+#: the version of the predictors and scores (``lib.core.sample_size.predictors``; part of the scores result's
+#: parameters)
 SCORING = "v2"
 
 
@@ -108,7 +110,7 @@ def task_one(store: ResultStore, params: dict) -> dict:
 
 
 def pilot_rows(records: list[dict], n0: int, eps: float) -> list[dict]:
-    """The per-task rows ``lib.core.predictors.predict_tasks`` takes, for one requested n0 and one eps."""
+    """The per-task rows ``lib.core.sample_size.predictors.predict_tasks`` takes, for one requested n0 and one eps."""
     rows = []
     for r in records:
         pilot = r["pilots"][str(n0)]

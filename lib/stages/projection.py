@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lib.core.subspace import filter_normalized_directions, per_sample_losses
+from lib.core.landscape.subspace import filter_normalized_directions, per_sample_losses
 from lib.core.tensors import n_params
 from lib.infra.config import Common, Projection
 from lib.infra.device import resolve_device

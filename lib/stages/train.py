@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import itertools
 
-from lib.core import models
 from lib.core.tensors import n_params, torch_threads
-from lib.core.train import TRAINER, evaluate, train
+from lib.core.training import models
+from lib.core.training.recipe import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, Train
 from lib.infra.device import resolve_device

@@ -1,11 +1,12 @@
 """Stage of notebook 07: the method through the public API on a model and a dataset the main pipeline never sees.
 
-The model family is defined here, not in ``lib.core.models``, so that nothing in the pipeline knows it: a small
+The model family is defined here, not in ``lib.core.training.models``, so that nothing in the pipeline knows it: a small
 residual CNN with tanh activations and biases (``ResidualCNN``: 3x3 convolution 1 -> c, two residual blocks
 h -> tanh(h + conv(tanh(conv(h)))) with identity skips, global average pool, linear c -> 10; 36 c^2 + 24 c + 10
 parameters). The data are scikit-learn's 8x8 digits (``lib.infra.data.digits``: the first ``n_train`` of a fixed
 1,500-image training split, in that order; 297 test images). For every seed the stage trains the model (Adam,
-``lib.core.train``), calls ``lib.api.analyze`` on it with the training tensors in insertion order, and saves the
+``lib.core.training.recipe``), calls ``lib.api.analyze`` on it with the training tensors in insertion order, and
+saves the
 report's plain values (``LandscapeReport.to_dict()``) with the training record, the 5-95 % range over random orders,
 the Delta_k slope and the mean loss over the thetas (one JSON result per seed in ``results/<profile>/your_model/``).
 """
@@ -19,9 +20,9 @@ import torch
 from torch import nn
 
 from lib.api import analyze
-from lib.core.convergence import fit_slope
+from lib.core.sample_size.decay import fit_slope
 from lib.core.tensors import n_params, torch_threads
-from lib.core.train import TRAINER, evaluate, train
+from lib.core.training.recipe import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, YourModel
 from lib.infra.device import resolve_device

@@ -1,5 +1,6 @@
 """The engine choice of ``HessianOperator``: ``engine="auto"`` takes the fused kernel where it applies, else the
-structured R-op where ``lib.core.models.plan`` reads the model, else the kept autograd graphs; a named engine is
+structured R-op where ``lib.core.training.models.plan`` reads the model, else the kept autograd graphs; a named
+engine is
 checked against the model and data."""
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from lib.core.hessian.fused import FusedEngine, applies
 from lib.core.hessian.graph import GraphEngine
 from lib.core.hessian.rebuild import RebuildEngine
 from lib.core.hessian.structured import Structured
-from lib.core.models import plan, plan_accepts
 from lib.core.native import status
+from lib.core.training.models import plan, plan_accepts
 
 ENGINES = ("auto", "fused", "structured", "graph", "rebuild")
 
@@ -26,8 +27,8 @@ def engine_for(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, en
     if steps is not None and not plan_accepts(steps, inputs[:1].to(dtype)):
         steps = None
     if engine == "structured" and steps is None:
-        raise ParameterError("engine", engine, "a model that lib.core.models.plan reads (Flatten, Linear, ReLU, "
-                             "conv-pool stages) with inputs it accepts and class-index targets",
+        raise ParameterError("engine", engine, "a model that lib.core.training.models.plan reads (Flatten, Linear, "
+                             "ReLU, conv-pool stages) with inputs it accepts and class-index targets",
                              hint="use engine='auto' or 'graph'")
     fusable = applies(steps, model, targets)
     if engine == "fused" and not fusable:

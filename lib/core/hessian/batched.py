@@ -52,9 +52,9 @@ from torch.utils.data.distributed import DistributedSampler
 from lib.core.checks import check_data, check_int
 from lib.core.hessian.operator import DEFAULT_CHUNK
 from lib.core.hessian.products import MAX_RECORDS, ProductOperator
-from lib.core.models import preferred_chunk
-from lib.core.subspace import cross_entropy_per_sample
+from lib.core.landscape.subspace import cross_entropy_per_sample
 from lib.core.tensors import chunks, eval_mode, flat_params, unflatten
+from lib.core.training.models import preferred_chunk
 
 __all__ = ["Batches", "as_batches", "BatchedHessianOperator", "RECORD_BUDGET"]
 

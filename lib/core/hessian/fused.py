@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from lib.core.hessian.structured import Structured
-from lib.core.models import Step, step_weights
 from lib.core.native import fused_cnn
 from lib.core.tensors import unflatten
+from lib.core.training.models import Step, step_weights
 
 
 def applies(steps: list[Step] | None, model: nn.Module, targets: torch.Tensor) -> bool:

@@ -8,12 +8,12 @@ from lib.core.checks import check_data, check_int, check_number
 from lib.core.hessian.auto import engine_for
 from lib.core.hessian.graph import loss_sum
 from lib.core.hessian.products import ProductOperator
-from lib.core.models import preferred_chunk
 from lib.core.tensors import eval_mode, flat_params
+from lib.core.training.models import preferred_chunk
 
 #: default bound (MiB) of the per-chunk state kept between Hessian-vector products (``HessianOperator``)
 KEEP_GRAPHS_MB = 1024
-#: samples per chunk when the model names no preferred chunk (``lib.core.models.preferred_chunk``)
+#: samples per chunk when the model names no preferred chunk (``lib.core.training.models.preferred_chunk``)
 DEFAULT_CHUNK = 4096
 
 
@@ -28,7 +28,7 @@ class HessianOperator(ProductOperator):
 
     Products reuse per-chunk state while the weights are unchanged (``engine``):
 
-    * ``"structured"`` (``"auto"`` picks it when ``lib.core.models.plan(model)`` reads the model: ReLU MLPs,
+    * ``"structured"`` (``"auto"`` picks it when ``lib.core.training.models.plan(model)`` reads the model: ReLU MLPs,
       conv-pool CNNs): the forward activations, ReLU / max-pool selections and backward deltas of every chunk are
       kept, and a product is one tangent (R-op) forward and one backward pass over them (Pearlmutter 1994),
       matrix products only (the first Linear skips input columns that are constant within the chunk, e.g. MNIST's

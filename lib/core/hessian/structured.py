@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core.models import (
+from lib.core.tensors import param_layout, unflatten
+from lib.core.training.models import (
     Step,
     conv_pool_columns,
     conv_pool_columns_adjoint,
@@ -17,7 +18,6 @@ from lib.core.models import (
     phase_weights_adjoint,
     step_names,
 )
-from lib.core.tensors import param_layout, unflatten
 
 
 @dataclass(eq=False)
@@ -121,7 +121,8 @@ def _accumulate(out: dict, name: str, value: torch.Tensor) -> None:
 
 
 class Structured:
-    """Exact Hessian-vector products of the loss sum over a chunk for networks read by ``lib.core.models.plan``,
+    """Exact Hessian-vector products of the loss sum over a chunk for networks read by
+    ``lib.core.training.models.plan``,
     from kept forward activations, selections and backward deltas (Pearlmutter's R-op: one tangent forward pass
     and one backward pass; ReLU and max-pooling are piecewise linear, so their selections are fixed and the only
     second-order terms are the softmax's and the products of weights of different layers)."""

@@ -1,12 +1,14 @@
 """A fused CPU kernel for the per-sample losses of conv-pool CNNs at many weight sets (``fused_cnn.c``, AVX2).
 
 The Monte Carlo of a CNN evaluates the same images at thousands of weight vectors ``w* + P^T theta``. Written with
-torch's operations (``lib.core.models.plan_forward_many``), every stage writes its whole block of activations to
+torch's operations (``lib.core.training.models.plan_forward_many``), every stage writes its whole block of
+activations to
 memory and reads it back, and the tiny channel counts (4 and 8) leave the library kernels bound by that traffic.
 ``fused_cnn.c`` instead puts eight weight sets in the eight lanes of an AVX2 register and runs one image through
 every stage, the linear head and the cross-entropy in buffers that stay in the core's cache.
 
-* ``supports(steps)``: a ``lib.core.models.plan`` of conv-pool stages, a Flatten and one Linear (no ReLU after it).
+* ``supports(steps)``: a ``lib.core.training.models.plan`` of conv-pool stages, a Flatten and one Linear (no ReLU
+after it).
 * ``applies(steps, params, targets)``: both of the above, float32 CPU weights and class targets in range.
 * ``available()``: the kernel is built and usable here (``lib.core.native.build``: an x86-64 CPU on which torch
   runs its AVX2 (or AVX-512) kernels, a C compiler (``$CC`` or ``cc``), neither ``LIB_NATIVE`` nor
@@ -38,7 +40,7 @@ _MAX_STAGES, _MAX_K = 8, 64
 
 
 def supports(steps) -> bool:
-    """Whether a ``lib.core.models.plan`` is conv-pool stages, then a Flatten, then one Linear without ReLU."""
+    """Whether a ``lib.core.training.models.plan`` is conv-pool stages, then a Flatten, then one Linear without ReLU."""
     if not steps or len(steps) < 3:
         return False
     convs = [s for s in steps if s.kind == "conv_pool"]

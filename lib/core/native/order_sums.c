@@ -1,4 +1,4 @@
-/* The insertion-order sums of lib.core.montecarlo.OrderSums (AVX2, float64), built by lib.core.native.
+/* The insertion-order sums of lib.core.landscape.delta.OrderSums (AVX2, float64), built by lib.core.native.
  *
  * For R random insertion orders pi_r of N samples and B per-sample loss rows l(t) (thetas t), every order's
  *     order_sum[r][k-1] += sum_t d_k(t)^2,   d_k = (l_{pi_r(k+1)} - S_k / k) / (k + 1),   S_k = sum_{i <= k} l_{pi_r(i)}

@@ -1,4 +1,4 @@
-"""The insertion-order sums of ``lib.core.montecarlo.OrderSums`` in C (``order_sums.c``, AVX2, float64).
+"""The insertion-order sums of ``lib.core.landscape.delta.OrderSums`` in C (``order_sums.c``, AVX2, float64).
 
 Every Monte-Carlo curve with R random insertion orders adds, for each theta and order, the squared increments
 d_k^2 of the permuted losses to a running (R, N-1) sum. With torch's operations that is seven passes over an

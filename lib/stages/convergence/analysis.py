@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from lib.core import convergence as cv
-from lib.core import sample_size as ss
+from lib.core.sample_size import decay as cv
+from lib.core.sample_size import sufficient as ss
 from lib.infra.config import Common, Convergence
 from lib.infra.results import ResultStore
 from lib.records.monte_carlo import CURVES, group, load_curve, load_terms

@@ -2,7 +2,7 @@
 do, against the measured norms of that part and of the full per-sample Hessian."""
 from __future__ import annotations
 
-from lib.core import bounds
+from lib.core.landscape import bounds
 from lib.infra.config import Common, Convergence
 from lib.infra.results import ResultStore
 from lib.records.convergence import CNN_BOUND

@@ -9,13 +9,15 @@ import time
 import numpy as np
 import torch
 
-from lib.core import bounds, hessian, models
-from lib.core import convergence as cv
-from lib.core import sample_size as ss
-from lib.core.sampling import make_sampler
-from lib.core.subspace import SubspaceLosses
+from lib.core import hessian
+from lib.core.landscape import bounds
+from lib.core.landscape.sampling import make_sampler
+from lib.core.landscape.subspace import SubspaceLosses
+from lib.core.sample_size import decay as cv
+from lib.core.sample_size import sufficient as ss
 from lib.core.tensors import n_params, torch_threads
-from lib.core.train import TRAINER, evaluate, train
+from lib.core.training import models
+from lib.core.training.recipe import TRAINER, evaluate, train
 from lib.infra import data
 from lib.infra.config import Common, Convergence, Train
 from lib.infra.device import resolve_device
