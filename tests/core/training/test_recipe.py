@@ -1,5 +1,5 @@
-"""Training recipe: bitwise determinism, learning, evaluation, devices, recipe checks; the train stage's saved
-results."""
+"""Training recipe (``lib.core.training.recipe``): bitwise determinism, learning, evaluation, devices, recipe checks,
+the fused channels-last path against the textbook loop."""
 import pytest
 import torch
 
@@ -8,9 +8,6 @@ from lib.core.tensors import torch_threads
 from lib.core.training import models
 from lib.core.training.recipe import check_recipe, evaluate, textbook_train, train
 from lib.infra import data
-from lib.infra.config import Train
-from lib.records.runs import load_trained
-from lib.stages import train as train_stage
 from tests.cases import make
 
 
@@ -119,31 +116,6 @@ def test_check_recipe_and_bad_data():
         evaluate(models.build("mlp1", 0), x, y, device="auto")
 
 
-def test_train_one_saves_and_skips(tmp_store):
-    params = train_stage.training_params("mnist", "mlp1", 0, n_train=256, data_seed=0,
-                                         recipe=Train(epochs=1, batch_size=64, lr=1e-3))
-    row = train_stage.train_one(tmp_store, params, progress=False)
-    assert not row["skipped"] and 0 <= row["test_accuracy"] <= 1
-    meta = tmp_store.meta("train", "mnist_mlp1_s0")
-    assert meta["params"] == params and meta["seed"] == 0
-    assert meta["provenance"]["versions"]["torch"].startswith("2.14.1")
-    assert len(meta["provenance"]["git"]["commit"]) >= 7
-    again = train_stage.train_one(tmp_store, params, progress=False)
-    assert again["skipped"] and again["test_accuracy"] == row["test_accuracy"]
-    net, _ = load_trained(tmp_store, "mnist", "mlp1", 0)
-    x, y = data.training_subset("mnist", 256, 0)
-    assert evaluate(net, x, y)["accuracy"] == pytest.approx(row["train_accuracy"])
-    changed = train_stage.train_one(tmp_store, {**params, "epochs": 2}, progress=False)
-    assert not changed["skipped"]
-
-
-def test_missing_trained_model_names_the_notebook(tmp_store):
-    from lib.infra.results import MissingResultError
-
-    with pytest.raises(MissingResultError, match="run notebook notebooks/01_train.py"):
-        load_trained(tmp_store, "mnist", "mlp2", 0)
-
-
 @pytest.mark.parametrize("name", ["cnn", "mlp1"])
 def test_fused_channels_last_training_equals_the_textbook_loop(name):
     """``train`` (fused Adam; channels-last convolutions) gives the weights of the plain loop to float rounding,
@@ -157,45 +129,3 @@ def test_fused_channels_last_training_equals_the_textbook_loop(name):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (k, (a - b).abs().max().item())
     assert not torch.equal(fast.state_dict()["0.weight"] if name == "cnn" else fast.state_dict()["1.weight"],
                            models.build(name, 3).state_dict()["0.weight" if name == "cnn" else "1.weight"])
-
-
-def test_trainings_in_worker_processes_equal_those_in_this_process(tmp_path):
-    """``run_missing`` with two worker processes writes the same weights, bit for bit, as one process: each
-    training fixes its own thread count (``Train.threads``), so the results do not depend on ``workers``."""
-    from lib.infra.results import ResultStore
-    from lib.stages.base import run_missing
-    recipe = Train(epochs=1, batch_size=64, lr=1e-3, threads=1)
-    params = [train_stage.training_params("mnist", m, s, 256, 0, recipe) for m in ("mlp1", "cnn") for s in (0, 1)]
-    one, two = ResultStore("w1", root=tmp_path / "w1"), ResultStore("w2", root=tmp_path / "w2")
-
-    def rows(store, workers):
-        tasks = [train_stage.training_task(store, p) for p in params]
-        return run_missing(store, tasks, train_stage.train_one, workers, cost=lambda p: p["n_train"])
-
-    with torch_threads(2):                                      # the parent's own count must not leak in
-        rows1 = rows(one, 1)
-    rows2 = rows(two, 2)
-    names = ["mnist_mlp1_s0", "mnist_mlp1_s1", "mnist_cnn_s0", "mnist_cnn_s1"]
-    assert [r["name"] for r in rows1] == [r["name"] for r in rows2] == names
-    assert not any(r["skipped"] for r in rows1 + rows2)
-    for r1, r2 in zip(rows1, rows2):
-        a, b = one.load("train", r1["name"]).payload, two.load("train", r2["name"]).payload
-        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), r1["name"]
-        assert r1["test_accuracy"] == r2["test_accuracy"]
-    again = rows(two, 2)                                        # all cached now: nothing recomputed
-    assert all(r["skipped"] for r in again) and [r["test_accuracy"] for r in again] == [
-        r["test_accuracy"] for r in rows2]
-
-
-def _fails(value):
-    if value == 2:
-        raise ValueError(f"task value={value} is bad")
-    return value * 10
-
-
-def test_run_tasks_returns_in_order_and_raises_a_worker_error():
-    from lib.infra.parallel import run_tasks
-    assert run_tasks(_fails, [{"value": v} for v in (0, 1, 3)], workers=2) == [0, 10, 30]
-    assert run_tasks(_fails, [{"value": 4}], workers=2) == [40]
-    with pytest.raises(ValueError, match="task value=2 is bad"):
-        run_tasks(_fails, [{"value": v} for v in (0, 2, 3)], workers=2)
