@@ -47,6 +47,15 @@ r0_orders = 4
 r0_hessian_samples = 2
 r0_epochs = 1
 cnn_bound_samples = 4
+seed_study_seeds = 4
+seed_study_dataset = 'mnist'
+seed_study_model = 'mlp1'
+seed_study_n = 300
+seed_study_thetas = 32
+seed_study_orders = 20
+seed_study_gap_repeats = 5
+seed_study_k_ref = 0.125
+seed_study_level = 0.9
 
 # %%
 import matplotlib.pyplot as plt
@@ -221,6 +230,22 @@ print(format_table(tables["summary"], ["dataset", "model", "scale", "delta", "K_
 # %%
 print(format_table(tables["r0"], ["name", "n_params", "n_layers", "M_W", "M_x", "hessian_bound",
                                   "max_measured_norm", "slope"]))
+
+# %% [markdown]
+# ## Seeds, orders and Monte Carlo: what each interval covers
+# Many seeds of one small configuration (`seed_study_*` parameters), each with two independent theta sets and the
+# same insertion orders: the variance of log K split into seed, order and Monte Carlo, a prediction interval for
+# K of a new seed with its leave-one-seed-out coverage (next to one seed's order range), and the loss-gap sigma's
+# standard error over repeated searches with the change in K it implies.
+
+# %%
+study = tables["seed_study"]
+print(format_table([r for r in study if r["scale"] != "gap_sigma"],
+                   ["scale", "threshold", "K_median", "share_seed", "share_order", "share_monte_carlo",
+                    "interval_low", "interval_high", "loso_new_seed", "loso_order_range", "censored"]))
+print(format_table([r for r in study if r["scale"] == "gap_sigma"],
+                   ["gap_thetas", "repeats", "rel_se_median", "rel_se_max", "pipeline_vs_reference_max",
+                    "k_change_at_1se_median", "sigma_gap_between_seeds_cv"]))
 
 # %% [markdown]
 # ## Previews

@@ -54,8 +54,8 @@ def integer(lo: int | None = None, hi: int | None = None) -> Rule:
     return lambda key, v: checks.check_int(key, v, lo, hi)
 
 
-def number(gt: float | None = None, ge: float | None = None) -> Rule:
-    return lambda key, v: checks.check_number(key, v, gt=gt, ge=ge)
+def number(gt: float | None = None, ge: float | None = None, le: float | None = None) -> Rule:
+    return lambda key, v: checks.check_number(key, v, gt=gt, ge=ge, le=le)
 
 
 def choice(allowed) -> Rule:
@@ -199,6 +199,20 @@ class Convergence:
     r0_epochs: int = param(1, integer(1), "training epochs of the R = 0 sweep")
     cnn_bound_samples: int = param(4, integer(1), "samples whose Gauss-Newton and full Hessian norms are compared "
                                    "with the CNN bound (first seed of every CNN run)")
+    seed_study_seeds: int = param(4, integer(3), "training seeds of the seed study (K's seed / order / Monte-Carlo "
+                                  "variance, the new-seed interval and its leave-one-seed-out coverage; >= 10 for "
+                                  "the paper)")
+    seed_study_dataset: str = param("mnist", choice(sorted(DATASETS)), "dataset of the seed study")
+    seed_study_model: str = param("mlp1", choice(MODELS), "model of the seed study")
+    seed_study_n: int = param(300, integer(10, TRAIN_SIZE), "training samples of the seed study (the first n)")
+    seed_study_thetas: int = param(32, integer(4), "thetas T of each of the seed study's two curves per scale")
+    seed_study_orders: int = param(20, integer(2), "insertion orders R of the seed study (shared by both theta sets)")
+    seed_study_gap_repeats: int = param(5, integer(2), "independent repeats of the loss-gap sigma search per seed "
+                                        "(its standard error)")
+    seed_study_k_ref: float = param(0.125, number(gt=0, le=0.9), "the seed study's threshold: the median seed's "
+                                    "order-mean Delta_k at k = k_ref x N (K then sits inside N)")
+    seed_study_level: float = param(0.9, number(gt=0, le=0.99), "level of the new-seed interval and of the order "
+                                    "range it is compared with (0.9: 5-95 %)")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from lib.core.training.models import MODELS, build, hvp_multiply_adds
 from lib.infra.config import FULL_SPECIFICATION
 from lib.infra.results import git_commit, package_versions
 from lib.outputs.latex import TEX_LABELS, fmt, fmt_k, macro, pct, tex_text
+from lib.outputs.seed_numbers import seed_numbers
 from lib.outputs.tables import bench_target, load_bench
 from lib.records import REGISTRY
 from lib.records.convergence import load_table
@@ -132,6 +133,7 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
         out[macro("bound", "over", "measured", "min")] = fmt(min(r["hessian_bound"] / r["max_measured_norm"]
                                                                   for r in r0))
     out.update(sample_size_numbers(store))
+    out.update(seed_numbers(store))
     out.update(full_space_numbers(store))
     out.update(speed_numbers(store))
     out.update(your_model_numbers(store))

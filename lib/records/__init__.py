@@ -29,7 +29,7 @@ REGISTRY: dict[str, StageInfo] = {s.name: s for s in (
     StageInfo("spectrum", "02_spectrum", ("spectrum", "solvers")),
     StageInfo("projection", "03_projection", ("projection",)),
     StageInfo("monte_carlo", "04_monte_carlo", ("curves", "terms", "plan", "scales", "full_space", "speed")),
-    StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots", "cnn_bound")),
+    StageInfo("convergence", "05_convergence", ("analysis", "learning_curve", "r0", "pilots", "cnn_bound", "seeds")),
     StageInfo("your_model", "07_your_model", ("your_model",)),
     StageInfo("prediction", "08_prediction", ("prediction",)),
     # reads every stage's results and writes the paper's outputs: the runner runs it last

@@ -10,8 +10,9 @@ PILOTS = folder("convergence", "pilots")
 LEARNING = folder("convergence", "learning_curve")
 R0 = folder("convergence", "r0")
 CNN_BOUND = folder("convergence", "cnn_bound")
+SEEDS = folder("convergence", "seeds")
 TABLES = ("slopes", "theory", "loss_correlation", "learning_curve", "sample_size", "pilots", "calibration",
-          "predictors", "summary", "r0", "cnn_bound")
+          "predictors", "summary", "r0", "cnn_bound", "seed_study")
 
 
 def load_table(store: ResultStore, name: str) -> list[dict]:

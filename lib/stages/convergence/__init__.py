@@ -2,9 +2,10 @@
 uncertainty, real pilots, the learning-curve competitor and the calibration Delta*, and the R = 0 curves with the
 Hessian-norm bound.
 
-``run`` makes every table in order and saves it in ``analysis/<table>.json``; the tables come from three modules:
-``analysis`` (notebook 04's curves), ``experiments`` (learning curves, pilots, R = 0 curves: new trainings) and
-``bounds`` (the CNN bound). Their folders, table names and loaders are in ``lib.records.convergence``.
+``run`` makes every table in order and saves it in ``analysis/<table>.json``; the tables come from four modules:
+``analysis`` (notebook 04's curves), ``experiments`` (learning curves, pilots, R = 0 curves: new trainings),
+``bounds`` (the CNN bound) and ``seeds`` (the seed study: K over seeds x orders x theta sets). Their folders,
+table names and loaders are in ``lib.records.convergence``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from lib.stages.convergence.analysis import (
 )
 from lib.stages.convergence.bounds import cnn_bound_rows
 from lib.stages.convergence.experiments import learning_curve_rows, pilot_rows, r0_rows
+from lib.stages.convergence.seeds import pipeline_scale, seed_study_rows
 
 
 def run(store: ResultStore, common: Common, section: Convergence, monte_carlo: MonteCarlo | None = None
@@ -55,6 +57,8 @@ def run(store: ResultStore, common: Common, section: Convergence, monte_carlo: M
     atomic_write_json(store.root / "summary.json", tables["summary"])
     make("r0", r0_rows(store, common, section))
     make("cnn_bound", cnn_bound_rows(store, common, section))
+    make("seed_study", seed_study_rows(store, common, section,
+                                       pipeline_scale(store, D, sigma, first.dataset, first.model, first.seed)))
     return tables
 
 
