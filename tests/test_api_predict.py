@@ -10,7 +10,7 @@ from lib.core.checks import ParameterError
 from lib.core.sample_size.predictors import PREDICTORS, fit_shipped_calibration
 from lib.core.training.task_models import build_task_model
 from lib.core.training.teacher import teacher_task
-from tests.core.sample_size.test_prediction import _rows
+from tests.core.sample_size.conftest import _rows
 
 
 def _factory(seed):

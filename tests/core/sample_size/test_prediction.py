@@ -1,5 +1,5 @@
-"""Targets, power laws, calibrations, scores and the decision of the prediction benchmark, on constructed curves
-whose answers are known."""
+"""Targets, power laws, calibrations and scores of the prediction benchmark (``lib.core.sample_size.prediction``),
+on constructed curves whose answers are known."""
 import math
 
 import numpy as np
@@ -20,7 +20,6 @@ from lib.core.sample_size.prediction import (
     snap,
     target,
 )
-from lib.core.sample_size.predictors import decide, fit_shipped_calibration, predict_tasks
 
 
 def test_size_grid_ratio_and_ends():
@@ -96,31 +95,3 @@ def test_score_by_hand():
     assert s["coverage"] == 0.5                      # [100, 400] and [50, 200] hold 100; [500, 600] and none not
     assert s["p90_abs_log2"] == pytest.approx(np.quantile([1, 0, 3, 2], 0.9))
     assert 0 < s["wilcoxon_p"]["other"] < 1
-
-
-def _rows(n_tasks=15, landscape_noise=0.0, seed=0):
-    """Tasks whose target is exactly the landscape's K at one Delta* (times noise); power law off by 3x."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_tasks):
-        grid = size_grid(60_000, 32, 1.05)
-        vbar, N = float(np.exp(rng.uniform(-3, 2))), 750
-        n = snap(k_closed(vbar, N, 1e-6) * math.exp(landscape_noise * rng.standard_normal()), grid)
-        rows.append({"name": f"t{i}", "family": f"f{i % 5}", "grid": grid.tolist(), "n_max": 60_000,
-                     "target": n if n < 15_000 else None, "power_law": [3.0 * n, n, 9.0 * n],
-                     "high_shot_power_law": [None, None, None], "vbar_sigma": vbar, "vbar_gap": vbar, "N": N})
-    return rows
-
-
-def test_a_perfect_landscape_wins_and_a_noisy_one_does_not():
-    good = predict_tasks(_rows())
-    s = good["scores"]
-    assert s["landscape_gap"]["median_abs_log2"] < 0.1 and s["power_law"]["median_abs_log2"] == pytest.approx(
-        math.log2(3), abs=0.1)
-    assert s["high_shot_power_law"]["fallbacks"] == s["high_shot_power_law"]["n_tasks"]
-    assert decide(s)["landscape_helps"] is True
-    bad = predict_tasks(_rows(landscape_noise=3.0, seed=1))
-    assert decide(bad["scores"])["landscape_helps"] is False
-    cal = fit_shipped_calibration(_rows())
-    assert cal["n_tasks"] == good["n_resolved"] and math.exp(cal["landscape_gap"]["coef"][0]) == pytest.approx(
-        1e-6, rel=0.05)

@@ -1,11 +1,11 @@
-"""Many trainings at once equal one-at-a-time trainings; the benchmark's model families compute what they claim."""
+"""Many trainings at once (``lib.core.training.many_models``) equal one-at-a-time trainings, see only their subsets
+and evaluate as a loop does; minibatches are seeded and inside the subset."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.core.checks import ParameterError
 from lib.core.training.many_models import evaluate_many, minibatch_indices, train_many, train_one
-from lib.core.training.task_models import SmallCNN, build_task_model
+from lib.core.training.task_models import build_task_model
 
 #: float tolerance of stacked against separate training (batched products round differently): max |w - w_ref|
 TOL = 2e-5
@@ -49,25 +49,6 @@ def test_evaluate_many_equals_a_loop():
             logits = stack.model(i)(x)
         assert ev["accuracy"][i] == pytest.approx(float((logits.argmax(1) == y).double().mean()), abs=1e-12)
         assert ev["loss"][i] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
-
-
-def test_small_cnn_equals_torch_layers():
-    torch.manual_seed(3)
-    net = SmallCNN((2, 12, 12), 5, (3, 4))
-    x = torch.randn(7, 2, 12, 12)
-    ref = net.fc(F.max_pool2d(F.relu(net.conv2(F.max_pool2d(F.relu(net.conv1(x)), 2))), 2).flatten(1))
-    assert torch.allclose(net(x), ref, atol=1e-5)
-
-
-def test_build_is_seeded_and_checks_its_arguments():
-    a, b = build_task_model("vit", (1, 8, 8), 3, 4, patch=4), build_task_model("vit", (1, 8, 8), 3, 4, patch=4)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    with pytest.raises(ParameterError, match="patch"):
-        build_task_model("vit", (1, 8, 8), 3, 0, patch=3)
-    with pytest.raises(ParameterError, match="model family"):
-        build_task_model("resnet", (1, 8, 8), 3, 0)
-    with pytest.raises(ParameterError, match="subsets"):
-        train_many([a], torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), [], [], steps=1)
 
 
 def test_minibatches_are_seeded_and_inside_the_subset():
