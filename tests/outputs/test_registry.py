@@ -1,6 +1,7 @@
 """The figures stage (``lib.outputs.registry``, notebook 06) on the tiny pipeline: every registered figure as PDF and
 PNG, the tables and source record, numbers.tex; ``registry.missing`` lists exactly the outputs not there."""
 import json
+import shutil
 
 import pytest
 
@@ -69,3 +70,44 @@ def test_figures_stage_numbers_tex_has_one_newcommand_per_value(tiny_pipeline):
     assert values["TimeTrain"] == latex.fmt(minutes["01_train"], 2) == "1"
     assert values["TimeMonteCarlo"] == "1.5" and values["TimeTotal"] == "2.5"
     assert values["Profile"] == "pipeline_test"
+
+
+# ------------------------------------------------------------------------------------------------ missing
+P = "pipeline_test"      # the tiny pipeline's profile
+
+
+@pytest.fixture
+def outputs_copy(tiny_pipeline, tmp_path, monkeypatch):
+    """A copy of what notebook 06 wrote, under latex.FIGURES / GENERATED (patched roots) / profile."""
+    figs, gen = tmp_path / "figures" / P, tmp_path / "generated" / P
+    shutil.copytree(tiny_pipeline.figures_dir, figs)
+    shutil.copytree(tiny_pipeline.generated_dir, gen)
+    monkeypatch.setattr(latex, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(latex, "GENERATED", tmp_path / "generated")
+    return figs, gen
+
+
+def test_missing_lists_exactly_the_removed_outputs(outputs_copy, capsys):
+    figs, gen = outputs_copy
+    assert registry.missing(P) == []
+    assert registry.main(["--check", "--profile", P]) == 0
+    assert f"all {len(registry.TABLES)} tables, numbers.tex and the recorded figures of profile {P} are present" \
+        in capsys.readouterr().out
+    assert len(registry.missing("other")) == len(registry.TABLES) + 2      # another profile: nothing there yet
+    for path in (gen / "solvers.tex", gen / "numbers.tex", figs / "r0_curves.png", figs / "spectrum.pdf"):
+        path.unlink()
+    assert registry.missing(P) == [f"paper/generated/{P}/solvers.tex", f"paper/generated/{P}/numbers.tex",
+                                   f"paper/figures/{P}/r0_curves.png", f"paper/figures/{P}/spectrum.pdf"]   # sorted
+    assert registry.main(["--profile", P]) == 1
+    err = capsys.readouterr().err
+    assert f"missing output: paper/figures/{P}/r0_curves.png" in err and f"make reproduce PROFILE={P}" in err
+    assert registry.missing(P, ["r0_curves", "never_made"]) == [
+        f"paper/generated/{P}/solvers.tex", f"paper/generated/{P}/numbers.tex", f"paper/figures/{P}/r0_curves.png",
+        f"paper/figures/{P}/never_made.pdf", f"paper/figures/{P}/never_made.png"]
+
+
+def test_missing_without_source_json_checks_tables_only(outputs_copy):
+    figs, gen = outputs_copy
+    (gen / "source.json").unlink()
+    (figs / "delta_main.pdf").unlink()
+    assert registry.missing(P) == [f"paper/generated/{P}/source.json"]
