@@ -1,29 +1,21 @@
-"""The public API on models and losses outside the paper's: the batched Hessian operator against an explicit
-Hessian, data as tensors / lists / DataLoaders, and ``analyze`` against an independent Monte-Carlo loop."""
+"""The public API (``lib.api.analyze``) on models and losses outside the paper's: against an independent Monte-Carlo
+loop, data as tensors / lists / DataLoaders, and a refusal of every bad input before any compute."""
 import copy
 import json
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib.api import analyze
-from lib.core import hessian
 from lib.core.checks import ParameterError
-from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.landscape.sampling import make_sampler
 from lib.core.sample_size.decay import first_k_below, k_closed_form
 from lib.core.sample_size.sufficient import k_per_order, order_summary, simultaneous_multiplier
-from lib.core.tensors import n_params
-from tests.cases import explicit_hessian, make, seeded_model
-
-
-def mse_onehot(outputs, targets):
-    """Per-sample squared error against one-hot targets (a loss other than cross-entropy)."""
-    return ((outputs - F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)) ** 2).sum(1)
+from tests.cases import explicit_hessian, seeded_model
+from tests.core.hessian.conftest import batch_list, mse_onehot
 
 
 class ResidualMLP(nn.Module):
@@ -64,91 +56,6 @@ class HandTanhModel(ResidualMLP):
         for block in self.blocks:
             h = h + torch.tanh(block(h))
         return self.out(h)
-
-
-@pytest.fixture(scope="module")
-def tanh_case():
-    torch.set_num_threads(1)
-    model, x, y = make("tanh", n=40)
-    H = explicit_hessian(model, x, y, loss=lambda out, t: mse_onehot(out, t).mean())
-    return model, x, y, H
-
-
-def batch_list(x, y, size=7):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
-
-
-# ----------------------------------------------------------------------------------------------- operator
-def test_batched_products_equal_explicit_hessian(tanh_case):
-    model, x, y, H = tanh_case
-    op = BatchedHessianOperator(model, batch_list(x, y), mse_onehot)
-    assert op.n_samples == 40 and op.n_params == H.shape[0] and op.dtype == torch.float64
-    g = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        v = torch.randn(op.n_params, generator=g, dtype=torch.float64)
-        torch.testing.assert_close(op.hvp(v), H @ v, rtol=1e-12, atol=1e-12)
-    assert op.hvp_count == 3
-    # gradient and loss of the same objective
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    mean = mse_onehot(torch.func.functional_call(model, params, (x,)), y).mean()
-    grads = torch.autograd.grad(mean, list(params.values()))
-    torch.testing.assert_close(op.gradient(), torch.cat([t.reshape(-1) for t in grads]), rtol=1e-12, atol=1e-13)
-    assert op.loss() == pytest.approx(mean.item(), rel=1e-13)
-    # chunk_size splits batches without changing the result
-    split = BatchedHessianOperator(model, batch_list(x, y), mse_onehot, chunk_size=3)
-    torch.testing.assert_close(split.hvp(v), H @ v, rtol=1e-12, atol=1e-12)
-    assert all(p.grad is None for p in model.parameters())
-
-
-def test_top_eigenpairs_match_eigh(tanh_case):
-    model, x, y, H = tanh_case
-    op = BatchedHessianOperator(model, batch_list(x, y), mse_onehot)
-    top = hessian.top_eigenpairs(op, 4, tol=1e-10)
-    values, vectors = np.linalg.eigh(H.numpy())
-    np.testing.assert_allclose(top.eigenvalues.numpy(), values[::-1][:4], rtol=1e-9, atol=1e-10)
-    overlap = np.abs(top.eigenvectors.numpy() @ vectors[:, ::-1][:, :4])
-    np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-6)
-    assert top.hvp_count == op.hvp_count and float(top.residuals.max()) < 1e-8
-    tr = hessian.trace(op, n_probes=6)
-    dens = hessian.density(op, n_iter=10)
-    assert tr.hvp_count == 6 and dens.hvp_count == 10 and op.hvp_count == top.hvp_count + 16
-    power = hessian.top_eigenpairs(op, 2, method="power", tol=1e-9)
-    np.testing.assert_allclose(power.eigenvalues.numpy(), values[::-1][:2], rtol=1e-6)
-
-
-def test_list_dataloader_and_tensors_give_identical_results(tanh_case):
-    model, x, y, _ = tanh_case
-    ops = [BatchedHessianOperator(model, batch_list(x, y), mse_onehot),
-           BatchedHessianOperator(model, DataLoader(TensorDataset(x, y), batch_size=7, shuffle=False), mse_onehot),
-           BatchedHessianOperator(model, (x, y), mse_onehot, batch_size=7),
-           BatchedHessianOperator(model, lambda: iter(batch_list(x, y)), mse_onehot)]
-    v = torch.randn(ops[0].n_params, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    products = [op.hvp(v) for op in ops]
-    tops = [hessian.top_eigenpairs(op, 3, tol=1e-8).eigenvalues for op in ops]
-    for p, t in zip(products[1:], tops[1:]):
-        assert torch.equal(p, products[0]) and torch.equal(t, tops[0])
-
-
-def test_refuses_data_it_cannot_read_twice_in_one_order(tanh_case):
-    model, x, y, _ = tanh_case
-    with pytest.raises(ValueError, match="shuffle=False"):
-        BatchedHessianOperator(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), mse_onehot)
-    with pytest.raises(ValueError, match="read only once"):
-        BatchedHessianOperator(model, (b for b in batch_list(x, y)), mse_onehot)
-    with pytest.raises(ValueError, match="one loss per sample"):
-        BatchedHessianOperator(model, (x, y), lambda out, t: mse_onehot(out, t).mean()).hvp(
-            torch.zeros(n_params(model), dtype=torch.float64))
-    sizes = iter([40, 39])
-
-    def shrinking():
-        n = next(sizes)
-        return iter([(x[:n], y[:n])])
-
-    unstable = BatchedHessianOperator(model, shrinking, mse_onehot)
-    with pytest.raises(RuntimeError, match="not deterministic"):
-        unstable.hvp(torch.zeros(unstable.n_params, dtype=torch.float64))
-    with pytest.raises(ValueError, match="pair"):
-        list(as_batches([x[:5], x[5:10], x[10:15]]))
 
 
 # ----------------------------------------------------------------------------------------------- analyze

@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pyhessian import hessian as unpatched  # the installed PyHessian 0.1 class, used as its users call it
+from torch import nn
 
 from lib.core import hessian as H
 from lib.core.checks import ParameterError
 from lib.core.hessian import pyhessian as P
 from tests.cases import explicit_hessian, make
+from tests.core.hessian.conftest import N
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               # the unpatched package's backward(create_graph=True) warns of the .grad cycle it leaves behind
@@ -295,3 +297,35 @@ def test_compare_density_and_trace_in_one_call():
         torch.manual_seed(123)
         fed = h.trace(maxIter=5, tol=1e-30)
     np.testing.assert_allclose(fed, tr["ours"]["samples"][:5], rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_raw_pyhessian_doubles_on_second_instance():
+    """Documents the PyHessian 0.1 bug we avoid: its single-batch path reads param.grad after
+    backward(create_graph=True), so a second instance without zero_grad doubles the Hessian. Its dataloader
+    path (batch-size weighted mean) is exact."""
+    from pyhessian import hessian as pyhessian_hessian
+    from pyhessian.utils import hessian_vector_product
+
+    model, x, y = make("tanh")
+    hess = explicit_hessian(model, x, y)
+    shapes = [p.shape for p in model.parameters()]
+    v = torch.randn(hess.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    pieces = torch.split(v, [int(np.prod(s)) for s in shapes])
+    v_list = [t.view(s) for t, s in zip(pieces, shapes, strict=True)]
+
+    def flat(parts):
+        return torch.cat([t.reshape(-1) for t in parts])
+
+    try:
+        loader = [(x[i:i + 10], y[i:i + 10]) for i in range(0, N, 10)]
+        ph = pyhessian_hessian(model, nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+        torch.testing.assert_close(flat(ph.dataloader_hv_product(v_list)[1]), hess @ v)
+        model.zero_grad()
+        once = pyhessian_hessian(model, nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+        torch.testing.assert_close(flat(hessian_vector_product(once.gradsH, once.params, v_list)), hess @ v)
+        twice = pyhessian_hessian(model, nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+        torch.testing.assert_close(flat(hessian_vector_product(twice.gradsH, twice.params, v_list)), 2 * hess @ v)
+    finally:
+        for p in model.parameters():
+            p.grad = None

@@ -17,9 +17,7 @@ from lib.core.native import fused_cnn, refresh, status
 from lib.core.tensors import flat_params, n_params, unflatten
 from lib.core.training.models import build, cnn, plan
 from tests.cases import seeded_data, seeded_model
-
-needs_kernel = pytest.mark.skipif(not fused_cnn.available(),
-                                  reason=f"fused CNN kernel unavailable: {status()['fused_cnn']['reason']}")
+from tests.core.native.conftest import SHAPES, needs_kernel
 
 
 def reference_losses(net: nn.Module, x, y, P, thetas) -> torch.Tensor:
@@ -147,43 +145,6 @@ def test_delta_curve_records_its_engine_and_matches_the_torch_engine(monkeypatch
     np.testing.assert_allclose(fast.order_mean, slow.order_mean, rtol=2e-3, atol=1e-12)
 
 
-# ----------------------------------------------------------------------------------------------- one weight set
-SHAPES = {
-    "the study cnn's channels, 13 images": (lambda: nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 10)), (1, 8, 8), 10, 13),
-    "odd channels, no biases, 3 stages": (lambda: nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(5, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 1 * 2, 3, bias=False)),
-        (2, 8, 16), 3, 9),
-}
-
-
-@needs_kernel
-@pytest.mark.parametrize("case", list(SHAPES))
-def test_fused_hessian_vector_products_equal_the_explicit_hessian(case):
-    """H v of the float32 kernel against the float64 Hessian of torch's layers (autograd.functional.hessian), for
-    images that do not fill the last lane group, split over threads."""
-    from lib.core.hessian import HessianOperator
-    from tests.cases import explicit_hessian
-    builder, shape, K, n = SHAPES[case]
-    net = seeded_model(builder, 2, torch.float32).eval()
-    x, y = seeded_data(n, shape, K, dtype=torch.float32)
-    op = HessianOperator(net, x, y)
-    assert op.engine == "fused"
-    exact = explicit_hessian(nn.Sequential(*copy.deepcopy(list(net))).double(), x.double(), y)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        v = torch.randn(n_params(net), generator=g)
-        want = exact @ v.double()
-        got = op.hvp(v).double()
-        assert float((got - want).norm() / want.norm()) < 2e-5
-    assert op.hvp_count == 3
-    structured = HessianOperator(net, x, y, engine="structured")
-    torch.testing.assert_close(op.hvp(v), structured.hvp(v), rtol=1e-4, atol=1e-6)
-
-
 @needs_kernel
 def test_fused_logits_equal_torch_layers():
     net = build("cnn", 1).eval()
@@ -195,32 +156,6 @@ def test_fused_logits_equal_torch_layers():
     for threads in (1, 2):
         torch.testing.assert_close(fused_cnn.logits(steps, weights, x, threads=threads), want,
                                    rtol=1e-5, atol=2e-5)
-
-
-def test_engine_choice_of_the_hessian_operator():
-    from lib.core.checks import ParameterError
-    from lib.core.hessian import HessianOperator
-    net = build("cnn", 0).eval()
-    x, y = seeded_data(4, (1, 28, 28), 10, dtype=torch.float32)
-    assert HessianOperator(net, x, y).engine == ("fused" if fused_cnn.available() else "structured")
-    assert HessianOperator(net, x, y, engine="structured").engine == "structured"
-    assert HessianOperator(net.double(), x.double(), y).engine == "structured"
-    with pytest.raises(ParameterError, match="engine"):
-        HessianOperator(net.double(), x.double(), y, engine="fused")
-    with pytest.raises(ParameterError, match="engine='fused' is not allowed"):
-        HessianOperator(build("mlp2", 0), x, y, engine="fused")
-
-
-@needs_kernel
-def test_the_fused_engine_by_name_is_the_auto_choice():
-    """engine="fused" (named, not only chosen by "auto") runs the kernel: the same products, bit for bit."""
-    from lib.core.hessian import HessianOperator
-    net = build("cnn", 0).eval()
-    x, y = seeded_data(37, (1, 28, 28), 10, dtype=torch.float32)
-    named, auto = HessianOperator(net, x, y, engine="fused"), HessianOperator(net, x, y)
-    assert named.engine == auto.engine == "fused"
-    v = torch.randn(n_params(net), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(named.hvp(v), auto.hvp(v))
 
 
 @needs_kernel
