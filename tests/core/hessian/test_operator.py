@@ -12,7 +12,7 @@ from tests.cases import case, explicit_hessian, make
 from tests.core.hessian.conftest import KINDS, N, operator
 
 
-# ----------------------------------------------------------------------------------------------- products, gradient, loss
+# --------------------------------------------------------------------------------------------- products, gradient, loss
 @pytest.mark.parametrize("kind", KINDS)
 def test_hvp_matches_explicit_hessian_for_every_chunk_size(kind):
     model, x, y, hess, _, _ = case(kind)
@@ -82,7 +82,7 @@ def test_operator_reads_the_current_weights():
     assert not torch.allclose(before, after)
 
 
-# ----------------------------------------------------------------------------------------------- model state, kept state
+# ---------------------------------------------------------------------------------------------- model state, kept state
 def _state(model):
     return ([m.training for m in model.modules()],
             [(p.grad, None if p.grad is None else p.grad.clone()) for p in model.parameters()])

@@ -220,7 +220,7 @@ def test_gauss_quadrature_on_fixed_tridiagonals():
         assert (weights * nodes).sum() == pytest.approx(alphas[0], abs=1e-12)   # e1^T T e1
 
 
-# ----------------------------------------------------------------------------------------------- one operator, any operator
+# ------------------------------------------------------------------------------------------- one operator, any operator
 def test_one_operator_serves_all_four_solvers():
     """One operator, four solvers: each result counts its own products, they add up to the operator's counter,
     and every result equals the one from a fresh operator (no state carried between calls)."""

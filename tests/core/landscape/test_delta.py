@@ -13,6 +13,7 @@ from lib.core.landscape.sampling import Curvature, Gaussian, make_sampler
 from lib.core.landscape.subspace import random_basis
 from lib.core.tensors import flat_params, n_params
 from tests.cases import explicit_losses, seeded_data, seeded_model
+from tests.core.conftest import explicit_d
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
@@ -24,15 +25,6 @@ def tiny_model(seed=0):
 
 def data(n=40, seed=1):
     return seeded_data(n, (6,), 3, seed=seed)
-
-
-def explicit_d(losses):
-    """L_{k+1} - L_k with explicit loops over k (no cumulative sums)."""
-    N = len(losses)
-    out = np.empty(N - 1)
-    for k in range(1, N):
-        out[k - 1] = sum(float(v) for v in losses[:k + 1]) / (k + 1) - sum(float(v) for v in losses[:k]) / k
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- pure helpers
@@ -233,47 +225,3 @@ def test_delta_curve_on_the_batched_paths_equals_the_generic_forward(name, monke
     for field in ("delta", "stderr", "centred", "order_mean", "losses0"):
         np.testing.assert_allclose(getattr(fast, field), getattr(slow, field), rtol=1e-9, atol=1e-15)
     assert fast.vbar == pytest.approx(slow.vbar, rel=1e-10) and fast.n_forward == slow.n_forward == 21
-
-
-# ----------------------------------------------------------------------------------------------- insertion orders
-@pytest.mark.parametrize("B", [1, 3, 4, 16, 21, 37])
-def test_order_sums_equal_explicit_loops_on_both_engines(monkeypatch, B):
-    """OrderSums (the C kernel where it builds, and torch's operations) against explicit loops over orders, thetas
-    and k; several add() calls of ragged sizes (lane padding, more than 16 thetas per call)."""
-    from lib.core.landscape.delta import OrderSums
-    from lib.core.native import order_sums, refresh
-    N, R = 23, 4
-    L = torch.rand(B, N, dtype=torch.float64, generator=torch.Generator().manual_seed(B)) * 3
-    engines = {}
-    for engine in ("native", "torch"):
-        if engine == "torch":
-            monkeypatch.setenv("LIB_ORDER_SUMS", "0")
-        refresh()
-        try:
-            acc = OrderSums(N, R, seed=7, device="cpu")
-            acc.add(L[:B // 2 + 1])
-            acc.add(L[B // 2 + 1:])
-        finally:
-            monkeypatch.delenv("LIB_ORDER_SUMS", raising=False)
-            refresh()
-        engines[acc.engine] = acc
-    assert "torch" in engines
-    if order_sums.available():
-        assert set(engines) == {"native", "torch"}
-    perms = engines["torch"].perms.numpy()
-    want = np.zeros((R, N - 1))
-    for r in range(R):
-        for row in L.numpy():
-            want[r] += explicit_d(row[perms[r]]) ** 2
-    for acc in engines.values():
-        np.testing.assert_array_equal(acc.perms.numpy(), perms)
-        np.testing.assert_allclose(acc.order_sum.numpy(), want, rtol=1e-13, atol=0)
-
-
-def test_order_sums_engine_choice_is_validated():
-    from lib.core.landscape.delta import OrderSums
-    from lib.core.native import order_sums
-    assert OrderSums(9, 2, 0, "cpu", engine="torch").engine == "torch"
-    assert OrderSums(9, 2, 0, "cpu").engine == ("native" if order_sums.available() else "torch")
-    with pytest.raises(ValueError, match="engine"):
-        OrderSums(9, 2, 0, "cpu", engine="gpu")

@@ -3,7 +3,7 @@ products and gradients are checked on (also by tests/core/hessian/test_fused.py)
 import pytest
 from torch import nn
 
-from lib.core.native import fused_cnn, status
+from lib.core.native import SWITCHES, fused_cnn, refresh, status
 
 needs_kernel = pytest.mark.skipif(not fused_cnn.available(),
                                   reason=f"fused CNN kernel unavailable: {status()['fused_cnn']['reason']}")
@@ -19,3 +19,14 @@ SHAPES = {
         nn.Conv2d(5, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 1 * 2, 3, bias=False)),
         (2, 8, 16), 3, 9),
 }
+
+
+@pytest.fixture
+def clean_switches(monkeypatch):
+    """No switch set (``CC`` as the environment has it); every kernel re-read before and after the test."""
+    for var in SWITCHES:
+        monkeypatch.delenv(var, raising=False)
+    refresh()
+    yield monkeypatch
+    monkeypatch.undo()
+    refresh()

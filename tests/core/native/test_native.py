@@ -1,4 +1,4 @@
-"""The native kernels (lib.core.native): status() reports every kernel and obeys the switches, and a small CNN's
+"""The native kernels (lib.core.native): status() reports every kernel (its switches: test_build.py), and a small CNN's
 findings (test accuracy, lambda_1, V-bar, K) hold with the native code switched off, within the tolerances measured
 in docs/reproducibility.md ("Native code on and off")."""
 import json
@@ -60,17 +60,6 @@ def differences(on: dict, off: dict) -> dict:
             "vbar": rel(off["vbar"], on["vbar"]), "K": max(abs(a - b) for a, b in zip(off["K"], on["K"]))}
 
 
-@pytest.fixture
-def clean_switches(monkeypatch):
-    """No switch set (``CC`` as the environment has it); every kernel re-read before and after the test."""
-    for var in SWITCHES:
-        monkeypatch.delenv(var, raising=False)
-    refresh()
-    yield monkeypatch
-    monkeypatch.undo()
-    refresh()
-
-
 def test_status_reports_every_kernel(clean_switches):
     got = status()
     assert set(got) == {"fused_cnn", "order_sums"} == set(native.build.KERNELS)
@@ -83,29 +72,6 @@ def test_status_reports_every_kernel(clean_switches):
         assert (s["compiler_version"] is not None) == (shutil.which(s["compiler"]) is not None)
     assert got["fused_cnn"]["switch"] == "LIB_FUSED_CNN" and got["order_sums"]["switch"] == "LIB_ORDER_SUMS"
     assert json.loads(json.dumps(got)) == got            # provenance stores it as JSON
-
-
-def test_the_switches_turn_kernels_off(clean_switches):
-    if native.build.cpu_reason():
-        pytest.skip(f"the kernels cannot run on this CPU: {native.build.cpu_reason()}")
-    clean_switches.setenv("LIB_NATIVE", "0")
-    refresh()
-    got = status()
-    assert [s["reason"] for s in got.values()] == ["disabled by LIB_NATIVE=0"] * 2
-    assert not fused_cnn.available() and not order_sums.available()
-    clean_switches.delenv("LIB_NATIVE")
-    clean_switches.setenv("LIB_ORDER_SUMS", "0")
-    refresh()
-    got = status()
-    assert got["order_sums"] == {**got["order_sums"], "built": False, "reason": "disabled by LIB_ORDER_SUMS=0"}
-    assert got["fused_cnn"]["reason"] != "disabled by LIB_ORDER_SUMS=0"
-    clean_switches.delenv("LIB_ORDER_SUMS")
-    clean_switches.setenv("CC", "no-such-compiler-xyz")
-    refresh()
-    got = status()
-    assert {s["reason"] for s in got.values()} == {"no C compiler ('no-such-compiler-xyz' not found)"}
-    assert {s["compiler"] for s in got.values()} == {"no-such-compiler-xyz"}
-    assert {s["compiler_version"] for s in got.values()} == {None}
 
 
 def test_findings_hold_with_native_code_off(clean_switches):
