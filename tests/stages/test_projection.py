@@ -1,5 +1,7 @@
 """The projection stage (``lib.stages.projection``) on the tiny pipeline: its loss surfaces are prefix means of plain
-per-sample losses on both planes."""
+per-sample losses on both planes; a small k outside the samples is refused."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from lib.infra import data
 from lib.records import projection as projection_records
 from lib.records import spectrum as spectrum_records
 from lib.records.runs import load_trained
+from lib.stages import projection as projection_stage
 from tests.cases import explicit_losses
 from tests.stages.conftest import DS, MODEL, SEED, N, _flat
 
@@ -35,3 +38,11 @@ def test_projection_grids_are_prefix_means_of_plain_losses(tiny_pipeline):
                 assert g[f"L_{k}"].shape == (3, 3)
                 assert g[f"L_{k}"][i, j] == pytest.approx(losses[:k].mean().item(), rel=1e-5), (plane, i, j, k)
     assert p["hessian"]["L_10"][0, 2] != pytest.approx(p["hessian"]["L_10"][2, 0], rel=1e-3)
+
+
+@pytest.mark.parametrize("k_small", [0, N - 1])
+def test_a_small_k_outside_one_to_n_minus_two_is_refused(tiny_pipeline, k_small):
+    _, section = tiny_pipeline.stage("projection")
+    with pytest.raises(ValueError, match=rf"^projection.k_small={k_small} must be in \[1, N-2\] with N={N}$"):
+        projection_stage.projection_one(tiny_pipeline.store, DS, MODEL, SEED,
+                                        dataclasses.replace(section, k_small=k_small))

@@ -6,6 +6,8 @@ import torch
 
 from lib.records import spectrum as spectrum_records
 from lib.records.runs import load
+from lib.stages import spectrum as spectrum_stage
+from tests.cases import MatrixOperator, case
 from tests.stages.conftest import DS, MODEL, RUN, SEED, N, _hvp, _net64
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -95,3 +97,14 @@ def test_spectrum_solver_comparison_rows(tiny_pipeline):
     assert [{k: r[k] for k in ("method", "k", "n", "hvp_count", "max_residual")} for r in meta_rows] == [
         {k: r[k] for k in ("method", "k", "n", "hvp_count", "max_residual")} for r in rows]
     assert all(r["seconds"] > 0 for r in meta_rows) and not any("seconds" in r for r in rows)   # timings: meta only
+
+
+def test_residuals_are_measured_with_one_fresh_product_per_vector():
+    """``residuals(op, values, vectors)``: ||H v - lambda v|| / |lambda_1| of the rows scaled to unit length, on an
+    explicit Hessian: zero for its eigenpairs, 0.1 |lambda_i| / (1.1 |lambda_1|) for eigenvalues 10 % off."""
+    model, _, _, hess, vals, vecs = case("relu")
+    op = MatrixOperator(model, hess)
+    exact = spectrum_stage.residuals(op, vals[:3], 2.0 * vecs[:, :3].T)
+    assert exact.shape == (3,) and exact.max() < 1e-10 and op.hvp_count == 3
+    off = spectrum_stage.residuals(op, 1.1 * vals[:3], vecs[:, :3].T)
+    np.testing.assert_allclose(off, 0.1 * np.abs(vals[:3]) / (1.1 * abs(vals[0])), rtol=1e-8)

@@ -1,12 +1,16 @@
 """The convergence analysis (``lib.stages.convergence.analysis``) on the tiny pipeline: slopes, loss correlations,
 theory, sample-size, calibration, predictor and summary rows recomputed from the saved curves."""
+import json
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
 from lib.core.sample_size.decay import fit_slope, k_closed_form
+from lib.infra.results import json_bytes
 from lib.records import convergence as convergence_records
 from lib.records import monte_carlo as mc_records
+from lib.stages.convergence import analysis
 from tests.stages.conftest import (
     DS,
     MODEL,
@@ -155,3 +159,14 @@ def test_convergence_summary_pools_orders_and_quotes_the_predictors(tiny_pipelin
         p = next(p for p in pred if (p["n0"], p["gap"]) == (100, 0.01))
         assert r["n_learning_curve"] == p["n_learning_curve"]
         assert r["n_within_1pt"] == next(x["n_within"] for x in cal if (x["scale"], x["gap"]) == (r["scale"], 0.01))
+
+
+def test_the_saved_curve_tables_are_what_the_analysis_makes_of_the_saved_plan(tiny_pipeline):
+    """``slope_rows``, ``theory_rows`` and ``loss_correlation_rows`` called again on the saved plan and curves give the
+    tables the stage saved, value for value."""
+    store = tiny_pipeline.store
+    plan = mc_records.load_plan(store)
+    for table, rows in (("slopes", analysis.slope_rows), ("theory", analysis.theory_rows),
+                        ("loss_correlation", analysis.loss_correlation_rows)):
+        again = json.loads(json_bytes(rows(store, plan)))
+        assert again and again == convergence_records.load_table(store, table), table
