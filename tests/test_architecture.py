@@ -1,8 +1,10 @@
-"""The floors of ``lib`` import one way, no private name crosses a module, imports sit at module top, and every
-module's docstring says its one job; a planted wrong-way import is caught."""
+"""The floors of ``lib`` import one way, no private name crosses a module, imports sit at module top, every
+module's docstring says its one job, and every module has its test file (which imports it); a planted wrong-way
+import and a planted module without its test are caught."""
 import ast
 import importlib
 import importlib.util
+import inspect
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from lib import REPO_ROOT
 
 LIB = REPO_ROOT / "lib"
+TESTS = REPO_ROOT / "tests"
 MODULES = sorted(p for p in LIB.rglob("*.py"))
 #: floor -> floors of lib it may import. A floor is a package of lib or a top-level module (api, __main__); "lib" is
 #: lib/__init__.py (REPO_ROOT). Stages compute, outputs render, and both read what the stages saved through records;
@@ -154,3 +157,100 @@ def test_one_stage_entry_per_notebook():
                     for a in n.names}
         assert entry in imported, f"notebooks/{REGISTRY[stage].notebook}.py does not import {entry}"
         assert entry.startswith(("lib.stages.", "lib.outputs."))
+
+
+# ------------------------------------------------------------------------------------------ tests mirror the code
+def _lib_attribute(module: str, name: str):
+    """``getattr(module, name)`` for a module of lib (None for other modules, or when there is no such attribute)."""
+    if module != "lib" and not module.startswith("lib."):
+        return None
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def _reached(obj) -> set[str]:
+    """The module an object of lib stands for: itself for a module, else the module that defines it."""
+    if obj is None:
+        return set()
+    return {obj.__name__} if inspect.ismodule(obj) else {getattr(obj, "__module__", None) or ""}
+
+
+def modules_reached(source: str) -> set[str]:
+    """The dotted names a test file's source reaches: every module it imports (``import lib.a.b``,
+    ``from lib.a.b import f``, ``from lib.a import b``) and the module that defines each object it takes from a
+    package that re-exports it (``from lib.core.hessian import trace``, or ``H.trace`` after
+    ``from lib.core import hessian as H``). Imports inside functions count; a name in a comment or string does not."""
+    tree = ast.parse(source)
+    reached, aliases = set(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                reached.add(a.name)
+                if a.asname:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                reached |= {node.module, f"{node.module}.{a.name}"}
+                obj = _lib_attribute(node.module, a.name)
+                reached |= _reached(obj)
+                if inspect.ismodule(obj):
+                    aliases[a.asname or a.name] = obj.__name__
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            reached |= _reached(_lib_attribute(aliases[node.value.id], node.attr))
+    return reached - {""}
+
+
+def mirrored_test_file(module: Path, lib: Path = LIB, tests: Path = TESTS) -> Path:
+    """``tests/<path>/test_<name>.py`` of ``lib/<path>/<name>.py`` (``tests/test_api.py`` of ``lib/api.py``)."""
+    rel = module.relative_to(lib)
+    return tests / rel.parent / f"test_{rel.stem}.py"
+
+
+def mirror_problems(lib: Path = LIB, tests: Path = TESTS) -> list[str]:
+    """Every module of ``lib`` (not ``__init__``/``__main__``) whose test file is missing or does not reach it
+    (``modules_reached``), one line each, paths relative to the folder that holds ``lib``."""
+    out = []
+    for module in sorted(lib.rglob("*.py")):
+        if module.name in ("__init__.py", "__main__.py"):
+            continue
+        dotted = ".".join((lib.name, *module.relative_to(lib).with_suffix("").parts))
+        test = mirrored_test_file(module, lib, tests)
+        where, rel_test = module.relative_to(lib.parent), test.relative_to(lib.parent)
+        if not test.is_file():
+            out.append(f"{where}: no test file {rel_test}")
+        elif not any(r == dotted or r.startswith(dotted + ".") for r in modules_reached(test.read_text())):
+            out.append(f"{where}: {rel_test} does not import {dotted} (nor use an object defined in it)")
+    return out
+
+
+def test_every_module_has_its_test_file():
+    """Tests mirror the code: lib/<path>/<name>.py is tested in tests/<path>/test_<name>.py, which imports it."""
+    assert mirror_problems() == []
+
+
+def test_a_planted_module_without_its_test_file_is_caught(tmp_path):
+    files = {"lib/__init__.py": "", "lib/__main__.py": "", "lib/api.py": "", "lib/core/__init__.py": "",
+             "lib/core/widget.py": "", "lib/core/gadget.py": "", "lib/core/gizmo.py": "", "lib/core/sprocket.py": "",
+             "tests/test_api.py": "from lib.api import analyze\n",
+             "tests/core/test_widget.py": "def test_w():\n    from lib.core import widget\n    assert widget\n",
+             "tests/core/test_sprocket.py": "import lib.core.sprocket\n",
+             "tests/core/test_gadget.py": "import numpy\n# lib.core.gadget named in a comment is no import\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert mirror_problems(tmp_path / "lib", tmp_path / "tests") == [
+        "lib/core/gadget.py: tests/core/test_gadget.py does not import lib.core.gadget (nor use an object defined "
+        "in it)",
+        "lib/core/gizmo.py: no test file tests/core/test_gizmo.py"]
+
+
+def test_objects_taken_from_a_package_count_for_the_module_that_defines_them():
+    via_alias = modules_reached("from lib.core import hessian as H\n\nop = H.HessianOperator(model, x, y)\n")
+    assert "lib.core.hessian.operator" in via_alias and "lib.core.hessian.solvers" not in via_alias
+    by_name = modules_reached("from lib.core.hessian import top_eigenpairs\n")
+    assert "lib.core.hessian.solvers" in by_name and "lib.core.hessian.operator" not in by_name
+    assert modules_reached("from lib.core.hessian import solvers as S\nS.trace\n") >= {"lib.core.hessian.solvers"}
+    assert modules_reached("import numpy as np\nnp.trace\n") == {"numpy"}
