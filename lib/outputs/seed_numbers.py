@@ -42,6 +42,8 @@ def seed_numbers(store) -> dict:
         out[macro("gap", "sigma", "repeats")] = fmt(int(gap["repeats"]))
         out[macro("gap", "sigma", "rel", "se", "median")] = pct(gap["rel_se_median"])
         out[macro("gap", "sigma", "rel", "se", "max")] = pct(gap["rel_se_max"])
+        out[macro("gap", "sigma", "larger", "draws")] = fmt(int(gap["larger_draws"]))
+        out[macro("gap", "sigma", "rel", "se", "larger", "median")] = pct(gap["rel_se_larger_median"])
         out[macro("gap", "sigma", "vs", "reference", "max")] = pct(gap["pipeline_vs_reference_max"])
         out[macro("gap", "sigma", "K", "change", "median")] = pct(gap["k_change_at_1se_median"])
         out[macro("gap", "sigma", "K", "change", "max")] = pct(gap["k_change_at_1se_max"])
