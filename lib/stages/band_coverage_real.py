@@ -131,7 +131,7 @@ def coverage_cell(uppers: np.ndarray, multipliers, references: np.ndarray) -> di
     """Coverage of R replicates: 'covered' (share of rows whose upper edge is >= the reference at every k), its
     binomial 'covered_se', 'median_c', 'median_max_ratio' and 'median_min_ratio' (medians over replicates of
     max_k and min_k of upper / reference; a replicate is covered exactly when its min ratio is >= 1) and the
-    per-replicate 'hits' and 'c'."""
+    per-replicate 'hits', 'c' and 'worst_k' (the k of the min ratio; column j is k = j + 1)."""
     U, ref = np.asarray(uppers, dtype=np.float64), np.asarray(references, dtype=np.float64)
     hits = np.all(U >= ref, axis=1)
     R = len(hits)
@@ -140,7 +140,7 @@ def coverage_cell(uppers: np.ndarray, multipliers, references: np.ndarray) -> di
     return {"reps": R, "covered": p, "covered_se": math.sqrt(p * (1 - p) / R),
             "median_c": float(np.median(multipliers)), "median_max_ratio": float(np.median(ratio.max(axis=1))),
             "median_min_ratio": float(np.median(ratio.min(axis=1))), "hits": hits.tolist(),
-            "c": [float(c) for c in multipliers]}
+            "c": [float(c) for c in multipliers], "worst_k": (ratio.argmin(axis=1) + 1).tolist()}
 
 
 # ------------------------------------------------------------------------------------------ tails
@@ -189,8 +189,9 @@ def measure(losses: SubspaceLosses, sigma: float, *, reps: int = 100, n_thetas: 
     """Simultaneous coverage of each band ``method`` at one sigma: ``reps`` replicates of ``n_thetas`` thetas
     (replicate r draws N(0, sigma^2 I_D) with seed ``seed + 1 + r``; its multiplier's bootstrap uses ``seed + r``),
     each against its leave-one-out reference. Returns {'sigma', 'cells': {method: coverage_cell}, 'tails': {k:
-    tail_statistics of the raw d_k^2}, 'reference' (the mean over all thetas), 'seconds'}; ``progress`` prints a
-    line every 10 replicates."""
+    tail_statistics of the raw d_k^2}, 'reference' (the mean over all thetas), 'reference_rel_se' (its standard
+    error over k from the spread of the R replicate means, relative to it: the precision of the references, which
+    hold (R - 1) / R of the thetas), 'seconds'}; ``progress`` prints a line every 10 replicates."""
     for m in methods:
         check_choice("method", m, BAND_METHODS)
     reps = check_int("reps", reps, 2)
@@ -212,11 +213,13 @@ def measure(losses: SubspaceLosses, sigma: float, *, reps: int = 100, n_thetas: 
             print(f"sigma {sigma:.4g}: {r + 1}/{reps} replicates, {time.perf_counter() - t0:.0f} s", flush=True)
     S = np.stack(sums)
     references = leave_one_out(S, n_thetas)
+    reference = S.sum(axis=0) / (reps * n_thetas)
+    rel_se = (S / n_thetas).std(axis=0, ddof=1) / math.sqrt(reps) / reference
     raw = np.stack(raws)                                      # (R, T, len(keep))
     return {"sigma": float(sigma), "reps": reps, "n_thetas": n_thetas, "n_batches": n_batches, "level": level,
             "n_boot": n_boot, "cells": {m: coverage_cell(np.stack(uppers[m]), cs[m], references) for m in methods},
             "tails": {int(k): tail_statistics(raw[:, :, j]) for j, k in enumerate(keep)},
-            "reference": S.sum(axis=0) / (reps * n_thetas), "seconds": time.perf_counter() - t0}
+            "reference": reference, "reference_rel_se": rel_se, "seconds": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -306,6 +309,12 @@ def main(argv=None) -> dict:
     print(f"\nmlp1, N = {args.n:,}, D = {args.D}, R = {args.reps} replicates x T = {args.thetas:,} thetas "
           f"(B = {args.n_batches}), n_boot {args.n_boot}, seed {args.seed}, {seconds:.0f} s in all\n")
     print(coverage_table(results) + "\n")
+    for res in results:
+        rel, worst = res["reference_rel_se"], {m: c["worst_k"] for m, c in res["cells"].items()}
+        print(f"sigma {res['label']}: reference relative SE median {np.median(rel):.4f}, max {np.max(rel):.4f} "
+              f"over k; median k of the lowest upper / reference " +
+              ", ".join(f"{m} {np.median(w):.0f}" for m, w in worst.items()))
+    print()
     print(tail_table(results, synthetic))
     out = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "seconds": seconds,
            "run": {k: run[k] for k in ("train_loss", "test_loss", "test_accuracy", "eigenvalues", "hvp_count",

@@ -82,10 +82,13 @@ def test_the_coverage_indicator_and_multipliers_equal_a_direct_check(losses):
            for r in range(reps)]
     pooled = np.concatenate(dsq)
     np.testing.assert_allclose(res["reference"], pooled.mean(axis=0), rtol=1e-9)
+    replicate_means = np.stack([d.mean(axis=0) for d in dsq])
+    np.testing.assert_allclose(res["reference_rel_se"], replicate_means.std(axis=0, ddof=1) / math.sqrt(reps)
+                               / pooled.mean(axis=0), rtol=1e-7)
     per = T // B
     for method in ("max_t", "bootstrap_t"):
         cell = res["cells"][method]
-        hits, cs, min_ratio, max_ratio = [], [], [], []
+        hits, cs, min_ratio, max_ratio, worst = [], [], [], [], []
         for r in range(reps):
             bm = np.stack([dsq[r][b * per:(b + 1) * per].mean(axis=0) for b in range(B)])
             c = simultaneous_multiplier(bm, level=0.95, n_boot=n_boot, seed=4 + r, method=method)
@@ -97,8 +100,9 @@ def test_the_coverage_indicator_and_multipliers_equal_a_direct_check(losses):
             hits.append(all(q >= 1 for q in ratios))
             cs.append(c)
             min_ratio.append(min(ratios))
+            worst.append(1 + int(np.argmin(ratios)))
             max_ratio.append(max(ratios))
-        assert cell["hits"] == hits
+        assert cell["hits"] == hits and cell["worst_k"] == worst
         np.testing.assert_allclose(cell["c"], cs, rtol=1e-6)
         assert cell["covered"] == pytest.approx(np.mean(hits), abs=1e-12)
         assert cell["covered_se"] == pytest.approx(math.sqrt(np.mean(hits) * (1 - np.mean(hits)) / reps), abs=1e-12)
@@ -121,6 +125,7 @@ def test_coverage_cell_counts_a_single_k_below_the_reference_as_a_miss():
     assert cell["hits"] == [True, False, True, True]
     assert cell["covered"] == 0.75 and cell["covered_se"] == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
     assert cell["median_c"] == 2.5 and cell["median_max_ratio"] == 2.0 and cell["median_min_ratio"] == 1.5
+    assert cell["worst_k"][1] == 4
 
 
 def test_the_tail_estimators_recover_known_values():
