@@ -43,6 +43,7 @@ def seed_numbers(store) -> dict:
         out[macro("gap", "sigma", "rel", "se", "median")] = pct(gap["rel_se_median"])
         out[macro("gap", "sigma", "rel", "se", "max")] = pct(gap["rel_se_max"])
         out[macro("gap", "sigma", "larger", "draws")] = fmt(int(gap["larger_draws"]))
+        out[macro("gap", "sigma", "reference", "draws")] = fmt(int(gap["reference_draws"]))
         out[macro("gap", "sigma", "rel", "se", "larger", "median")] = pct(gap["rel_se_larger_median"])
         out[macro("gap", "sigma", "vs", "reference", "max")] = pct(gap["pipeline_vs_reference_max"])
         out[macro("gap", "sigma", "K", "change", "median")] = pct(gap["k_change_at_1se_median"])

@@ -6,10 +6,11 @@ implies).
 Per seed (cached in ``convergence/seeds/``): the recipe trained on the first ``seed_study_n`` samples, the top-D Hessian
 subspace (D and the fixed sigma of the pipeline's first main Hessian curve), the loss-gap sigma found the pipeline's way
 (its ``monte_carlo.gap_thetas`` draws, 2 % bisection tolerance; ``lib.stages.monte_carlo``) with
-``seed_study_gap_repeats`` independent repeats (and as many with ``LARGER_DRAWS`` x the draws) and one reference search
-(16x the draws, 0.2 % tolerance), and at the fixed sigma and at the loss-gap sigma two Delta_k curves from independent
-thetas with the same ``seed_study_orders`` insertion orders. The threshold of each scale is the median over seeds of the
-first theta set's order-mean curve at k = ``seed_study_k_ref`` x N (so K sits inside N), the same for every seed.
+``seed_study_gap_repeats`` independent repeats (a quarter of them also with ``LARGER_DRAWS`` x the draws) and one
+reference search (``REFERENCE_DRAWS`` x the draws, 0.2 % tolerance), and at the fixed sigma and at the loss-gap sigma
+two Delta_k curves from independent thetas with the same ``seed_study_orders`` insertion orders. The threshold of each
+scale is the median over seeds of the first theta set's order-mean curve at k = ``seed_study_k_ref`` x N (so K sits
+inside N), the same for every seed.
 """
 from __future__ import annotations
 
@@ -39,8 +40,10 @@ from lib.stages.base import cached, run_missing
 
 #: the two scales of the study: the profile's fixed sigma and each seed's own loss-gap sigma
 SCALES = ("sigma", "gap")
-#: the repeated loss-gap searches are also run with this many times the pipeline's draws (what more draws buy)
-LARGER_DRAWS = 8
+#: a quarter of the repeated loss-gap searches (at least 3) is also run with this many times the pipeline's draws
+#: (what more draws buy); the reference search uses REFERENCE_DRAWS times the draws and a 0.2 % tolerance
+LARGER_DRAWS = 4
+REFERENCE_DRAWS = 8
 
 
 def seed_params(section: Convergence, pipeline: dict, recipe: Train, data_seed: int, seed: int) -> dict:
@@ -88,8 +91,8 @@ def seed_record(p: dict) -> tuple[dict, dict]:
     sigma_gap = gap_sigma(p["gap_thetas"], seed + 7919, 0.02)                 # the pipeline's own search
     repeats = [gap_sigma(p["gap_thetas"], 1_000_003 * (i + 1) + seed, 0.02) for i in range(p["gap_repeats"])]
     larger = [gap_sigma(LARGER_DRAWS * p["gap_thetas"], 3_000_017 * (i + 1) + seed, 0.02)
-              for i in range(p["gap_repeats"])]
-    reference = gap_sigma(16 * p["gap_thetas"], 7_000_001 + seed, 0.002)
+              for i in range(max(3, p["gap_repeats"] // 4))]
+    reference = gap_sigma(REFERENCE_DRAWS * p["gap_thetas"], 7_000_001 + seed, 0.002)
     rel_se = float(np.std(repeats, ddof=1) / np.mean(repeats))
     z = make_sampler("gaussian", sigma=1.0).sample(p["thetas"], D, seed=seed + 4_000_037)
 
@@ -176,6 +179,7 @@ def seed_study_rows(store: ResultStore, common: Common, section: Convergence, pi
                  "rel_se_median": float(np.median([s["sigma_gap_rel_se"] for s in summaries])),
                  "rel_se_max": float(np.max([s["sigma_gap_rel_se"] for s in summaries])),
                  "larger_draws": LARGER_DRAWS * pipeline["gap_thetas"],
+                 "reference_draws": REFERENCE_DRAWS * pipeline["gap_thetas"],
                  "rel_se_larger_median": float(np.median([s["sigma_gap_rel_se_larger"] for s in summaries])),
                  "pipeline_vs_reference_max": float(np.max([abs(s["sigma_gap"] / s["sigma_gap_reference"] - 1)
                                                             for s in summaries])),
