@@ -5,7 +5,7 @@
 
 The block comes from ``summary.json``, the analysis tables and provenance; ``docs/results.md`` from the same tables
 and the paper's numbers (``paper/generated/<profile>/numbers.json``, written by notebook 06). Both say which commit,
-date and CPU the numbers come from; ``tests/outputs/test_readme_block.py`` checks that the README and
+date and CPU the numbers come from; ``tests/outputs/test_readme.py`` checks that the README and
 docs/results.md hold
 exactly what this module produces whenever the profile's results are present.
 """

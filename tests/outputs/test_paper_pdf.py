@@ -45,7 +45,9 @@ def test_no_unresolved_references(pdf):
 def test_paper_length_and_embedded_fonts():
     info = subprocess.run(["pdfinfo", str(PAPER)], capture_output=True, text=True, check=True).stdout
     pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
-    assert 8 <= pages <= 24, f"paper has {pages} pages"
+    # a sanity range against a runaway build (a table or figure that lost its float, a repeated input): 25 pages
+    # with the seed study's paragraph, proofs and references included
+    assert 8 <= pages <= 26, f"paper has {pages} pages"
     fonts = subprocess.run(["pdffonts", str(PAPER)], capture_output=True, text=True, check=True).stdout
     rows = fonts.splitlines()[2:]
     assert rows and all(" yes " in r for r in rows), "every font must be embedded:\n" + fonts

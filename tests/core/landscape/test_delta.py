@@ -182,7 +182,7 @@ def test_bad_parameters_raise_value_errors():
         delta_curve(model, x, y, P, g, 4, batch_thetas=0, progress=False)
     with pytest.raises(ValueError, match=r"n_replicates=1 is not allowed: an integer in \[2, inf\]"):
         delta_curve(model, x, y, P, g, 8, estimator="sobol", n_replicates=1, progress=False)
-    with pytest.raises(ValueError, match=r"sampler must be a lib\.core\.sampling\.Sampler"):
+    with pytest.raises(ValueError, match=r"sampler must be a lib\.core\.landscape\.sampling\.Sampler"):
         delta_curve(model, x, y, P, 0.1, 4, progress=False)
     with pytest.raises(ValueError, match="at least 2 samples"):
         delta_curve(model, x[:1], y[:1], P, g, 4, progress=False)
