@@ -252,7 +252,8 @@ def tail_table(results: list[dict], synthetic: dict) -> str:
 
     for res in results:
         for k, t in res["tails"].items():
-            lines.append(row(f"real, {res['label']}, k = {k:,}", t))
+            name = res["label"] if res.get("scale") == "loss_gap" else f"sigma {res['label']}"
+            lines.append(row(f"real, {name}, k = {int(k):,}", t))
     for name, t in synthetic.items():
         lines.append(row(f"synthetic {name}", t))
     return "\n".join(lines)
