@@ -230,7 +230,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
             n_samples: int = 64, n_orders: int = 20, thresholds=(1e-2, 1e-3, 1e-4), seed: int = 0,
             device: str | torch.device = "cpu", distribution: str = "gaussian", estimator: str = "plain",
             tol: float = 1e-4, batch_size: int | None = None, quadratic: bool = True, level: float = 0.95,
-            n_batches: int = 32, band_method: str = "max_t", progress: bool = False) -> LandscapeReport:
+            n_batches: int = 32, band_method: str = BAND_METHODS[0], progress: bool = False) -> LandscapeReport:
     """Top eigenpairs, Delta_k with standard errors, V-bar, Q_k and K(Delta) with its uncertainty for a trained
     ``model`` and its training ``data`` in insertion order.
 
@@ -243,8 +243,9 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     conformal bound); ``thresholds``: the Delta values of K(Delta); ``seed`` seeds the Lanczos start, the thetas,
     the orders (seed + 1) and the band's bootstrap; ``tol``: Lanczos tolerance; ``quadratic``: also Q_k (skipped
     with a note if the per-sample terms fail for this model); ``level``: coverage of the conformal bound;
-    ``band_method``: the simultaneous band's construction (``sample_size.simultaneous_multiplier``: "max_t", or
-    "bootstrap_t", whose upper edge also holds for heavy-tailed d_k^2; docs/sample_size.md).
+    ``band_method``: the simultaneous band's construction (``sample_size.simultaneous_multiplier``: "bootstrap_t",
+    the default, whose upper edge holds for heavy-tailed d_k^2 and on real curves, or "max_t", which holds only for
+    near-Gaussian batch means; docs/sample_size.md).
 
     Bad inputs fail before any compute with a ``ParameterError`` naming them (``lib.core.inputs``): a device this
     machine lacks, non-finite weights, inputs or targets, targets outside the model's classes, empty data, inputs

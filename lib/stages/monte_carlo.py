@@ -26,7 +26,7 @@ from lib.core.landscape.quadratic import (
 from lib.core.landscape.sampling import Sampler, make_sampler
 from lib.core.landscape.subspace import SubspaceLosses
 from lib.core.landscape.surrogate import logit_jets, surrogate_curve
-from lib.core.sample_size.sufficient import simultaneous_multiplier, solve_increasing, suffix_max
+from lib.core.sample_size.sufficient import BAND_METHODS, simultaneous_multiplier, solve_increasing, suffix_max
 from lib.core.tensors import n_params
 from lib.core.training import models
 from lib.infra.config import Common, MonteCarlo
@@ -128,7 +128,7 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
     net, x, y, upstream = context[key]
     basis, eigenvalues, up_basis = basis_for(store, *key, spec.subspace, spec.D, n_params(net))
     sampler = sampler_for(spec, eigenvalues)
-    params = {**asdict(spec), "upstream": {**upstream, **up_basis}}
+    params = {**asdict(spec), "band": BAND_METHODS[0], "upstream": {**upstream, **up_basis}}
 
     def compute():
         dev = resolve_device(device)
@@ -142,7 +142,8 @@ def run_curve(store: ResultStore, spec: CurveSpec, *, device: str = "cpu", progr
                                        torch.from_numpy(suffix_max(curve.order_curves).copy()).float())
         B = curve.batch_means.shape[0]
         payload["band_se"] = curve.batch_means.std(axis=0, ddof=1) / np.sqrt(B) if B >= 3 else None
-        payload["band_multiplier"] = simultaneous_multiplier(curve.batch_means, seed=spec.seed) if B >= 3 else None
+        payload["band_multiplier"] = (simultaneous_multiplier(curve.batch_means, seed=spec.seed, method=params["band"])
+                                      if B >= 3 else None)
         payload["n_batches"] = B
         payload["eigenvalues"] = eigenvalues
         payload["sampler_params"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)

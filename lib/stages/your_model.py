@@ -21,6 +21,7 @@ from torch import nn
 
 from lib.api import analyze
 from lib.core.sample_size.decay import fit_slope
+from lib.core.sample_size.sufficient import BAND_METHODS
 from lib.core.tensors import n_params, torch_threads
 from lib.core.training.recipe import TRAINER, evaluate, train
 from lib.infra import data
@@ -83,7 +84,8 @@ def parameter_count(channels: int) -> int:
 def run_params(seed: int, section: YourModel) -> dict:
     """The parameters that define one run (its identity in the result store)."""
     return {"dataset": DATASET, "model": MODEL, "seed": int(seed), "data_sha256": data.DIGITS_SHA256,
-            "split_seed": data.DIGITS_SPLIT_SEED, "trainer": TRAINER, **dataclasses.asdict(section)}
+            "split_seed": data.DIGITS_SPLIT_SEED, "trainer": TRAINER, "band": BAND_METHODS[0],
+            **dataclasses.asdict(section)}
 
 
 def your_model_one(store: ResultStore, seed: int, section: YourModel, *, device: str = "cpu",

@@ -95,17 +95,20 @@ def order_summary(values, level: float = 0.95) -> OrderSummary:
 
 
 # -------------------------------------------------------------------------------- simultaneous band
-#: constructions of the simultaneous band (``simultaneous_multiplier``'s ``method``); the first is the default
-BAND_METHODS = ("max_t", "bootstrap_t")
+#: constructions of the simultaneous band (``simultaneous_multiplier``'s ``method``); the first is the default:
+#: ``bootstrap_t`` holds on heavy-tailed values and on real curves, ``max_t`` only on near-Gaussian batch means
+#: (docs/sample_size.md, "Coverage of the simultaneous band")
+BAND_METHODS = ("bootstrap_t", "max_t")
 
 
 def simultaneous_multiplier(batch_means, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                            k_mask=None, method: str = "max_t") -> float:
+                            k_mask=None, method: str = BAND_METHODS[0]) -> float:
     """Multiplier c such that mean_k +- c SE_k covers all k at once with probability ~ ``level``.
 
-    ``method`` "max_t" (the default, described below) assumes near-Gaussian batch means; "bootstrap_t" is the
-    one-sided studentised bootstrap of ``bootstrap_t_multiplier`` (only the upper edge mean_k + c SE_k, the one
-    K_band uses, covers; it holds for skewed, heavy-tailed values: docs/sample_size.md has both coverage tables).
+    ``method`` "bootstrap_t" (the default) is the one-sided studentised bootstrap of ``bootstrap_t_multiplier``
+    (only the upper edge mean_k + c SE_k, the one K_band uses, covers; it holds for skewed, heavy-tailed values and
+    on real curves); "max_t", described below, assumes near-Gaussian batch means (docs/sample_size.md has the
+    coverage tables of both).
 
     ``batch_means``: (B, M) means of d_k^2 over B disjoint batches of thetas (i.i.d. batches). With
     m_k = mean over batches and SE_k = sd_k / sqrt(B), c is the ``level`` quantile of max_k |z*_k| with

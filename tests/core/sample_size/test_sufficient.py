@@ -70,7 +70,7 @@ def test_simultaneous_band_covers_the_whole_curve():
     for r in range(reps):
         X = truth + rng.standard_normal((B, M)) * np.linspace(0.5, 1.5, M)
         m, se = X.mean(0), X.std(0, ddof=1) / math.sqrt(B)
-        c = ss.simultaneous_multiplier(X, n_boot=1000, seed=r)
+        c = ss.simultaneous_multiplier(X, n_boot=1000, seed=r, method="max_t")
         assert 2.5 < c < 4.5
         whole += np.all(np.abs(m - truth) <= c * se)
         pointwise += np.all(np.abs(m - truth) <= 2 * se)
