@@ -79,7 +79,8 @@ def test_stage_saves_one_result_per_seed_and_skips_identical_work(tiny):
     assert not any(r["skipped"] for r in rows) and all(r["skipped"] for r in again)
     meta = load_your_model(store, 0)["meta"]
     assert meta["params"] == {"dataset": "digits", "model": "rescnn", "seed": 0, "data_sha256": data.DIGITS_SHA256,
-                              "split_seed": 0, "trainer": TRAINER, **json.loads(json.dumps(dataclasses.asdict(TINY)))}
+                              "split_seed": 0, "trainer": TRAINER, "band": "bootstrap_t",
+                              **json.loads(json.dumps(dataclasses.asdict(TINY)))}
     assert rows[0]["n_params"] == ym.parameter_count(2) and rows[0]["n_train"] == 60 and rows[0]["n_test"] == 297
 
 
