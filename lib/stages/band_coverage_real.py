@@ -30,7 +30,7 @@ from lib.core.landscape.delta import loss_differences
 from lib.core.landscape.sampling import make_sampler
 from lib.core.landscape.subspace import SubspaceLosses
 from lib.core.sample_size.band_coverage import DISTRIBUTIONS
-from lib.core.sample_size.sufficient import BAND_METHODS, simultaneous_multiplier, solve_increasing
+from lib.core.sample_size.sufficient import BAND_METHODS, GAP_REL_TOL, loss_gap_scale, simultaneous_multiplier
 from lib.core.tensors import torch_threads
 from lib.core.training import models
 from lib.core.training.recipe import evaluate, train
@@ -67,7 +67,7 @@ def trained_subspace(n_train: int, D: int, *, model: str = "mlp1", dataset: str 
 
 
 def loss_gap_sigma(losses: SubspaceLosses, gap: float, eigenvalues, *, n_thetas: int = 64, seed: int = 0,
-                   rel_tol: float = 0.02) -> float:
+                   rel_tol: float = GAP_REL_TOL) -> float:
     """The sigma at which the mean training loss rise E_theta L_N(w* + P^T sigma z) - L_N(w*), z ~ N(0, I_D), over
     ``n_thetas`` common draws equals ``gap``: bisection in log sigma from the quadratic guess sqrt(2 gap / sum
     lambda_d), as the pipeline's ``loss_gap_sigma`` (``lib.stages.monte_carlo``)."""
@@ -78,8 +78,7 @@ def loss_gap_sigma(losses: SubspaceLosses, gap: float, eigenvalues, *, n_thetas:
     def rise(sigma: float) -> float:
         return float(losses(sigma * z).double().mean()) - base
 
-    guess = math.sqrt(2 * gap / max(float(np.sum(eigenvalues)), 1e-12))
-    return solve_increasing(rise, gap, guess / 4, guess * 4, rel_tol=rel_tol)
+    return loss_gap_scale(rise, gap, float(np.sum(eigenvalues)), rel_tol=rel_tol)
 
 
 # ------------------------------------------------------------------------------------------ one replicate

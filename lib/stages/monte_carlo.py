@@ -26,7 +26,13 @@ from lib.core.landscape.quadratic import (
 from lib.core.landscape.sampling import Sampler, make_sampler
 from lib.core.landscape.subspace import SubspaceLosses
 from lib.core.landscape.surrogate import logit_jets, surrogate_curve
-from lib.core.sample_size.sufficient import BAND_METHODS, simultaneous_multiplier, solve_increasing, suffix_max
+from lib.core.sample_size.sufficient import (
+    BAND_METHODS,
+    loss_gap_scale,
+    quadratic_scale_guess,
+    simultaneous_multiplier,
+    suffix_max,
+)
 from lib.core.tensors import n_params
 from lib.core.training import models
 from lib.infra.config import Common, MonteCarlo
@@ -204,9 +210,9 @@ def loss_gap_sigma(store: ResultStore, dataset: str, model: str, seed: int, sect
             calls.append(sigma)
             return float(evaluate(sigma * z).double().mean()) - base
 
-        guess = float(np.sqrt(2 * gap / max(float(np.sum(eigenvalues)), 1e-12)))
-        sigma = solve_increasing(rise, gap, guess / 4, guess * 4, rel_tol=0.02)
-        payload = {"sigma": sigma, "gap": gap, "quadratic_guess": guess, "rise_at_sigma": rise(sigma),
+        sigma = loss_gap_scale(rise, gap, float(np.sum(eigenvalues)))
+        payload = {"sigma": sigma, "gap": gap, "quadratic_guess": quadratic_scale_guess(gap, np.sum(eigenvalues)),
+                   "rise_at_sigma": rise(sigma),
                    "evaluations": len(calls), "train_loss": summary["train_loss"], "test_loss": summary["test_loss"]}
         return payload, payload
 

@@ -16,7 +16,6 @@ A ``factory(seed)`` returns a freshly initialised model; the recipe is ``steps``
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import numpy as np
@@ -28,7 +27,7 @@ from lib.core.landscape.sampling import make_sampler
 from lib.core.landscape.subspace import SubspaceLosses
 from lib.core.sample_size.prediction import bootstrap_power_law, fold_curve, size_grid
 from lib.core.sample_size.predictors import HIGH_SHOT
-from lib.core.sample_size.sufficient import solve_increasing
+from lib.core.sample_size.sufficient import loss_gap_scale
 from lib.core.training.many_models import evaluate_many, train_many
 
 __all__ = ["learning_curve", "pilot_curve", "landscape_features", "pilot_estimates"]
@@ -145,9 +144,8 @@ def landscape_features(net, x, y, x_val, y_val, *, D: int, sigma: float, n_theta
     gap = val_loss - train_loss
     sigma_gap = None
     if gap > 0:
-        guess = math.sqrt(2 * gap / max(float(top.eigenvalues.sum()), 1e-12))
         try:
-            sigma_gap = solve_increasing(rise, gap, guess / 4, guess * 4, rel_tol=0.02)
+            sigma_gap = loss_gap_scale(rise, gap, float(top.eigenvalues.sum()))
         except ValueError:           # the rise never brackets the gap (a flat or non-monotone direction set)
             sigma_gap = None
     return {"N": int(len(x)), "D": D, "sigma": sigma, "vbar_sigma": vbar_at(sigma), "sigma_gap": sigma_gap,

@@ -12,6 +12,7 @@ All functions take arrays and return plain values:
 * ``fit_power_law`` / ``n_within``: the learning-curve extrapolation err(n) = a n^-b + c (Mahmood et al. 2022);
 * ``observed_n_within``: where a measured learning curve comes within ``gap`` of its plateau;
 * ``solve_increasing``: the scale sigma at which an increasing function reaches a target (bisection in log);
+  ``loss_gap_scale``: the loss-gap sigma with it, from the quadratic guess (one rule for every caller);
 * ``delta_for_k``: the threshold Delta at which the order-averaged curve gives K = n (calibration).
 """
 from __future__ import annotations
@@ -257,6 +258,24 @@ def solve_increasing(f: Callable[[float], float], target: float, lo: float, hi: 
         if hi / lo < 1 + rel_tol:
             break
     return math.sqrt(lo * hi)
+
+
+#: relative bisection tolerance of the loss-gap sigma (the pipeline's rule; the seed study measures its error)
+GAP_REL_TOL = 0.02
+
+
+def quadratic_scale_guess(gap: float, eigenvalue_sum: float) -> float:
+    """sqrt(2 gap / sum lambda_d): the sigma at which a quadratic loss with curvatures lambda_d rises by ``gap``."""
+    return math.sqrt(2 * gap / max(float(eigenvalue_sum), 1e-12))
+
+
+def loss_gap_scale(rise: Callable[[float], float], gap: float, eigenvalue_sum: float,
+                   rel_tol: float = GAP_REL_TOL) -> float:
+    """The loss-gap sigma: where ``rise(sigma)``, the mean loss rise over common draws (increasing in sigma), equals
+    ``gap`` (> 0); ``solve_increasing`` in [guess / 4, 4 guess] around ``quadratic_scale_guess``."""
+    gap = check_positive("gap", gap)
+    guess = quadratic_scale_guess(gap, eigenvalue_sum)
+    return solve_increasing(rise, gap, guess / 4, guess * 4, rel_tol=rel_tol)
 
 
 def delta_for_k(vbar: float, N: int, n: float) -> float:

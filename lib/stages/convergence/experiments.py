@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import torch
 
 from lib.core import hessian
@@ -95,8 +94,7 @@ def pilot_estimate(x: torch.Tensor, y: torch.Tensor, n0: int, model_name: str, s
         return float(evaluate_losses(scale * zg).double().mean()) - base
 
     gap = float(on_test["loss"] - on_train["loss"])
-    guess = float(np.sqrt(2 * max(gap, 1e-6) / max(float(top.eigenvalues.sum()), 1e-12)))
-    sigma_gap = ss.solve_increasing(rise, gap, guess / 4, guess * 4, rel_tol=0.02) if gap > 0 else None
+    sigma_gap = ss.loss_gap_scale(rise, gap, float(top.eigenvalues.sum())) if gap > 0 else None
     summary = {"n0": n0, "seed": seed, "vbar_sigma": vbar_at(sigma), "sigma": sigma,
                "sigma_gap": sigma_gap, "vbar_gap": vbar_at(sigma_gap) if sigma_gap else None,
                "gap": gap, "train_accuracy": on_train["accuracy"], "test_accuracy": on_test["accuracy"],

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from lib.core.checks import ParameterError
 from lib.core.landscape.delta import loss_differences
 from lib.core.sample_size import sufficient as ss
 from lib.core.sample_size.decay import first_k_below, k_closed_form
@@ -111,3 +112,16 @@ def test_delta_for_k_inverts_the_closed_form():
     for vbar, N, n in [(745.0, 10000, 1185), (1.5, 1000, 37), (3000.0, 60000, 45000)]:
         d = ss.delta_for_k(vbar, N, n)
         assert k_closed_form(vbar, N, d * (1 + 1e-9)) == n
+
+
+def test_loss_gap_scale_solves_a_quadratic_rise_and_one_outside_its_first_bracket():
+    # a quadratic rise sigma^2 S / 2 reaches the gap exactly at the guess sqrt(2 gap / S)
+    S, gap = 7.0, 0.3
+    sigma = ss.loss_gap_scale(lambda s: 0.5 * S * s * s, gap, S, rel_tol=1e-6)
+    assert sigma == pytest.approx(math.sqrt(2 * gap / S), rel=1e-6)
+    assert ss.quadratic_scale_guess(gap, S) == math.sqrt(2 * gap / S)
+    # a quartic rise s^4 / 4 crosses 0.3 at (1.2)^(1/4), far from the quadratic guess with S = 1e-3
+    sigma = ss.loss_gap_scale(lambda s: s ** 4 / 4, gap, 1e-3, rel_tol=1e-6)
+    assert sigma == pytest.approx(1.2 ** 0.25, rel=1e-6)
+    with pytest.raises(ParameterError, match="gap"):
+        ss.loss_gap_scale(lambda s: s, 0.0, 1.0)
