@@ -25,7 +25,7 @@ from lib.core.landscape.sampling import make_sampler
 from lib.core.landscape.subspace import SubspaceLosses
 from lib.core.sample_size.decay import k_closed_form
 from lib.core.sample_size.seed_interval import leave_one_seed_out, new_seed_interval, variance_parts
-from lib.core.sample_size.sufficient import k_per_order, solve_increasing, suffix_max
+from lib.core.sample_size.sufficient import GAP_REL_TOL, k_per_order, loss_gap_scale, suffix_max
 from lib.core.tensors import torch_threads
 from lib.core.training import models
 from lib.core.training.recipe import TRAINER, evaluate, train
@@ -38,6 +38,9 @@ from lib.records.runs import load, run_name
 from lib.records.train import recipe_of
 from lib.stages.base import cached, run_missing
 
+#: the layout of a seed's record (part of its parameters): v2 compares V-bar at sigma_gap (1 +- SE) with V-bar at
+#: sigma_gap on the same thetas (v1 used the first curve's V-bar, other thetas, which added their Monte Carlo)
+RECORD = "seed-study/v2"
 #: the two scales of the study: the profile's fixed sigma and each seed's own loss-gap sigma
 SCALES = ("sigma", "gap")
 #: a quarter of the repeated loss-gap searches (at least 3) is also run with this many times the pipeline's draws
@@ -53,7 +56,8 @@ def seed_params(section: Convergence, pipeline: dict, recipe: Train, data_seed: 
             "data_seed": data_seed, "recipe": {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
                                                "lr": recipe.lr, "threads": recipe.threads}, "trainer": TRAINER,
             **pipeline, "thetas": s.seed_study_thetas,
-            "orders": s.seed_study_orders, "gap_repeats": s.seed_study_gap_repeats}
+            "orders": s.seed_study_orders, "gap_repeats": s.seed_study_gap_repeats, "larger_draws": LARGER_DRAWS,
+            "reference_draws": REFERENCE_DRAWS, "record": RECORD}
 
 
 def seed_name(p: dict) -> str:
@@ -75,24 +79,23 @@ def seed_record(p: dict) -> tuple[dict, dict]:
     losses = SubspaceLosses(net, x, y, basis)
     with torch.no_grad():
         base = float(losses(torch.zeros(1, D, dtype=torch.float64)).double().mean())
-    guess = math.sqrt(2 * max(gap, 1e-6) / max(float(top.eigenvalues.sum()), 1e-12))
+    if not gap > 0:
+        raise ValueError(f"{seed_name(p)}: the test loss is not above the training loss (gap {gap:.4g}); the "
+                         "loss-gap scale is undefined: use a smaller seed_study_n or another model")
 
-    def gap_sigma(n_draws: int, draw_seed: int, rel_tol: float) -> float:
+    def gap_sigma(n_draws: int, draw_seed: int, rel_tol: float = GAP_REL_TOL) -> float:
         z = make_sampler("gaussian", sigma=1.0).sample(n_draws, D, seed=draw_seed)
 
         def rise(sigma: float) -> float:
             with torch.no_grad():
                 return float(losses(sigma * z).double().mean()) - base
-        return solve_increasing(rise, gap, guess / 4, guess * 4, rel_tol=rel_tol)
+        return loss_gap_scale(rise, gap, float(top.eigenvalues.sum()), rel_tol=rel_tol)
 
-    if not gap > 0:
-        raise ValueError(f"{seed_name(p)}: the test loss is not above the training loss (gap {gap:.4g}); the "
-                         "loss-gap scale is undefined: use a smaller seed_study_n or another model")
-    sigma_gap = gap_sigma(p["gap_thetas"], seed + 7919, 0.02)                 # the pipeline's own search
-    repeats = [gap_sigma(p["gap_thetas"], 1_000_003 * (i + 1) + seed, 0.02) for i in range(p["gap_repeats"])]
-    larger = [gap_sigma(LARGER_DRAWS * p["gap_thetas"], 3_000_017 * (i + 1) + seed, 0.02)
+    sigma_gap = gap_sigma(p["gap_thetas"], seed + 7919)                       # the pipeline's own search
+    repeats = [gap_sigma(p["gap_thetas"], 1_000_003 * (i + 1) + seed) for i in range(p["gap_repeats"])]
+    larger = [gap_sigma(p["larger_draws"] * p["gap_thetas"], 3_000_017 * (i + 1) + seed)
               for i in range(max(3, p["gap_repeats"] // 4))]
-    reference = gap_sigma(REFERENCE_DRAWS * p["gap_thetas"], 7_000_001 + seed, 0.002)
+    reference = gap_sigma(p["reference_draws"] * p["gap_thetas"], 7_000_001 + seed, 0.002)
     rel_se = float(np.std(repeats, ddof=1) / np.mean(repeats))
     z = make_sampler("gaussian", sigma=1.0).sample(p["thetas"], D, seed=seed + 4_000_037)
 
@@ -104,6 +107,7 @@ def seed_record(p: dict) -> tuple[dict, dict]:
                                      "sigma_gap": sigma_gap, "sigma_gap_repeats": repeats,
                                      "sigma_gap_reference": reference, "sigma_gap_rel_se": rel_se,
                                      "sigma_gap_rel_se_larger": float(np.std(larger, ddof=1) / np.mean(larger)),
+                                     "vbar_gap_centre": vbar_at(sigma_gap),
                                      "vbar_gap_minus": vbar_at(sigma_gap * (1 - rel_se)),
                                      "vbar_gap_plus": vbar_at(sigma_gap * (1 + rel_se))}
     for scale, sigma in zip(SCALES, (p["sigma"], sigma_gap)):
@@ -172,7 +176,7 @@ def seed_study_rows(store: ResultStore, common: Common, section: Convergence, pi
                      "seed_K_medians": [float(np.exp(np.median(v))) for v in log_k[0]]})
     gap = next(r for r in rows if r["scale"] == "gap")
     change = [math.log(k_closed_form(s[f"vbar_gap_{side}"], N, gap["threshold"]) /
-                       k_closed_form(s["vbar_gap_0"], N, gap["threshold"]))
+                       k_closed_form(s["vbar_gap_centre"], N, gap["threshold"]))
               for s in summaries for side in ("minus", "plus")]
     rows.append({"scale": "gap_sigma", "n_seeds": len(specs), "gap_thetas": pipeline["gap_thetas"],
                  "repeats": section.seed_study_gap_repeats,
