@@ -29,6 +29,19 @@ def tmp_store(tmp_path):
 
 
 @pytest.fixture
+def notebook_dir(tmp_path, monkeypatch):
+    """An empty notebooks folder and results root patched into ``lib.infra.runner`` (its tests write notebooks
+    there and run them)."""
+    from lib.infra import runner
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", books)
+    monkeypatch.setattr(runner, "RESULTS_ROOT", tmp_path / "results")
+    return books
+
+
+@pytest.fixture
 def one_thread():
     """Tiny tensors: one intra-op thread is faster and immune to a busy second core."""
     from lib.core.tensors import torch_threads

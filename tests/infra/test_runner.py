@@ -23,15 +23,6 @@ raise RuntimeError("cell exploded on purpose")
 '''
 
 
-@pytest.fixture
-def notebook_dir(tmp_path, monkeypatch):
-    books = tmp_path / "notebooks"
-    books.mkdir()
-    monkeypatch.setattr(runner, "NOTEBOOK_DIR", books)
-    monkeypatch.setattr(runner, "RESULTS_ROOT", tmp_path / "results")
-    return books
-
-
 def test_parameters_are_injected(notebook_dir, tmp_path):
     out = tmp_path / "out.json"
     (notebook_dir / "01_train.py").write_text(GOOD.replace("OUT", repr(str(out))))

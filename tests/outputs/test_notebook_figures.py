@@ -166,13 +166,10 @@ def _tiny_run(notebook_dir, tmp_path):
 
 
 @pytest.fixture
-def notebook_dir(tmp_path, monkeypatch):
-    books = tmp_path / "notebooks"
-    books.mkdir()
-    monkeypatch.setattr(runner, "NOTEBOOK_DIR", books)
-    monkeypatch.setattr(runner, "RESULTS_ROOT", tmp_path / "results")
-    monkeypatch.setenv("MPLBACKEND", "Agg")                      # what CI and tests/conftest.py set
-    return books
+def notebook_dir(notebook_dir, monkeypatch):
+    """conftest's runner folders, with the backend CI and tests/conftest.py set."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return notebook_dir
 
 
 def test_runner_kernels_embed_each_shown_figure_and_still_write_the_files(notebook_dir, tmp_path):
