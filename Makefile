@@ -29,7 +29,7 @@ PREREQS = $(PYTHON) -m lib.infra.prereqs --venv $(VENV) --goals "$(or $(MAKECMDG
 
 .DEFAULT_GOAL := help
 .PHONY: help prereqs setup data test pytest lint readme-results update-reference notebooks-smoke reproduce notebooks stage \
-        stage-args lab bench clean-results paper slides check-tex paper-test nbval report
+        stage-args lab bench bench-curvlinops clean-results paper slides check-tex paper-test nbval report
 LATEXMK := latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error
 
 help:  ## list the targets
@@ -141,6 +141,13 @@ lab: prereqs setup  ## start JupyterLab (.py notebooks open as notebooks, .venv 
 
 bench: setup data  ## the benchmark table (costs, solvers, Monte Carlo, memory), read by the paper
 	$(PY) -m bench
+
+# curvlinops (and its dependencies) go to .bench-deps/, beside the project's .venv, never into it
+CURVLINOPS := curvlinops-for-pytorch==3.0.1 backpack-for-pytorch einops einconv linear_operator opt-einsum jaxtyping \
+              wadler-lindig mpmath
+bench-curvlinops: setup data  ## the 11.4M-parameter product costs next to curvlinops 3.0.1 (installed for the bench only)
+	@test -d .bench-deps/curvlinops || $(VENV)/bin/pip install -q --no-deps --target .bench-deps $(CURVLINOPS)
+	PYTHONPATH=.bench-deps $(PY) -m bench.large_model --costs-only --rounds 3
 
 # destructive: the profile must be named on the command line (no default), and the deletion confirmed (or YES=1)
 clean-results:  ## delete one profile's results: make clean-results PROFILE=smoke [YES=1] (asks first)

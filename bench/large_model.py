@@ -5,8 +5,11 @@ epoch by the study's recipe on the first N = 2,000 MNIST images of the fixed ins
 (``lib.infra.data.training_subset``). The Hessian of the mean cross-entropy is applied by
 
 * ``batched`` (default): ``lib.core.hessian.batched.BatchedHessianOperator`` over a ``DataLoader(shuffle=False)`` of
-  ``--batch-size`` images: every product streams the batches (double backward per batch, nothing kept between
-  products); the records of the Lanczos Ritz step are capped at 1 GiB;
+  ``--batch-size`` images, engine "auto" (here the structured R-op): the first product keeps each batch's
+  activations, ReLU masks and backward deltas (within ``keep_state_mb``), later products reuse them; the records of
+  the Lanczos Ritz step are capped at 1 GiB;
+* ``rebuild``: the same operator with nothing kept (one double backward per batch and product: the operator before
+  kept state, and curvlinops' way);
 * ``structured``: ``lib.core.hessian.HessianOperator`` (the study's engine) with ``chunk_size = --batch-size``; it
   keeps per-chunk activations between products and records every Lanczos product (up to ``MAX_RECORDS``).
 
@@ -18,6 +21,12 @@ float64 vectors of length n_params (8 n bytes): Lanczos keeps ncv = 2k + 1 of th
     nice -n 10 python -m bench.large_model                       # the row quoted in docs/benchmarks.md
     python -m bench.large_model --quick                          # 784-300-300-10 on 200 images: a smoke run
     python -m bench.large_model --engines batched structured     # both operators
+    python -m bench.large_model --costs-only                     # the product-cost rows alone (make bench's)
+
+``product_costs`` measures, in one process and interleaved rounds, one product of each ``BatchedHessianOperator``
+engine (structured, graph, rebuild) and of curvlinops' ``HessianLinearOperator`` (when importable: ``make
+bench-curvlinops`` installs it beside the project, not into it) in full-data gradients; ``make bench`` prints these
+rows against ``TARGET_HVP_IN_GRADIENTS``.
 
 The row is printed in the style of ``bench`` and saved to ``results/bench/bench/large_model*.json``
 (``ResultStore("bench")``).
@@ -36,14 +45,20 @@ from torch.utils.data import DataLoader, TensorDataset
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, train  # noqa: E402
+from lib.core import hessian  # noqa: E402
 from lib.core.hessian.batched import BatchedHessianOperator  # noqa: E402
-from lib.core.training import models
+from lib.core.training import models, recipe  # noqa: E402
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 
-ENGINES = ("batched", "structured")
+ENGINES = ("batched", "rebuild", "structured")
 MIB = 2 ** 20
+#: engines of ``BatchedHessianOperator`` whose products ``product_costs`` times
+COST_ENGINES = ("structured", "graph", "rebuild")
+#: one product of the public operator with kept state, in full-data gradients (curvlinops 3.0.1: 2.97)
+TARGET_HVP_IN_GRADIENTS = 2.0
+#: the top-10 of the 11.4M MLP, in seconds: a third of the 751 s measured before per-batch state was kept
+TARGET_TOP10_SECONDS = 751 / 3
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -80,9 +95,88 @@ class PeakMemory:
 
 # ----------------------------------------------------------------------------------------------- run
 def build_operator(engine: str, model, x, y, batch_size: int):
-    if engine == "batched":
-        return BatchedHessianOperator(model, DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False))
+    if engine in ("batched", "rebuild"):
+        return BatchedHessianOperator(model, DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False),
+                                      engine="auto" if engine == "batched" else "rebuild")
     return hessian.HessianOperator(model, x, y, chunk_size=batch_size)
+
+
+def curvlinops_hessian(model, batches: list):
+    """curvlinops' ``HessianLinearOperator`` of the mean cross-entropy over ``batches``, or None if curvlinops is
+    not importable."""
+    try:
+        from curvlinops import HessianLinearOperator
+    except ImportError:
+        return None
+    return HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), [p for p in model.parameters()], batches,
+                                 check_deterministic=False)
+
+
+def _seconds(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def product_costs(model, x, y, batch_size: int, rounds: int = 2, seed: int = 0, log=print) -> dict:
+    """One Hessian-vector product of each ``BatchedHessianOperator`` engine (``COST_ENGINES``) and of curvlinops
+    (when importable), in seconds and in full-data gradients, medians of ``rounds`` interleaved rounds on the same
+    batches, after a first product that builds the kept state (timed apart); each product's largest deviation from
+    the rebuilt one, relative to its largest entry."""
+    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    ops = {e: BatchedHessianOperator(model, batches, engine=e) for e in COST_ENGINES}
+    products = {f"ours ({e})": ops[e].hvp for e in COST_ENGINES}
+    cl = curvlinops_hessian(model, batches)
+    if cl is not None:
+        products["curvlinops"] = lambda v: cl @ v
+    v = torch.randn(ops["rebuild"].n_params, generator=torch.Generator().manual_seed(seed), dtype=ops["rebuild"].dtype)
+    reference = ops["rebuild"].hvp(v)
+    scale = float(reference.abs().max())
+    first, error = {}, {}
+    for name, fn in products.items():
+        first[name], out = _seconds(lambda fn=fn: fn(v))
+        error[name] = float((out.reshape(-1) - reference).abs().max()) / scale
+    times = {name: [] for name in ["gradient", *products]}
+    for r in range(rounds):
+        times["gradient"].append(_seconds(ops["rebuild"].gradient)[0])
+        for name, fn in products.items():
+            times[name].append(_seconds(lambda fn=fn: fn(v))[0])
+        log(f"  costs round {r + 1}/{rounds}: " + ", ".join(f"{k} {t[-1]:.2f} s" for k, t in times.items()))
+    med = {k: float(torch.tensor(t).median()) for k, t in times.items()}
+    rows = [{"operator": name, "seconds": med[name], "in_gradients": med[name] / med["gradient"],
+             "first_product_seconds": first[name], "max_rel_deviation": error[name],
+             "kept_mib": (ops[name[6:-1]].kept_bytes / MIB) if name.startswith("ours") else None}
+            for name in products]
+    return {"n_params": ops["rebuild"].n_params, "N": len(x), "batch_size": batch_size, "rounds": rounds,
+            "gradient_seconds": med["gradient"], "rows": rows, "curvlinops": cl is not None,
+            "target_hvp_in_gradients": TARGET_HVP_IN_GRADIENTS}
+
+
+def format_costs(costs: dict) -> str:
+    head = f"{'operator':<18} | {'s/product':>9} {'gradients':>9} | {'first s':>7} | {'kept MiB':>8} | {'max dev':>8}"
+    lines = [f"One Hessian-vector product, {costs['n_params']:,} parameters, N = {costs['N']}, batches of "
+             f"{costs['batch_size']} (median of {costs['rounds']} interleaved rounds; one gradient "
+             f"{costs['gradient_seconds']:.2f} s)", head, "-" * len(head)]
+    for r in costs["rows"]:
+        kept = "-" if r["kept_mib"] is None else f"{r['kept_mib']:.0f}"
+        lines.append(f"{r['operator']:<18} | {r['seconds']:>9.2f} {r['in_gradients']:>9.2f} | "
+                     f"{r['first_product_seconds']:>7.2f} | {kept:>8} | {r['max_rel_deviation']:>8.1e}")
+    if not costs["curvlinops"]:
+        lines.append("curvlinops not importable: `make bench-curvlinops` installs it beside the project and runs this")
+    return "\n".join(lines)
+
+
+def trained_large_mlp(n: int, widths: tuple, epochs: int, seed: int, log=print):
+    """(model, x, y): ``models.mlp(widths)`` trained ``epochs`` by the study's recipe on the first n MNIST images."""
+    x, y = data.training_subset("mnist", n, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.mlp(widths)
+    t0 = time.perf_counter()
+    recipe.train(model, x, y, epochs=epochs, seed=seed, progress=False)
+    log(f"mlp 784-{'-'.join(map(str, widths))}-10 ({models.n_params(model):,} parameters) trained "
+        f"{epochs} epoch(s) on {n} MNIST images in {time.perf_counter() - t0:.0f} s")
+    return model, x, y
 
 
 def run_engine(engine: str, model, x, y, k: int, tol: float, probes: int, batch_size: int, seed: int,
@@ -111,6 +205,7 @@ def run_engine(engine: str, model, x, y, k: int, tol: float, probes: int, batch_
         "top_growth_vectors": (mem_top.peak - mem_top.before) / (8 * n),
         "trace_peak_mib": mem_tr.peak / MIB, "trace_growth_mib": (mem_tr.peak - mem_tr.before) / MIB,
         "peak_method": mem_top.method, "torch_threads": torch.get_num_threads(),
+        "kept_mib": getattr(op, "kept_bytes", 0) / MIB, "engine_used": op.engine,
     }
 
 
@@ -144,25 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["batched"])
+    parser.add_argument("--costs-only", action="store_true", help="only the product-cost rows (product_costs)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the product-cost rows")
     args = parser.parse_args(argv)
     n = args.n or (200 if args.quick else 2000)
     widths = tuple(args.widths or ((300, 300) if args.quick else (3000, 3000)))
-    x, y = data.training_subset("mnist", n, args.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = models.mlp(widths)
-    t0 = time.perf_counter()
-    train.train(model, x, y, epochs=args.epochs, seed=args.seed, progress=False)
-    print(f"mlp 784-{'-'.join(map(str, widths))}-10 ({models.n_params(model):,} parameters) trained "
-          f"{args.epochs} epoch(s) on {n} MNIST images in {time.perf_counter() - t0:.0f} s", flush=True)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    rows = [run_engine(e, model, x, y, args.k, args.tol, args.probes, args.batch_size, args.seed, log=log)
-            for e in args.engines]
-    print(format_rows(rows), flush=True)
+    model, x, y = trained_large_mlp(n, widths, args.epochs, args.seed, log=print)
+    costs = product_costs(model, x, y, args.batch_size, rounds=args.rounds, seed=args.seed, log=log)
+    print(format_costs(costs), flush=True)
+    rows = [] if args.costs_only else [run_engine(e, model, x, y, args.k, args.tol, args.probes, args.batch_size,
+                                                 args.seed, log=log) for e in args.engines]
+    if rows:
+        print(format_rows(rows), flush=True)
     params = {"n": n, "widths": list(widths), "k": args.k, "tol": args.tol, "probes": args.probes,
-              "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed, "engines": args.engines}
+              "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed, "engines": args.engines,
+              "rounds": args.rounds, "costs_only": args.costs_only}
     name = "large_model_quick" if args.quick else "large_model"
-    ResultStore("bench").save("bench", name, {"rows": rows}, params, ext="json",
+    ResultStore("bench").save("bench", name + ("_costs" if args.costs_only else ""), {"rows": rows, "costs": costs},
+                              params, ext="json", overwrite=True,
                               seconds=sum(r["top_seconds"] + r["trace_seconds"] for r in rows))
     return 0
 

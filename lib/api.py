@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lib.core.checks import ParameterError, check_choice, check_int, check_number, check_positive
-from lib.core.hessian import density, top_eigenpairs, trace
+from lib.core.hessian import KEEP_GRAPHS_MB, density, top_eigenpairs, trace
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.inputs import REJECTED as REJECTED_INPUTS
 from lib.core.inputs import check_device, check_weights, checked_batches
@@ -230,7 +230,8 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
             n_samples: int = 64, n_orders: int = 20, thresholds=(1e-2, 1e-3, 1e-4), seed: int = 0,
             device: str | torch.device = "cpu", distribution: str = "gaussian", estimator: str = "plain",
             tol: float = 1e-4, batch_size: int | None = None, quadratic: bool = True, level: float = 0.95,
-            n_batches: int = 32, band_method: str = BAND_METHODS[0], progress: bool = False) -> LandscapeReport:
+            n_batches: int = 32, band_method: str = BAND_METHODS[0], progress: bool = False,
+            keep_state_mb: float = KEEP_GRAPHS_MB) -> LandscapeReport:
     """Top eigenpairs, Delta_k with standard errors, V-bar, Q_k and K(Delta) with its uncertainty for a trained
     ``model`` and its training ``data`` in insertion order.
 
@@ -251,7 +252,8 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     machine lacks, non-finite weights, inputs or targets, targets outside the model's classes, empty data, inputs
     the model rejects (the batch is named).
 
-    The Hessian products stream the batches (memory O(D n_params) plus one batch); the Monte-Carlo curve holds the
+    The Hessian products keep each batch's state within ``keep_state_mb`` MiB (``BatchedHessianOperator``; 0: stream
+    the batches, memory O(D n_params) plus one batch); the Monte-Carlo curve holds the
     data as tensors on ``device``. The model's weights, ``.grad`` and train/eval flags are left as they were (a
     copy is moved when ``device`` is not the model's).
     """
@@ -278,7 +280,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     loss_fn = loss_fn or cross_entropy_per_sample
     seconds, notes = {}, []
 
-    op = BatchedHessianOperator(model, batches, loss_fn)
+    op = BatchedHessianOperator(model, batches, loss_fn, keep_state_mb=keep_state_mb)
     top = top_eigenpairs(op, D, tol=tol, seed=seed)
     seconds["hessian"] = top.seconds
     basis = top.eigenvectors

@@ -26,6 +26,7 @@ import yaml
 
 from lib import REPO_ROOT
 from lib.core import checks
+from lib.core.hessian.trace_estimators import TRACE_ESTIMATORS
 from lib.core.landscape.delta import FULL_SPACE_SCALES
 from lib.core.landscape.sampling import DEFAULT_SOBOL_REPLICATES
 from lib.core.tensors import n_params
@@ -133,7 +134,11 @@ class Spectrum:
     k_top: int = param(10, integer(1), "top eigenpairs computed (Lanczos)")
     tol: float = param(0.0001, number(gt=0), "eigen-solver tolerance")
     n_vectors: int = param(4, integer(1), "top eigenvectors kept for the subspace of later stages (<= k_top)")
-    trace_probes: int = param(10, integer(2), "Hutchinson probes of the trace")
+    trace_probes: int = param(10, integer(2), "products of the trace estimate (probes of its Hutchinson part)")
+    trace_estimator: str = param("deflated", choice(TRACE_ESTIMATORS),
+                                 "the trace: 'deflated' (the top-k_top eigenvalues plus Hutchinson off their "
+                                 "eigenvectors; the least error per product in make bench), 'hutchinson' or "
+                                 "'hutchpp'; all spend trace_probes products")
     slq_runs: int = param(1, integer(1), "stochastic Lanczos quadrature runs")
     slq_iter: int = param(30, integer(2), "Lanczos steps per SLQ run")
     full_seeds: int = param(1, integer(1), "the first seeds that also get smallest eigenvalue, trace, density")

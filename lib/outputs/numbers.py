@@ -36,6 +36,10 @@ from lib.records.train import FOLDER as TRAINED
 from lib.records.your_model import FOLDER as YOUR_MODEL
 from lib.records.your_model import load_your_model, your_model_runs
 
+#: how the paper names each trace estimator (``TraceEstimate.method``; {k}: the deflation rank)
+TRACE_METHOD_TEXT = {"deflated": "the top-{k} eigenvalues plus Hutchinson off their eigenvectors",
+                     "hutchinson": "Hutchinson, Rademacher probes", "hutch++": "Hutch++"}
+
 
 def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
             spectrum_max_seeds: dict | None = None) -> dict:
@@ -65,7 +69,11 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
             out[macro("lambda", "last", ds, m)] = fmt(ev[:, -1].mean())
             out[macro("lambda", "min", ds, m)] = fmt(specs[0]["smallest"])
             out[macro("trace", ds, m)] = fmt(specs[0]["trace"])
+            out[macro("trace", "se", ds, m)] = fmt(specs[0]["trace_stderr"])
             out[macro("k", "top")] = fmt(int(ev.shape[1]))
+            method = specs[0].get("trace_estimator", "hutchinson")
+            out[macro("trace", "method")] = TRACE_METHOD_TEXT[method].format(k=int(specs[0].get("trace_rank", 0)))
+            out[macro("trace", "products")] = fmt(int(specs[0]["hvp_counts"]["trace"]))
     main = main_curves(plan)
     if main:
         out[macro("mc", "D")] = fmt(int(main[0].D))
@@ -126,6 +134,9 @@ def numbers(store, datasets, models, seeds, plan, timings: dict | None = None,
             if p.get("pyhessian"):
                 out[macro("pyhessian", "density", "l1", ds, m)] = fmt(p["pyhessian"]["l1_difference"], 2)
                 out[macro("pyhessian", "trace", ds, m)] = fmt(p["pyhessian"]["trace"]["estimate"])
+                out[macro("trace", "hutchinson", ds, m)] = fmt(p.get("trace_hutchinson", p["trace"]))
+                out[macro("trace", "hutchinson", "se", ds, m)] = fmt(p.get("trace_hutchinson_stderr",
+                                                                            p["trace_stderr"]))
     r0 = load_table(store, "r0")
     if r0:
         out[macro("r0", "slope", "min")] = fmt(min(r["slope"] for r in r0))
@@ -404,7 +415,7 @@ def specification_note(store, datasets, models, seeds, plan, spectrum_max_seeds:
     if spec is not None:
         probes, steps = int(spec["params"]["trace_probes"]), int(spec["params"]["slq_iter"])
         if probes < full["spectrum.trace_probes"]:
-            trims.append(f"the trace {probes} Hutchinson probes rather than {full['spectrum.trace_probes']}")
+            trims.append(f"the trace {probes} products rather than {full['spectrum.trace_probes']}")
         if steps < full["spectrum.slq_iter"]:
             trims.append(f"the density {steps} Lanczos steps rather than {full['spectrum.slq_iter']}")
     surfaces = sorted(store.root.joinpath(PROJECTED).glob("*.meta.json"))

@@ -72,7 +72,8 @@ def solver_table(store) -> str:
             hvp = p["hvp_counts"]
             ours_s = load(store, SPECTRA, run_name(ds, m, seed)).meta["summary"]["solver_seconds"]
             for label, ours_n, ours_t, theirs in (
-                    ("trace", hvp["trace"], ours_s.get("trace"),
+                    ("trace, Hutchinson", hvp.get("trace_hutchinson", hvp["trace"]),
+                     ours_s.get("trace_hutchinson", ours_s.get("trace")),
                      {**p["pyhessian"]["trace"], "seconds": ours_s.get("pyhessian_trace")}),
                     ("density", hvp["density"], ours_s.get("density"),
                      {**p["pyhessian"]["density"], "seconds": ours_s.get("pyhessian_density")})):

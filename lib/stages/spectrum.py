@@ -16,12 +16,14 @@ from lib.stages.base import cached
 
 def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, section: Spectrum, *,
                  extras: bool = True, device: str = "cpu", force: bool = False) -> dict:
-    """Top-k eigenpairs (Lanczos) of one trained run and, with ``extras``, its smallest eigenvalue, Hutchinson
-    trace and SLQ density, all from one Hessian operator."""
+    """Top-k eigenpairs (Lanczos) of one trained run and, with ``extras``, its smallest eigenvalue, trace (by
+    ``section.trace_estimator``; where PyHessian's trace is compared, also our Hutchinson on its probes) and SLQ
+    density, all from one Hessian operator."""
     net, x, y, upstream = trained_run(store, dataset, model, seed)
     s = section
     params = {"dataset": dataset, "model": model, "seed": seed, "k_top": s.k_top, "tol": s.tol,
-              "n_vectors": s.n_vectors, "trace_probes": s.trace_probes, "slq_runs": s.slq_runs,
+              "n_vectors": s.n_vectors, "trace_probes": s.trace_probes,
+              "trace_estimator": s.trace_estimator, "slq_runs": s.slq_runs,
               "slq_iter": s.slq_iter, "extras": extras,
               "pyhessian_density": s.pyhessian_density and extras and dataset in s.solver_datasets,
               "upstream": upstream}
@@ -42,11 +44,12 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, sectio
                    "solver_seconds": {"top": top.seconds}}
         if extras:
             low = hessian.smallest_eigenvalue(op, tol=s.tol, seed=seed)
-            tr = hessian.trace(op, n_probes=s.trace_probes, seed=seed)
+            tr = hessian.estimate_trace(op, s.trace_estimator, s.trace_probes, eigenpairs=top, seed=seed)
             dens = hessian.density(op, n_runs=s.slq_runs, n_iter=s.slq_iter, seed=seed, n_grid=2000)
             payload.update({
                 "smallest": low.value, "smallest_residual": low.residual,
                 "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_samples": tr.samples,
+                "trace_estimator": tr.method, "trace_exact_part": tr.exact_part, "trace_rank": tr.rank,
                 "slq_nodes": dens.nodes, "slq_weights": dens.weights, "grid": dens.grid, "density": dens.density})
             payload["hvp_counts"].update({"smallest": low.hvp_count, "trace": tr.hvp_count, "density": dens.hvp_count})
             summary.update({"lambda_min": low.value, "trace": tr.estimate, "trace_stderr": tr.stderr})
@@ -55,8 +58,13 @@ def spectrum_one(store: ResultStore, dataset: str, model: str, seed: int, sectio
             if params["pyhessian_density"]:   # PyHessian's own SLQ and Hutchinson loop on the same probes
                 cmp = pyhessian_fixed.compare_density(net.to(dev), x.to(dev), y.to(dev), n_iter=s.slq_iter,
                                                       n_runs=s.slq_runs, seed=seed, ours=dens)
+                hutch = tr if tr.method == "hutchinson" else hessian.trace(op, n_probes=s.trace_probes, seed=seed)
                 ctr = pyhessian_fixed.compare_trace(net.to(dev), x.to(dev), y.to(dev), n_probes=s.trace_probes,
-                                                    seed=seed, ours=tr)
+                                                    seed=seed, ours=hutch)
+                payload.update({"trace_hutchinson": hutch.estimate, "trace_hutchinson_stderr": hutch.stderr,
+                                "trace_hutchinson_samples": hutch.samples})
+                payload["hvp_counts"]["trace_hutchinson"] = hutch.hvp_count
+                summary["solver_seconds"]["trace_hutchinson"] = hutch.seconds
                 untimed = {k: {f: v for f, v in cmp_side.items() if f != "seconds"}   # timings go to the meta
                            for k, cmp_side in (("density", cmp["pyhessian"]), ("trace", ctr["pyhessian"]))}
                 payload["pyhessian"] = {**untimed, "l1_difference": cmp["l1_difference"],

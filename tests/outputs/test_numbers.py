@@ -24,7 +24,7 @@ def test_specification_note_names_each_trimmed_value_read_from_the_results(tiny_
     # the tiny profile: T = 8, 4 probes, 8 SLQ steps, 3 x 3 surfaces against the specification's values
     assert paper_numbers.specification_note(*args, {"mlp1": 1, "cnn": 1}) == (
         "The profile trims the specification to fit a 2-core CPU: the main curves use $T=8$ draws rather than "
-        "1{,}024, the trace 4 Hutchinson probes rather than 30, the density 8 Lanczos steps rather than 80, "
+        "1{,}024, the trace 4 products rather than 30, the density 8 Lanczos steps rather than 80, "
         "the surfaces a $3\\times3$ grid rather than $21\\times21$ (\\texttt{make reproduce FULL=1} runs it in "
         "full)")                                                          # one seed of one: nothing capped
     three = [0, 1, 2]

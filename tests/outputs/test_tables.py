@@ -66,7 +66,7 @@ def test_solver_table_has_one_row_per_solver_and_pyhessian_pass(tiny_pipeline):
                          f"${fmt(r['max_residual'], 2)}$"]
     if p.get("pyhessian"):
         extra = rows[len(solvers):]
-        assert [c[2] for c in extra] == ["trace (ours)", "trace (PyHessian)", "density (ours)",
+        assert [c[2] for c in extra] == ["trace, Hutchinson (ours)", "trace, Hutchinson (PyHessian)", "density (ours)",
                                          "density (PyHessian)"]
         assert extra[0][5] == "4" and extra[2][5] == "8"             # our products: trace_probes, slq_iter
         assert extra[1][5] == fmt(int(p["pyhessian"]["trace"]["products"]))

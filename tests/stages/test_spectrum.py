@@ -35,35 +35,43 @@ def test_spectrum_eigenvalues_are_rayleigh_quotients_of_the_saved_eigenvectors(t
 
 
 def test_spectrum_trace_and_density_match_the_hutchinson_probes(tiny_pipeline):
-    """The trace is the mean of z^T H z over the seeded Rademacher probes (recomputed here with a plain double
-    backward); SLQ starts from the same first probe, so its first moment sum(w * nodes) is z^T H z / n_params."""
+    """The reported trace is the deflated one: the sum of the top-k eigenvalues plus the mean of its projected
+    probes' z^T H z; our Hutchinson trace (kept where PyHessian's is compared) is the mean of z^T H z over the seeded
+    Rademacher probes (recomputed here with a plain double backward), and both agree within their errors; SLQ starts
+    from the same first probe, so its first moment sum(w * nodes) is z^T H z / n_params."""
     store = tiny_pipeline.store
     p = spectrum_records.load_spectrum(store, DS, MODEL, SEED)
+    ev = p["eigenvalues"].numpy()
     samples = np.asarray(p["trace_samples"])
-    assert samples.shape == (4,)
-    assert p["trace"] == pytest.approx(samples.mean(), rel=1e-12)
+    assert samples.shape == (4,) and p["trace_estimator"] == "deflated" and p["trace_rank"] == len(ev)
+    assert p["trace_exact_part"] == pytest.approx(ev.sum(), rel=1e-12)
+    assert p["trace"] == pytest.approx(ev.sum() + samples.mean(), rel=1e-12)
     assert p["trace_stderr"] == pytest.approx(samples.std(ddof=1) / 2, rel=1e-12)
+    hutch = np.asarray(p["trace_hutchinson_samples"])
+    assert p["trace_hutchinson"] == pytest.approx(hutch.mean(), rel=1e-12)
+    assert p["trace_hutchinson_stderr"] == pytest.approx(hutch.std(ddof=1) / 2, rel=1e-12)
+    assert abs(p["trace"] - p["trace_hutchinson"]) < 4 * np.hypot(p["trace_stderr"], p["trace_hutchinson_stderr"])
     net, x, y = _net64(store)
     n = sum(q.numel() for q in net.parameters())
     gen = torch.Generator().manual_seed(SEED)
-    for s in samples:
+    for s in hutch:
         z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.float64) * 2 - 1
         assert float(z @ _hvp(net, x, y, z)) == pytest.approx(s, rel=1e-4)
     nodes, weights = np.asarray(p["slq_nodes"]), np.asarray(p["slq_weights"])
     assert nodes.shape == weights.shape == (1, 8)
     assert weights.sum() == pytest.approx(1.0, abs=1e-9)
-    assert float((weights * nodes).sum()) == pytest.approx(samples[0] / n, rel=1e-4)
-    ev = p["eigenvalues"].numpy()
+    assert float((weights * nodes).sum()) == pytest.approx(hutch[0] / n, rel=1e-4)
     assert nodes.max() <= ev[0] * (1 + 1e-3) and nodes.max() > ev[-1]   # Ritz values inside the spectrum
     assert p["smallest"] < 0 and p["smallest"] <= nodes.min() + 1e-2 * ev[0]
     assert np.all(np.asarray(p["density"]) >= 0) and len(p["grid"]) == len(p["density"]) == 2000
-    assert p["hvp_counts"]["trace"] == 4 and p["hvp_counts"]["density"] == 8
+    assert p["hvp_counts"]["trace"] == 4 and p["hvp_counts"]["trace_hutchinson"] == 4
+    assert p["hvp_counts"]["density"] == 8
 
 
 def test_spectrum_pyhessian_trace_and_density_on_the_same_probes(tiny_pipeline):
     p = spectrum_records.load_spectrum(tiny_pipeline.store, DS, MODEL, SEED)
     ph = p["pyhessian"]
-    np.testing.assert_allclose(ph["trace"]["samples"], p["trace_samples"], rtol=1e-5)    # shared probes
+    np.testing.assert_allclose(ph["trace"]["samples"], p["trace_hutchinson_samples"], rtol=1e-5)   # shared probes
     assert ph["trace"]["estimate"] == pytest.approx(np.mean(ph["trace"]["samples"]), rel=1e-12)
     assert ph["trace"]["products"] == ph["trace"]["n_probes"] == 4
     d = ph["density"]

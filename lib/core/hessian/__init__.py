@@ -65,9 +65,16 @@ from lib.core.hessian.solvers import (
     top_eigenpairs,
     trace,
 )
-from lib.core.hessian.trace_estimators import deflated_trace, error_per_product, hutchpp
+from lib.core.hessian.trace_estimators import (
+    TRACE_ESTIMATORS,
+    deflated_trace,
+    error_per_product,
+    estimate_trace,
+    hutchpp,
+)
 
 __all__ = ["ENGINES", "DEFAULT_CHUNK", "KEEP_GRAPHS_MB", "HessianOperator", "MAX_RECORDS", "ProductOperator",
            "Density", "Eigenpairs", "SmallestEigenpair", "TraceEstimate", "smooth_density", "METHODS",
            "POWER_MAX_ITER", "PROBES", "canonical_signs", "density", "lanczos_tridiagonal", "smallest_eigenvalue",
-           "top_eigenpairs", "trace", "hutchpp", "deflated_trace", "error_per_product"]
+           "top_eigenpairs", "trace", "hutchpp", "deflated_trace", "error_per_product", "estimate_trace",
+           "TRACE_ESTIMATORS"]

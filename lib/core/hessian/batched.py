@@ -32,6 +32,15 @@ The class is a ``lib.core.hessian.ProductOperator``, the protocol the solvers ta
 
 Products are sums over samples divided by the global N; the sum over this process's batches is ``hvp_sum`` and
 ``all_sum`` combines partial sums (the identity here; ``lib.core.distributed`` all-reduces over ranks).
+
+Each batch's state is kept between products while the weights are unchanged, within ``keep_state_mb`` (MiB over all
+batches; ``lib.core.hessian.kept.ChunkStates``): the first product of a solve reads every batch and builds its
+state, later products reuse the kept ones (reading no data once all are kept) and stream only the batches past the
+budget. ``engine`` (as ``HessianOperator``'s): ``"structured"`` (``"auto"`` with the default cross-entropy and a
+model ``lib.core.training.models.plan`` reads: forward activations, ReLU selections and backward deltas are kept,
+a product is one tangent forward and one backward pass of matrix products), ``"graph"`` (``"auto"`` otherwise:
+each batch's gradient graph is kept and differentiated again), ``"rebuild"`` (nothing kept: one double backward
+per batch and product, the least memory). ``keep_state_mb=0`` keeps nothing with any engine.
 """
 from __future__ import annotations
 
@@ -49,14 +58,21 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from lib.core.checks import check_data, check_int
-from lib.core.hessian.operator import DEFAULT_CHUNK
+from lib.core.checks import ParameterError, check_choice, check_data, check_int, check_number
+from lib.core.hessian.graph import GraphEngine
+from lib.core.hessian.kept import ChunkStates
+from lib.core.hessian.operator import DEFAULT_CHUNK, KEEP_GRAPHS_MB
 from lib.core.hessian.products import MAX_RECORDS, ProductOperator
+from lib.core.hessian.rebuild import RebuildEngine
+from lib.core.hessian.structured import Structured
 from lib.core.landscape.subspace import cross_entropy_per_sample
 from lib.core.tensors import chunks, eval_mode, flat_params, unflatten
-from lib.core.training.models import preferred_chunk
+from lib.core.training.models import plan, plan_accepts, preferred_chunk
 
-__all__ = ["Batches", "as_batches", "BatchedHessianOperator", "RECORD_BUDGET"]
+__all__ = ["Batches", "as_batches", "BatchedHessianOperator", "RECORD_BUDGET", "BATCHED_ENGINES"]
+
+#: the engines of ``BatchedHessianOperator`` ("fused" needs every sample in memory: ``HessianOperator`` only)
+BATCHED_ENGINES = ("auto", "structured", "graph", "rebuild")
 
 #: bytes the recorded products (v, H v) of the Lanczos Ritz step may take by default (memory stays O(k n))
 RECORD_BUDGET = 2 ** 30
@@ -172,13 +188,15 @@ class BatchedHessianOperator(ProductOperator):
     (bounded memory for large loader batches; the result does not depend on it). ``n_samples``: the number of
     samples if known (else one pass counts them); every pass is checked against it. ``max_records``: products
     kept for the Lanczos Ritz step (None: ``lib.core.hessian.MAX_RECORDS``, at most ``RECORD_BUDGET`` bytes; a product
-    not reproduced from the records costs a fresh one). Uses the model's current weights at each call, in eval
-    mode; ``.grad`` fields are never read or written.
+    not reproduced from the records costs a fresh one). ``keep_state_mb`` and ``engine``: the per-batch state kept
+    between products (module docstring; ``kept_chunks``, ``kept_bytes``, ``state_builds`` and ``drop_state()`` as
+    ``HessianOperator``'s). Uses the model's current weights at each call, in eval mode; ``.grad`` fields are never
+    read or written.
     """
 
     def __init__(self, model: torch.nn.Module, batches, loss_fn: LossFn | None = None, *,
                  batch_size: int | None = None, chunk_size: int | None = None, n_samples: int | None = None,
-                 max_records: int | None = None):
+                 max_records: int | None = None, keep_state_mb: float = KEEP_GRAPHS_MB, engine: str = "auto"):
         super().__init__(model)
         self.loss_fn = loss_fn or cross_entropy_per_sample
         self.batches = as_batches(batches, batch_size)
@@ -195,9 +213,52 @@ class BatchedHessianOperator(ProductOperator):
                                                        device=self.device)))
         if self.n_samples < 1:
             raise ValueError("the data has no samples")
+        self.keep_bytes = check_number("keep_state_mb", keep_state_mb, ge=0) * 2 ** 20
+        self._engine = self._choose_engine(check_choice("engine", engine, BATCHED_ENGINES), loss_fn)
+        self.engine = self._engine.name
+        self.chunk_states = ChunkStates(model, self.keep_bytes)
 
-    #: nothing is kept between products: every product streams the batches
-    engine = "stream"
+    def _choose_engine(self, engine: str, loss_fn):
+        """The engine object for ``engine`` (see the module docstring); "structured" is checked against the model,
+        the loss and the first batch."""
+        summed = lambda w, x, y: self.losses(w, x, y).sum()  # noqa: E731
+        if engine == "graph":
+            return GraphEngine(self.model, None, summed)
+        if engine == "rebuild":
+            return RebuildEngine(self.model, None, summed)
+        steps = plan(self.model) if loss_fn in (None, cross_entropy_per_sample) else None
+        if steps is not None:
+            x, y = next(iter(self.pieces(check=False)))
+            if not (torch.is_tensor(x) and not y.is_floating_point() and y.dim() == 1 and plan_accepts(steps, x[:1])):
+                steps = None
+        if steps is not None:
+            return Structured(self.model, steps, None)
+        if engine == "structured":
+            raise ParameterError("engine", engine, "the default cross-entropy loss, class-index targets and a model "
+                                 "that lib.core.training.models.plan reads (Flatten, Linear, ReLU, conv-pool stages) "
+                                 "with inputs it accepts", hint="use engine='auto' or 'graph'")
+        return GraphEngine(self.model, None, summed)
+
+    # ------------------------------------------------------------------ kept state
+    @property
+    def kept_chunks(self) -> int:
+        """Batches (or chunks of ``chunk_size``) whose state is kept now."""
+        return self.chunk_states.kept_chunks
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the kept state (at most ``keep_state_mb`` MiB)."""
+        return self.chunk_states.kept_bytes
+
+    @property
+    def state_builds(self) -> int:
+        """How many times the kept state was (re)started: once, plus once per weight change."""
+        return self.chunk_states.builds
+
+    def drop_state(self) -> None:
+        """Free the kept state now (rebuilt at the next product)."""
+        self.chunk_states.drop()
+        self._engine.drop()
 
     # ------------------------------------------------------------------ data
     def count_samples(self) -> int:
@@ -212,8 +273,9 @@ class BatchedHessianOperator(ProductOperator):
         t = t.to(self.device)
         return t.to(self.dtype) if t.is_floating_point() else t
 
-    def pieces(self) -> Iterator[tuple]:
-        """(inputs, targets) of one pass, on the operator's device and dtype, split into ``chunk_size``."""
+    def pieces(self, check: bool = True) -> Iterator[tuple]:
+        """(inputs, targets) of one pass, on the operator's device and dtype, split into ``chunk_size`` (``check``:
+        compare the pass's sample count with the first pass's at its end)."""
         seen = 0
         for x, y in self.batches:
             n = len(y)
@@ -222,7 +284,7 @@ class BatchedHessianOperator(ProductOperator):
                 xs = (type(x)(u[s:s + step] for u in x) if isinstance(x, (tuple, list)) else x[s:s + step])
                 yield self._move(xs), self._move(y[s:s + step])
             seen += n
-        if seen != self.local_samples:
+        if check and seen != self.local_samples:
             raise RuntimeError(f"this pass over the data gave {seen} samples, the first gave {self.local_samples}: "
                                "the batches are not deterministic (every pass must yield the same samples)")
 
@@ -243,17 +305,29 @@ class BatchedHessianOperator(ProductOperator):
         return t
 
     def hvp_sum(self, v: torch.Tensor) -> torch.Tensor:
-        """sum_i Hess l_i(w) v over this process's samples (double backward per batch, no 1/N)."""
+        """sum_i Hess l_i(w) v over this process's samples (no 1/N): per batch, the engine's product from its kept
+        state, or from a state built now (kept if it fits ``keep_state_mb``); no data is read once all are kept."""
+        engine, states = self._engine, self.chunk_states
         w0 = flat_params(self.model)
-        out = torch.zeros_like(w0)
+        tangents, out = engine.start(v, w0)
+        keeps = engine.keeps and self.keep_bytes > 0
         with eval_mode(self.model), torch.enable_grad():
-            for x, y in self.pieces():
-                w = w0.clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.losses(w, x, y).sum(), w, create_graph=True)
-                if g.requires_grad:
-                    (hv,) = torch.autograd.grad(g, w, grad_outputs=v)
-                    out += hv
-        return out
+            if keeps:
+                states.begin()
+            if keeps and states.complete:
+                for state in states.states:
+                    engine.apply(state, tangents, out)
+            elif keeps:
+                n = 0
+                for i, (x, y) in enumerate(self.pieces()):
+                    states.apply(i, lambda count, x=x, y=y: engine.build(x, y, w0, count=count), engine, tangents,
+                                 out)
+                    n = i + 1
+                states.end_pass(n)
+            else:
+                for x, y in self.pieces():
+                    engine.apply(engine.build(x, y, w0, count=False), tangents, out)
+        return engine.finish(out, w0)
 
     def product(self, v: torch.Tensor) -> torch.Tensor:
         """H v of the mean loss over every process's samples: this one's ``hvp_sum``, combined by ``all_sum``,

@@ -23,10 +23,11 @@ class SavedBytes:
     """Bytes of the tensors autograd saves inside ``counting()`` (storages counted once; the data set's own
     storage, which is not held for the graph, is not counted)."""
 
-    def __init__(self, data: torch.Tensor):
+    def __init__(self, data: torch.Tensor | None):
         self.total = 0
         self._seen: set = set()
-        self._data = data.untyped_storage().data_ptr() if data.device.type != "meta" else None
+        self._data = (data.untyped_storage().data_ptr() if torch.is_tensor(data) and data.device.type != "meta"
+                      else None)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
@@ -50,14 +51,18 @@ class GraphState:
 
 class GraphEngine:
     """Products from each chunk's kept gradient graph: H v (loss sum) = d(g . v)/dw by ``autograd.grad`` with
-    ``retain_graph=True``, so the graph serves every later product while the weights are unchanged."""
+    ``retain_graph=True``, so the graph serves every later product while the weights are unchanged.
+
+    ``data``: the data set whose storage the kept bytes do not count (None: count everything); ``loss(w, x, y)``:
+    the chunk's summed loss at flat weights w (None: ``loss_sum``, the class-index cross-entropy)."""
 
     name = "graph"
     #: the per-chunk states are kept between products (within the operator's budget)
     keeps = True
 
-    def __init__(self, model: nn.Module, data: torch.Tensor):
+    def __init__(self, model: nn.Module, data: torch.Tensor | None, loss=None):
         self.model, self.data = model, data
+        self.loss = loss or (lambda w, x, y: loss_sum(model, w, x, y))
 
     def start(self, v: torch.Tensor, w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tangent v, zero accumulator) for one product."""
@@ -68,7 +73,7 @@ class GraphEngine:
         w = w0.clone().requires_grad_(True)
         sizes = SavedBytes(self.data)
         with sizes.counting() if count else contextlib.nullcontext():
-            (g,) = torch.autograd.grad(loss_sum(self.model, w, x, y), w, create_graph=True)
+            (g,) = torch.autograd.grad(self.loss(w, x, y), w, create_graph=True)
         return GraphState(w, g, sizes.total + g.numel() * g.element_size())
 
     def apply(self, state: GraphState, tangents: torch.Tensor, out: torch.Tensor) -> None:

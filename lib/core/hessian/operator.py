@@ -7,6 +7,7 @@ import torch
 from lib.core.checks import check_data, check_int, check_number
 from lib.core.hessian.auto import engine_for
 from lib.core.hessian.graph import loss_sum
+from lib.core.hessian.kept import ChunkStates
 from lib.core.hessian.products import ProductOperator
 from lib.core.tensors import eval_mode, flat_params
 from lib.core.training.models import preferred_chunk
@@ -58,9 +59,7 @@ class HessianOperator(ProductOperator):
             chunk_size = preferred_chunk(model) or DEFAULT_CHUNK
         self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.engine = self._engine.name
-        self.state_builds = 0
-        self._snapshot: list[torch.Tensor] | None = None
-        self._states: list | None = None
+        self.chunk_states = ChunkStates(model, self.keep_bytes)
 
     def _chunks(self):
         for start in range(0, self.n_samples, self.chunk_size):
@@ -76,48 +75,26 @@ class HessianOperator(ProductOperator):
     @property
     def kept_chunks(self) -> int:
         """Chunks whose state is kept now (0 before the first product and after a weight change)."""
-        return 0 if self._states is None else sum(s is not None for s in self._states)
+        return self.chunk_states.kept_chunks
 
     @property
     def kept_bytes(self) -> int:
         """Bytes of the kept state (see ``keep_graphs_mb``)."""
-        return 0 if self._states is None else sum(s.nbytes for s in self._states if s is not None)
+        return self.chunk_states.kept_bytes
+
+    @property
+    def state_builds(self) -> int:
+        """How many times the kept state was (re)started: once, plus once per weight change."""
+        return self.chunk_states.builds
 
     def _keeps(self) -> bool:
         """Whether chunk states may be kept between products (not for "fused" and "rebuild", nor a zero budget)."""
         return getattr(self._engine, "keeps", False) and self.keep_bytes > 0
 
-    def _weights_unchanged(self) -> bool:
-        current = [t.detach() for t in (*self.model.parameters(), *self.model.buffers())]
-        return (self._snapshot is not None and len(current) == len(self._snapshot)
-                and all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-                        for a, b in zip(current, self._snapshot)))
-
-    def _current_states(self) -> list:
-        """Per-chunk kept states (None: not kept); rebuilt lazily (at the next product) after a weight change."""
-        if self._states is None or not self._weights_unchanged():
-            self._states = None
-            self._snapshot = [t.detach().clone() for t in (*self.model.parameters(), *self.model.buffers())]
-            self._states = []
-            self.state_builds += 1
-        return self._states
-
     def drop_state(self) -> None:
         """Free the kept per-chunk state now (it is rebuilt at the next product)."""
-        self._states, self._snapshot = None, None
+        self.chunk_states.drop()
         self._engine.drop()
-
-    def _chunk_product(self, i: int, start: int, w0, tangents, states: list, out) -> None:
-        """Add chunk i's H v (loss sum) to ``out``, keeping the chunk's state if the budget allows (the samples
-        are read only to build a state)."""
-        building = len(states) == i
-        state = None if building else states[i]
-        if state is None:
-            state = self._engine.build(*self._chunk(start), w0, count=building)
-        self._engine.apply(state, tangents, out)
-        if building:
-            fits = self.kept_bytes + state.nbytes <= self.keep_bytes
-            states.append(state if fits else None)
 
     # ------------------------------------------------------------------------------------------- products
     def product(self, v: torch.Tensor) -> torch.Tensor:
@@ -128,12 +105,15 @@ class HessianOperator(ProductOperator):
         engine = self._engine
         w0 = flat_params(self.model)
         keeps = self._keeps()
-        states = self._current_states() if keeps else None
+        if keeps:
+            self.chunk_states.begin()
         tangents, out = engine.start(v, w0)
         with eval_mode(self.model), torch.enable_grad():
             for i, start in enumerate(range(0, self.n_samples, self.chunk_size)):
                 if keeps:
-                    self._chunk_product(i, start, w0, tangents, states, out)
+                    self.chunk_states.apply(i, lambda count, start=start: engine.build(*self._chunk(start), w0,
+                                                                                       count=count),
+                                            engine, tangents, out)
                 else:
                     engine.apply(engine.build(*self._chunk(start), w0, count=False), tangents, out)
         return engine.finish(out, w0) / self.n_samples

@@ -234,7 +234,7 @@ class Structured:
                 deltas[k] = _unselect(g, *masks[k])
                 g = conv_pool_columns_adjoint(phases[k][1] @ deltas[k], n, H, Wd)
         state = StructuredState(inputs, masks, deltas, shapes, phases, columns, p, units)
-        data_ptr = self.data.untyped_storage().data_ptr()
+        data_ptr = self.data.untyped_storage().data_ptr() if torch.is_tensor(self.data) else None
         seen = set()
         flat = [t for m in masks for t in (m if isinstance(m, tuple) else (m,))]
         flat += [t for ph in phases if ph is not None for t in ph]

@@ -26,10 +26,12 @@ import torch
 from lib.core.checks import ParameterError, check_choice, check_int, check_positive
 from lib.core.hessian.products import ProductOperator
 from lib.core.hessian.results import Eigenpairs, TraceEstimate
-from lib.core.hessian.solvers import PROBES, check_operator, probe_vector
+from lib.core.hessian.solvers import PROBES, check_operator, probe_vector, trace
 
 #: rows of the eigenvectors given to ``deflated_trace`` must be orthonormal to this (max |V V^T - I|)
 ORTHONORMAL_TOL = 1e-4
+#: the estimators ``estimate_trace`` dispatches to, by name (the spectrum stage's ``trace_estimator``)
+TRACE_ESTIMATORS = ("deflated", "hutchinson", "hutchpp")
 
 
 def projected_samples(op: ProductOperator, basis: torch.Tensor, n_probes: int, gen: torch.Generator,
@@ -139,3 +141,19 @@ def error_per_product(estimates: list[TraceEstimate]) -> float:
         raise ParameterError("estimates", f"product counts {sorted(products)}", "estimates of equal products")
     spread = float(np.std([e.estimate for e in estimates], ddof=1))
     return spread * float(np.sqrt(check_positive("products", products.pop())))
+
+
+def estimate_trace(op: ProductOperator, estimator: str, n_products: int, eigenpairs=None,
+                   seed: int = 0) -> TraceEstimate:
+    """tr(H) by the named estimator (``TRACE_ESTIMATORS``), each spending ``n_products`` products: "hutchinson"
+    (``solvers.trace``, n_products probes), "hutchpp" (``hutchpp``) or "deflated" (``deflated_trace`` on the given
+    ``eigenpairs``, which cost nothing more; n_products probes)."""
+    estimator = check_choice("estimator", estimator, TRACE_ESTIMATORS)
+    if estimator == "hutchinson":
+        return trace(op, n_probes=n_products, seed=seed)
+    if estimator == "hutchpp":
+        return hutchpp(op, n_products=n_products, seed=seed)
+    if eigenpairs is None:
+        raise ParameterError("eigenpairs", None, "the top_eigenpairs result to deflate by (estimator='deflated')",
+                             hint="pass eigenpairs=top_eigenpairs(op, k) or choose estimator='hutchinson'")
+    return deflated_trace(op, eigenpairs, n_probes=n_products, seed=seed)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib.core import hessian
+from lib.core.checks import ParameterError
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.tensors import n_params
 from tests.cases import explicit_hessian, make
@@ -91,3 +92,74 @@ def test_refuses_data_it_cannot_read_twice_in_one_order(tanh_case):
         unstable.hvp(torch.zeros(unstable.n_params, dtype=torch.float64))
     with pytest.raises(ValueError, match="pair"):
         list(as_batches([x[:5], x[5:10], x[10:15]]))
+
+
+# ----------------------------------------------------------------------------------------------- kept state
+@pytest.mark.parametrize("kind", ["relu", "pooled_cnn"])
+def test_every_engine_equals_the_explicit_hessian_and_keeps_its_state(kind):
+    """Cross-entropy on a model ``plan`` reads: "auto" is the structured R-op; it, the kept graphs and the rebuilt
+    graphs all give the explicit Hessian's products; after the first product every batch's state is kept and later
+    products read no data (a function source counts its passes); a zero budget keeps nothing."""
+    model, x, y = make(kind, n=30)
+    hess = explicit_hessian(model, x, y)
+    passes = []
+
+    def source():
+        passes.append(1)
+        return iter(batch_list(x, y, size=8))
+
+    g = torch.Generator().manual_seed(5)
+    vs = [torch.randn(n_params(model), generator=g, dtype=torch.float64) for _ in range(3)]
+    for engine in ("auto", "structured", "graph", "rebuild"):
+        passes.clear()
+        op = BatchedHessianOperator(model, source, engine=engine, n_samples=30)
+        assert op.engine == ("structured" if engine == "auto" else engine)
+        for v in vs:
+            torch.testing.assert_close(op.hvp(v), hess @ v, rtol=1e-10, atol=1e-12)
+        keeps = engine != "rebuild"
+        assert (op.kept_chunks, op.kept_bytes > 0) == ((4, True) if keeps else (0, False))
+        # one pass to pick the engine (structured / auto), then one pass per product until all are kept
+        assert len(passes) == (1 if engine in ("auto", "structured") else 0) + (1 if keeps else 3)
+    op = BatchedHessianOperator(model, source, keep_state_mb=0, n_samples=30)
+    torch.testing.assert_close(op.hvp(vs[0]), hess @ vs[0], rtol=1e-10, atol=1e-12)
+    assert op.kept_chunks == 0
+
+
+def test_kept_state_follows_weight_changes_and_its_budget(tanh_case):
+    """A custom loss takes the graph engine; a weight change rebuilds the state (products of the new Hessian); a
+    budget of about two batches keeps two and streams the rest, with the same products."""
+    model, x, y, H = tanh_case
+    op = BatchedHessianOperator(model, batch_list(x, y), mse_onehot)
+    assert op.engine == "graph"
+    v = torch.randn(op.n_params, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    torch.testing.assert_close(op.hvp(v), H @ v, rtol=1e-12, atol=1e-12)
+    per_batch = op.kept_bytes / op.kept_chunks
+    assert op.kept_chunks == 6 and op.state_builds == 1
+    moved = [p.detach().clone() for p in model.parameters()]
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.1)
+        H2 = explicit_hessian(model, x, y, loss=lambda out, t: mse_onehot(out, t).mean())
+        torch.testing.assert_close(op.hvp(v), H2 @ v, rtol=1e-12, atol=1e-12)
+        assert op.state_builds == 2
+    finally:
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), moved):
+                p.copy_(q)
+    small = BatchedHessianOperator(model, batch_list(x, y), mse_onehot, keep_state_mb=2.5 * per_batch / 2 ** 20)
+    for _ in range(2):
+        torch.testing.assert_close(small.hvp(v), H @ v, rtol=1e-12, atol=1e-12)
+    assert small.kept_chunks == 2
+    small.drop_state()
+    assert small.kept_chunks == 0
+
+
+def test_engine_choice_is_checked(tanh_case):
+    model, x, y, _ = tanh_case
+    with pytest.raises(ParameterError, match="engine"):
+        BatchedHessianOperator(model, (x, y), mse_onehot, engine="structured")
+    with pytest.raises(ParameterError, match="engine"):
+        BatchedHessianOperator(model, (x, y), engine="fused")
+    with pytest.raises(ParameterError, match="keep_state_mb"):
+        BatchedHessianOperator(model, (x, y), keep_state_mb=-1)

@@ -23,7 +23,7 @@ def test_relu_units_inactive_on_a_chunk_are_dropped_exactly():
     op = H.HessianOperator(net, x, y, chunk_size=10)
     v = torch.randn(op.n_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     torch.testing.assert_close(op.hvp(v), hess @ v, rtol=1e-9, atol=1e-12)
-    units = [u for u in op._states[0].units if u is not None]
+    units = [u for u in op.chunk_states.states[0].units if u is not None]
     assert [(None if i is None else len(i), None if o is None else len(o)) for i, o in units] == \
         [(None, 5), (5, 5), (5, None)]                # 8 - 3 and 7 - 2 units kept; the head keeps its outputs
 

@@ -220,3 +220,22 @@ def test_arguments_are_checked_before_any_product():
     with pytest.raises(TypeError, match="ProductOperator"):
         H.hutchpp(model)
     assert op.hvp_count == 0
+
+
+def test_estimate_trace_dispatches_by_name_at_equal_products():
+    """``estimate_trace`` (the spectrum stage's entry) gives each named estimator's own result for the same seed and
+    products, and asks for the eigenpairs that deflation needs."""
+    model, x, y, hess, _, _ = shared_case("relu")
+    op = H.HessianOperator(model, x, y)
+    top = H.top_eigenpairs(op, 4, tol=1e-10)
+    same = {"hutchinson": H.trace(op, n_probes=12, seed=3), "hutchpp": H.hutchpp(op, n_products=12, seed=3),
+            "deflated": H.deflated_trace(op, top, n_probes=12, seed=3)}
+    for name, expected in same.items():
+        got = H.estimate_trace(op, name, 12, eigenpairs=top, seed=3)
+        assert got.estimate == pytest.approx(expected.estimate, rel=1e-12) and got.hvp_count == 12
+        assert got.stderr == pytest.approx(expected.stderr, rel=1e-12)
+    assert abs(same["deflated"].estimate - float(torch.trace(hess))) < 4 * same["deflated"].stderr + 1e-9
+    with pytest.raises(ParameterError, match="eigenpairs"):
+        H.estimate_trace(op, "deflated", 12)
+    with pytest.raises(ParameterError, match="estimator"):
+        H.estimate_trace(op, "exact", 12)
