@@ -93,8 +93,10 @@ readme-results: setup  ## rewrite the README's results block from results/paper 
 update-reference: setup  ## rewrite tests/reference/smoke.json from results/smoke (after an intended change)
 	$(PY) tests/key_numbers.py --update
 
-reproduce: prereqs setup data  ## run every notebook with PROFILE (default paper), then build the paper and the slides
+# the paper profile also runs the benchmark (make bench), whose table the paper prints
+reproduce: prereqs setup data  ## run every notebook with PROFILE (default paper), the bench (paper), the paper and slides
 	$(PY) -m lib $(RUN_ARGS)
+	@if [ "$(PROFILE)" = "paper" ]; then $(PY) -m bench; fi
 	$(MAKE) paper slides report PROFILE=$(PROFILE) REGEN=0
 
 check-tex:

@@ -18,7 +18,13 @@ bound for speed-ups):
   trainer over the textbook loop, and two one-thread trainings side by side (``common.workers = 2``) over one
   two-thread training, for the CNN and mlp2;
 * the trace (``bench.trace_bench``, informational): error per product (sd over seeds x sqrt(products)) of
-  Hutchinson, Hutch++ and deflation by the solvers section's top-32 eigenpairs, 30 products each, on mlp2.
+  Hutchinson, Hutch++ and deflation by the solvers section's top-32 eigenpairs, 30 products each, on mlp2;
+* the public operator (``bench.large_model``, each model in a fresh process so its peak memory is its own): one
+  product of ``BatchedHessianOperator`` with the engine "auto" picks, in full-data gradients (<= 2), next to its
+  other engines and curvlinops 3.0.1 when importable (``make bench-curvlinops``), on the 11.4M-parameter MLP (2,000
+  MNIST images, batches of 250), the study's CNN and a TinyViT (dim 128); and the MLP's top-10 eigenpairs in
+  seconds (<= 751 / 3) and their peak memory growth in float64 vectors of n_params (<= 2k + 4 plus the kept
+  state).
 
 mlp2 is the paper's trained network (``results/paper/train/mnist_mlp2_s0`` when present with the same N, else
 trained here with the paper recipe, 10 epochs; 1 epoch with ``--quick``); mlp1 and the CNN are seed-0
@@ -35,16 +41,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
-from bench import cost_bench, hessian_bench, montecarlo_bench, pyhessian_bench, trace_bench, train_bench
+from bench import (
+    cost_bench,
+    hessian_bench,
+    large_model,
+    montecarlo_bench,
+    pyhessian_bench,
+    trace_bench,
+    train_bench,
+)
 from lib.infra import data
 from lib.infra.results import ResultStore
 
-SECTIONS = ("costs", "pyhessian", "solvers", "trace", "montecarlo", "memory", "training")
+SECTIONS = ("costs", "pyhessian", "solvers", "trace", "montecarlo", "memory", "training", "api")
 
 
 def _row(measure: str, value, target, kind: str | None, details: dict | None = None) -> dict:
@@ -99,6 +114,58 @@ def _summary_rows(costs, pyh, hess, mc) -> list[dict]:
     return rows
 
 
+class SectionClock:
+    """Wall seconds of each section of one run (logged as they end, saved with the run)."""
+
+    def __init__(self, log=print):
+        self.log, self.seconds, self._t = log, {}, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._t
+        self._t = now
+        self.log(f"[bench] section {name}: {self.seconds[name]:.0f} s")
+
+
+def api_runs(quick: bool, log=print) -> list[dict]:
+    """``bench.large_model`` on the 11.4M MLP (product costs, top-10, memory), the study's CNN and a TinyViT (product
+    costs), each in its own process (so its peak memory is its own); their saved payloads, with the model named."""
+    runs = [("mlp", []), ("cnn", ["--model", "cnn"]), ("vit", ["--model", "vit"])]
+    out = []
+    for model, extra in runs:
+        argv = [sys.executable, "-m", "bench.large_model", "--rounds", "3", "--probes", "2", *extra]
+        if quick:
+            argv += ["--quick"] if model == "mlp" else ["--n", "200"]
+        log(f"api: {' '.join(argv[1:])}")
+        subprocess.run(argv, check=True)
+        res = ResultStore("bench").load("bench", large_model.result_name(model, quick and model == "mlp"))
+        out.append({"model": model, **res.payload})
+    return out
+
+
+def api_rows(api: list[dict], judged: bool = True) -> list[dict]:
+    """Summary rows of ``api_runs``: per model, each operator's product in gradients (the engine "auto" picks
+    against ``large_model.TARGET_HVP_IN_GRADIENTS``, the others informational); the MLP's top-k seconds and memory."""
+    rows = []
+    for run in api:
+        c = run["costs"]
+        label = f"{c['n_params'] / 1e6:.1f}M MLP" if run["model"] == "mlp" else f"{run['model']}, {c['n_params']:,}"
+        for i, r in enumerate(c["rows"]):
+            rows.append(_row(f"public operator: one HVP in gradients, {label}, {r['operator']}", r["in_gradients"],
+                             large_model.TARGET_HVP_IN_GRADIENTS if i == 0 else None, "max" if i == 0 else None))
+        for r in run["rows"]:
+            k, n = r["k"], r["n_params"]
+            rows.append(_row(f"public operator: top-{k} seconds, {label}", r["top_seconds"],
+                             large_model.TARGET_TOP10_SECONDS if k == 10 else None, "max" if k == 10 else None))
+            kept = r.get("kept_mib", 0) * 2 ** 20 / (8 * n)
+            rows.append(_row(f"public operator: top-{k} peak RSS growth in 8n-byte vectors (target 2k+4 + kept "
+                             f"{kept:.1f}), {label}", r["top_growth_vectors"], 2 * k + 4 + kept, "max"))
+    if not judged:
+        for r in rows:
+            r["ok"] = None
+    return rows
+
+
 def format_summary(rows: list[dict], header: str = "") -> str:
     width = max(len(r["measure"]) for r in rows)
     head = f"{'measure':<{width}}  {'measured':>9}  {'target':>10}  {'measured/target':>15}  met"
@@ -139,16 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     model, source = pyhessian_bench.trained_mlp2(x, y, n, args.quick, log)
     print(f"N = {n} MNIST images; mlp2: {source}; torch threads {torch.get_num_threads()}; load average "
           f"{load_before[0]:.1f}", flush=True)
+    clock = SectionClock(log)
     costs = [] if "costs" in skip else cost_bench.run(model, x, y, args.quick, log=log)
+    clock.lap("costs")
     pyh = None if "pyhessian" in skip else pyhessian_bench.run(model, x, y, k=10, log=log)
+    clock.lap("pyhessian")
     pairs = {}     # k -> the solvers section's Lanczos eigenpairs, deflated by the trace section
     hess = [] if "solvers" in skip else hessian_bench.run(model, x, y, ks=(1, 4) if args.quick else (1, 10, 32),
                                                           log=log, keep=pairs)
+    clock.lap("solvers")
     if hess:
         print(hessian_bench.format_table(hess, 1e-3), flush=True)
     trace = [] if "trace" in skip else trace_bench.run(
         model, x, y, pairs.get(max(pairs)) if pairs else None, k=trace_bench.QUICK_K if args.quick else trace_bench.K,
         seeds=trace_bench.QUICK_SEEDS if args.quick else trace_bench.SEEDS, log=log)
+    clock.lap("trace")
     if trace:
         print(trace_bench.format_table(trace), flush=True)
     mc = []
@@ -162,10 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" not in skip:
         memory = {"n": 5000, "samples": (8, 32)} if args.quick else {}
         mc.append(montecarlo_bench.memory_scaling(log=log, **memory))
+    clock.lap("montecarlo and memory")
     if mc:
         print(montecarlo_bench.format_table(mc), flush=True)
     training = [] if "training" in skip else train_bench.run(args.quick, log=log)
-    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick, training=training, trace=trace)
+    clock.lap("training")
+    api = [] if "api" in skip else api_runs(args.quick, log=log)
+    clock.lap("api")
+    rows = summary_rows(costs, pyh, hess, mc, judged=not args.quick, training=training, trace=trace) + api_rows(
+        api, judged=not args.quick)
     load_after = os.getloadavg()
     minutes = (time.perf_counter() - t_start) / 60
     print(format_summary(rows, f"N = {n}, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY="
@@ -177,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     name = ("quick" if args.quick else "full") + ("_skip_" + "_".join(sorted(skip)) if skip else "")
     ResultStore("bench").save("bench", name,
                               {"summary": rows, "costs": costs, "pyhessian": pyh, "hessian": hess, "mc": mc,
-                               "training": training, "trace": trace,
-                               "load_average": [load_before, load_after], "minutes": minutes},
+                               "training": training, "trace": trace, "api": api,
+                               "load_average": [load_before, load_after], "minutes": minutes,
+                               "section_seconds": clock.seconds},
                               params, ext="json", seconds=minutes * 60, overwrite=True)
     return 0
 

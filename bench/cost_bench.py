@@ -32,11 +32,12 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, models  # noqa: E402
+from lib.core import hessian  # noqa: E402
 from lib.core.landscape.delta import OrderSums, delta_curve  # noqa: E402
 from lib.core.landscape.sampling import Gaussian  # noqa: E402
 from lib.core.landscape.subspace import random_basis  # noqa: E402
 from lib.core.native import fused_cnn, order_sums  # noqa: E402
+from lib.core.training import models  # noqa: E402
 
 TARGET_HVP_IN_FORWARDS = 3.0
 TARGET_CNN_FORWARD_IN_MLP2 = 2.0

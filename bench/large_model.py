@@ -46,12 +46,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.core import hessian  # noqa: E402
+from lib.core.checks import ParameterError  # noqa: E402
 from lib.core.hessian.batched import BatchedHessianOperator  # noqa: E402
 from lib.core.training import models, recipe  # noqa: E402
+from lib.core.training.task_models import build_task_model  # noqa: E402
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 
 ENGINES = ("batched", "rebuild", "structured")
+#: models of the product-cost rows
+COST_MODELS = ("mlp", "cnn", "vit")
 MIB = 2 ** 20
 #: engines of ``BatchedHessianOperator`` whose products ``product_costs`` times
 COST_ENGINES = ("structured", "graph", "rebuild")
@@ -119,13 +123,19 @@ def _seconds(fn) -> tuple[float, object]:
 
 
 def product_costs(model, x, y, batch_size: int, rounds: int = 2, seed: int = 0, log=print) -> dict:
-    """One Hessian-vector product of each ``BatchedHessianOperator`` engine (``COST_ENGINES``) and of curvlinops
+    """One Hessian-vector product of each ``BatchedHessianOperator`` engine (``COST_ENGINES``, those that apply to
+    the model; "auto" picks the first) and of curvlinops
     (when importable), in seconds and in full-data gradients, medians of ``rounds`` interleaved rounds on the same
     batches, after a first product that builds the kept state (timed apart); each product's largest deviation from
     the rebuilt one, relative to its largest entry."""
     batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    ops = {e: BatchedHessianOperator(model, batches, engine=e) for e in COST_ENGINES}
-    products = {f"ours ({e})": ops[e].hvp for e in COST_ENGINES}
+    ops = {}
+    for e in COST_ENGINES:
+        try:
+            ops[e] = BatchedHessianOperator(model, batches, engine=e)
+        except ParameterError:          # "structured" on a model plan() does not read
+            continue
+    products = {f"ours ({e})": ops[e].hvp for e in ops}
     cl = curvlinops_hessian(model, batches)
     if cl is not None:
         products["curvlinops"] = lambda v: cl @ v
@@ -241,25 +251,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["batched"])
     parser.add_argument("--costs-only", action="store_true", help="only the product-cost rows (product_costs)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the product-cost rows")
+    parser.add_argument("--model", choices=COST_MODELS, default="mlp",
+                        help="mlp: the MLP of --widths, trained; cnn: the study's CNN and vit: a TinyViT (dim 128, "
+                             "4 heads), seed-0 initialisations, for the product-cost rows")
     args = parser.parse_args(argv)
     n = args.n or (200 if args.quick else 2000)
     widths = tuple(args.widths or ((300, 300) if args.quick else (3000, 3000)))
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    model, x, y = trained_large_mlp(n, widths, args.epochs, args.seed, log=print)
-    costs = product_costs(model, x, y, args.batch_size, rounds=args.rounds, seed=args.seed, log=log)
-    print(format_costs(costs), flush=True)
-    rows = [] if args.costs_only else [run_engine(e, model, x, y, args.k, args.tol, args.probes, args.batch_size,
-                                                 args.seed, log=log) for e in args.engines]
+    if args.model == "mlp":
+        model, x, y = trained_large_mlp(n, widths, args.epochs, args.seed, log=print)
+    else:
+        model, x, y = cost_model(args.model, n, args.seed)
+    rows = [] if args.costs_only or args.model != "mlp" else [
+        run_engine(e, model, x, y, args.k, args.tol, args.probes, args.batch_size, args.seed, log=log)
+        for e in args.engines]
     if rows:
         print(format_rows(rows), flush=True)
+    # after the solver rows: their memory is measured in a process that has not yet held the cost rows' operators
+    costs = product_costs(model, x, y, args.batch_size, rounds=args.rounds, seed=args.seed, log=log)
+    costs["model"] = args.model
+    print(format_costs(costs), flush=True)
     params = {"n": n, "widths": list(widths), "k": args.k, "tol": args.tol, "probes": args.probes,
               "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed, "engines": args.engines,
-              "rounds": args.rounds, "costs_only": args.costs_only}
-    name = "large_model_quick" if args.quick else "large_model"
-    ResultStore("bench").save("bench", name + ("_costs" if args.costs_only else ""), {"rows": rows, "costs": costs},
-                              params, ext="json", overwrite=True,
+              "rounds": args.rounds, "costs_only": args.costs_only, "model": args.model}
+    ResultStore("bench").save("bench", result_name(args.model, args.quick, args.costs_only),
+                              {"rows": rows, "costs": costs}, params, ext="json", overwrite=True,
                               seconds=sum(r["top_seconds"] + r["trace_seconds"] for r in rows))
     return 0
+
+
+def result_name(model: str, quick: bool = False, costs_only: bool = False) -> str:
+    """The name under ``results/bench/bench/`` of one run of this module."""
+    return ("large_model" + ("" if model == "mlp" else f"_{model}") + ("_quick" if quick else "")
+            + ("_costs" if costs_only or model != "mlp" else ""))
+
+
+def cost_model(kind: str, n: int, seed: int):
+    """(model, x, y) of the cost rows: the study's CNN or a TinyViT (dim 128, 4 heads, patches of 7) at its seed-0
+    initialisation, on the first n MNIST images."""
+    x, y = data.training_subset("mnist", n, seed)
+    if kind == "cnn":
+        return models.build("cnn", seed), x, y
+    return build_task_model("vit", (1, 28, 28), 10, seed, dim=128, heads=4), x.reshape(-1, 1, 28, 28), y
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.core import hessian, train  # noqa: E402
+from lib.core import hessian  # noqa: E402
 from lib.core.tensors import eval_mode  # noqa: E402
-from lib.core.training import models
+from lib.core.training import models, recipe  # noqa: E402
 from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 from lib.records.runs import load_trained  # noqa: E402
@@ -123,7 +123,7 @@ def trained_mlp2(x, y, n: int, quick: bool, log, epochs: int | None = None):
     model = models.build("mlp2", 0)
     epochs = epochs or (1 if quick else 10)
     t0 = time.perf_counter()
-    train.train(model, x, y, epochs=epochs, seed=0, progress=False)
+    recipe.train(model, x, y, epochs=epochs, seed=0, progress=False)
     log(f"mlp2 trained {epochs} epoch(s) on {n} MNIST images in {time.perf_counter() - t0:.0f} s")
     return model.eval(), f"trained here, {epochs} epochs"
 
