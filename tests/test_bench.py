@@ -26,3 +26,14 @@ def test_api_rows_judge_the_picked_engine_the_top10_time_and_memory():
         (30.0, pytest.approx(27.0), False)]
     assert "11.4M MLP" in rows[0]["measure"] and "kept 3.0" in rows[4]["measure"]
     assert all(r["ok"] is None for r in api_rows([{"model": "mlp", "costs": costs, "rows": [solve]}], judged=False))
+
+
+def test_hvp_over_its_arithmetic_is_a_judged_row():
+    """Beside each product row: its kept-state multiply-adds in forwards (informational) and the measured ratio
+    over that count against 1.25."""
+    from bench.__main__ import TARGET_HVP_OVER_ARITHMETIC, summary_rows
+    costs = [{"measure": "one HVP / one forward, cnn", "value": 6.0, "target": 3.0, "kind": "max", "model": "cnn",
+              "arithmetic": {"kept_in_forwards": 4.0}}]
+    rows = summary_rows(costs, None, [], [])
+    assert [(r["value"], r["target"], r["ok"]) for r in rows] == [
+        (6.0, 3.0, False), (4.0, None, None), (1.5, TARGET_HVP_OVER_ARITHMETIC, False)]
