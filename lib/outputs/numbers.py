@@ -557,6 +557,7 @@ def bench_numbers(store) -> dict:
         out[macro("bench", "status")] = (r"have not been measured for this build (\texttt{make bench}: about ten "
                                          r"minutes on a 2-core CPU, written to \texttt{results/bench/})")
         out[macro("bench", "missed")] = ""
+        out[macro("bench", "api", "sentence")] = ""
         return out
     rows, meta = res.payload["summary"], res.meta
     judged = [r for r in rows if r["ok"] is not None]
@@ -574,4 +575,28 @@ def bench_numbers(store) -> dict:
         f"{res.payload['minutes']:.1f} minutes): {len(judged) - len(missed)} of its {len(judged)} targets are met")
     out[macro("bench", "missed")] = ("" if not missed else "; missed: " + "; ".join(
         f"{tex_text(r['measure'])}, {fmt(r['value'], 3)} against {bench_target(r)}" for r in missed))
+    out[macro("bench", "api", "sentence")] = api_sentence(res.payload.get("api") or [])
     return out
+
+
+def api_sentence(api: list[dict]) -> str:
+    """One sentence on the public operator's rows of a bench run (``bench.__main__.api_runs``): the large MLP's
+    product in gradients with kept state and rebuilt, curvlinops where it ran, the top-k seconds; empty without."""
+    run = next((r for r in api if r["model"] == "mlp"), None)
+    if run is None:
+        return ""
+    c = run["costs"]
+    rows = {r["operator"]: r for r in c["rows"]}
+    kept, rebuilt = c["rows"][0], rows.get("ours (rebuild)")
+    text = (f"The public operator (\\texttt{{BatchedHessianOperator}}, what users' own models get) keeps each batch's "
+            f"state between products: on the {fmt(c['n_params'] / 1e6, 3)}M-parameter MLP of "
+            f"\\texttt{{bench/large\\_model.py}} ({fmt(int(c['N']))} MNIST images) one product costs "
+            f"{fmt(kept['in_gradients'], 3)} gradients with its {tex_text(kept['operator'][6:-1])} state")
+    if rebuilt is not None:
+        text += f", against {fmt(rebuilt['in_gradients'], 3)} when each batch's graph is rebuilt"
+    if "curvlinops" in rows:
+        text += f" and {fmt(rows['curvlinops']['in_gradients'], 3)} for curvlinops"
+    if run["rows"]:
+        top = run["rows"][0]
+        text += f"; its top-{top['k']} eigenpairs take {fmt(top['top_seconds'], 3)} s in {top['top_hvps']} products"
+    return text + "."

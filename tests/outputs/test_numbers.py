@@ -109,3 +109,17 @@ def test_numbers_equal_what_the_results_hold(inputs, tiny_pipeline):
     for other in ("AccMnistMlpTwo", "KMcFashionCnn", "SlopeFashionMlpOneHess", "LambdaOneMnistCnn"):
         assert values.get(other, "n/a") == "n/a"          # runs the profile does not have: no number
     assert all(name.isalpha() for name in values) and all(isinstance(v, str) for v in values.values())
+
+
+def test_api_sentence_states_the_public_operators_rows():
+    """The bench's public-operator sentence reads the MLP run: the picked engine's and the rebuilt product in
+    gradients, curvlinops where it ran, the top-k time; nothing without an MLP run."""
+    costs = {"n_params": 11_388_010, "N": 2000, "rows": [
+        {"operator": "ours (structured)", "in_gradients": 1.16}, {"operator": "ours (rebuild)", "in_gradients": 2.52},
+        {"operator": "curvlinops", "in_gradients": 2.58}]}
+    run = {"model": "mlp", "costs": costs, "rows": [{"k": 10, "top_seconds": 121.0, "top_hvps": 43}]}
+    text = paper_numbers.api_sentence([run])
+    assert "11.4M-parameter MLP" in text and "1.16 gradients with its structured state" in text
+    assert "against 2.52 when" in text and "2.58 for curvlinops" in text
+    assert "top-10 eigenpairs take 121 s in 43" in text
+    assert paper_numbers.api_sentence([{**run, "model": "vit"}]) == ""
