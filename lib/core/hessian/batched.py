@@ -60,7 +60,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lib.core.checks import ParameterError, check_choice, check_data, check_int, check_number
 from lib.core.hessian.graph import GraphEngine
-from lib.core.hessian.kept import ChunkStates
+from lib.core.hessian.kept import ChunkStates, KeptState
 from lib.core.hessian.operator import DEFAULT_CHUNK, KEEP_GRAPHS_MB
 from lib.core.hessian.products import MAX_RECORDS, ProductOperator
 from lib.core.hessian.rebuild import RebuildEngine
@@ -180,7 +180,7 @@ def as_batches(data, batch_size: int | None = None) -> Batches:
 
 
 # ----------------------------------------------------------------------------------------------- operator
-class BatchedHessianOperator(ProductOperator):
+class BatchedHessianOperator(KeptState, ProductOperator):
     """Exact Hessian of (1/N) sum_i loss_fn(model(x_i), y_i) over every sample of ``batches``, one batch at a time.
 
     ``batches``: anything ``as_batches`` accepts (tensor pairs are sliced into ``batch_size`` samples, default:
@@ -239,27 +239,6 @@ class BatchedHessianOperator(ProductOperator):
                                  "with inputs it accepts", hint="use engine='auto' or 'graph'")
         return GraphEngine(self.model, None, summed)
 
-    # ------------------------------------------------------------------ kept state
-    @property
-    def kept_chunks(self) -> int:
-        """Batches (or chunks of ``chunk_size``) whose state is kept now."""
-        return self.chunk_states.kept_chunks
-
-    @property
-    def kept_bytes(self) -> int:
-        """Bytes of the kept state (at most ``keep_state_mb`` MiB)."""
-        return self.chunk_states.kept_bytes
-
-    @property
-    def state_builds(self) -> int:
-        """How many times the kept state was (re)started: once, plus once per weight change."""
-        return self.chunk_states.builds
-
-    def drop_state(self) -> None:
-        """Free the kept state now (rebuilt at the next product)."""
-        self.chunk_states.drop()
-        self._engine.drop()
-
     # ------------------------------------------------------------------ data
     def count_samples(self) -> int:
         """Samples in one pass over this process's batches."""
@@ -307,26 +286,16 @@ class BatchedHessianOperator(ProductOperator):
     def hvp_sum(self, v: torch.Tensor) -> torch.Tensor:
         """sum_i Hess l_i(w) v over this process's samples (no 1/N): per batch, the engine's product from its kept
         state, or from a state built now (kept if it fits ``keep_state_mb``); no data is read once all are kept."""
-        engine, states = self._engine, self.chunk_states
+        engine = self._engine
         w0 = flat_params(self.model)
         tangents, out = engine.start(v, w0)
-        keeps = engine.keeps and self.keep_bytes > 0
+
+        def builders():
+            for x, y in self.pieces():
+                yield lambda count, x=x, y=y: engine.build(x, y, w0, count=count)
+
         with eval_mode(self.model), torch.enable_grad():
-            if keeps:
-                states.begin()
-            if keeps and states.complete:
-                for state in states.states:
-                    engine.apply(state, tangents, out)
-            elif keeps:
-                n = 0
-                for i, (x, y) in enumerate(self.pieces()):
-                    states.apply(i, lambda count, x=x, y=y: engine.build(x, y, w0, count=count), engine, tangents,
-                                 out)
-                    n = i + 1
-                states.end_pass(n)
-            else:
-                for x, y in self.pieces():
-                    engine.apply(engine.build(x, y, w0, count=False), tangents, out)
+            self.chunk_states.accumulate(engine, builders, tangents, out, self._keeps())
         return engine.finish(out, w0)
 
     def product(self, v: torch.Tensor) -> torch.Tensor:

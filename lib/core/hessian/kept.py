@@ -1,5 +1,6 @@
 """The per-chunk state an engine keeps between Hessian-vector products (``ChunkStates``), within a byte budget and
-valid while the model's weights are unchanged; ``HessianOperator`` and ``BatchedHessianOperator`` both hold one."""
+valid while the model's weights are unchanged, and what an operator holding one reports about it (``KeptState``);
+``HessianOperator`` and ``BatchedHessianOperator`` both build on them."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,9 +13,10 @@ class ChunkStates:
     (``torch.equal``) the values they were built with and their bytes (``state.nbytes``) fit ``budget_bytes``;
     chunks past the budget get ``None`` and are built again at every product.
 
-    Per product: ``begin()`` (drops everything after a weight change), then ``apply(i, build, engine, tangents,
-    out)`` for each chunk in order. ``kept_chunks``, ``kept_bytes``, ``builds`` (state sets started) and
-    ``complete`` (every chunk of the pass kept: the data need not be read) describe it."""
+    Per product: ``accumulate`` (or by hand: ``begin()``, which drops everything after a weight change, then
+    ``apply(i, build, engine, tangents, out)`` for each chunk in order and ``end_pass``). ``kept_chunks``,
+    ``kept_bytes``, ``builds`` (state sets started) and ``complete`` (every chunk of the pass kept: the data need not
+    be read) describe it."""
 
     def __init__(self, model: torch.nn.Module, budget_bytes: float):
         self.model, self.budget_bytes = model, budget_bytes
@@ -72,6 +74,55 @@ class ChunkStates:
             fits = self.kept_bytes + state.nbytes <= self.budget_bytes
             self.states.append(state if fits else None)
 
+    def accumulate(self, engine, builders: Callable, tangents, out, keep: bool) -> None:
+        """Add every chunk's product to ``out``. ``builders()`` yields, per chunk in order, a function ``build(count)``
+        returning that chunk's new engine state. With ``keep``: kept states are reused, new ones kept within the
+        budget, and once every chunk is kept ``builders`` is not called at all (no data read); without: every chunk
+        is built for this product and dropped."""
+        if not keep:
+            for build in builders():
+                engine.apply(build(False), tangents, out)
+            return
+        self.begin()
+        if self.complete:
+            for state in self.states:
+                engine.apply(state, tangents, out)
+            return
+        n = 0
+        for i, build in enumerate(builders()):
+            self.apply(i, build, engine, tangents, out)
+            n = i + 1
+        self.end_pass(n)
+
     def drop(self) -> None:
         """Free every kept state (rebuilt at the next product)."""
         self.states, self._snapshot, self.n_chunks = None, None, None
+
+
+class KeptState:
+    """What an operator with ``chunk_states`` (a ``ChunkStates``), an engine ``_engine`` and a budget ``keep_bytes``
+    reports about its kept state (a base of ``HessianOperator`` and ``BatchedHessianOperator``)."""
+
+    @property
+    def kept_chunks(self) -> int:
+        """Chunks whose state is kept now (0 before the first product and after a weight change)."""
+        return self.chunk_states.kept_chunks
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the kept state (at most the operator's budget)."""
+        return self.chunk_states.kept_bytes
+
+    @property
+    def state_builds(self) -> int:
+        """How many times the kept state was (re)started: once, plus once per weight change."""
+        return self.chunk_states.builds
+
+    def _keeps(self) -> bool:
+        """Whether chunk states may be kept between products (not for "fused" and "rebuild", nor a zero budget)."""
+        return getattr(self._engine, "keeps", False) and self.keep_bytes > 0
+
+    def drop_state(self) -> None:
+        """Free the kept per-chunk state now (it is rebuilt at the next product)."""
+        self.chunk_states.drop()
+        self._engine.drop()

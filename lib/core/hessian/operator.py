@@ -7,7 +7,7 @@ import torch
 from lib.core.checks import check_data, check_int, check_number
 from lib.core.hessian.auto import engine_for
 from lib.core.hessian.graph import loss_sum
-from lib.core.hessian.kept import ChunkStates
+from lib.core.hessian.kept import ChunkStates, KeptState
 from lib.core.hessian.products import ProductOperator
 from lib.core.tensors import eval_mode, flat_params
 from lib.core.training.models import preferred_chunk
@@ -18,7 +18,7 @@ KEEP_GRAPHS_MB = 1024
 DEFAULT_CHUNK = 4096
 
 
-class HessianOperator(ProductOperator):
+class HessianOperator(KeptState, ProductOperator):
     """Exact Hessian of the mean cross-entropy over all of (inputs, targets), applied in chunks.
 
     ``hvp(v)`` returns H v for a flat v (parameters_to_vector order) and increments ``hvp_count``;
@@ -71,31 +71,6 @@ class HessianOperator(ProductOperator):
         y = self.targets[start:start + self.chunk_size].to(self.device)
         return (x.to(self.dtype) if x.is_floating_point() else x), y
 
-    # ------------------------------------------------------------------------------------------- kept state
-    @property
-    def kept_chunks(self) -> int:
-        """Chunks whose state is kept now (0 before the first product and after a weight change)."""
-        return self.chunk_states.kept_chunks
-
-    @property
-    def kept_bytes(self) -> int:
-        """Bytes of the kept state (see ``keep_graphs_mb``)."""
-        return self.chunk_states.kept_bytes
-
-    @property
-    def state_builds(self) -> int:
-        """How many times the kept state was (re)started: once, plus once per weight change."""
-        return self.chunk_states.builds
-
-    def _keeps(self) -> bool:
-        """Whether chunk states may be kept between products (not for "fused" and "rebuild", nor a zero budget)."""
-        return getattr(self._engine, "keeps", False) and self.keep_bytes > 0
-
-    def drop_state(self) -> None:
-        """Free the kept per-chunk state now (it is rebuilt at the next product)."""
-        self.chunk_states.drop()
-        self._engine.drop()
-
     # ------------------------------------------------------------------------------------------- products
     def product(self, v: torch.Tensor) -> torch.Tensor:
         """H v of the mean loss: the fused kernel over all samples, or the engine's chunk products (from the kept
@@ -104,18 +79,14 @@ class HessianOperator(ProductOperator):
             return self._engine.hvp_sum(v) / self.n_samples
         engine = self._engine
         w0 = flat_params(self.model)
-        keeps = self._keeps()
-        if keeps:
-            self.chunk_states.begin()
         tangents, out = engine.start(v, w0)
+
+        def builders():
+            for start in range(0, self.n_samples, self.chunk_size):
+                yield lambda count, start=start: engine.build(*self._chunk(start), w0, count=count)
+
         with eval_mode(self.model), torch.enable_grad():
-            for i, start in enumerate(range(0, self.n_samples, self.chunk_size)):
-                if keeps:
-                    self.chunk_states.apply(i, lambda count, start=start: engine.build(*self._chunk(start), w0,
-                                                                                       count=count),
-                                            engine, tangents, out)
-                else:
-                    engine.apply(engine.build(*self._chunk(start), w0, count=False), tangents, out)
+            self.chunk_states.accumulate(engine, builders, tangents, out, self._keeps())
         return engine.finish(out, w0) / self.n_samples
 
     def gradient(self) -> torch.Tensor:

@@ -49,3 +49,27 @@ def test_states_are_built_once_kept_within_budget_and_dropped_on_weight_change()
     assert roomy.complete and roomy.kept_chunks == 3
     roomy.drop()
     assert (roomy.kept_chunks, roomy.kept_bytes, roomy.complete) == (0, 0, False)
+
+
+def test_accumulate_reads_no_chunk_once_all_are_kept_and_builds_every_chunk_without_keeping():
+    model, engine = nn.Linear(2, 2), Adder()
+    passes, built = [], []
+
+    def builders():
+        passes.append(1)
+        for i in range(3):
+            yield lambda count, i=i: built.append((i, count)) or State(i, 10)
+
+    states = ChunkStates(model, budget_bytes=1e9)
+    for _ in range(3):
+        out = [0]
+        states.accumulate(engine, builders, None, out, keep=True)
+        assert out[0] == 6
+    assert len(passes) == 1 and built == [(0, True), (1, True), (2, True)] and states.complete
+    passes.clear(), built.clear()
+    streaming = ChunkStates(model, budget_bytes=1e9)
+    for _ in range(2):
+        out = [0]
+        streaming.accumulate(engine, builders, None, out, keep=False)
+        assert out[0] == 6
+    assert len(passes) == 2 and built == [(i, False) for i in range(3)] * 2 and streaming.kept_chunks == 0
