@@ -136,6 +136,7 @@ def product_costs(model, x, y, batch_size: int, rounds: int = 2, seed: int = 0, 
         except ParameterError:          # "structured" on a model plan() does not read
             continue
     products = {f"ours ({e})": ops[e].hvp for e in ops}
+    engines = {f"ours ({e})": e for e in ops}
     cl = curvlinops_hessian(model, batches)
     if cl is not None:
         products["curvlinops"] = lambda v: cl @ v
@@ -155,7 +156,8 @@ def product_costs(model, x, y, batch_size: int, rounds: int = 2, seed: int = 0, 
     med = {k: float(torch.tensor(t).median()) for k, t in times.items()}
     rows = [{"operator": name, "seconds": med[name], "in_gradients": med[name] / med["gradient"],
              "first_product_seconds": first[name], "max_rel_deviation": error[name],
-             "kept_mib": (ops[name[6:-1]].kept_bytes / MIB) if name.startswith("ours") else None}
+             "engine": engines.get(name),
+             "kept_mib": ops[engines[name]].kept_bytes / MIB if name in engines else None}
             for name in products]
     return {"n_params": ops["rebuild"].n_params, "N": len(x), "batch_size": batch_size, "rounds": rounds,
             "gradient_seconds": med["gradient"], "rows": rows, "curvlinops": cl is not None,

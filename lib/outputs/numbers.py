@@ -588,10 +588,12 @@ def api_sentence(api: list[dict]) -> str:
     c = run["costs"]
     rows = {r["operator"]: r for r in c["rows"]}
     kept, rebuilt = c["rows"][0], rows.get("ours (rebuild)")
+    # runs saved before the rows named their engine carry it only in the label "ours (<engine>)"
+    engine = kept.get("engine") or re.fullmatch(r"ours \((.+)\)", kept["operator"]).group(1)
     text = (f"The public operator (\\texttt{{BatchedHessianOperator}}, what users' own models get) keeps each batch's "
             f"state between products: on the {fmt(c['n_params'] / 1e6, 3)}M-parameter MLP of "
             f"\\texttt{{bench/large\\_model.py}} ({fmt(int(c['N']))} MNIST images) one product costs "
-            f"{fmt(kept['in_gradients'], 3)} gradients with its {tex_text(kept['operator'][6:-1])} state")
+            f"{fmt(kept['in_gradients'], 3)} gradients with its {tex_text(engine)} state")
     if rebuilt is not None:
         text += f", against {fmt(rebuilt['in_gradients'], 3)} when each batch's graph is rebuilt"
     if "curvlinops" in rows:

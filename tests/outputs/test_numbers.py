@@ -115,11 +115,14 @@ def test_api_sentence_states_the_public_operators_rows():
     """The bench's public-operator sentence reads the MLP run: the picked engine's and the rebuilt product in
     gradients, curvlinops where it ran, the top-k time; nothing without an MLP run."""
     costs = {"n_params": 11_388_010, "N": 2000, "rows": [
-        {"operator": "ours (structured)", "in_gradients": 1.16}, {"operator": "ours (rebuild)", "in_gradients": 2.52},
-        {"operator": "curvlinops", "in_gradients": 2.58}]}
+        {"operator": "ours (structured)", "engine": "structured", "in_gradients": 1.16},
+        {"operator": "ours (rebuild)", "engine": "rebuild", "in_gradients": 2.52},
+        {"operator": "curvlinops", "engine": None, "in_gradients": 2.58}]}
     run = {"model": "mlp", "costs": costs, "rows": [{"k": 10, "top_seconds": 121.0, "top_hvps": 43}]}
     text = paper_numbers.api_sentence([run])
     assert "11.4M-parameter MLP" in text and "1.16 gradients with its structured state" in text
     assert "against 2.52 when" in text and "2.58 for curvlinops" in text
     assert "top-10 eigenpairs take 121 s in 43" in text
+    legacy = {**costs, "rows": [{k: v for k, v in r.items() if k != "engine"} for r in costs["rows"]]}
+    assert paper_numbers.api_sentence([{**run, "costs": legacy}]) == text      # runs saved before "engine"
     assert paper_numbers.api_sentence([{**run, "model": "vit"}]) == ""
