@@ -6,21 +6,27 @@ epoch by the study's recipe on the first N = 2,000 MNIST images of the fixed ins
 
 * ``batched`` (default): ``lib.core.hessian.batched.BatchedHessianOperator`` over a ``DataLoader(shuffle=False)`` of
   ``--batch-size`` images, engine "auto" (here the structured R-op): the first product keeps each batch's
-  activations, ReLU masks and backward deltas (within ``keep_state_mb``), later products reuse them; the records of
-  the Lanczos Ritz step are capped at 1 GiB;
+  activations, ReLU masks and backward deltas (within ``keep_state_mb``), later products reuse them (with
+  ``--method lanczos``, the records of ARPACK's Ritz step are capped at 1 GiB);
 * ``rebuild``: the same operator with nothing kept (one double backward per batch and product: the operator before
   kept state, and curvlinops' way);
 * ``structured``: ``lib.core.hessian.HessianOperator`` (the study's engine) with ``chunk_size = --batch-size``; it
-  keeps per-chunk activations between products and records every Lanczos product (up to ``MAX_RECORDS``).
+  keeps per-chunk activations between products (and, with ``--method lanczos``, records every Lanczos product, up
+  to ``MAX_RECORDS``).
 
-For each, ``top_eigenpairs(op, k, tol)`` (Lanczos) and ``trace(op, n_probes)`` are timed and the peak resident
+For each, ``top_eigenpairs(op, k, tol, method=--method)`` and ``trace(op, n_probes)`` are timed and the peak resident
 memory of each phase is measured (the kernel's high-water mark ``VmHWM``, reset before each phase through
 ``/proc/self/clear_refs``; without it, ``resource.getrusage`` of the whole process). Memory is also given in
-float64 vectors of length n_params (8 n bytes): Lanczos keeps ncv = 2k + 1 of them in ARPACK, so O(k n).
+float64 vectors of length n_params (8 n bytes), against the target 2k + 4 + kept (kept: the operator's kept state
+in the same unit). ``--method thick-restart`` (default): ``lib.core.hessian.lanczos``, whose memory is its basis of
+ncv + 1 = 2k + 2 vectors of the model's dtype (float32 here: k + 1 float64 vectors) and the product, at k more
+products than ARPACK (its measured residuals); ``--method lanczos``: ARPACK (2k + 5 float64 vectors, its returned
+vectors and the recorded products of its Ritz step: 94.6 float64 vectors at k = 10 on the 11.4M MLP).
 
     nice -n 10 python -m bench.large_model                       # the row quoted in docs/benchmarks.md
     python -m bench.large_model --quick                          # 784-300-300-10 on 200 images: a smoke run
     python -m bench.large_model --engines batched structured     # both operators
+    python -m bench.large_model --method lanczos                 # ARPACK's top-k instead of thick-restart
     python -m bench.large_model --costs-only                     # the product-cost rows alone (make bench's)
 
 ``product_costs`` measures, in one process and interleaved rounds, one product of each ``BatchedHessianOperator``
@@ -54,6 +60,9 @@ from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 
 ENGINES = ("batched", "rebuild", "structured")
+#: top-k solvers of the rows (``top_eigenpairs``' method); the first is the default
+METHODS = ("thick-restart", "lanczos")
+DEFAULT_METHOD = METHODS[0]
 #: models of the product-cost rows
 COST_MODELS = ("mlp", "cnn", "vit")
 MIB = 2 ** 20
@@ -192,13 +201,14 @@ def trained_large_mlp(n: int, widths: tuple, epochs: int, seed: int, log=print):
 
 
 def run_engine(engine: str, model, x, y, k: int, tol: float, probes: int, batch_size: int, seed: int,
-               log=print) -> dict:
-    """Top-k eigenpairs and a trace with one operator: seconds, products and the peak memory of each phase."""
+               log=print, method: str = DEFAULT_METHOD) -> dict:
+    """Top-k eigenpairs (``top_eigenpairs(method=method)``) and a trace with one operator: seconds, products and
+    the peak memory of each phase."""
     op = build_operator(engine, model, x, y, batch_size)
     n = op.n_params
     with PeakMemory() as mem_top:
-        top = hessian.top_eigenpairs(op, k, tol=tol, seed=seed)
-    log(f"  {engine}: top-{k} in {top.seconds:.0f} s, {top.hvp_count} products, max residual "
+        top = hessian.top_eigenpairs(op, k, tol=tol, seed=seed, method=method)
+    log(f"  {engine}: top-{k} ({method}) in {top.seconds:.0f} s, {top.hvp_count} products, max residual "
         f"{float(top.residuals.max()):.1e}, peak RSS {mem_top.peak / MIB:.0f} MiB")
     del top.eigenvectors
     with PeakMemory() as mem_tr:
@@ -207,7 +217,7 @@ def run_engine(engine: str, model, x, y, k: int, tol: float, probes: int, batch_
         f"{mem_tr.peak / MIB:.0f} MiB")
     products = top.hvp_count + tr.hvp_count
     return {
-        "engine": engine, "n_params": n, "N": len(x), "batch_size": batch_size, "k": k, "tol": tol,
+        "engine": engine, "method": method, "n_params": n, "N": len(x), "batch_size": batch_size, "k": k, "tol": tol,
         "eigenvalues": top.eigenvalues.tolist(), "max_residual": float(top.residuals.max()),
         "top_hvps": top.hvp_count, "top_seconds": top.seconds,
         "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_probes": probes, "trace_seconds": tr.seconds,
@@ -222,16 +232,19 @@ def run_engine(engine: str, model, x, y, k: int, tol: float, probes: int, batch_
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = (f"{'engine':<10} | {'n_params':>10} {'N':>5} | {'top-k':>5} {'hvps':>5} {'s':>7} {'res':>8} | "
-            f"{'trace':>9} {'s':>6} | {'s/hvp':>6} | {'peak MiB':>8} {'growth':>7} {'(8n)':>5}")
-    lines = ["Hessian engine at scale (Lanczos top-k, Hutchinson trace; peak = resident memory of the top-k phase, "
-             "growth over the RSS before it, also in float64 vectors of length n_params)", head, "-" * len(head)]
+    head = (f"{'engine':<10} {'method':<13} | {'n_params':>10} {'N':>5} | {'top-k':>5} {'hvps':>5} {'s':>7} {'res':>8} "
+            f"| {'trace':>9} {'s':>6} | {'s/hvp':>6} | {'peak MiB':>8} {'growth':>7} {'(8n)':>5} {'target':>6}")
+    lines = ["Hessian engine at scale (top-k by the method, Hutchinson trace; peak = resident memory of the top-k "
+             "phase, growth over the RSS before it, also in float64 vectors of length n_params, target 2k + 4 + kept)",
+             head, "-" * len(head)]
     for r in rows:
+        target = 2 * r["k"] + 4 + r.get("kept_mib", 0) * MIB / (8 * r["n_params"])
         lines.append(
-            f"{r['engine']:<10} | {r['n_params']:>10,} {r['N']:>5} | {r['k']:>5} {r['top_hvps']:>5} "
+            f"{r['engine']:<10} {r.get('method', 'lanczos'):<13} | {r['n_params']:>10,} {r['N']:>5} | {r['k']:>5} "
+            f"{r['top_hvps']:>5} "
             f"{r['top_seconds']:>7.0f} {r['max_residual']:>8.1e} | {r['trace']:>9.4g} {r['trace_seconds']:>6.0f} | "
             f"{r['seconds_per_product']:>6.1f} | {r['top_peak_mib']:>8.0f} {r['top_growth_mib']:>7.0f} "
-            f"{r['top_growth_vectors']:>5.1f}")
+            f"{r['top_growth_vectors']:>5.1f} {target:>6.1f}")
     r = rows[0]
     lines.append(f"lambda_1..3 = {', '.join(f'{v:.4g}' for v in r['eigenvalues'][:3])}; trace +- "
                  f"{r['trace_stderr']:.2g} ({r['trace_probes']} probes); memory by {r['peak_method']}; "
@@ -251,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["batched"])
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                        help="top-k solver of every engine's row: thick-restart (lib.core.hessian.lanczos, memory "
+                             "O(k) vectors of the model's dtype; default) or lanczos (ARPACK)")
     parser.add_argument("--costs-only", action="store_true", help="only the product-cost rows (product_costs)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the product-cost rows")
     parser.add_argument("--model", choices=COST_MODELS, default="mlp",
@@ -265,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, x, y = cost_model(args.model, n, args.seed)
     rows = [] if args.costs_only or args.model != "mlp" else [
-        run_engine(e, model, x, y, args.k, args.tol, args.probes, args.batch_size, args.seed, log=log)
+        run_engine(e, model, x, y, args.k, args.tol, args.probes, args.batch_size, args.seed, log=log,
+                   method=args.method)
         for e in args.engines]
     if rows:
         print(format_rows(rows), flush=True)
@@ -275,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_costs(costs), flush=True)
     params = {"n": n, "widths": list(widths), "k": args.k, "tol": args.tol, "probes": args.probes,
               "batch_size": args.batch_size, "epochs": args.epochs, "seed": args.seed, "engines": args.engines,
-              "rounds": args.rounds, "costs_only": args.costs_only, "model": args.model}
+              "rounds": args.rounds, "costs_only": args.costs_only, "model": args.model, "method": args.method}
     ResultStore("bench").save("bench", result_name(args.model, args.quick, args.costs_only),
                               {"rows": rows, "costs": costs}, params, ext="json", overwrite=True,
                               seconds=sum(r["top_seconds"] + r["trace_seconds"] for r in rows))

@@ -9,7 +9,7 @@ on flat vectors in ``torch.nn.utils.parameters_to_vector`` order. Build it once 
 number of products that call made and ``seconds`` its wall time::
 
     op = HessianOperator(model, inputs, targets)          # chunk_size=None: the model's preferred chunk
-    top = top_eigenpairs(op, k=10)                        # method="lanczos" (default) or "power"
+    top = top_eigenpairs(op, k=10)                        # method="lanczos" (default), "thick-restart" or "power"
     low = smallest_eigenvalue(op, tol=1e-4)
     tr = trace(op, n_probes=100)                          # Hutchinson; hutchpp(op, n_products=99) and
     tr_k = deflated_trace(op, top, n_probes=30)           # deflated_trace reduce its variance
@@ -32,18 +32,25 @@ The package, bottom to top (each module imports only those above it in this list
 * ``operator``: ``HessianOperator`` over tensors in memory (chunks, kept state, gradient, loss);
 * ``batched``: ``BatchedHessianOperator`` over any stream of batches and any per-sample loss (import it from
   ``lib.core.hessian.batched``; ``lib.core.distributed`` builds its data-parallel version on it);
+* ``lanczos``: ``thick_restart_lanczos``, a thick-restart (Krylov-Schur) Lanczos whose memory is its basis, ncv + 1
+  vectors of the model's dtype, plus the product and one work vector;
 * ``results``: what the solvers return; ``pyhessian``: everything PyHessian 0.1 (its solvers with their defects
   fixed, the comparison with ours, and its power loop run on our operator);
 * ``solvers`` (docs/specification.md section 2):
 
   * ``top_eigenpairs(op, k, method="lanczos")``: ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos,
     ARPACK), run with one BLAS thread (``threadpoolctl``);
+  * ``top_eigenpairs(op, k, method="thick-restart")``: ``lanczos.thick_restart_lanczos``, the same stopping
+    rule as ARPACK's in ncv + 3 vectors of the model's dtype (ARPACK's path holds about 2k + 5 float64 vectors, its
+    returned vectors and its recorded products): the method for large models. It spends one more product per
+    returned pair (k in all) on measured residuals and Rayleigh-quotient eigenvalues;
   * ``top_eigenpairs(op, k, method="power")``: PyHessian 0.1's own power iteration with deflation
     (``pyhessian.power_vectors``) running on our product, then fixed up;
   * ``smallest_eigenvalue``, ``trace`` (Hutchinson), ``density`` (stochastic Lanczos quadrature, Gauss nodes and
     weights by ``scipy.linalg.eigh_tridiagonal``).
 
-  Both eigen-solvers end with the same Rayleigh-Ritz step, so eigenvalues are signed Rayleigh quotients sorted
+  The eigen-solvers end with H applied to their k vectors ("lanczos" and "power": the same Rayleigh-Ritz step;
+  "thick-restart": its Ritz vectors, one product each), so eigenvalues are signed Rayleigh quotients sorted
   algebraically (largest first), eigenvectors are orthonormal, and residuals ``||H v - lambda v|| / max|lambda|``
   are measured, not estimated.
 * ``trace_estimators``: ``hutchpp`` (Hutch++: a sketched subspace's trace exactly, Hutchinson on the rest) and
