@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lib.core.checks import ParameterError, check_choice, check_int, check_number, check_positive
-from lib.core.hessian import KEEP_GRAPHS_MB, density, top_eigenpairs, trace
+from lib.core.hessian import KEEP_GRAPHS_MB, METHODS, density, top_eigenpairs, trace
 from lib.core.hessian.batched import BatchedHessianOperator, as_batches
 from lib.core.inputs import REJECTED as REJECTED_INPUTS
 from lib.core.inputs import check_device, check_weights, checked_batches
@@ -50,6 +50,10 @@ from lib.core.sample_size.pilot import pilot_estimates
 from lib.core.sample_size.predictors import apply_shipped_calibration, nearest_calibration
 from lib.core.sample_size.sufficient import BAND_METHODS, k_per_order, order_summary, simultaneous_multiplier
 from lib.core.tensors import device_dtype, n_params
+
+#: top-D eigensolvers ``analyze`` offers: the methods of ``top_eigenpairs`` that return the largest algebraic
+#: eigenvalues ("power" returns the largest in magnitude, and is kept as PyHessian's reference)
+SOLVERS = tuple(m for m in METHODS if m != "power")
 
 __all__ = ["analyze", "LandscapeReport", "SampleSize", "predict_sample_size", "SampleSizePrediction",
            "BatchedHessianOperator", "as_batches", "top_eigenpairs",
@@ -231,7 +235,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
             device: str | torch.device = "cpu", distribution: str = "gaussian", estimator: str = "plain",
             tol: float = 1e-4, batch_size: int | None = None, quadratic: bool = True, level: float = 0.95,
             n_batches: int = 32, band_method: str = BAND_METHODS[0], progress: bool = False,
-            keep_state_mb: float = KEEP_GRAPHS_MB) -> LandscapeReport:
+            keep_state_mb: float = KEEP_GRAPHS_MB, solver: str = "lanczos") -> LandscapeReport:
     """Top eigenpairs, Delta_k with standard errors, V-bar, Q_k and K(Delta) with its uncertainty for a trained
     ``model`` and its training ``data`` in insertion order.
 
@@ -242,7 +246,10 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     eigenvectors); ``sigma``: scale of theta (``distribution`` "gaussian": N(0, sigma^2 I); "ball", "sphere": the
     same second moment); ``n_samples`` = T thetas; ``n_orders`` = R random insertion orders (>= 19 for a 95 %
     conformal bound); ``thresholds``: the Delta values of K(Delta); ``seed`` seeds the Lanczos start, the thetas,
-    the orders (seed + 1) and the band's bootstrap; ``tol``: Lanczos tolerance; ``quadratic``: also Q_k (skipped
+    the orders (seed + 1) and the band's bootstrap; ``tol``: Lanczos tolerance; ``solver``: the top-D eigensolver
+    (``SOLVERS``, methods of ``lib.core.hessian.top_eigenpairs``: "lanczos", ARPACK, the default; "thick-restart",
+    whose basis is max(2D + 2, D + 6) vectors of the model's dtype, for models whose float64 vectors crowd the
+    memory); ``quadratic``: also Q_k (skipped
     with a note if the per-sample terms fail for this model); ``level``: coverage of the conformal bound;
     ``band_method``: the simultaneous band's construction (``sample_size.simultaneous_multiplier``: "bootstrap_t",
     the default, whose upper edge holds for heavy-tailed d_k^2 and on real curves, or "max_t", which holds only for
@@ -265,6 +272,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     level = check_number("level", level, gt=0, le=1)
     thresholds = [check_positive("threshold", float(t)) for t in np.atleast_1d(thresholds)]
     check_choice("band_method", band_method, BAND_METHODS)
+    check_choice("solver", solver, SOLVERS)
     dev = check_device(device)
     home, dtype = device_dtype(model)
     check_weights(model)
@@ -281,7 +289,7 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     seconds, notes = {}, []
 
     op = BatchedHessianOperator(model, batches, loss_fn, keep_state_mb=keep_state_mb)
-    top = top_eigenpairs(op, D, tol=tol, seed=seed)
+    top = top_eigenpairs(op, D, method=solver, tol=tol, seed=seed)
     seconds["hessian"] = top.seconds
     basis = top.eigenvectors
 
@@ -321,8 +329,8 @@ def analyze(model: torch.nn.Module, data, loss_fn=None, *, D: int = 10, sigma: f
     seconds["total"] = time.perf_counter() - t0
     settings = {"D": D, "sigma": sigma, "distribution": distribution, "estimator": estimator,
                 "n_samples": int(n_samples), "n_orders": int(n_orders), "thresholds": thresholds, "seed": int(seed),
-                "tol": float(tol), "level": level, "n_batches": int(n_batches), "band_method": band_method,
-                "device": str(dev),
+                "tol": float(tol), "solver": solver, "level": level, "n_batches": int(n_batches),
+                "band_method": band_method, "device": str(dev),
                 "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__), "dtype": str(op.dtype)}
     return LandscapeReport(
         N=curve.N, D=D, n_params=n, eigenvalues=top.eigenvalues.numpy().astype(np.float64),

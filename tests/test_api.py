@@ -146,6 +146,22 @@ def test_analyze_tensors_equal_loader_and_skips_quadratic_with_a_note(one_thread
         analyze(model, DataLoader(TensorDataset(x, y), shuffle=True), mse_onehot, **kw)
 
 
+def test_analyze_thick_restart_solver_equals_lanczos_and_the_explicit_hessian(one_thread):
+    model, x, y = residual_case(n=30)
+    kw = {"D": 3, "sigma": 0.3, "n_samples": 8, "n_orders": 3, "n_batches": 4, "seed": 1, "tol": 1e-10}
+    a = analyze(model, (x, y), mse_onehot, quadratic=False, **kw)
+    b = analyze(model, (x, y), mse_onehot, quadratic=False, solver="thick-restart", **kw)
+    H = explicit_hessian(model, x, y, loss=lambda out, t: mse_onehot(out, t).mean())
+    exact = np.linalg.eigh(H.numpy())[0][::-1][:3]
+    np.testing.assert_allclose(b.eigenvalues, exact, rtol=1e-8)
+    np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-8)
+    assert b.settings["solver"] == "thick-restart" and a.settings["solver"] == "lanczos"
+    assert float(np.max(b.residuals)) < 1e-6
+    # the same subspace (eigenvectors up to sign): |<a_i, b_i>| = 1
+    overlap = (a.basis.double() * b.basis.double()).sum(1).abs()
+    np.testing.assert_allclose(overlap.numpy(), 1.0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------- bad inputs fail before compute
 @pytest.fixture
 def no_compute(monkeypatch):
@@ -175,6 +191,12 @@ def test_analyze_refuses_a_device_this_machine_lacks(capfd, no_compute):
         assert "torch finds no CUDA device on this machine" in msg
     refused(capfd, r"^device='gpu' is not allowed: one of the devices of this machine: \['cpu'", model, (x, y),
             device="gpu")
+
+
+def test_analyze_refuses_an_unknown_solver(capfd, no_compute):
+    model, x, y = residual_case(n=20)
+    msg = refused(capfd, r"^solver='arpack' is not allowed", model, (x, y), solver="arpack")
+    assert "lanczos" in msg and "thick-restart" in msg and "power" not in msg
 
 
 def test_analyze_names_the_first_non_finite_input_and_weight(capfd, no_compute):

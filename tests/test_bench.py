@@ -25,6 +25,9 @@ def test_api_rows_judge_the_picked_engine_the_top10_time_and_memory():
         (1.4, 2.0, True), (2.7, None, None), (2.6, None, None), (300.0, 751 / 3, False),
         (30.0, pytest.approx(27.0), False)]
     assert "11.4M MLP" in rows[0]["measure"] and "kept 3.0" in rows[4]["measure"]
+    assert rows[3]["measure"].endswith("11.4M MLP, lanczos")          # a run saved before the method field
+    thick = api_rows([{"model": "mlp", "costs": costs, "rows": [{**solve, "method": "thick-restart"}]}])
+    assert thick[3]["measure"].endswith("thick-restart") and thick[4]["measure"].endswith("thick-restart")
     assert all(r["ok"] is None for r in api_rows([{"model": "mlp", "costs": costs, "rows": [solve]}], judged=False))
 
 
