@@ -53,10 +53,16 @@ def forward(model, x) -> float:
         return time.perf_counter() - t0
 
 
-def timed(f) -> float:
+def timed_call(f) -> tuple[float, object]:
+    """(wall seconds of ``f()``, its output)."""
     t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
+    out = f()
+    return time.perf_counter() - t0, out
+
+
+def timed(f) -> float:
+    """Wall seconds of ``f()``."""
+    return timed_call(f)[0]
 
 
 def paired(base, other, repeats: int) -> dict:

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, TensorDataset
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cost_bench import timed, timed_call  # noqa: E402
 from lib.core import hessian  # noqa: E402
 from lib.core.checks import ParameterError  # noqa: E402
 from lib.core.hessian.batched import BatchedHessianOperator  # noqa: E402
@@ -125,12 +126,6 @@ def curvlinops_hessian(model, batches: list):
                                  check_deterministic=False)
 
 
-def _seconds(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
 def product_costs(model, x, y, batch_size: int, rounds: int = 2, seed: int = 0, log=print) -> dict:
     """One Hessian-vector product of each ``BatchedHessianOperator`` engine (``COST_ENGINES``, those that apply to
     the model; "auto" picks the first) and of curvlinops
@@ -154,13 +149,13 @@ def product_costs(model, x, y, batch_size: int, rounds: int = 2, seed: int = 0, 
     scale = float(reference.abs().max())
     first, error = {}, {}
     for name, fn in products.items():
-        first[name], out = _seconds(lambda fn=fn: fn(v))
+        first[name], out = timed_call(lambda fn=fn: fn(v))
         error[name] = float((out.reshape(-1) - reference).abs().max()) / scale
     times = {name: [] for name in ["gradient", *products]}
     for r in range(rounds):
-        times["gradient"].append(_seconds(ops["rebuild"].gradient)[0])
+        times["gradient"].append(timed(ops["rebuild"].gradient))
         for name, fn in products.items():
-            times[name].append(_seconds(lambda fn=fn: fn(v))[0])
+            times[name].append(timed(lambda fn=fn: fn(v)))
         log(f"  costs round {r + 1}/{rounds}: " + ", ".join(f"{k} {t[-1]:.2f} s" for k, t in times.items()))
     med = {k: float(torch.tensor(t).median()) for k, t in times.items()}
     rows = [{"operator": name, "seconds": med[name], "in_gradients": med[name] / med["gradient"],
