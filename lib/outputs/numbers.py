@@ -600,5 +600,12 @@ def api_sentence(api: list[dict]) -> str:
         text += f" and {fmt(rows['curvlinops']['in_gradients'], 3)} for curvlinops"
     if run["rows"]:
         top = run["rows"][0]
-        text += f"; its top-{top['k']} eigenpairs take {fmt(top['top_seconds'], 3)} s in {top['top_hvps']} products"
+        method = top.get("method", "lanczos")       # runs saved before the field ran ARPACK's Lanczos
+        solver = {"thick-restart": "the thick-restart Lanczos", "lanczos": "ARPACK's Lanczos"}.get(
+            method, f"the {tex_text(method)} solver")
+        text += (f"; its top-{top['k']} eigenpairs take {fmt(top['top_seconds'], 3)} s in {top['top_hvps']} products "
+                 f"by {solver}")
+        if "top_growth_vectors" in top:
+            text += (f", which grew the peak memory by {fmt(top['top_growth_vectors'], 3)} float64 vectors of "
+                     "n\\_params (target $2k + 4$ plus the kept state)")
     return text + "."

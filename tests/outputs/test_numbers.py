@@ -122,7 +122,11 @@ def test_api_sentence_states_the_public_operators_rows():
     text = paper_numbers.api_sentence([run])
     assert "11.4M-parameter MLP" in text and "1.16 gradients with its structured state" in text
     assert "against 2.52 when" in text and "2.58 for curvlinops" in text
-    assert "top-10 eigenpairs take 121 s in 43" in text
+    assert "top-10 eigenpairs take 121 s in 43 products by ARPACK's Lanczos." in text   # saved before "method"
+    thick = {"k": 10, "top_seconds": 73.3, "top_hvps": 41, "method": "thick-restart", "top_growth_vectors": 16.1}
+    text_thick = paper_numbers.api_sentence([{**run, "rows": [thick]}])
+    assert ("top-10 eigenpairs take 73.3 s in 41 products by the thick-restart Lanczos, which grew the peak memory "
+            "by 16.1 float64 vectors") in text_thick
     legacy = {**costs, "rows": [{k: v for k, v in r.items() if k != "engine"} for r in costs["rows"]]}
     assert paper_numbers.api_sentence([{**run, "costs": legacy}]) == text      # runs saved before "engine"
     assert paper_numbers.api_sentence([{**run, "model": "vit"}]) == ""
