@@ -52,6 +52,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cost_bench import timed, timed_call  # noqa: E402
+from lib.api import SOLVERS  # noqa: E402
 from lib.core import hessian  # noqa: E402
 from lib.core.checks import ParameterError  # noqa: E402
 from lib.core.hessian.batched import BatchedHessianOperator  # noqa: E402
@@ -61,9 +62,8 @@ from lib.infra import data  # noqa: E402
 from lib.infra.results import ResultStore  # noqa: E402
 
 ENGINES = ("batched", "rebuild", "structured")
-#: top-k solvers of the rows (``top_eigenpairs``' method); the first is the default
-METHODS = ("thick-restart", "lanczos")
-DEFAULT_METHOD = METHODS[0]
+#: top-k solver of the rows by default (the choices: ``lib.api.SOLVERS``, the ones ``analyze`` offers users)
+DEFAULT_METHOD = "thick-restart"
 #: models of the product-cost rows
 COST_MODELS = ("mlp", "cnn", "vit")
 MIB = 2 ** 20
@@ -233,9 +233,9 @@ def format_rows(rows: list[dict]) -> str:
              "phase, growth over the RSS before it, also in float64 vectors of length n_params, target 2k + 4 + kept)",
              head, "-" * len(head)]
     for r in rows:
-        target = 2 * r["k"] + 4 + r.get("kept_mib", 0) * MIB / (8 * r["n_params"])
+        target = 2 * r["k"] + 4 + r["kept_mib"] * MIB / (8 * r["n_params"])
         lines.append(
-            f"{r['engine']:<10} {r.get('method', 'lanczos'):<13} | {r['n_params']:>10,} {r['N']:>5} | {r['k']:>5} "
+            f"{r['engine']:<10} {r['method']:<13} | {r['n_params']:>10,} {r['N']:>5} | {r['k']:>5} "
             f"{r['top_hvps']:>5} "
             f"{r['top_seconds']:>7.0f} {r['max_residual']:>8.1e} | {r['trace']:>9.4g} {r['trace_seconds']:>6.0f} | "
             f"{r['seconds_per_product']:>6.1f} | {r['top_peak_mib']:>8.0f} {r['top_growth_mib']:>7.0f} "
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["batched"])
-    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+    parser.add_argument("--method", choices=SOLVERS, default=DEFAULT_METHOD,
                         help="top-k solver of every engine's row: thick-restart (lib.core.hessian.lanczos, memory "
                              "O(k) vectors of the model's dtype; default) or lanczos (ARPACK)")
     parser.add_argument("--costs-only", action="store_true", help="only the product-cost rows (product_costs)")
